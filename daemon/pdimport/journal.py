@@ -1,0 +1,267 @@
+"""The journal: an SQLite database (WAL, ``synchronous=FULL``) of jobs, the
+files read from each medium, and every delivery outcome per destination.
+
+It is what makes an import resumable and idempotent:
+
+* a job whose files are all recorded as read can be finished from the spool
+  without the medium;
+* an instance acknowledged by a destination is recorded there before the next
+  one is sent, and is never sent to that destination again (same SOP Instance
+  UID and same content), unless someone asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    source_key    TEXT NOT NULL,
+    source_kind   TEXT NOT NULL,
+    source_path   TEXT NOT NULL,
+    label         TEXT NOT NULL DEFAULT '',
+    mode          TEXT NOT NULL DEFAULT 'import',
+    state         TEXT NOT NULL,
+    read_complete INTEGER NOT NULL DEFAULT 0,
+    created       REAL NOT NULL,
+    updated       REAL NOT NULL,
+    report        TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_source ON jobs(source_key, state);
+CREATE TABLE IF NOT EXISTS files (
+    job_id  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    path    TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    sha256  TEXT,
+    state   TEXT NOT NULL,          -- read | error
+    code    TEXT NOT NULL DEFAULT '',
+    detail  TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, path)
+);
+CREATE TABLE IF NOT EXISTS job_problems (
+    job_id TEXT NOT NULL,
+    code   TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS derived (
+    sha256      TEXT NOT NULL,      -- the spooled original
+    purpose     TEXT NOT NULL,      -- e.g. 'part10', 'ts:1.2.840.10008.1.2.1'
+    out_sha256  TEXT NOT NULL,
+    PRIMARY KEY (sha256, purpose)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    dest              TEXT NOT NULL,
+    sop_instance_uid  TEXT NOT NULL,
+    sha256            TEXT NOT NULL,  -- content identity of the original
+    state             TEXT NOT NULL,  -- sent | failed | retry | unknown
+    status            INTEGER,
+    code              TEXT NOT NULL DEFAULT '',
+    detail            TEXT NOT NULL DEFAULT '',
+    job_id            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 1,
+    time              REAL NOT NULL,
+    PRIMARY KEY (dest, sop_instance_uid, sha256)
+);
+CREATE INDEX IF NOT EXISTS deliveries_uid ON deliveries(dest, sop_instance_uid);
+"""
+
+FINAL_STATES = frozenset({"imported", "held", "partial", "failed", "scanned"})
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    source_key: str
+    source_kind: str
+    source_path: str
+    label: str
+    mode: str
+    state: str
+    read_complete: bool
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    seq: int
+    path: str
+    size: int
+    sha256: str | None
+    state: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    dest: str
+    sop_instance_uid: str
+    sha256: str
+    state: str
+    status: int | None
+    code: str
+    detail: str
+    job_id: str
+    attempts: int
+
+
+class Journal:
+    """Thread-safe wrapper around one SQLite connection."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: with NORMAL a commit can roll back after power loss (SQLite docs).
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------- helpers
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ---------------------------------------------------------------- jobs
+    def find_unfinished(self, source_key: str, mode: str) -> Job | None:
+        rows = self._rows(
+            "SELECT * FROM jobs WHERE source_key=? AND mode=? ORDER BY created DESC LIMIT 1",
+            (source_key, mode))
+        if rows and rows[0][6] not in FINAL_STATES:
+            return _job(rows[0])
+        return None
+
+    def create_job(self, source_key: str, source_kind: str, source_path: str, label: str,
+                   mode: str = "import") -> Job:
+        now = time.time()
+        job_id = time.strftime("%Y%m%d-%H%M%S-", time.gmtime(now)) + uuid.uuid4().hex[:8]
+        self._exec("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+                   (job_id, source_key, source_kind, source_path, label, mode, "reading", 0,
+                    now, now))
+        job = self.job(job_id)
+        assert job is not None
+        return job
+
+    def job(self, job_id: str) -> Job | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        return [_job(r) for r in self._rows(
+            "SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+
+    def set_state(self, job_id: str, state: str) -> None:
+        self._exec("UPDATE jobs SET state=?, updated=? WHERE id=?", (state, time.time(), job_id))
+
+    def set_label(self, job_id: str, label: str) -> None:
+        self._exec("UPDATE jobs SET label=? WHERE id=?", (label, job_id))
+
+    def mark_read_complete(self, job_id: str) -> None:
+        self._exec("UPDATE jobs SET read_complete=1, state='read', updated=? WHERE id=?",
+                   (time.time(), job_id))
+
+    def save_report(self, job_id: str, report: dict[str, Any]) -> None:
+        self._exec("UPDATE jobs SET report=?, updated=? WHERE id=?",
+                   (json.dumps(report, ensure_ascii=False), time.time(), job_id))
+
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT report FROM jobs WHERE id=?", (job_id,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    # --------------------------------------------------------------- files
+    def record_file(self, job_id: str, seq: int, path: str, size: int, sha256: str | None,
+                    state: str, code: str = "", detail: str = "") -> None:
+        self._exec("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                   (job_id, seq, path, size, sha256, state, code, detail))
+
+    def files(self, job_id: str) -> list[FileRecord]:
+        return [FileRecord(*r) for r in self._rows(
+            "SELECT seq, path, size, sha256, state, code, detail FROM files WHERE job_id=? "
+            "ORDER BY seq", (job_id,))]
+
+    def file_map(self, job_id: str) -> dict[str, FileRecord]:
+        return {f.path: f for f in self.files(job_id)}
+
+    def replace_job_problems(self, job_id: str, problems: Iterator[tuple[str, str, str]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM job_problems WHERE job_id=?", (job_id,))
+            self._db.executemany("INSERT INTO job_problems VALUES (?,?,?,?)",
+                                 [(job_id, *p) for p in problems])
+            self._db.execute("COMMIT")
+
+    def job_problems(self, job_id: str) -> list[tuple[str, str, str]]:
+        return self._rows("SELECT code, path, detail FROM job_problems WHERE job_id=?", (job_id,))
+
+    # ------------------------------------------------------------- derived
+    def derived(self, sha256: str, purpose: str) -> str | None:
+        rows = self._rows("SELECT out_sha256 FROM derived WHERE sha256=? AND purpose=?",
+                          (sha256, purpose))
+        return rows[0][0] if rows else None
+
+    def record_derived(self, sha256: str, purpose: str, out_sha256: str) -> None:
+        self._exec("INSERT OR REPLACE INTO derived VALUES (?,?,?)", (sha256, purpose, out_sha256))
+
+    # ---------------------------------------------------------- deliveries
+    def delivery(self, dest: str, sop_instance_uid: str, sha256: str) -> Delivery | None:
+        rows = self._rows("SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=? "
+                          "AND sha256=?", (dest, sop_instance_uid, sha256))
+        return _delivery(rows[0]) if rows else None
+
+    def deliveries_for_uid(self, dest: str, sop_instance_uid: str) -> list[Delivery]:
+        return [_delivery(r) for r in self._rows(
+            "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=?",
+            (dest, sop_instance_uid))]
+
+    def sent_set(self, dest: str) -> set[tuple[str, str]]:
+        """(uid, sha256) pairs already acknowledged by ``dest``."""
+        return set(self._rows("SELECT sop_instance_uid, sha256 FROM deliveries "
+                              "WHERE dest=? AND state='sent'", (dest,)))
+
+    def record_delivery(self, dest: str, sop_instance_uid: str, sha256: str, state: str,
+                        status: int | None, code: str, detail: str, job_id: str) -> None:
+        """Record one outcome, durably, before the caller moves on. A 'sent'
+        row is never downgraded by a later failure of a resend."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,1,?) "
+                "ON CONFLICT(dest, sop_instance_uid, sha256) DO UPDATE SET "
+                "state=CASE WHEN deliveries.state='sent' THEN 'sent' ELSE excluded.state END, "
+                "status=CASE WHEN deliveries.state='sent' THEN deliveries.status "
+                "ELSE excluded.status END, "
+                "code=excluded.code, detail=excluded.detail, job_id=excluded.job_id, "
+                "attempts=deliveries.attempts+1, time=excluded.time",
+                (dest, sop_instance_uid, sha256, state, status, code, detail, job_id,
+                 time.time()))
+
+
+def _job(row: tuple) -> Job:
+    return Job(id=row[0], source_key=row[1], source_kind=row[2], source_path=row[3],
+               label=row[4], mode=row[5], state=row[6], read_complete=bool(row[7]),
+               created=row[8], updated=row[9])
+
+
+def _delivery(row: tuple) -> Delivery:
+    return Delivery(dest=row[0], sop_instance_uid=row[1], sha256=row[2], state=row[3],
+                    status=row[4], code=row[5], detail=row[6], job_id=row[7], attempts=row[8])

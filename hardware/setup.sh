@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 machine for pdimport, then optionally run it or its tests.
+#
+#   sudo bash hardware/setup.sh          # set up only
+#   sudo bash hardware/setup.sh run ...  # set up, then `pdimport demo ...`
+#   sudo bash hardware/setup.sh test ... # set up, then `pytest -q ...` (exit status passed through)
+#
+# Idempotent: a re-run on a set-up machine skips apt and pip and takes seconds.
+# Environment: PYTHON (interpreter that makes the venv, default python3),
+# PDIMPORT_FORCE_PIP=1 (reinstall the Python dependencies even if unchanged).
+set -euo pipefail
+
+# Work from the repository root whatever the caller's cwd, so relative paths
+# (.venv, pyproject.toml, tests/) mean the same thing everywhere.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+VENV="$REPO/.venv"
+PYTHON="${PYTHON:-python3}"
+export DEBIAN_FRONTEND=noninteractive
+# pip must never stop to ask anything in CI (no stdin there).
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { printf '[setup %4ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    cat >&2 <<'EOF'
+usage: bash hardware/setup.sh [run [ARGS...] | test [PYTEST-ARGS...]]
+  (nothing)  install system packages and the Python virtualenv .venv
+  run        ... then run the appliance on embedded defaults (pdimport demo ARGS)
+  test       ... then run the whole test suite (python -m pytest -q ARGS)
+EOF
+}
+
+MODE="${1:-}"
+if [ "$#" -gt 0 ]; then shift; fi
+case "$MODE" in
+    ""|run|test) ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage; exit 64 ;;
+esac
+
+# Everything the appliance and its tests use from Debian. Tests start real
+# peers (dcmtk storescp/wlmscpfs, Orthanc, cupsd, systemd-udevd), build real
+# ISO images (genisoimage, xorriso), attach loop devices (losetup) and
+# validate what we create (dicom3tools dciodvfy).
+APT_PACKAGES=(
+    python3 python3-venv python3-dev gcc
+    dcmtk orthanc dicom3tools
+    genisoimage xorriso
+    udev util-linux
+    cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic
+    curl procps
+)
+
+missing_packages() {
+    local pkg status
+    for pkg in "${APT_PACKAGES[@]}"; do
+        # db:Status-Status is "installed" only for fully configured packages;
+        # a half-installed one must go through apt again.
+        status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+        if [ "$status" != "installed" ]; then
+            printf '%s\n' "$pkg"
+        fi
+    done
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $* (run this script with sudo)"
+    fi
+}
+
+install_apt_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages)
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "system packages: all ${#APT_PACKAGES[@]} already installed, skipping apt"
+        return
+    fi
+    log "system packages missing: ${missing[*]}"
+    # Retries and a lock timeout because a fresh machine may still be running
+    # its own apt job at boot, and a mirror may drop one connection.
+    local apt_opts=(-o Acquire::Retries=3 -o DPkg::Lock::Timeout=300)
+    log "apt-get update"
+    as_root apt-get "${apt_opts[@]}" update
+    log "apt-get install ${#missing[@]} package(s)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y \
+        --no-install-recommends "${missing[@]}"
+}
+
+stop_system_orthanc() {
+    # The orthanc package starts a system service on 4242/8042 when it is
+    # installed. pdimport's tests start their own Orthanc on free ports, and a
+    # system one only wastes memory and could answer on the well-known ports,
+    # so stop it and keep it from coming back at boot. A container may have no
+    # running systemd (systemctl then fails) and no init scripts at all, hence
+    # every step is guarded.
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-active --quiet orthanc 2>/dev/null || \
+           systemctl is-enabled --quiet orthanc 2>/dev/null; then
+            log "stopping and disabling the system Orthanc service (systemd)"
+            as_root systemctl disable --now orthanc >/dev/null 2>&1 || \
+                log "warning: systemctl could not stop/disable orthanc"
+        fi
+    elif [ -x /etc/init.d/orthanc ]; then
+        if /etc/init.d/orthanc status >/dev/null 2>&1; then
+            log "stopping the system Orthanc service (init script)"
+            as_root /etc/init.d/orthanc stop >/dev/null 2>&1 || \
+                log "warning: /etc/init.d/orthanc stop failed"
+        fi
+        if command -v update-rc.d >/dev/null 2>&1 && \
+           compgen -G '/etc/rc[2-5].d/S*orthanc' >/dev/null; then
+            as_root update-rc.d orthanc disable >/dev/null 2>&1 || true
+        fi
+    fi
+    # Whatever started it, say so if one is still there: tests must not meet it.
+    if pgrep -u orthanc -x Orthanc >/dev/null 2>&1; then
+        log "warning: a system Orthanc (user orthanc) is still running"
+    fi
+}
+
+venv_works() {
+    # A venv copied from another machine or made by a removed interpreter has
+    # a dangling bin/python, and one moved with its checkout has console
+    # scripts whose #! still names the old place (a long path is on line 2,
+    # in pip's sh trampoline): detect both instead of trusting the folder.
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 &&
+        head -n 2 "$VENV/bin/pip" 2>/dev/null | grep -qF "$VENV/bin/python"
+}
+
+setup_venv() {
+    if venv_works; then
+        log "virtualenv: reusing $VENV ($("$VENV/bin/python" -V 2>&1))"
+    else
+        if [ -e "$VENV" ]; then
+            log "virtualenv: $VENV is broken or was moved, recreating it"
+            rm -rf "$VENV"
+        fi
+        command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON on PATH"
+        log "virtualenv: creating $VENV with $(command -v "$PYTHON") ($("$PYTHON" -V 2>&1))"
+        "$PYTHON" -m venv "$VENV"
+    fi
+
+    # Reinstall only when the declared dependencies change: the install is
+    # editable, so source edits need no reinstall, and skipping pip keeps a
+    # re-run fast and offline.
+    local stamp="$VENV/.pdimport-setup-stamp" want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "${PDIMPORT_FORCE_PIP:-0}" != 1 ] && [ -f "$stamp" ] && \
+       [ "$(cat "$stamp")" = "$want" ] && \
+       "$VENV/bin/python" -c 'import pdimport, pytest' >/dev/null 2>&1; then
+        log "python packages: pyproject.toml unchanged since last install, skipping pip"
+        return
+    fi
+    rm -f "$stamp"
+    log "pip install -e '.[test]' into $VENV"
+    # pip older than 21.3 cannot do an editable install from pyproject.toml.
+    "$VENV/bin/python" -m pip install -q --progress-bar off --upgrade pip
+    "$VENV/bin/python" -m pip install --progress-bar off -e '.[test]'
+    printf '%s\n' "$want" >"$stamp"
+}
+
+log "repository: $REPO"
+install_apt_packages
+stop_system_orthanc
+setup_venv
+log "set-up done in ${SECONDS}s"
+
+case "$MODE" in
+    run)
+        log "exec .venv/bin/pdimport demo $*"
+        exec "$VENV/bin/pdimport" demo "$@"
+        ;;
+    test)
+        log "exec .venv/bin/python -m pytest -q $*"
+        exec "$VENV/bin/python" -m pytest -q "$@"
+        ;;
+esac

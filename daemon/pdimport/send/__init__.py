@@ -1,0 +1,46 @@
+"""Delivery: parse destination URLs and send instances to them.
+
+``deliver`` makes one attempt per call and reports one
+:class:`~pdimport.model.SendOutcome` per item through ``on_outcome`` as soon
+as it is known; retries and back-off belong to the caller (pipeline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..model import SendItem, SendOutcome
+from .dest import Destination, DicomDest, FileDest, parse_dest
+
+__all__ = ["Destination", "DicomDest", "FileDest", "deliver", "parse_dest"]
+
+
+def deliver(dest: Destination, items: list[SendItem], settings: Any,
+            on_outcome: Callable[[SendOutcome], None], workdir: Path) -> None:
+    """Send `items` to `dest`, dispatching on the destination type.
+
+    Parameters
+    ----------
+    dest : DicomDest or FileDest
+        From :func:`parse_dest`.
+    items : list of SendItem
+        Spooled Part 10 files to deliver.
+    settings : pdimport.settings.Settings
+        Network timeouts, calling AE title.
+    on_outcome : callable
+        Receives each item's outcome the moment it is known (journal it).
+    workdir : pathlib.Path
+        Scratch folder for converted copies.
+    """
+    if isinstance(dest, DicomDest):
+        from .dicom import send_dicom  # pynetdicom only when needed
+
+        send_dicom(dest, items, settings, on_outcome, workdir)
+    elif isinstance(dest, FileDest):
+        from .files import send_files
+
+        send_files(dest, items, settings, on_outcome, workdir)
+    else:
+        raise TypeError(f"unknown destination {dest!r}")

@@ -1,0 +1,284 @@
+"""Real network peers on 127.0.0.1 for the delivery tests.
+
+* ``storescp``: dcmtk's storescp (``/usr/bin/storescp``; the ``storescp`` on
+  PATH may be pynetdicom's app of the same name). dcmtk 3.6.7 has no
+  bind-address option, so it listens on all interfaces for the few seconds a
+  test runs; everything we send goes to 127.0.0.1.
+* ``orthanc``: Debian's Orthanc with a throw-away config and storage.
+* ``scripted_scp``: a pynetdicom Storage SCP that answers a chosen status, or
+  stores and never answers (after pynetdicom's ``tests/parrot.py`` idea of a
+  peer the test controls).
+* ``receiver``: pdimport's own embedded :class:`~pdimport.receiver.Receiver`.
+
+Every peer gets a port from :func:`free_port` and is stopped at teardown by
+its own PID / server object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DCMTK_STORESCP = "/usr/bin/storescp"
+ORTHANC = "/usr/sbin/Orthanc"
+
+__all__ = [
+    "OrthancPeer",
+    "Peer",
+    "ScriptedSCP",
+    "free_port",
+    "orthanc",
+    "receiver",
+    "scripted_scp",
+    "storescp",
+    "wait_for_port",
+]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (pynetdicom's get_port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 10.0) -> None:
+    """Block until 127.0.0.1:`port` accepts a TCP connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"peer exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@dataclass
+class Peer:
+    """A running C-STORE SCP: where it listens and where it stores."""
+
+    aet: str
+    port: int
+    out_dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"dicom://{self.aet}@127.0.0.1:{self.port}"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out_dir.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------ storescp
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
+    """Factory: ``storescp(accept_all=False, aet="STORESCP", bit_preserving=False)``.
+
+    Default storescp accepts only the uncompressed syntaxes; ``accept_all``
+    adds ``+xa`` (every syntax dcmtk knows). Nagle is left on (Debian
+    default, no ``TCP_NODELAY`` in its environment), as in the field.
+    """
+    if not os.access(DCMTK_STORESCP, os.X_OK):
+        pytest.skip("dcmtk storescp not installed")
+    procs: list[subprocess.Popen] = []
+
+    def start(accept_all: bool = False, aet: str = "STORESCP",
+              bit_preserving: bool = False) -> Peer:
+        port = free_port()
+        out_dir = tmp_path / f"storescp-{port}"
+        out_dir.mkdir()
+        args = [DCMTK_STORESCP, "-aet", aet, "-od", str(out_dir)]
+        if accept_all:
+            args.append("+xa")
+        if bit_preserving:
+            # Write the received bytes as they came; without it dcmtk writes
+            # what it parsed, so a byte comparison would test dcmtk, not us.
+            args.append("+B")
+        env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        proc = subprocess.Popen(args + [str(port)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        procs.append(proc)
+        wait_for_port(port, proc)
+        return Peer(aet, port, out_dir, proc)
+
+    yield start
+    for proc in procs:
+        _stop(proc)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+# ------------------------------------------------------------------- orthanc
+@dataclass
+class OrthancPeer(Peer):
+    http_port: int = 0
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource as JSON (``/instances``, ``/system`` ...)."""
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as rsp:
+            return json.load(rsp)
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The simplified tags of every stored instance."""
+        return [self.get(f"/instances/{iid}/simplified-tags") for iid in self.get("/instances")]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
+    """Orthanc on 127.0.0.1 (HTTP) with empty storage; DICOM on all interfaces."""
+    if not os.access(ORTHANC, os.X_OK):
+        pytest.skip("Orthanc not installed")
+    root = tmp_path / "orthanc"
+    (root / "db").mkdir(parents=True)
+    peer = OrthancPeer("ORTHANC", free_port(), root / "db", http_port=free_port())
+    config = {
+        "Name": "pdimport-test",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "StorageCompression": False,
+        "DicomServerEnabled": True,
+        "DicomAet": peer.aet,
+        "DicomPort": peer.port,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "HttpServerEnabled": True,
+        "HttpPort": peer.http_port,
+        # HTTP on the loopback only, and therefore no credentials needed.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "SaveJobs": False,
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    with open(root / "orthanc.log", "wb") as log:
+        proc = subprocess.Popen([ORTHANC, str(root / "config.json")], cwd=root, stdout=log,
+                                stderr=subprocess.STDOUT)
+        peer.proc = proc
+        try:
+            _wait_http(peer, proc)
+            wait_for_port(peer.port, proc)
+            yield peer
+        finally:
+            _stop(proc)
+
+
+def _wait_http(peer: OrthancPeer, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with status {proc.returncode}")
+        try:
+            peer.get("/system")
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError("Orthanc /system did not answer")
+
+
+# -------------------------------------------------------------- scripted SCP
+@dataclass
+class ScriptedSCP:
+    """A pynetdicom Storage SCP whose answer the test chooses.
+
+    ``status``: the C-STORE status to return (0xA700, 0xC000, 0xB000 ...).
+    ``hang``: store the object, then never answer (until :meth:`stop`), so
+    the SCU runs into its ``dimse_timeout``.
+    """
+
+    out_dir: Path
+    status: int = 0x0000
+    hang: bool = False
+    aet: str = "SCRIPTED"
+    port: int = 0
+    stored: list[str] = field(default_factory=list)
+    _release: threading.Event = field(default_factory=threading.Event)
+    _server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"dicom://{self.aet}@127.0.0.1:{self.port}"
+
+    def start(self) -> ScriptedSCP:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title=self.aet)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self._server.server_address[1]
+        return self
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        (self.out_dir / f"{len(self.stored)}.dcm").write_bytes(event.encoded_dataset())
+        self.stored.append(uid)
+        if self.hang:
+            self._release.wait(30)
+        return self.status
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
+@pytest.fixture
+def scripted_scp(tmp_path: Path) -> Iterator[Callable[..., ScriptedSCP]]:
+    """Factory: ``scripted_scp(status=0xC000)`` or ``scripted_scp(hang=True)``."""
+    peers: list[ScriptedSCP] = []
+
+    def start(status: int = 0x0000, hang: bool = False) -> ScriptedSCP:
+        peer = ScriptedSCP(tmp_path / f"scripted-{len(peers)}", status=status, hang=hang)
+        peers.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in peers:
+        peer.stop()
+
+
+# ------------------------------------------------------------------ receiver
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory for pdimport's embedded Receiver; stopped at teardown."""
+    from pdimport.receiver import Receiver
+
+    started: list[Receiver] = []
+
+    def start(**kwargs: Any) -> Receiver:
+        recv = Receiver(tmp_path / f"received-{len(started)}", **kwargs).start()
+        started.append(recv)
+        return recv
+
+    yield start
+    for recv in started:
+        recv.stop()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 PROBLEM_CODES: dict[str, tuple[str, str]] = {
     # --- the medium and its entries -------------------------------------
     "unreadable_medium": ("error", "the medium could not be opened or parsed at all"),
+    "blank_medium": ("error", "a blank disc: nothing to import"),
+    "audio_cd": ("error", "an audio CD: nothing to import"),
     "unreadable_sector": ("error", "a read error (EIO or short read) inside the file's data"),
     "truncated_extent": ("error", "the file's extent runs past the end of the medium"),
     "unsafe_path": ("error", "an entry name escapes the medium root (.., absolute, drive letter)"),
@@ -49,6 +51,9 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "unparsable": ("error", "the reference parser refused the file"),
     "trailing_data": ("warning", "bytes after the last element were ignored"),
     "charset_suspect": ("warning", "text values do not decode in the declared character set"),
+    "bad_structure": ("error", "an item or delimiter where the encoding forbids it, or an element overrunning its item"),
+    "tag_unsorted": ("warning", "top-level data elements are unique but not in ascending order; forwarded unchanged"),
+    "pixel_length_excess": ("warning", "native Pixel Data is longer than its geometry needs (extra bytes kept)"),
     # --- content classification -------------------------------------------
     "unsupported_content": ("warning", "a file of a kind pdimport does not import"),
     # --- grouping and policy -----------------------------------------------

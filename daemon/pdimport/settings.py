@@ -41,6 +41,21 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--dest", multiple=True),
     Setting("calling_aet", str, "PDIMPORT", "our AE title when we call a destination",
             flag="--calling-aet", validate=lambda v: 0 < len(v.strip()) <= 16),
+    # the appliance (pdimport daemon)
+    Setting("devices", str, ["sr*", "sd*"], "kernel names of block devices watched; sd* only "
+            "ever matches USB (ID_BUS=usb)", flag="--devices", multiple=True),
+    Setting("watch", str, "", "watch folder for ISO/zip/folder packages (empty = off)",
+            flag="--watch"),
+    Setting("eject_after", str, "delivered", "when the disc comes out: read | delivered",
+            flag="--eject-after", validate=lambda v: v in ("read", "delivered")),
+    Setting("debounce", float, 1.5, "seconds with no newer udev event before a disc is read",
+            validate=_positive),
+    Setting("watch_settle", float, 5.0, "seconds a dropped package must stay unchanged",
+            validate=_positive),
+    Setting("retry_max_delay", float, 300.0, "longest back-off while a destination is down",
+            validate=_positive),
+    Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", validate=_positive),
+    Setting("eject_retries", int, 5, "attempts to eject an optical tray", validate=_positive),
     # network
     Setting("network.connection_timeout", float, 10.0, "TCP connect timeout, seconds",
             validate=_positive),

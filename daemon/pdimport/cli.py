@@ -1,0 +1,233 @@
+"""Command line: ``pdimport import|scan|jobs|report|demo``.
+
+Exit status of ``import``: 0 everything delivered, 1 held or partial,
+2 failed or unusable input, 64 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from . import report as report_mod
+from .settings import SettingsError, load
+
+EXIT_USAGE = 64
+
+log = logging.getLogger("pdimport")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2; our contract says 64
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR", help="journal and spool (default /var/lib/pdimport)")
+    p.add_argument("--json", action="store_true", help="print the JSON report(s)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pdimport", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"pdimport {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("import", help="import media now")
+    _common(p)
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, .iso/.img image, .zip package or block device")
+    p.add_argument("--dest", action="append", default=[], metavar="URL",
+                   help="dicom://AET@host:port or file:///path (repeatable)")
+    p.add_argument("--calling-aet", metavar="AET")
+    p.add_argument("--scanner", choices=("auto", "pydicom", "numba"))
+
+    p = sub.add_parser("scan", help="inventory a medium; sends nothing")
+    _common(p)
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--scanner", choices=("auto", "pydicom", "numba"))
+
+    p = sub.add_parser("jobs", help="list jobs in the journal")
+    _common(p)
+
+    p = sub.add_parser("report", help="print the stored report of a job")
+    _common(p)
+    p.add_argument("job")
+
+    p = sub.add_parser("daemon", help="the appliance: drives and watch folder")
+    _common(p)
+    p.add_argument("--dest", action="append", default=[], metavar="URL")
+    p.add_argument("--watch", metavar="DIR")
+    p.add_argument("--devices", nargs="+", metavar="GLOB", help="kernel names, e.g. 'sr*' 'loop*'")
+    p.add_argument("--eject-after", choices=("read", "delivered"))
+    p.add_argument("--calling-aet", metavar="AET")
+
+    p = sub.add_parser("status", help="live state of drives and jobs (from the running daemon)")
+    _common(p)
+
+    p = sub.add_parser("demo", help="run on embedded defaults: a local PACS and a sample disc")
+    _common(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    overrides = {
+        "state_dir": getattr(args, "state_dir", None),
+        "dest": getattr(args, "dest", None),
+        "calling_aet": getattr(args, "calling_aet", None),
+        "scanner": getattr(args, "scanner", None),
+        "watch": getattr(args, "watch", None),
+        "devices": getattr(args, "devices", None),
+        "eject_after": getattr(args, "eject_after", None),
+    }
+    return load(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _settings(args)
+    except SettingsError as exc:
+        print(f"pdimport: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    handler = {"import": cmd_import, "scan": cmd_scan, "jobs": cmd_jobs,
+               "report": cmd_report, "demo": cmd_demo, "daemon": cmd_daemon,
+               "status": cmd_status}[args.command]
+    try:
+        return handler(args, cfg)
+    except (ValueError, SettingsError) as exc:
+        print(f"pdimport: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as exc:
+        print(f"pdimport: {exc} (is --state-dir writable?)", file=sys.stderr)
+        return 2
+
+
+def _importer(cfg: Any) -> Any:
+    from .pipeline import Importer
+
+    return Importer(cfg)
+
+
+def _print(results: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        out = results[0] if len(results) == 1 else results
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        for rep in results:
+            print(report_mod.summary(rep))
+
+
+def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
+    if not cfg.dest:
+        raise ValueError("no destination: give --dest URL or set 'dest' in the config")
+    from .send import parse_dest
+
+    for url in cfg.dest:
+        parse_dest(url)  # usage errors before any medium is touched
+    importer = _importer(cfg)
+    results = []
+    worst = 0
+    try:
+        for source in args.sources:
+            res = importer.run(source, list(cfg.dest))
+            results.append(res.report)
+            worst = max(worst, res.exit_code)
+    finally:
+        importer.close()
+    _print(results, args.json)
+    return worst
+
+
+def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
+    importer = _importer(cfg)
+    try:
+        res = importer.run(args.source, [], mode="scan")
+    finally:
+        importer.close()
+    _print([res.report], args.json)
+    return res.exit_code
+
+
+def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
+    from .journal import Journal
+
+    journal = Journal(cfg.state_path / "journal.sqlite")
+    try:
+        jobs = journal.jobs()
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps([{"job": j.id, "state": j.state, "source": j.source_path,
+                           "kind": j.source_kind, "label": j.label, "mode": j.mode,
+                           "created": j.created} for j in jobs], indent=2))
+    else:
+        for j in jobs:
+            print(f"{j.id}  {j.state:9} {j.mode:6} {j.source_kind:6} {j.source_path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
+    from .journal import Journal
+
+    journal = Journal(cfg.state_path / "journal.sqlite")
+    try:
+        rep = journal.report(args.job)
+    finally:
+        journal.close()
+    if rep is None:
+        print(f"pdimport: no report for job {args.job}", file=sys.stderr)
+        return 2
+    _print([rep], args.json)
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace, cfg: Any) -> int:
+    from .daemon import daemon_main
+
+    return daemon_main(cfg)
+
+
+def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
+    from .daemon import status_main
+
+    return status_main(cfg, args.json)
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
+    """Embedded defaults: a local storage SCP stands in for the PACS, a sample
+    PDI disc image is generated and imported into it."""
+    from .receiver import Receiver
+    from .sample import make_sample_disc
+
+    demo = cfg.state_path / "demo"
+    demo.mkdir(parents=True, exist_ok=True)
+    iso = make_sample_disc(demo / "sample-pdi.iso")
+    pacs_dir = demo / "pacs"
+    receiver = Receiver(pacs_dir, aet="DEMOPACS")
+    receiver.start()
+    try:
+        cfg = cfg.replace(dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"])
+        importer = _importer(cfg)
+        try:
+            res = importer.run(str(iso), list(cfg.dest))
+        finally:
+            importer.close()
+    finally:
+        receiver.stop()
+    _print([res.report], args.json)
+    stored = sorted(Path(pacs_dir).glob("*"))
+    print(f"\nsample disc:   {iso}")
+    print(f"stand-in PACS: {pacs_dir} ({len(stored)} files received)")
+    print(f"report:        {cfg.state_path / 'reports' / (res.job_id + '.json')}")
+    print(f"journal:       {cfg.state_path / 'journal.sqlite'}")
+    return res.exit_code

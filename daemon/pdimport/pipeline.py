@@ -1,0 +1,448 @@
+"""One medium becomes one job: read → identify & scan → group & check → deliver.
+
+The job runs in two phases so that a disc can leave the drive early:
+
+1. :meth:`Importer.read` copies every file of the medium into the spool, in
+   on-medium order, and records each one in the journal. After it, the medium
+   is no longer needed.
+2. :meth:`Importer.process` works from the journal and the spool only:
+   identification, header scan, DICOMDIR cross-check, grouping, the one-patient
+   rule, duplicate UIDs, delivery and the report.
+
+A bad file is a recorded problem, never an exception that leaves the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import report as report_mod
+from .classify import classify
+from .group import Instance, group_patients, split_duplicates
+from .journal import Job, Journal
+from .model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
+from .problems import Problem
+from .settings import Settings
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE = 0, 1, 2, 64
+
+_SCAN_BATCH = 256
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    report: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return report_mod.exit_code(self.report["status"])
+
+
+@dataclass
+class Inventory:
+    """Everything phase 2 learnt about a job's files."""
+
+    instances: list[Instance] = field(default_factory=list)
+    other_content: list[tuple[str, str]] = field(default_factory=list)  # (path, subtype)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+    fallbacks: int = 0
+
+
+class Importer:
+    """Runs jobs against one state directory (journal + spool)."""
+
+    def __init__(self, settings: Settings, journal: Journal | None = None,
+                 spool: Spool | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.settings = settings
+        state = settings.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        self.journal = journal or Journal(state / "journal.sqlite")
+        self.spool = spool or Spool(state / "spool")
+        self.reports_dir = state / "reports"
+        self.reports_dir.mkdir(exist_ok=True)
+        self._on_event = on_event
+        from .scan import get_scanner
+        self.scanner = get_scanner(settings.scanner)
+
+    # ------------------------------------------------------------ public
+    def run(self, source: str, dests: list[str], mode: str = "import") -> JobResult:
+        """Import (or, with ``mode='scan'``, inventory) one source end to end."""
+        from .media import MediumOpenError, open_medium
+        from .send import parse_dest
+
+        destinations = [parse_dest(d) for d in dests]
+        try:
+            medium = open_medium(source, self.settings)
+        except MediumOpenError as exc:
+            return self.unusable(source, exc.code, exc.detail, mode)
+        try:
+            job = self.start_job(medium, source, mode)
+            if not job.read_complete:
+                self.read(job, medium)
+        finally:
+            medium.close()
+        return self.process(job.id, destinations, mode)
+
+    def start_job(self, medium: Any, source: str, mode: str) -> Job:
+        key = source_key(medium.kind, source, medium.label, getattr(medium, "size", None))
+        job = self.journal.find_unfinished(key, mode)
+        if job is not None:
+            log.info("resuming job %s for %s", job.id, source)
+            return job
+        job = self.journal.create_job(key, medium.kind, source, medium.label or "", mode)
+        self._event("medium_inserted", job=job.id, source=source, kind=medium.kind,
+                    label=medium.label)
+        return job
+
+    # ------------------------------------------------------------ phase 1
+    def read(self, job: Job, medium: Any) -> None:
+        """Copy every entry into the spool, in on-medium order; record each."""
+        self.journal.set_state(job.id, "reading")
+        done = self.journal.file_map(job.id)
+        entries = medium.entries()
+        for seq, entry in enumerate(entries):
+            rec = done.get(entry.path)
+            if rec and rec.state == "read" and rec.sha256 and self.spool.has(rec.sha256,
+                                                                             entry.size):
+                continue  # read before a restart: the spool already holds it
+            try:
+                with medium.open(entry) as fp:
+                    sha, size = self.spool.put(iter_chunks(fp))
+                self.journal.record_file(job.id, seq, entry.path, size, sha, "read")
+            except MediumReadError as exc:
+                self.journal.record_file(job.id, seq, entry.path, entry.size, None, "error",
+                                         exc.code, exc.detail)
+            except OSError as exc:
+                self.journal.record_file(job.id, seq, entry.path, entry.size, None, "error",
+                                         "unreadable_sector", str(exc))
+        self.journal.replace_job_problems(
+            job.id, iter([(p.code, p.path, p.detail) for p in medium.problems]))
+        self.journal.mark_read_complete(job.id)
+        self._event("read_completed", job=job.id, files=len(entries))
+
+    # ------------------------------------------------------------ phase 2
+    def process(self, job_id: str, destinations: list[Any], mode: str = "import") -> JobResult:
+        job = self.journal.job(job_id)
+        assert job is not None
+        inv = self.inventory(job)
+        hold_reasons: list[str] = []
+        patients = group_patients([i for i in inv.instances if i.state == "pending"])
+        if len(patients) > 1:
+            hold_reasons.append("multi_patient")
+            names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in patients)
+            inv.problems.append(Problem("multi_patient", "", names))
+        if mode == "scan":
+            pass
+        elif hold_reasons:
+            for inst in inv.instances:
+                if inst.state == "pending":
+                    inst.state = "held"
+        else:
+            self.journal.set_state(job.id, "delivering")
+            for dest in destinations:
+                self.deliver(job, dest, inv)
+        report = report_mod.build(job, inv, patients, hold_reasons, mode)
+        self.journal.save_report(job.id, report)
+        self.journal.set_state(job.id, report["status"] if mode != "scan" else "scanned")
+        (self.reports_dir / f"{job.id}.json").write_text(
+            report_mod.dumps(report), encoding="utf-8")
+        self._event("job_finished", job=job.id, status=report["status"])
+        return JobResult(job.id, report)
+
+    def inventory(self, job: Job) -> Inventory:
+        """Identify and scan every spooled file of a job (from the spool only)."""
+        from .identify import identify
+
+        inv = Inventory()
+        inv.problems.extend(Problem(c, p, d) for c, p, d in self.journal.job_problems(job.id))
+        files = self.journal.files(job.id)
+        inv.files = len(files)
+        dicom: list[tuple[str, str, str]] = []  # (path, sha, encoding)
+        dicomdirs: list[tuple[str, str]] = []
+        for f in files:
+            if f.state != "read" or not f.sha256:
+                inv.problems.append(Problem(f.code or "unreadable_sector", f.path, f.detail))
+                continue
+            try:
+                ident = identify(f.path, self.spool.path(f.sha256))
+            except Exception as exc:  # noqa: BLE001 - a bad file never stops the job
+                log.exception("identify failed on %s", f.path)
+                ident = Identity("broken", problem=Problem("internal_error", f.path, str(exc)))
+            self._file_identity(f.path, f.sha256, ident, inv, dicom, dicomdirs)
+        self._scan(dicom, inv)
+        self._crosscheck_dicomdirs(dicomdirs, [f.path for f in files], inv)
+        unique, identical, conflicts = split_duplicates(inv.instances)
+        for dup in identical:
+            dup.state = "skipped"
+            dup.detail = "identical copy of an instance already on this medium"
+        for dup in conflicts:
+            dup.state = "conflict"
+            inv.problems.append(Problem("uid_conflict", dup.path,
+                                        f"SOP Instance UID {dup.uid} also at another path "
+                                        "with different content"))
+        return inv
+
+    def _file_identity(self, path: str, sha: str, ident: Identity, inv: Inventory,
+                       dicom: list, dicomdirs: list) -> None:
+        if ident.kind == "dicom":
+            dicom.append((path, sha, ident.subtype))
+        elif ident.kind == "dicomdir":
+            dicomdirs.append((path, sha))
+        elif ident.kind == "other_content":
+            inv.other_content.append((path, ident.subtype))
+        elif ident.kind == "ignored":
+            inv.ignored.append((path, ident.subtype))
+        elif ident.problem is not None:
+            p = ident.problem
+            inv.problems.append(Problem(p.code, path, p.detail))
+        else:
+            inv.problems.append(Problem("unsupported_content", path, ident.kind))
+
+    def _scan(self, dicom: list[tuple[str, str, str]], inv: Inventory) -> None:
+        for start in range(0, len(dicom), _SCAN_BATCH):
+            batch = dicom[start:start + _SCAN_BATCH]
+            paths = [self.spool.path(sha) for _, sha, _ in batch]
+            try:
+                results = self.scanner.scan(paths, [enc for _, _, enc in batch])
+            except Exception as exc:  # noqa: BLE001 - scanner bug: record per file
+                log.exception("scanner failed on a batch")
+                results = [Problem("internal_error", "", str(exc))] * len(batch)
+            for (path, sha, _enc), res in zip(batch, results):
+                if isinstance(res, Problem):
+                    inv.problems.append(Problem(res.code, path, res.detail))
+                    continue
+                for code in res.warnings:
+                    inv.problems.append(Problem(code, path, ""))
+                inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
+                try:
+                    inst.send_sha256 = self._sendable(sha, res)
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("could not prepare %s", path)
+                    inv.problems.append(Problem("internal_error", path, str(exc)))
+                    continue
+                inv.instances.append(inst)
+
+    def _sendable(self, sha: str, header: Header) -> str:
+        """The spooled Part 10 file to send: the original, or for a dataset
+        without preamble/meta the same bytes behind correct file meta."""
+        if header.encoding == "part10":
+            return sha
+        cached = self.journal.derived(sha, "part10")
+        if cached and self.spool.has(cached):
+            return cached
+        work = self.spool.workfile(".dcm")
+        wrap_part10(self.spool.path(sha), work, header)
+        out, _ = self.spool.put_file(work)
+        self.journal.record_derived(sha, "part10", out)
+        return out
+
+    def _crosscheck_dicomdirs(self, dicomdirs: list[tuple[str, str]], medium_paths: list[str],
+                              inv: Inventory) -> None:
+        from .dicomdir import match_path, read_dicomdir
+
+        if not dicomdirs:
+            return
+        indexed: set[str] = set()
+        for path, sha in dicomdirs:
+            base = path.rsplit("/", 1)[0] if "/" in path else ""
+            try:
+                index = read_dicomdir(self.spool.path(sha), self.settings)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("DICOMDIR %s", path)
+                inv.problems.append(Problem("dicomdir_invalid", path, str(exc)))
+                continue
+            inv.problems.extend(Problem(p.code, p.path or path, p.detail) for p in index.problems)
+            for ref in index.files:
+                rel = f"{base}/{ref.path}" if base else ref.path
+                found = match_path(rel, medium_paths)
+                if found is None:
+                    inv.problems.append(Problem("missing_file", rel,
+                                                f"named in {path} but not on the medium"))
+                else:
+                    indexed.add(found)
+        for inst in inv.instances:
+            if inst.path not in indexed:
+                inv.problems.append(Problem("unindexed_file", inst.path,
+                                            "not named in the DICOMDIR; imported anyway"))
+
+    # ------------------------------------------------------------ delivery
+    def deliver(self, job: Job, dest: Any, inv: Inventory) -> None:
+        """Send every pending instance to one destination, with retries."""
+        from .send import deliver as send_to
+
+        sent = self.journal.sent_set(dest.key)
+        todo: dict[str, Instance] = {}
+        for inst in inv.instances:
+            if inst.state not in ("pending", "sent"):
+                continue
+            if (inst.uid, inst.sha256) in sent:
+                inst.previously_sent = True
+                inst.state = "sent"
+                continue
+            if self._historic_conflict(dest.key, inst):
+                inst.state = "conflict"
+                inv.problems.append(Problem(
+                    "uid_conflict", inst.path,
+                    f"{dest.key} already holds SOP Instance UID {inst.uid} with other content"))
+                continue
+            todo[inst.sha256 + inst.uid] = inst
+        outcomes: dict[str, SendOutcome] = {}
+
+        def on_outcome(out: SendOutcome) -> None:
+            inst = todo[out.key]
+            self.journal.record_delivery(dest.key, inst.uid, inst.sha256, out.state, out.status,
+                                         out.code, out.detail, job.id)
+            outcomes[out.key] = out
+
+        workdir = self.settings.state_path / "work"
+        workdir.mkdir(exist_ok=True)
+        attempts = int(self.settings.get("network.retries"))
+        delay = float(self.settings.get("network.retry_delay"))
+        pending = list(todo)
+        for attempt in range(attempts):
+            items = [self._item(key, todo[key]) for key in pending]
+            if not items:
+                break
+            try:
+                send_to(dest, items, self.settings, on_outcome, workdir)
+            except Exception as exc:  # noqa: BLE001 - a sender bug must not lose the job
+                log.exception("delivery to %s failed", dest.key)
+                for key in pending:
+                    outcomes.setdefault(key, SendOutcome(key, "retry", code="internal_error",
+                                                         detail=str(exc)))
+            pending = [k for k in pending
+                       if k not in outcomes or outcomes[k].state in ("retry", "unknown")]
+            if not pending or attempt == attempts - 1:
+                break
+            for key in pending:
+                outcomes.pop(key, None)
+            time.sleep(delay * (2 ** attempt))
+        self._apply_outcomes(dest, todo, outcomes, inv)
+        self._event("instances_delivered", job=job.id, dest=dest.key,
+                    sent=sum(1 for o in outcomes.values() if o.state == "sent"))
+
+    def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
+        return any(d.state == "sent" and d.sha256 != inst.sha256
+                   for d in self.journal.deliveries_for_uid(dest_key, inst.uid))
+
+    def _item(self, key: str, inst: Instance) -> SendItem:
+        path = self.spool.path(inst.send_sha256)
+        return SendItem(key=key, path=path, sop_class_uid=inst.header.sop_class_uid,
+                        sop_instance_uid=inst.uid, transfer_syntax=inst.header.transfer_syntax,
+                        size=path.stat().st_size)
+
+    @staticmethod
+    def _apply_outcomes(dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome],
+                        inv: Inventory) -> None:
+        for key, inst in todo.items():
+            out = outcomes.get(key)
+            if out is None:
+                inst.state = "failed"
+                inv.problems.append(Problem("association_failed", inst.path,
+                                            f"{dest.key}: not attempted"))
+                continue
+            if out.state == "sent":
+                if inst.state == "pending":
+                    inst.state = "sent"
+                if out.code:
+                    inv.problems.append(Problem(out.code, inst.path, f"{dest.key}: {out.detail}"))
+                continue
+            inst.state = "failed"
+            code = out.code or ("outcome_unknown" if out.state == "unknown"
+                                else "association_failed" if out.state == "retry"
+                                else "store_failed")
+            inv.problems.append(Problem(code, inst.path, f"{dest.key}: {out.detail}".rstrip(": ")))
+
+    # ------------------------------------------------------------ helpers
+    def unusable(self, source: str, code: str, detail: str, mode: str = "import") -> JobResult:
+        """Record a medium that could not be opened at all as a failed job."""
+        job = self.journal.create_job(f"unusable:{source}:{time.time()}", "unknown", source, "",
+                                      mode)
+        inv = Inventory(problems=[Problem(code, source, detail)])
+        report = report_mod.build(job, inv, [], [], mode, failed=True)
+        self.journal.save_report(job.id, report)
+        self.journal.set_state(job.id, "failed")
+        return JobResult(job.id, report)
+
+    def _event(self, name: str, **fields: Any) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(name, fields)
+        except Exception:  # noqa: BLE001 - observers never break an import
+            log.exception("event subscriber failed on %s", name)
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:
+    """A stable identity for "the same source again" (resume after a crash).
+
+    For a device the node alone is not enough (another disc may be in the
+    drive now): the volume label and the medium size must match too.
+    """
+    real = os.path.realpath(source)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return f"{kind}:{real}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"dir:{real}"
+    if stat.S_ISBLK(st.st_mode):
+        return f"device:{real}:{label}:{size if size is not None else _device_size(real)}"
+    return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _device_size(path: str) -> int:
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return -1
+    try:
+        buf = fcntl.ioctl(fd, 0x80081272, b"\0" * 8)  # BLKGETSIZE64
+        return struct.unpack("Q", buf)[0]
+    except OSError:
+        return -1
+    finally:
+        os.close(fd)
+
+
+def wrap_part10(src: Path, dst: Path, header: Header) -> None:
+    """Write ``src``'s dataset bytes, unchanged, behind a preamble and File
+    Meta Information (PS3.10 §7.1) so it can be sent and stored as Part 10."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = header.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = header.sop_instance_uid
+    meta.TransferSyntaxUID = header.transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "PDIMPORT_01"
+    with open(dst, "wb") as out, open(src, "rb") as fp:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
+        fp.seek(header.dataset_offset)
+        shutil.copyfileobj(fp, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())

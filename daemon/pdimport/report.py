@@ -1,0 +1,143 @@
+"""The JSON report of a job (contract in DESIGN.md: field names are stable,
+new fields may be added) and the status/exit code it implies."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .problems import PROBLEM_CODES
+
+if TYPE_CHECKING:
+    from .group import Patient
+    from .journal import Job
+    from .pipeline import Inventory
+
+_EXIT = {"imported": 0, "scanned": 0, "held": 1, "partial": 1, "failed": 2}
+
+
+def exit_code(status: str) -> int:
+    """0 everything delivered; 1 held or partial; 2 failed or unusable input."""
+    return _EXIT.get(status, 2)
+
+
+def status_of(inv: "Inventory", hold_reasons: list[str], mode: str, failed: bool) -> str:
+    if failed:
+        return "failed"
+    if hold_reasons:
+        return "held"
+    errors = [p for p in inv.problems if PROBLEM_CODES[p.code][0] == "error"]
+    live = [i for i in inv.instances if i.state not in ("skipped",)]
+    if mode == "scan":
+        if not live and not inv.other_content:
+            return "failed"
+        return "partial" if errors else "imported"
+    sent = [i for i in live if i.state == "sent"]
+    if not live:
+        # Nothing DICOM to deliver: a medium of documents only needs a person,
+        # an empty or unreadable one has failed.
+        return "partial" if inv.other_content else "failed"
+    if not sent:
+        return "failed"
+    if errors or len(sent) != len(live):
+        return "partial"
+    return "imported"
+
+
+def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons: list[str],
+          mode: str, failed: bool = False) -> dict[str, Any]:
+    status = status_of(inv, hold_reasons, mode, failed)
+    counts = {
+        "files": inv.files,
+        "dicom": len(inv.instances),
+        "other_content": len(inv.other_content),
+        "converted": 0,
+        "sent": sum(1 for i in inv.instances if i.state == "sent"),
+        "failed": sum(1 for i in inv.instances if i.state == "failed"),
+        "skipped": sum(1 for i in inv.instances if i.state == "skipped"),
+        "held": sum(1 for i in inv.instances if i.state == "held"),
+        "conflict": sum(1 for i in inv.instances if i.state == "conflict"),
+        "already_sent": sum(1 for i in inv.instances if i.previously_sent),
+        "ignored": len(inv.ignored),
+        "problems": len(inv.problems),
+    }
+    kinds = {i.kind for i in inv.instances}
+    return {
+        "job": job.id,
+        "mode": mode,
+        "source": {"kind": job.source_kind, "path": job.source_path, "label": job.label},
+        "status": status,
+        "hold_reasons": hold_reasons,
+        "flags": {
+            "multi_patient": "multi_patient" in hold_reasons,
+            "rt": "rt" in kinds,
+            "ai": "ai" in kinds,
+            "other_content": bool(inv.other_content),
+        },
+        "patients": [_patient(p) for p in patients],
+        "counts": counts,
+        "instances": [_instance(i) for i in inv.instances],
+        "other_content": [{"path": p, "type": t} for p, t in inv.other_content],
+        "ignored": [{"path": p, "reason": r} for p, r in inv.ignored],
+        "converted": [],
+        "problems": [p.as_dict() for p in inv.problems],
+    }
+
+
+def _patient(p: "Patient") -> dict[str, Any]:
+    return {
+        "id": p.id, "issuer": p.issuer, "name": p.name, "birth_date": p.birth_date,
+        "sex": p.sex, "local_id": p.local_id,
+        "studies": [{
+            "uid": st.uid, "date": st.date, "description": st.description,
+            "accession": st.accession,
+            "series": [{"uid": se.uid, "modality": se.modality, "number": se.number,
+                        "description": se.description, "instances": len(se.instances)}
+                       for se in st.series.values()],
+        } for st in p.studies.values()],
+    }
+
+
+def _instance(i: Any) -> dict[str, Any]:
+    out = {
+        "sop_instance_uid": i.uid,
+        "sop_class_uid": i.header.sop_class_uid,
+        "path": i.path,
+        "kind": i.kind,
+        "state": i.state,
+        "transfer_syntax": i.header.transfer_syntax,
+        "encoding": i.header.encoding,
+        "sha256": i.sha256,
+    }
+    if i.previously_sent:
+        out["previously_sent"] = True
+    if i.detail:
+        out["detail"] = i.detail
+    return out
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=2)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few human lines for the terminal."""
+    c = report["counts"]
+    lines = [
+        f"job {report['job']}: {report['status'].upper()}"
+        + (f" ({', '.join(report['hold_reasons'])})" if report["hold_reasons"] else ""),
+        f"  source  {report['source']['kind']} {report['source']['path']}"
+        + (f" [{report['source']['label']}]" if report["source"]["label"] else ""),
+        f"  files {c['files']}, DICOM {c['dicom']}, sent {c['sent']}"
+        f" (already there {c['already_sent']}), failed {c['failed']}, held {c['held']},"
+        f" other content {c['other_content']}, problems {c['problems']}",
+    ]
+    for p in report["patients"]:
+        n = sum(se["instances"] for st in p["studies"] for se in st["series"])
+        lines.append(f"  patient {p['id']} {p['name']}: {len(p['studies'])} studies, "
+                     f"{n} instances")
+    for prob in report["problems"][:20]:
+        lines.append(f"  ! {prob['code']}: {prob['path']} {prob['detail']}".rstrip())
+    if len(report["problems"]) > 20:
+        lines.append(f"  ! … {len(report['problems']) - 20} more in the JSON report")
+    return "\n".join(lines)

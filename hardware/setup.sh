@@ -50,7 +50,7 @@ APT_PACKAGES=(
     dcmtk orthanc dicom3tools
     genisoimage xorriso
     udev util-linux
-    cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic
+    cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools
     curl procps
 )
 

@@ -56,6 +56,24 @@ SETTINGS: tuple[Setting, ...] = (
             validate=_positive),
     Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", validate=_positive),
     Setting("eject_retries", int, 5, "attempts to eject an optical tray", validate=_positive),
+    # label printer
+    Setting("printer.backend", str, "none", "label printer: none | zpl | cups | file",
+            validate=lambda v: v in ("none", "zpl", "cups", "file")),
+    Setting("printer.target", str, "", "zpl: tcp://host:9100 or /dev/usb/lp0; cups: queue name; "
+            "file: folder"),
+    Setting("printer.size", str, "62mm", "label stock: 62mm (continuous) | 4x2",
+            validate=lambda v: v in ("62mm", "4x2")),
+    Setting("printer.dpi", int, 203, "ZPL print-head resolution", validate=lambda v: v in (203, 300, 600)),
+    Setting("printer.format", str, "pdf", "file back-end output: pdf | png",
+            validate=lambda v: v in ("pdf", "png")),
+    Setting("printer.timeout", float, 10.0, "printer connection / lp timeout, seconds",
+            validate=_positive),
+    Setting("printer.cups_options", str, "", "extra lp -o options, space-separated"),
+    # audit trail
+    Setting("audit.consent", str, "unknown", "the consent field written into every audit record"),
+    Setting("audit.syslog", str, "", "PS3.15 audit repository: udp://host:514 or tcp://host:601"),
+    Setting("audit.site_id", str, "", "AuditEnterpriseSiteID in PS3.15 messages"),
+    Setting("audit.facility", str, "", "this site's name, recorded as the importing facility"),
     # network
     Setting("network.connection_timeout", float, 10.0, "TCP connect timeout, seconds",
             validate=_positive),

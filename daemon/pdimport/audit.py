@@ -1,0 +1,468 @@
+"""The audit trail: an append-only, hash-chained JSON-lines log in
+``STATE_DIR/audit/``.
+
+One record per event (medium inserted, read completed, instances delivered,
+conversion, coercion, hold, release, discard, label printed, medium ejected,
+job finished). Every record carries the same core fields — time, actor,
+facility of origin, medium identity, source and destination AE titles,
+original and local patient IDs, consent, counts — so an auditor can answer
+"where did this object come from, where did it go, when, on whose behalf"
+from any single line (PS3.15 A.5 asks the same of an audit message).
+
+Tamper evidence
+---------------
+Each line is one JSON object ending with two fields:
+
+* ``prev``: SHA-256 of the previous record's exact line bytes (newline
+  included); the first record has 64 zeros;
+* ``hash``: SHA-256 of the line's own bytes up to (not including)
+  ``,"hash":…`` plus the closing ``}``.
+
+Changing any byte of record *k* breaks its own ``hash``, and rewriting it with
+a fresh hash breaks ``prev`` of record *k + 1*: :func:`verify` names the
+first record that fails. Removing records from the *end* cannot be detected
+from the file alone; the syslog copy (:mod:`pdimport.auditsyslog`) is the
+external witness.
+
+Durability: a record is written with one ``write`` on an ``O_APPEND``
+descriptor and ``fsync``'ed before :meth:`AuditLog.append` returns, so the
+step it records may be reported done afterwards. Writers in several threads
+and processes (daemon, ``pdimport label`` reprints) serialise on a lock file.
+
+The log is split by month (``audit-YYYY-MM.jsonl``); the chain runs across
+the files in name order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+FILE_RE = re.compile(r"^audit-(\d{4})-(\d{2})\.jsonl$")
+_HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n?$')
+
+#: Events the appliance records (others are accepted, for forward compatibility).
+EVENTS = ("medium_inserted", "read_completed", "instances_delivered", "conversion",
+          "coercion", "hold", "release", "discard", "job_finished", "label_printed",
+          "medium_ejected")
+
+#: Fields every record has, with their value when nothing is known.
+CORE_FIELDS: dict[str, Any] = {
+    "actor": "system", "job": None, "facility": "", "medium": None, "source_aet": "",
+    "dest_aet": "", "patients": [], "consent": "unknown", "counts": {},
+}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def manifest_digest(files: list[tuple[str, str | None]]) -> str:
+    """SHA-256 over a medium's per-file manifest.
+
+    The manifest is ``sha256sum`` text — ``"<sha256>  <path>\\n"`` per file
+    in on-medium order — so an auditor can recompute the digest from the
+    spool with standard tools. Unread files count with 64 dashes.
+    """
+    text = "".join(f"{h or '-' * 64}  {p}\n" for p, h in files)
+    return _sha(text.encode("utf-8"))
+
+
+def aet_of(dest: str) -> tuple[str, str]:
+    """(AE title, host) of a ``dicom://AET@host:port`` destination, else ("", "")."""
+    parts = urlsplit(dest or "")
+    if parts.scheme.startswith("dicom"):
+        return parts.username or "", parts.hostname or ""
+    return "", ""
+
+
+class AuditLog:
+    """Append-only, hash-chained audit log in one directory.
+
+    Parameters
+    ----------
+    directory : Path
+        ``STATE_DIR/audit``; created if missing.
+    consent : str
+        Default ``consent`` of every record ("unknown" unless configured).
+    facility : str
+        Default facility of origin when an event does not name one.
+    calling_aet : str
+        Our AE title: the source AE of every delivery.
+    journal : Journal, optional
+        Lets :meth:`on_event` add manifest digests, patients and counts.
+    syslog : SyslogSender, optional
+        Also send PS3.15 Import / Instances Transferred messages.
+    node : auditsyslog.Node, optional
+        Our identity in those messages.
+    """
+
+    def __init__(self, directory: Path | str, *, consent: str = "unknown", facility: str = "",
+                 calling_aet: str = "", journal: Any = None, syslog: Any = None,
+                 node: Any = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.consent = consent or "unknown"
+        self.facility = facility
+        self.calling_aet = calling_aet
+        self.journal = journal
+        self.syslog = syslog
+        self.node = node
+        self._lock = threading.Lock()
+        self._jobs: dict[str, dict[str, Any]] = {}  # per-job context for on_event
+
+    @classmethod
+    def from_settings(cls, state_dir: Path | str, settings: Any = None,
+                      journal: Any = None) -> AuditLog:
+        """Build from the settings table (``audit.*``, ``calling_aet``)."""
+        def opt(name: str, default: Any) -> Any:
+            try:
+                value = settings.get(name) if settings is not None else None
+            except KeyError:
+                value = None
+            return default if value is None else value
+
+        syslog = node = None
+        if opt("audit.syslog", ""):
+            from .auditsyslog import Node, SyslogSender
+
+            syslog = SyslogSender(opt("audit.syslog", ""))
+            node = Node(aet=opt("calling_aet", "PDIMPORT"),
+                        site_id=opt("audit.site_id", ""))
+        return cls(Path(state_dir) / "audit", consent=opt("audit.consent", "unknown"),
+                   calling_aet=opt("calling_aet", ""), journal=journal, syslog=syslog,
+                   node=node)
+
+    # ------------------------------------------------------------------ append
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one record, fsync it, and return it (with ``prev`` and ``hash``).
+
+        Keyword arguments become record fields; the core fields missing from
+        them take their defaults (``consent`` from the log's setting).
+        Raises OSError when the record could not be made durable: the caller
+        must then not report the step as done.
+        """
+        with self._lock, self._file_lock():
+            path, last = self._tail()
+            lead = b""
+            if last is not None and not last.endswith(b"\n"):
+                # A torn write from a crash: close that line (verify will name
+                # it) rather than merge this record into it.
+                lead, last = b"\n", last + b"\n"
+            record = self._record(event, fields, last)
+            line = _seal(record)
+            _write_durably(path, lead + line)
+        record["hash"] = json.loads(line)["hash"]
+        return record
+
+    def _record(self, event: str, fields: dict[str, Any], last: bytes | None) -> dict[str, Any]:
+        seq = 1
+        if last:
+            try:
+                seq = int(json.loads(last).get("seq", 0)) + 1
+            except (ValueError, AttributeError):
+                seq = 0  # the previous line is damaged; verify() will say so
+        record: dict[str, Any] = {"seq": seq, "time": _now(), "event": event}
+        defaults = dict(CORE_FIELDS, consent=self.consent, facility=self.facility)
+        for key, default in defaults.items():
+            record[key] = fields.pop(key, default)
+        record.update(fields)
+        record.pop("hash", None)
+        record["prev"] = _sha(last) if last else GENESIS
+        return record
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        # flock on a separate file: the log files themselves change by month.
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tail(self) -> tuple[Path, bytes | None]:
+        """The file to append to and the last record's line bytes (None if none)."""
+        files = log_files(self.dir)
+        month = self.dir / datetime.now(UTC).strftime("audit-%Y-%m.jsonl")
+        # A clock set back must not fork the chain into an earlier month's file.
+        target = max([month, *files[-1:]], key=lambda p: p.name)
+        for path in reversed(files):
+            last = _last_line(path)
+            if last is not None:
+                return target, last
+        return target, None
+
+    # ------------------------------------------------------------ observer
+    def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        """Pipeline observer (``on_event(name, fields)``): record the event.
+
+        Enriches the record with what earlier events of the same job told us
+        (the medium, the facility, the patients) and, with a journal, the
+        manifest digest and the report. Sends the PS3.15 messages when syslog
+        is configured.
+        """
+        fields = dict(fields)
+        job = fields.get("job")
+        ctx = self._jobs.setdefault(job, {}) if job else {}
+        handler = getattr(self, f"_on_{name}", None)
+        extra = handler(ctx, fields) if handler else {}
+        record = {k: v for k, v in ctx.items() if k in CORE_FIELDS}
+        record.update(fields)
+        record.update(extra)
+        self.append(name, **record)
+        if name == "job_finished":
+            self._send_syslog(ctx, record)
+            self._jobs.pop(job, None)
+
+    def _on_medium_inserted(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
+        ctx["medium"] = {"label": f.pop("label", "") or "", "id": f.pop("volume_id", "") or "",
+                         "type": f.pop("kind", "") or "", "drive": f.pop("drive", "") or "",
+                         "source": f.get("source", "")}
+        if f.get("facility"):
+            ctx["facility"] = f["facility"]
+        return {"medium": ctx["medium"]}
+
+    def _on_read_completed(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {"counts": {"files": f.pop("files", 0)}}
+        if "manifest" in f:
+            extra["manifest_sha256"] = manifest_digest(f.pop("manifest"))
+        elif self.journal is not None and f.get("job"):
+            files = [(r.path, r.sha256) for r in self.journal.files(f["job"])]
+            extra["manifest_sha256"] = manifest_digest(files)
+            extra["counts"]["read_errors"] = sum(1 for r in self.journal.files(f["job"])
+                                                 if r.state != "read")
+        return extra
+
+    def _on_instances_delivered(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
+        dest = f.get("dest", "")
+        aet, host = aet_of(dest)
+        ctx.setdefault("deliveries", []).append((dest, aet, host, f.get("sent", 0),
+                                                 f.get("failed", 0)))
+        counts = {k: f.pop(k) for k in ("sent", "failed") if k in f}
+        return {"dest_aet": aet, "source_aet": self.calling_aet, "counts": counts}
+
+    def _on_job_finished(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
+        report = f.pop("report", None)
+        if report is None and self.journal is not None and f.get("job"):
+            report = self.journal.report(f["job"])
+        if not report:
+            return {}
+        ctx["report"] = report
+        ctx["patients"] = patient_ids(report)
+        facility = (report.get("source") or {}).get("facility")
+        if facility:
+            ctx["facility"] = facility
+        return {"patients": ctx["patients"], "facility": ctx.get("facility", self.facility),
+                "counts": report.get("counts", {}), "hold_reasons": report.get("hold_reasons", [])}
+
+    def _send_syslog(self, ctx: dict[str, Any], record: dict[str, Any]) -> None:
+        if self.syslog is None or self.node is None:
+            return
+        from . import auditsyslog
+
+        report = ctx.get("report") or {}
+        patients = report.get("patients") or []
+        medium = dict(ctx.get("medium") or {}, facility=record.get("facility", ""))
+        self.syslog.send(auditsyslog.import_message(
+            self.node, medium, patients, str(record.get("status", "failed"))))
+        for _dest, aet, host, sent, failed in ctx.get("deliveries", []):
+            self.syslog.send(auditsyslog.instances_transferred_message(
+                self.node, aet, host, patients, ok=not failed and sent > 0))
+
+
+def patient_ids(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Original and local patient IDs of a report (IHE IRWF keeps both)."""
+    return [{"original": p.get("id"), "issuer": p.get("issuer") or "",
+             "local": p.get("local_id")} for p in report.get("patients") or []]
+
+
+# --------------------------------------------------------------------------- files
+def log_files(directory: Path | str) -> list[Path]:
+    """The monthly log files, oldest first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if FILE_RE.match(p.name)), key=lambda p: p.name)
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last line of a file (with its newline), reading backwards."""
+    with open(path, "rb") as fp:
+        fp.seek(0, os.SEEK_END)
+        end = fp.tell()
+        if end == 0:
+            return None
+        chunk, pos = b"", end
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            fp.seek(pos)
+            chunk = fp.read(step) + chunk
+            cut = chunk.rfind(b"\n", 0, len(chunk) - 1)
+            if cut >= 0:
+                return chunk[cut + 1:]
+        return chunk
+
+
+def _seal(record: dict[str, Any]) -> bytes:
+    """The record's line: compact JSON, then its own hash as the last field."""
+    body = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    digest = _sha(body.encode("utf-8"))
+    return (body[:-1] + f',"hash":"{digest}"}}\n').encode("utf-8")
+
+
+def _write_durably(path: Path, line: bytes) -> None:
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        # The new file's directory entry must survive a power loss too.
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+# --------------------------------------------------------------------------- reading
+def _lines(directory: Path | str) -> Iterator[tuple[Path, int, bytes]]:
+    """(file, line number, line bytes) for every record, in chain order."""
+    for path in log_files(directory):
+        with open(path, "rb") as fp:
+            for n, line in enumerate(fp, 1):
+                yield path, n, line
+
+
+def check_line(line: bytes, prev_line: bytes | None) -> str:
+    """Why one line is not a valid link of the chain ("" when it is)."""
+    if not line.endswith(b"\n"):
+        return "incomplete record (no newline: a torn write or a cut file)"
+    m = _HASH_TAIL.search(line)
+    if m is None:
+        return "no hash field at the end of the record"
+    body = line[:m.start()] + b"}"
+    if _sha(body) != m.group(1).decode():
+        return "record content changed: its bytes do not match its hash"
+    try:
+        record = json.loads(body)
+    except ValueError as exc:
+        return f"not valid JSON: {exc}"
+    expected = _sha(prev_line) if prev_line is not None else GENESIS
+    if record.get("prev") != expected:
+        return "chain broken"
+    return ""
+
+
+def verify(directory: Path | str) -> tuple[bool, int | None, str]:
+    """Check the whole chain (PS3.15 asks audit trails to be tamper-evident).
+
+    Returns
+    -------
+    (ok, first_bad, reason)
+        ``first_bad`` is the **1-based record number** in chain order (line
+        number in a single-file log), or None when intact. When record *n*'s
+        ``prev`` does not match record *n - 1*, record *n - 1* is named (it
+        was rewritten with a fresh hash, or records were removed after it).
+    """
+    prev_line: bytes | None = None
+    number = 0
+    for path, lineno, line in _lines(directory):
+        number += 1
+        why = check_line(line, prev_line)
+        if why == "chain broken":
+            reason = (f"record {number - 1} (the one before {path.name} line {lineno}): its "
+                      f"bytes differ from what record {number} chained to — it was rewritten, "
+                      f"or records were removed or inserted between them")
+            return False, number - 1, reason
+        if why:
+            return False, number, f"record {number} ({path.name} line {lineno}): {why}"
+        prev_line = line
+    return True, None, f"{number} records intact"
+
+
+def records(directory: Path | str) -> Iterator[dict[str, Any]]:
+    """Every parsable record, in chain order."""
+    for _path, _n, line in _lines(directory):
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
+
+
+def export(directory: Path | str, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+    """The records at or after ``since`` (naive datetimes are local time)."""
+    if since is not None and since.tzinfo is None:
+        since = since.astimezone()
+    for record in records(directory):
+        if since is None:
+            yield record
+            continue
+        try:
+            when = datetime.fromisoformat(str(record.get("time")))
+        except ValueError:
+            continue
+        if when >= since:
+            yield record
+
+
+# --------------------------------------------------------------------------- CLI
+def audit_verify_main(state_dir: Path | str) -> int:
+    """``pdimport audit verify``: 0 when the chain is intact, 1 naming the
+    first bad record."""
+    ok, first_bad, reason = verify(Path(state_dir) / "audit")
+    if ok:
+        print(f"audit log intact: {reason}")
+        return 0
+    print(f"audit log BROKEN at record {first_bad}: {reason}", file=sys.stderr)
+    return 1
+
+
+def parse_since(text: str) -> datetime:
+    """``YYYY-MM-DD`` or any ISO 8601 date-time (local time when no offset)."""
+    value = datetime.fromisoformat(text.strip())
+    return value if value.tzinfo else value.astimezone()
+
+
+def audit_export_main(state_dir: Path | str, since: str | None = None) -> int:
+    """``pdimport audit export --since DATE``: the records as JSON lines on stdout."""
+    try:
+        when = parse_since(since) if since else None
+    except ValueError:
+        print(f"pdimport audit export: bad --since {since!r} (use YYYY-MM-DD)", file=sys.stderr)
+        return 64
+    for record in export(Path(state_dir) / "audit", when):
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def operator_name() -> str:
+    """Who runs a CLI command: the sudo user if any, else the login name."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()

@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="live state of drives and jobs (from the running daemon)")
     _common(p)
 
+    p = sub.add_parser("label", help="render or reprint the status label of a job")
+    _common(p)
+    p.add_argument("job")
+    p.add_argument("--out", metavar="FILE", help="write the label here instead of printing it")
+
+    p = sub.add_parser("audit", help="the audit trail")
+    _common(p)
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    a = audit_sub.add_parser("verify", help="check the whole hash chain")
+    _common(a)
+    a = audit_sub.add_parser("export", help="records of a period as JSON lines")
+    _common(a)
+    a.add_argument("--since", metavar="DATE", help="YYYY-MM-DD")
+
     p = sub.add_parser("demo", help="run on embedded defaults: a local PACS and a sample disc")
     _common(p)
     return parser
@@ -101,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"import": cmd_import, "scan": cmd_scan, "jobs": cmd_jobs,
                "report": cmd_report, "demo": cmd_demo, "daemon": cmd_daemon,
-               "status": cmd_status}[args.command]
+               "status": cmd_status, "label": cmd_label,
+               "audit": cmd_audit}[args.command]
     try:
         return handler(args, cfg)
     except (ValueError, SettingsError) as exc:
@@ -201,6 +216,20 @@ def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
     from .daemon import status_main
 
     return status_main(cfg, args.json)
+
+
+def cmd_label(args: argparse.Namespace, cfg: Any) -> int:
+    from .printer import label_main
+
+    return label_main(cfg, args.job, Path(args.out) if args.out else None)
+
+
+def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
+    from .audit import audit_export_main, audit_verify_main
+
+    if args.audit_command == "verify":
+        return audit_verify_main(cfg.state_path)
+    return audit_export_main(cfg.state_path, args.since)
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:

@@ -261,6 +261,9 @@ class JobRunner:
         self.journal = Journal(state / "journal.sqlite")
         self.spool = Spool(state / "spool")
         self.destinations = [parse_dest(d) for d in (cfg.dest or [])]
+        from .audit import AuditLog
+
+        self.audit = AuditLog.from_settings(state, cfg, journal=self.journal)
         self._local = threading.local()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -271,7 +274,7 @@ class JobRunner:
         imp = getattr(self._local, "importer", None)
         if imp is None:
             imp = Importer(self.cfg, journal=self.journal, spool=self.spool,
-                           on_event=self._on_event)
+                           on_event=self._on_event, audit=self.audit)
             self._local.importer = imp
         return imp
 
@@ -548,6 +551,7 @@ class DriveWorker(threading.Thread):
         if job is None:
             self.lifecycle.fire("read_failed", detail=_first_problem(report))
             self.lifecycle.fire("eject")
+            self._label(report)
             self._eject()
             return
         self.lifecycle.fire("read_done", job=job.id)
@@ -555,24 +559,52 @@ class DriveWorker(threading.Thread):
         if early:
             self.lifecycle.fire("eject", reason="read")
             self._eject()
-            self._deliver(job.id)
+            self._label(self._deliver(job.id))
             return
         self.lifecycle.fire("deliver")
-        self._deliver(job.id)
+        report = self._deliver(job.id)
         self.lifecycle.fire("delivered")
+        self._label(report)
         self._eject()
 
-    def _deliver(self, job_id: str) -> None:
+    def _deliver(self, job_id: str) -> dict[str, Any] | None:
         if self.app.stop.is_set():
-            return  # recovered from the journal at the next start
+            return None  # recovered from the journal at the next start
+        report = None
         try:
-            outcome, _ = self.app.runner.deliver(job_id)
+            outcome, report = self.app.runner.deliver(job_id)
         except Exception:  # noqa: BLE001 - the spool holds it; the retry worker goes on
             log.exception("%s: delivery of %s failed", self.devnode, job_id)
             outcome = "waiting"
         if outcome == "waiting":
             self.app.retrier.submit(job_id)
+            if report is not None:
+                report = dict(report, delivery="queued")
         self.app.board.drive(self.devnode, last=f"{job_id} {outcome}")
+        return report
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        try:
+            self.app.runner.audit.append(event, drive=self.devnode,
+                                         job=self.app.board.snapshot()["drives"]
+                                         .get(self.devnode, {}).get("job"), **fields)
+        except OSError:
+            log.exception("%s: audit record %s failed", self.devnode, event)
+
+    def _label(self, report: dict[str, Any] | None) -> None:
+        """Print the status label as the disc comes out. A printer failure is
+        recorded and shown in ``pdimport status``; it never stops the drive."""
+        if not report or self.app.stop.is_set():
+            return
+        from .printer import print_label
+
+        result = print_label(report, self.app.cfg, drive=self.devnode)
+        self.app.board.drive(self.devnode, label=result.as_dict())
+        try:
+            self.app.runner.audit.append("label_printed", job=report.get("job"),
+                                         drive=self.devnode, ok=result.ok, detail=result.detail)
+        except OSError:
+            log.exception("%s: audit record of the label failed", self.devnode)
 
     def _eject(self) -> None:
         """Eject by bus; the lifecycle is in ``ejecting``."""
@@ -590,8 +622,10 @@ class DriveWorker(threading.Thread):
         if result.ok:
             if self.lifecycle.state == EJECTING:
                 self.lifecycle.fire("ejected", detail=result.detail)
+            self._audit("medium_ejected", ok=True, detail=result.detail)
         else:
             log.error("%s: eject failed: %s", self.devnode, result.detail)
+            self._audit("medium_ejected", ok=False, detail=result.detail)
             if self.lifecycle.can("fail"):
                 self.lifecycle.fire("fail", detail=f"eject failed: {result.detail}")
 

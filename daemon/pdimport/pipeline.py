@@ -66,7 +66,8 @@ class Importer:
 
     def __init__(self, settings: Settings, journal: Journal | None = None,
                  spool: Spool | None = None,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 audit: Any = None) -> None:
         self.settings = settings
         state = settings.state_path
         state.mkdir(parents=True, exist_ok=True)
@@ -75,8 +76,13 @@ class Importer:
         self.reports_dir = state / "reports"
         self.reports_dir.mkdir(exist_ok=True)
         self._on_event = on_event
+        from .audit import AuditLog
+
+        # The audit trail is not an observer that may fail quietly: a step is
+        # only reported done once its record is on disk (fsync'ed).
+        self.audit = audit or AuditLog.from_settings(state, settings, journal=self.journal)
         from .scan import get_scanner
-        self.scanner = get_scanner(settings.scanner)
+        self.scanner = get_scanner(settings.scanner, limits=settings)
 
     # ------------------------------------------------------------ public
     def run(self, source: str, dests: list[str], mode: str = "import") -> JobResult:
@@ -151,6 +157,7 @@ class Importer:
             for inst in inv.instances:
                 if inst.state == "pending":
                     inst.state = "held"
+            self._event("hold", job=job.id, reasons=hold_reasons)
         else:
             self.journal.set_state(job.id, "delivering")
             for dest in destinations:
@@ -160,31 +167,49 @@ class Importer:
         self.journal.set_state(job.id, report["status"] if mode != "scan" else "scanned")
         (self.reports_dir / f"{job.id}.json").write_text(
             report_mod.dumps(report), encoding="utf-8")
-        self._event("job_finished", job=job.id, status=report["status"])
+        self._event("job_finished", job=job.id, status=report["status"], report=report)
         return JobResult(job.id, report)
 
     def inventory(self, job: Job) -> Inventory:
         """Identify and scan every spooled file of a job (from the spool only)."""
-        from .identify import identify
+        from .identify import identify, medium_context
 
         inv = Inventory()
         inv.problems.extend(Problem(c, p, d) for c, p, d in self.journal.job_problems(job.id))
         files = self.journal.files(job.id)
         inv.files = len(files)
+        all_paths = [f.path for f in files]
+        readable = [f for f in files if f.state == "read" and f.sha256]
+        # DICOMDIRs first: what they name tells identification which files
+        # must be DICOM (a non-DICOM file named by one is broken, not unknown).
+        indexes = self._read_dicomdirs(
+            [f for f in readable if f.path.rsplit("/", 1)[-1].upper() == "DICOMDIR"], inv)
+        named = self._crosscheck_dicomdirs(indexes, all_paths, inv)
+        context = medium_context(all_paths, named)
         dicom: list[tuple[str, str, str]] = []  # (path, sha, encoding)
-        dicomdirs: list[tuple[str, str]] = []
         for f in files:
             if f.state != "read" or not f.sha256:
                 inv.problems.append(Problem(f.code or "unreadable_sector", f.path, f.detail))
                 continue
+            if f.path in indexes:
+                continue
             try:
-                ident = identify(f.path, self.spool.path(f.sha256))
+                ident = identify(f.path, self.spool.path(f.sha256), context)
             except Exception as exc:  # noqa: BLE001 - a bad file never stops the job
                 log.exception("identify failed on %s", f.path)
                 ident = Identity("broken", problem=Problem("internal_error", f.path, str(exc)))
-            self._file_identity(f.path, f.sha256, ident, inv, dicom, dicomdirs)
+            if ident.kind == "dicomdir":  # a DICOMDIR under another name
+                late = self._read_dicomdirs([f], inv)
+                named |= self._crosscheck_dicomdirs(late, all_paths, inv)
+                indexes.update(late)
+                continue
+            self._file_identity(f.path, f.sha256, ident, inv, dicom)
         self._scan(dicom, inv)
-        self._crosscheck_dicomdirs(dicomdirs, [f.path for f in files], inv)
+        if indexes:
+            for inst in inv.instances:
+                if inst.path not in named:
+                    inv.problems.append(Problem("unindexed_file", inst.path,
+                                                "not named in the DICOMDIR; imported anyway"))
         unique, identical, conflicts = split_duplicates(inv.instances)
         for dup in identical:
             dup.state = "skipped"
@@ -196,12 +221,11 @@ class Importer:
                                         "with different content"))
         return inv
 
-    def _file_identity(self, path: str, sha: str, ident: Identity, inv: Inventory,
-                       dicom: list, dicomdirs: list) -> None:
+    @staticmethod
+    def _file_identity(path: str, sha: str, ident: Identity, inv: Inventory,
+                       dicom: list) -> None:
         if ident.kind == "dicom":
             dicom.append((path, sha, ident.subtype))
-        elif ident.kind == "dicomdir":
-            dicomdirs.append((path, sha))
         elif ident.kind == "other_content":
             inv.other_content.append((path, ident.subtype))
         elif ident.kind == "ignored":
@@ -250,34 +274,41 @@ class Importer:
         self.journal.record_derived(sha, "part10", out)
         return out
 
-    def _crosscheck_dicomdirs(self, dicomdirs: list[tuple[str, str]], medium_paths: list[str],
-                              inv: Inventory) -> None:
-        from .dicomdir import match_path, read_dicomdir
+    def _read_dicomdirs(self, files: list[Any], inv: Inventory) -> dict[str, Any]:
+        from .dicomdir import read_dicomdir
 
-        if not dicomdirs:
-            return
-        indexed: set[str] = set()
-        for path, sha in dicomdirs:
-            base = path.rsplit("/", 1)[0] if "/" in path else ""
+        indexes: dict[str, Any] = {}
+        for f in files:
             try:
-                index = read_dicomdir(self.spool.path(sha), self.settings)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("DICOMDIR %s", path)
-                inv.problems.append(Problem("dicomdir_invalid", path, str(exc)))
+                index = read_dicomdir(self.spool.path(f.sha256), self.settings)
+            except Exception as exc:  # noqa: BLE001 - the directory walk still finds the files
+                log.exception("DICOMDIR %s", f.path)
+                inv.problems.append(Problem("dicomdir_invalid", f.path, str(exc)))
                 continue
-            inv.problems.extend(Problem(p.code, p.path or path, p.detail) for p in index.problems)
+            inv.problems.extend(Problem(p.code, p.path or f.path, p.detail)
+                                for p in index.problems)
+            indexes[f.path] = index
+        return indexes
+
+    @staticmethod
+    def _crosscheck_dicomdirs(indexes: dict[str, Any], medium_paths: list[str],
+                              inv: Inventory) -> set[str]:
+        """Match every File ID to a file on the medium; report the absent
+        ones as ``missing_file``. Returns the medium paths the DICOMDIRs name."""
+        from .dicomdir import match_path
+
+        named: set[str] = set()
+        for path, index in indexes.items():
+            base = path.rsplit("/", 1)[0] if "/" in path else ""
             for ref in index.files:
-                rel = f"{base}/{ref.path}" if base else ref.path
-                found = match_path(rel, medium_paths)
+                found = match_path(ref.path, medium_paths, base=base)
                 if found is None:
+                    rel = f"{base}/{ref.path}" if base else ref.path
                     inv.problems.append(Problem("missing_file", rel,
                                                 f"named in {path} but not on the medium"))
                 else:
-                    indexed.add(found)
-        for inst in inv.instances:
-            if inst.path not in indexed:
-                inv.problems.append(Problem("unindexed_file", inst.path,
-                                            "not named in the DICOMDIR; imported anyway"))
+                    named.add(found)
+        return named
 
     # ------------------------------------------------------------ delivery
     def deliver(self, job: Job, dest: Any, inv: Inventory) -> None:
@@ -333,7 +364,10 @@ class Importer:
             time.sleep(delay * (2 ** attempt))
         self._apply_outcomes(dest, todo, outcomes, inv)
         self._event("instances_delivered", job=job.id, dest=dest.key,
-                    sent=sum(1 for o in outcomes.values() if o.state == "sent"))
+                    dest_aet=getattr(dest, "aet", ""),
+                    sent=sum(1 for o in outcomes.values() if o.state == "sent"),
+                    failed=sum(1 for o in outcomes.values() if o.state != "sent"),
+                    already_sent=sum(1 for i in inv.instances if i.previously_sent))
 
     def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
         return any(d.state == "sent" and d.sha256 != inst.sha256
@@ -379,6 +413,7 @@ class Importer:
         return JobResult(job.id, report)
 
     def _event(self, name: str, **fields: Any) -> None:
+        self.audit.on_event(name, dict(fields))
         if self._on_event is None:
             return
         try:

@@ -4,6 +4,7 @@ new fields may be added) and the status/exit code it implies."""
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from .problems import PROBLEM_CODES
@@ -65,7 +66,9 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
     return {
         "job": job.id,
         "mode": mode,
-        "source": {"kind": job.source_kind, "path": job.source_path, "label": job.label},
+        "source": {"kind": job.source_kind, "path": job.source_path, "label": job.label,
+                   "facility": _facility(inv)},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
         "hold_reasons": hold_reasons,
         "flags": {
@@ -92,10 +95,21 @@ def _patient(p: "Patient") -> dict[str, Any]:
             "uid": st.uid, "date": st.date, "description": st.description,
             "accession": st.accession,
             "series": [{"uid": se.uid, "modality": se.modality, "number": se.number,
-                        "description": se.description, "instances": len(se.instances)}
+                        "description": se.description, "instances": len(se.instances),
+                        "sent": sum(1 for i in se.instances if i.state == "sent")}
                        for se in st.series.values()],
         } for st in p.studies.values()],
     }
+
+
+def _facility(inv: "Inventory") -> str:
+    """The sending institution, as the instances name it (most common value)."""
+    names: dict[str, int] = {}
+    for inst in inv.instances:
+        name = inst.header.institution_name.strip()
+        if name:
+            names[name] = names.get(name, 0) + 1
+    return max(names, key=lambda n: names[n]) if names else ""
 
 
 def _instance(i: Any) -> dict[str, Any]:
@@ -108,6 +122,8 @@ def _instance(i: Any) -> dict[str, Any]:
         "transfer_syntax": i.header.transfer_syntax,
         "encoding": i.header.encoding,
         "sha256": i.sha256,
+        "study_uid": i.header.study_uid,
+        "series_uid": i.header.series_uid,
     }
     if i.previously_sent:
         out["previously_sent"] = True

@@ -48,7 +48,7 @@ esac
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc
     dcmtk orthanc dicom3tools
-    genisoimage xorriso
+    genisoimage xorriso libudfread0 udftools
     udev util-linux
     cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools
     curl procps

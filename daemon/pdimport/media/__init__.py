@@ -113,6 +113,7 @@ def unique_label(path: str, taken: set[str]) -> str:
 from .archive import ZipMedium  # noqa: E402
 from .folder import FolderMedium  # noqa: E402
 from .iso import IsoMedium  # noqa: E402
+from .udf import UdfMedium  # noqa: E402
 
 __all__ = [
     "FolderMedium",
@@ -123,6 +124,7 @@ __all__ = [
     "MediumReadError",
     "Problem",
     "SizeBudget",
+    "UdfMedium",
     "ZipMedium",
     "detect_kind",
     "open_medium",
@@ -147,6 +149,47 @@ def has_volume_descriptors(fd: int) -> bool:
         if head[1:6] in ISO_IDENTIFIERS:
             return True
     return False
+
+
+def volume_identifiers(source: str) -> set[bytes]:
+    """Standard Identifiers in the Volume Recognition Sequence from sector 16
+    (ECMA-119 §8.1 ``CD001``; ECMA-167 Part 2 §9.1 ``BEA01``/``NSR0x``)."""
+    found = set()
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return found
+    try:
+        for index in range(16, 16 + _MAX_DESCRIPTORS):
+            head = _read_head(fd, 6, index * SECTOR)
+            if len(head) < 6:
+                break
+            if head[1:6] in ISO_IDENTIFIERS:
+                found.add(head[1:6])
+    finally:
+        os.close(fd)
+    return found
+
+
+def _open_sector_medium(source: str, settings: Settings, kind: str) -> Medium:
+    """pycdlib for ISO 9660 and bridge discs; libudfread for UDF-only ones
+    (Blu-ray, Windows Live File System: no ``CD001``, hardware notes §3.1),
+    and for bridge discs whose ISO 9660 side pycdlib refuses."""
+    ids = volume_identifiers(source)
+    udf = bool(ids & {b"NSR02", b"NSR03"})
+    if udf and b"CD001" not in ids:
+        log.info("%s: UDF-only volume, reading with libudfread", source)
+        return UdfMedium(source, settings, kind=kind)
+    try:
+        return IsoMedium(source, settings, kind=kind)
+    except MediumOpenError as exc:
+        if not udf:
+            raise
+        log.info("%s: ISO 9660 side unusable (%s), trying its UDF side", source, exc.detail)
+        try:
+            return UdfMedium(source, settings, kind=kind)
+        except MediumOpenError:
+            raise exc from None
 
 
 def detect_kind(source: str) -> str:
@@ -202,7 +245,7 @@ def open_medium(source: str, settings: Settings) -> Medium:
     if kind == "dir":
         return FolderMedium(source, settings)
     if kind in ("iso", "device"):
-        return IsoMedium(source, settings, kind=kind)
+        return _open_sector_medium(source, settings, kind)
     if kind == "zip":
         return ZipMedium(source, settings)
     raise MediumOpenError("unreadable_medium", f"{source}: not a folder, ISO/UDF image, device or zip")

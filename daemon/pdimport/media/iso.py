@@ -432,7 +432,67 @@ def _rr_nonregular(iso: pycdlib.PyCdlib, fd: int, end: int) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------- medium
-class IsoMedium:
+class ExtentMedium:
+    """What every sector-addressed medium shares: one descriptor on the image
+    or device, an optional ``O_DIRECT`` descriptor for exact sector retries,
+    and files streamed from their :class:`Extents` in LBA order.
+
+    :class:`IsoMedium` (pycdlib) and :class:`~pdimport.media.udf.UdfMedium`
+    (libudfread) only differ in how they find the extents.
+    Subclasses set ``kind``, ``path``, ``_fd``, ``_size`` and fill ``_extents``.
+    """
+
+    kind: str
+    path: str
+    _fd: int
+    _size: int
+    _extents: dict[str, Extents]
+    _direct_fd: int | None = None
+
+    def _open_source(self, source: str) -> int:
+        """Open the image or device read-only (``unreadable_medium`` if not)."""
+        try:
+            return os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MediumOpenError("unreadable_medium", f"{source}: {exc.strerror}") from exc
+
+    def open(self, entry: MediumEntry, pread: Pread = os.pread) -> BinaryIO:
+        """Stream one file's bytes straight from its extents.
+
+        ``pread`` is only for tests that simulate read errors or a drive's
+        speed; with the real one, devices retry failing sectors through
+        ``O_DIRECT``.
+        """
+        extents = self._extents[entry.path]
+        sector_fd, sector_pread = self._fd, pread
+        if pread is os.pread and self.kind == "device" and self._open_direct() >= 0:
+            sector_fd, sector_pread = self._direct_fd, _direct_pread
+        raw = ExtentReader(self._fd, entry.path, extents, self._size, pread=pread,
+                           sector_fd=sector_fd, sector_pread=sector_pread)
+        return io.BufferedReader(raw, CHUNK)
+
+    def _open_direct(self) -> int:
+        """An ``O_DIRECT`` descriptor on the device (exact sector errors), or
+        -1 where the kernel refuses it."""
+        if self._direct_fd is None:
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                log.info("%s: no O_DIRECT (%s); sector retries use the page cache", self.path, exc.strerror)
+                self._direct_fd = -1
+        return self._direct_fd
+
+    def close(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd, self._direct_fd = -1, None
+
+
+class IsoMedium(ExtentMedium):
     """An ISO 9660 / UDF image file or a block device.
 
     Parameters
@@ -459,10 +519,7 @@ class IsoMedium:
         self.problems: list[Problem] = []
         self._extents: dict[str, Extents] = {}
         self._direct_fd: int | None = None
-        try:
-            self._fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise MediumOpenError("unreadable_medium", f"{source}: {exc.strerror}") from exc
+        self._fd = self._open_source(source)
         try:
             self._size = medium_size(self._fd)
             self._entries = self._list(SizeBudget.from_settings(settings))
@@ -518,37 +575,3 @@ class IsoMedium:
     def entries(self) -> list[MediumEntry]:
         """Every accepted regular file, sorted by LBA."""
         return list(self._entries)
-
-    def open(self, entry: MediumEntry, pread: Pread = os.pread) -> BinaryIO:
-        """Stream one file's bytes straight from its extents.
-
-        ``pread`` is only for tests that simulate read errors; with the real
-        one, devices retry failing sectors through ``O_DIRECT``.
-        """
-        extents = self._extents[entry.path]
-        sector_fd, sector_pread = self._fd, pread
-        if pread is os.pread and self.kind == "device" and self._open_direct() >= 0:
-            sector_fd, sector_pread = self._direct_fd, _direct_pread
-        raw = ExtentReader(self._fd, entry.path, extents, self._size, pread=pread,
-                           sector_fd=sector_fd, sector_pread=sector_pread)
-        return io.BufferedReader(raw, CHUNK)
-
-    def _open_direct(self) -> int:
-        """An ``O_DIRECT`` descriptor on the device (exact sector errors), or
-        -1 where the kernel refuses it."""
-        if self._direct_fd is None:
-            try:
-                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError as exc:
-                log.info("%s: no O_DIRECT (%s); sector retries use the page cache", self.path, exc.strerror)
-                self._direct_fd = -1
-        return self._direct_fd
-
-    def close(self) -> None:
-        for fd in (self._fd, self._direct_fd):
-            if fd is not None and fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._fd, self._direct_fd = -1, None

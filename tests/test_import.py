@@ -93,13 +93,16 @@ def test_iso_with_dicomdir_into_storescp(tmp_path, state, storescp, capsys):
     assert rep["status"] == "imported"
     assert rep["source"] == {"kind": "iso", "path": str(iso), "label": "REFERRAL",
                              "facility": rep["source"]["facility"]}
-    assert sop_uids(scp.files()) == sop_uids(series)
-    assert len(scp.files()) == 5
-    assert rep["counts"]["sent"] == 5 and rep["counts"]["dicom"] == 5
+    # the PDF report beside the images arrives too, as Encapsulated PDF
+    [converted] = rep["converted"]
+    assert converted["path"] == "REPORT/REPORT.PDF"
+    assert converted["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.104.1"
+    assert sop_uids(scp.files()) == sop_uids(series) | {converted["sop_instance_uid"]}
+    assert rep["counts"]["sent"] == 6 and rep["counts"]["converted"] == 1
     [patient] = rep["patients"]
     assert patient["id"] == "PDI001"
-    [study] = patient["studies"]
-    assert [se["instances"] for se in study["series"]] == [5]
+    [study] = patient["studies"]  # the document joined the disc's one study
+    assert sorted(se["instances"] for se in study["series"]) == [1, 5]
     assert rep["flags"]["other_content"] is True
     assert {(o["path"], o["type"]) for o in rep["other_content"]} == {("REPORT/REPORT.PDF", "pdf")}
     ignored = {i["path"]: i["reason"] for i in rep["ignored"]}
@@ -139,7 +142,9 @@ def test_zip_package(tmp_path, state, storescp, capsys):
     rc, rep = run_cli(capsys, "import", str(package), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 0, rep["problems"]
     assert rep["source"]["kind"] == "zip"
-    assert sop_uids(scp.files()) == sop_uids(series)
+    converted = {c["sop_instance_uid"] for c in rep["converted"]}
+    assert len(converted) == 1
+    assert sop_uids(scp.files()) == sop_uids(series) | converted
 
 
 def test_orthanc_end_to_end(tmp_path, state, orthanc, capsys):

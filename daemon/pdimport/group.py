@@ -22,7 +22,9 @@ class Instance:
     state: str = "pending"  # pending | sent | failed | held | skipped | conflict
     send_sha256: str = ""  # spooled Part 10 file to send (== sha256 for Part 10 originals)
     previously_sent: bool = False
+    converted: bool = False  # made by pdimport from Other Content
     detail: str = ""
+    dest_states: dict[str, str] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:

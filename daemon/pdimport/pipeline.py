@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import policy
 from . import report as report_mod
 from .classify import classify
 from .group import Instance, group_patients, split_duplicates
@@ -54,7 +55,8 @@ class Inventory:
     """Everything phase 2 learnt about a job's files."""
 
     instances: list[Instance] = field(default_factory=list)
-    other_content: list[tuple[str, str]] = field(default_factory=list)  # (path, subtype)
+    other_content: list[tuple[str, str, str]] = field(default_factory=list)  # path, sha, subtype
+    converted: list[dict[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
@@ -145,23 +147,30 @@ class Importer:
         job = self.journal.job(job_id)
         assert job is not None
         inv = self.inventory(job)
+        pending = [i for i in inv.instances if i.state == "pending"]
+        policy.detect_ai(pending, self.spool.path, policy.ai_patterns(self.settings))
         hold_reasons: list[str] = []
-        patients = group_patients([i for i in inv.instances if i.state == "pending"])
+        patients = group_patients(pending)
         if len(patients) > 1:
             hold_reasons.append("multi_patient")
             names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in patients)
             inv.problems.append(Problem("multi_patient", "", names))
-        if mode == "scan":
-            pass
-        elif hold_reasons:
-            for inst in inv.instances:
-                if inst.state == "pending":
-                    inst.state = "held"
-            self._event("hold", job=job.id, reasons=hold_reasons)
-        else:
+        ai_policy = self.settings.get("ai.policy")
+        if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
+            hold_reasons.append("ai_content")
+        if hold_reasons:
+            # Nothing is converted or sent until a person releases the medium.
+            for inst in pending:
+                inst.state = "held"
+            if mode != "scan":
+                self._event("hold", job=job.id, reasons=hold_reasons)
+        elif mode != "scan":
+            self._apply_policy(job, inv, pending, ai_policy)
+            patients = group_patients([i for i in inv.instances if i.state == "pending"])
             self.journal.set_state(job.id, "delivering")
-            for dest in destinations:
-                self.deliver(job, dest, inv)
+            for dest, select in self._routes(destinations):
+                self.deliver(job, dest, inv, select)
+            _settle(inv.instances)
         report = report_mod.build(job, inv, patients, hold_reasons, mode)
         self.journal.save_report(job.id, report)
         self.journal.set_state(job.id, report["status"] if mode != "scan" else "scanned")
@@ -169,6 +178,54 @@ class Importer:
             report_mod.dumps(report), encoding="utf-8")
         self._event("job_finished", job=job.id, status=report["status"], report=report)
         return JobResult(job.id, report)
+
+    def _apply_policy(self, job: Job, inv: Inventory, pending: list[Instance],
+                      ai_policy: str) -> None:
+        """AI marking or skipping, and Other Content conversion (issue 5)."""
+        store = policy.DerivedStore(self.spool, self.journal)
+        ai = [i for i in pending if i.kind == "ai"]
+        if ai_policy == "skip":
+            for inst in ai:
+                inst.state = "skipped"
+                inst.detail = "AI result kept in the spool, not sent (policy skip)"
+        elif ai:
+            prefix = self.settings.get("ai.prefix")
+            inv.problems.extend(policy.mark_ai_instances(
+                ai, prefix, store,
+                lambda i: self._event("coercion", job=job.id, path=i.path,
+                                      sop_instance_uid=i.uid, attribute="SeriesDescription",
+                                      prefix=prefix)))
+        if inv.other_content and self.settings.get("convert_other_content"):
+            new, converted, problems = policy.convert_other_content(
+                inv.other_content, [i.header for i in pending], store, self._scan_one)
+            inv.instances.extend(new)
+            inv.converted.extend(converted)
+            inv.problems.extend(problems)
+            for entry in converted:
+                self._event("conversion", job=job.id, **entry)
+
+    def _scan_one(self, sha: str, path: str) -> Header | Problem:
+        [res] = self.scanner.scan([self.spool.path(sha)], ["part10"])
+        return res
+
+    def _routes(self, destinations: list[Any]) -> list[tuple[Any, Callable[[Instance], bool]]]:
+        """Default destinations take everything; each route adds a
+        destination for one kind (and optionally one modality)."""
+        from .send import parse_dest
+
+        plan: list[tuple[Any, Callable[[Instance], bool]]] = [
+            (d, lambda i: True) for d in destinations]
+        defaults = {d.key for d in destinations}
+        by_dest: dict[str, list[policy.Route]] = {}
+        dests: dict[str, Any] = {}
+        for route in policy.parse_routes(list(self.settings.get("route")), parse_dest):
+            if route.dest.key in defaults:
+                continue
+            by_dest.setdefault(route.dest.key, []).append(route)
+            dests[route.dest.key] = route.dest
+        for key, routes in by_dest.items():
+            plan.append((dests[key], lambda i, rs=routes: any(r.matches(i) for r in rs)))
+        return plan
 
     def inventory(self, job: Job) -> Inventory:
         """Identify and scan every spooled file of a job (from the spool only)."""
@@ -227,7 +284,7 @@ class Importer:
         if ident.kind == "dicom":
             dicom.append((path, sha, ident.subtype))
         elif ident.kind == "other_content":
-            inv.other_content.append((path, ident.subtype))
+            inv.other_content.append((path, sha, ident.subtype))
         elif ident.kind == "ignored":
             inv.ignored.append((path, ident.subtype))
         elif ident.problem is not None:
@@ -311,21 +368,23 @@ class Importer:
         return named
 
     # ------------------------------------------------------------ delivery
-    def deliver(self, job: Job, dest: Any, inv: Inventory) -> None:
-        """Send every pending instance to one destination, with retries."""
+    def deliver(self, job: Job, dest: Any, inv: Inventory,
+                select: Callable[[Instance], bool] = lambda i: True) -> None:
+        """Send every pending instance ``select`` picks to one destination,
+        with retries; the outcome of each is journaled as it arrives."""
         from .send import deliver as send_to
 
         sent = self.journal.sent_set(dest.key)
         todo: dict[str, Instance] = {}
         for inst in inv.instances:
-            if inst.state not in ("pending", "sent"):
+            if inst.state != "pending" or not select(inst):
                 continue
             if (inst.uid, inst.sha256) in sent:
                 inst.previously_sent = True
-                inst.state = "sent"
+                inst.dest_states[dest.key] = "sent"
                 continue
             if self._historic_conflict(dest.key, inst):
-                inst.state = "conflict"
+                inst.dest_states[dest.key] = "conflict"
                 inv.problems.append(Problem(
                     "uid_conflict", inst.path,
                     f"{dest.key} already holds SOP Instance UID {inst.uid} with other content"))
@@ -367,7 +426,9 @@ class Importer:
                     dest_aet=getattr(dest, "aet", ""),
                     sent=sum(1 for o in outcomes.values() if o.state == "sent"),
                     failed=sum(1 for o in outcomes.values() if o.state != "sent"),
-                    already_sent=sum(1 for i in inv.instances if i.previously_sent))
+                    already_sent=sum(1 for i in inv.instances
+                                     if i.dest_states.get(dest.key) == "sent"
+                                     and i.previously_sent))
 
     def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
         return any(d.state == "sent" and d.sha256 != inst.sha256
@@ -385,17 +446,16 @@ class Importer:
         for key, inst in todo.items():
             out = outcomes.get(key)
             if out is None:
-                inst.state = "failed"
+                inst.dest_states[dest.key] = "failed"
                 inv.problems.append(Problem("association_failed", inst.path,
                                             f"{dest.key}: not attempted"))
                 continue
             if out.state == "sent":
-                if inst.state == "pending":
-                    inst.state = "sent"
+                inst.dest_states[dest.key] = "sent"
                 if out.code:
                     inv.problems.append(Problem(out.code, inst.path, f"{dest.key}: {out.detail}"))
                 continue
-            inst.state = "failed"
+            inst.dest_states[dest.key] = "failed"
             code = out.code or ("outcome_unknown" if out.state == "unknown"
                                 else "association_failed" if out.state == "retry"
                                 else "store_failed")
@@ -423,6 +483,16 @@ class Importer:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _settle(instances: list[Instance]) -> None:
+    """An instance is sent when every destination it was meant for has it."""
+    for inst in instances:
+        if inst.state != "pending" or not inst.dest_states:
+            continue
+        states = set(inst.dest_states.values())
+        inst.state = "sent" if states == {"sent"} else \
+            "conflict" if "conflict" in states else "failed"
 
 
 def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:

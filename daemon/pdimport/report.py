@@ -52,7 +52,7 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
         "files": inv.files,
         "dicom": len(inv.instances),
         "other_content": len(inv.other_content),
-        "converted": 0,
+        "converted": len(inv.converted),
         "sent": sum(1 for i in inv.instances if i.state == "sent"),
         "failed": sum(1 for i in inv.instances if i.state == "failed"),
         "skipped": sum(1 for i in inv.instances if i.state == "skipped"),
@@ -80,9 +80,9 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
         "patients": [_patient(p) for p in patients],
         "counts": counts,
         "instances": [_instance(i) for i in inv.instances],
-        "other_content": [{"path": p, "type": t} for p, t in inv.other_content],
+        "other_content": [{"path": p, "type": t} for p, _sha, t in inv.other_content],
         "ignored": [{"path": p, "reason": r} for p, r in inv.ignored],
-        "converted": [],
+        "converted": inv.converted,
         "problems": [p.as_dict() for p in inv.problems],
     }
 
@@ -127,6 +127,10 @@ def _instance(i: Any) -> dict[str, Any]:
     }
     if i.previously_sent:
         out["previously_sent"] = True
+    if i.converted:
+        out["converted"] = True
+    if i.dest_states:
+        out["destinations"] = dict(i.dest_states)
     if i.detail:
         out["detail"] = i.detail
     return out

@@ -56,6 +56,16 @@ SETTINGS: tuple[Setting, ...] = (
             validate=_positive),
     Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", validate=_positive),
     Setting("eject_retries", int, 5, "attempts to eject an optical tray", validate=_positive),
+    # policy: AI results, Other Content, routes (issue 5)
+    Setting("ai.policy", str, "mark", "AI results: mark (prefix and send) | hold | skip",
+            flag="--ai", validate=lambda v: v in ("mark", "hold", "skip")),
+    Setting("ai.prefix", str, "[AI]", "prefix put on SeriesDescription of AI results",
+            validate=lambda v: 0 < len(v.strip()) <= 16),
+    Setting("ai.patterns", str, [], "regular expressions naming AI products/keywords "
+            "(empty = the built-in list)", multiple=True),
+    Setting("convert_other_content", bool, True, "turn PDF/JPEG/PNG/TIFF/BMP/text into DICOM"),
+    Setting("route", str, [], "KIND[:MODALITY]=URL: also send KIND (image, rt, ai, document, sr, "
+            "other) there", flag="--route", multiple=True),
     # label printer
     Setting("printer.backend", str, "none", "label printer: none | zpl | cups | file",
             validate=lambda v: v in ("none", "zpl", "cups", "file")),

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     a.add_argument("--since", metavar="DATE", help="YYYY-MM-DD")
 
-    p = sub.add_parser("demo", help="run on embedded defaults: a local PACS and a sample disc")
+    p = sub.add_parser("demo", help="run the appliance on embedded defaults: a local stand-in "
+                       "PACS, a watch folder, and a sample disc dropped into it")
     _common(p)
+    p.add_argument("--once", action="store_true",
+                   help="stop after the sample disc is imported instead of running on")
     return parser
 
 
@@ -233,30 +237,68 @@ def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
-    """Embedded defaults: a local storage SCP stands in for the PACS, a sample
-    PDI disc image is generated and imported into it."""
+    """Embedded defaults: a local storage SCP stands in for the PACS, the
+    appliance watches a folder, and a generated sample PDI disc image is
+    dropped into it. The appliance then runs on (Ctrl-C or SIGTERM to stop)
+    unless ``--once``."""
+    import shutil
+    import threading
+
+    from .daemon import Daemon
     from .receiver import Receiver
     from .sample import make_sample_disc
 
     demo = cfg.state_path / "demo"
-    demo.mkdir(parents=True, exist_ok=True)
+    watch = demo / "watch"
+    watch.mkdir(parents=True, exist_ok=True)
     iso = make_sample_disc(demo / "sample-pdi.iso")
     pacs_dir = demo / "pacs"
     receiver = Receiver(pacs_dir, aet="DEMOPACS")
     receiver.start()
+    cfg = cfg.replace(dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"], watch=str(watch),
+                      watch_settle=1.0)
+    appliance = Daemon(cfg)
+    result: dict[str, Any] = {}
+
+    def feed() -> None:
+        # Copy under a temporary name, then rename: the watch folder only
+        # takes complete packages, as an operator's copy tool would deliver.
+        name = f"sample-{int(time.time())}.iso"
+        shutil.copy(iso, watch / f".{name}.part")
+        (watch / f".{name}.part").rename(watch / name)
+        report_file = watch / "done" / f"{name}.json"
+        failed_file = watch / "failed" / f"{name}.json"
+        while not appliance.stop.is_set():
+            for f in (report_file, failed_file):
+                if f.exists():
+                    try:
+                        result["report"] = json.loads(f.read_text(encoding="utf-8"))
+                    except ValueError:
+                        continue  # being written
+                    _demo_summary(result["report"], iso, watch, pacs_dir, cfg)
+                    if args.once:
+                        appliance.request_stop()
+                    return
+            time.sleep(0.2)
+
+    threading.Thread(target=feed, name="demo-feed", daemon=True).start()
+    print(f"pdimport appliance running: watch folder {watch}, stand-in PACS "
+          f"DEMOPACS@127.0.0.1:{receiver.port}" + ("" if args.once else "  (Ctrl-C stops it)"),
+          flush=True)
     try:
-        cfg = cfg.replace(dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"])
-        importer = _importer(cfg)
-        try:
-            res = importer.run(str(iso), list(cfg.dest))
-        finally:
-            importer.close()
+        rc = appliance.run()
     finally:
         receiver.stop()
-    _print([res.report], args.json)
-    stored = sorted(Path(pacs_dir).glob("*"))
-    print(f"\nsample disc:   {iso}")
+    if args.once:
+        rep = result.get("report")
+        return report_mod.exit_code(rep["status"]) if rep else 2
+    return rc
+
+
+def _demo_summary(rep: dict[str, Any], iso: Path, watch: Path, pacs_dir: Path, cfg: Any) -> None:
+    print(report_mod.summary(rep))
+    stored = sorted(p for p in Path(pacs_dir).glob("*") if p.is_file())
+    print(f"\nsample disc:   {iso} (dropped into {watch})")
     print(f"stand-in PACS: {pacs_dir} ({len(stored)} files received)")
-    print(f"report:        {cfg.state_path / 'reports' / (res.job_id + '.json')}")
-    print(f"journal:       {cfg.state_path / 'journal.sqlite'}")
-    return res.exit_code
+    print(f"report:        {cfg.state_path / 'reports' / (str(rep.get('job')) + '.json')}")
+    print(f"journal:       {cfg.state_path / 'journal.sqlite'}", flush=True)

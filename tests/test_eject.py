@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from pdimport import drives
+from pdimport.audit import AuditLog, records
 
 
 @pytest.fixture(autouse=True)
@@ -186,6 +187,8 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     transitions = []
 
     class StubRunner:
+        audit = AuditLog(tmp_path / "audit")
+
         def read(self, source, on_job=None):
             assert source == str(node)
             assert fake.locked  # locked while reading
@@ -211,6 +214,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     worker.handle(event)
     assert transitions == [lc.INSERTED, lc.READING, lc.READ, lc.DELIVERING, lc.EJECTING,
                            lc.EMPTY]
+    # the label is printed before the eject, and both leave an audit record
+    events = [r["event"] for r in records(tmp_path / "audit")]
+    assert events == ["label_printed", "medium_ejected"]
     assert fake.tray_open and not fake.locked
     # the tray then reports "no media": the drive stays empty
     worker.handle(MediaEvent(devnode=str(node), kernel="sr0", kind="no-media", bus="optical",
@@ -233,6 +239,7 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
         stop = threading.Event()
         eject_after = "read"
         board = dmod.StatusBoard(tmp_path / "status.json", dmod.Notifier({}))
+        runner = type("R", (), {"audit": AuditLog(tmp_path / "audit")})()
 
     app = StubApp()
     app.write_drive_report = lambda *a: None
@@ -242,4 +249,6 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
     worker.handle(event)
     assert worker.lifecycle.state == lc.FAILED
     snap = app.board.snapshot()["drives"][str(node)]
+    [ejected] = [r for r in records(tmp_path / "audit") if r["event"] == "medium_ejected"]
+    assert ejected["ok"] is False  # the failed eject is in the audit trail
     assert snap["state"] == "failed" and "scsi status 2" in snap["detail"]

@@ -27,6 +27,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -99,9 +100,16 @@ def fresh_copy(name: str, dst: Path, patient_id: str = "PAT001", **attrs: Any) -
     """A pydicom test file with fresh SOP/Series/Study UIDs and chosen
     patient attributes (DICOM keywords), written in its own encoding.
 
-    ``dst`` may be a folder (the file keeps ``name``) or a file path.
+    ``dst`` may be a folder (the file keeps ``name``) or a file path. A
+    bundled file without preamble and File Meta (``rtstruct.dcm``) is written
+    as Part 10 in its own transfer syntax.
     """
-    ds = dcmread(pydicom_test_file(name))
+    ds = dcmread(pydicom_test_file(name), force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta = _file_meta(ds, ImplicitVRLittleEndian if implicit
+                                  else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.preamble = b"\0" * 128
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.StudyInstanceUID = generate_uid()

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dicom://AET@host:port or file:///path (repeatable)")
     p.add_argument("--calling-aet", metavar="AET")
     p.add_argument("--scanner", choices=("auto", "pydicom", "numba"))
+    p.add_argument("--route", action="append", default=[], metavar="KIND=URL",
+                   help="also send KIND (image, rt, ai, document, sr, other; optionally "
+                   "KIND:MODALITY) to URL, e.g. rt=dicom://TPS@host:104 (repeatable)")
+    p.add_argument("--ai", choices=("mark", "hold", "skip"),
+                   help="AI results: mark (prefix and send), hold the job, or skip them")
 
     p = sub.add_parser("scan", help="inventory a medium; sends nothing")
     _common(p)
@@ -104,6 +109,8 @@ def _settings(args: argparse.Namespace) -> Any:
         "watch": getattr(args, "watch", None),
         "devices": getattr(args, "devices", None),
         "eject_after": getattr(args, "eject_after", None),
+        "route": getattr(args, "route", None),
+        "ai.policy": getattr(args, "ai", None),
     }
     return load(args.config, overrides)
 
@@ -149,10 +156,12 @@ def _print(results: list[dict[str, Any]], as_json: bool) -> None:
 def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
     if not cfg.dest:
         raise ValueError("no destination: give --dest URL or set 'dest' in the config")
+    from .policy import parse_routes
     from .send import parse_dest
 
     for url in cfg.dest:
         parse_dest(url)  # usage errors before any medium is touched
+    parse_routes(list(cfg.route), parse_dest)
     importer = _importer(cfg)
     results = []
     worst = 0

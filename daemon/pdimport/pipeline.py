@@ -196,6 +196,8 @@ class Importer:
                                       sop_instance_uid=i.uid, attribute="SeriesDescription",
                                       prefix=prefix)))
         if inv.other_content and self.settings.get("convert_other_content"):
+            for inst in pending:
+                inst.header.extra.setdefault("_sha256", inst.send_sha256)
             new, converted, problems = policy.convert_other_content(
                 inv.other_content, [i.header for i in pending], store, self._scan_one)
             inv.instances.extend(new)

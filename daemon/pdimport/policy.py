@@ -132,6 +132,7 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
     problems: list[Problem] = []
     if not other:
         return instances, converted, problems
+    _study_extras(patients_headers, store)
     try:
         ctx = PatientContext.from_headers(patients_headers)
     except ValueError as exc:
@@ -171,6 +172,30 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
             converted.append({"path": path, "sop_instance_uid": res.sop_instance_uid,
                               "sop_class_uid": res.sop_class_uid, "type": subtype})
     return instances, converted, problems
+
+
+def _study_extras(headers: list[Header], store: "DerivedStore") -> None:
+    """Study ID and Referring Physician's Name, which the header scan does
+    not carry, from one instance of each study: converted objects that join
+    the study repeat them (General Study Module, PS3.3 C.7.2.1)."""
+    from pydicom import dcmread
+
+    seen: dict[str, dict[str, str]] = {}
+    for h in headers:
+        if "StudyID" in h.extra:
+            continue
+        if h.study_uid not in seen:
+            values = {"StudyID": "", "ReferringPhysicianName": ""}
+            sha = h.extra.get("_sha256", "")
+            try:
+                if sha:
+                    ds = dcmread(store.path(sha), stop_before_pixels=True,
+                                 specific_tags=["StudyID", "ReferringPhysicianName"])
+                    values = {k: str(ds.get(k, "") or "") for k in values}
+            except Exception:  # noqa: BLE001 - tolerant when reading; the values are Type 2
+                log.exception("reading study attributes")
+            seen[h.study_uid] = values
+        h.extra.update(seen[h.study_uid])
 
 
 class DerivedStore:

@@ -1,4 +1,4 @@
-"""Command line: ``pdimport import|scan|jobs|report|demo``.
+"""pdimport: import patient media (CD/DVD/BD, USB, ISO, zip) into a PACS.
 
 Exit status of ``import``: 0 everything delivered, 1 held or partial,
 2 failed or unusable input, 64 usage error.
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     a.add_argument("--since", metavar="DATE", help="YYYY-MM-DD")
 
+    p = sub.add_parser("settings", help="every setting with its type, default and meaning")
+    _common(p)
+
     p = sub.add_parser("demo", help="run the appliance on embedded defaults: a local stand-in "
                        "PACS, a watch folder, and a sample disc dropped into it")
     _common(p)
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"import": cmd_import, "scan": cmd_scan, "jobs": cmd_jobs,
                "report": cmd_report, "demo": cmd_demo, "daemon": cmd_daemon,
                "status": cmd_status, "label": cmd_label,
-               "audit": cmd_audit}[args.command]
+               "audit": cmd_audit, "settings": cmd_settings}[args.command]
     try:
         return handler(args, cfg)
     except (ValueError, SettingsError) as exc:
@@ -229,6 +232,18 @@ def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
     from .daemon import status_main
 
     return status_main(cfg, args.json)
+
+
+def cmd_settings(args: argparse.Namespace, cfg: Any) -> int:
+    from .settings import SETTINGS, describe
+
+    if args.json:
+        print(json.dumps([{"name": st.name, "type": st.type.__name__, "default": st.default,
+                           "flag": st.flag, "doc": st.doc, "value": cfg.get(st.name)}
+                          for st in SETTINGS], indent=2, ensure_ascii=False))
+    else:
+        print(describe())
+    return 0
 
 
 def cmd_label(args: argparse.Namespace, cfg: Any) -> int:

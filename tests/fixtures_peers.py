@@ -37,10 +37,12 @@ __all__ = [
     "OrthancPeer",
     "Peer",
     "ScriptedSCP",
+    "SilentSCP",
     "free_port",
     "orthanc",
     "receiver",
     "scripted_scp",
+    "silent_scp",
     "storescp",
     "wait_for_port",
 ]
@@ -108,7 +110,8 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
     procs: list[subprocess.Popen] = []
 
     def start(accept_all: bool = False, aet: str = "STORESCP",
-              bit_preserving: bool = False) -> Peer:
+              bit_preserving: bool = False, nodelay: bool = False, ignore: bool = False,
+              fork: bool = False, log: Path | None = None) -> Peer:
         port = free_port()
         out_dir = tmp_path / f"storescp-{port}"
         out_dir.mkdir()
@@ -119,9 +122,16 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
             # Write the received bytes as they came; without it dcmtk writes
             # what it parsed, so a byte comparison would test dcmtk, not us.
             args.append("+B")
+        if ignore:
+            args.append("--ignore")  # receive, answer, store nothing: a fast peer
+        if fork:
+            args.append("--fork")  # one child per association: parallel associations
+        if log is not None:
+            args.append("-v")  # association start / release / abort lines
         env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-        proc = subprocess.Popen(args + [str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        if nodelay:
+            env["TCP_NODELAY"] = "1"  # libdcmnet reads it (performance.md §3a)
+        proc = _popen_logged(args + [str(port)], env, log)
         procs.append(proc)
         wait_for_port(port, proc)
         return Peer(aet, port, out_dir, proc)
@@ -131,6 +141,15 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
         _stop(proc)
         if proc.stderr:
             proc.stderr.close()
+
+
+def _popen_logged(args: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    """Start a peer with stderr to `log` (closed here; the child keeps its copy)."""
+    if log is None:
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    with open(log, "wb") as stderr:
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 # ------------------------------------------------------------------- orthanc
@@ -258,6 +277,72 @@ def scripted_scp(tmp_path: Path) -> Iterator[Callable[..., ScriptedSCP]]:
 
     def start(status: int = 0x0000, hang: bool = False) -> ScriptedSCP:
         peer = ScriptedSCP(tmp_path / f"scripted-{len(peers)}", status=status, hang=hang)
+        peers.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in peers:
+        peer.stop()
+
+
+# ------------------------------------------------------------- silent once
+@dataclass
+class SilentSCP:
+    """A pynetdicom Storage SCP that stores everything and answers 0x0000,
+    except that the stores named in ``silent`` get no answer: the first
+    time only (``once``), or every time. It models a dropped C-STORE-RSP
+    (the pynetdicom reactor race, a lost segment) and a peer that hangs.
+    """
+
+    out_dir: Path
+    silent: set[str]
+    once: bool = True
+    aet: str = "SILENT"
+    port: int = 0
+    stored: list[str] = field(default_factory=list)
+    _silenced: set[str] = field(default_factory=set)
+    _release: threading.Event = field(default_factory=threading.Event)
+    _server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"dicom://{self.aet}@127.0.0.1:{self.port}"
+
+    def start(self) -> SilentSCP:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title=self.aet)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self._server.server_address[1]
+        return self
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        (self.out_dir / f"{len(self.stored)}.dcm").write_bytes(event.encoded_dataset())
+        self.stored.append(uid)
+        if uid in self.silent and not (self.once and uid in self._silenced):
+            self._silenced.add(uid)
+            self._release.wait(30)  # stored, never answered (until stop)
+        return 0x0000
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
+@pytest.fixture
+def silent_scp(tmp_path: Path) -> Iterator[Callable[..., SilentSCP]]:
+    """Factory: ``silent_scp({uid, ...}, once=True)``."""
+    peers: list[SilentSCP] = []
+
+    def start(silent: set[str], once: bool = True) -> SilentSCP:
+        peer = SilentSCP(tmp_path / f"silent-{len(peers)}", set(silent), once=once)
         peers.append(peer)
         return peer.start()
 

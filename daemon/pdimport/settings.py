@@ -95,6 +95,9 @@ SETTINGS: tuple[Setting, ...] = (
             validate=_positive),
     Setting("network.max_pdu", int, 0, "maximum PDU we receive (0 = unlimited)",
             validate=lambda v: v >= 0),
+    Setting("network.associations", int, 4, "parallel associations (one worker process each) "
+            "per destination, for deliveries of at least 64 instances or 64 MB; a "
+            "destination's ?associations=N overrides", validate=lambda v: 1 <= v <= 32),
     Setting("network.retries", int, 3, "attempts per delivery run before the job waits",
             validate=_positive),
     Setting("network.retry_delay", float, 2.0, "first back-off between attempts, seconds",

@@ -35,7 +35,7 @@ def deliver(dest: Destination, items: list[SendItem], settings: Any,
         Scratch folder for converted copies.
     """
     if isinstance(dest, DicomDest):
-        from .dicom import send_dicom  # pynetdicom only when needed
+        from .scu import send_dicom  # pynetdicom only when needed
 
         send_dicom(dest, items, settings, on_outcome, workdir)
     elif isinstance(dest, FileDest):

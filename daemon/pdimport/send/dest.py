@@ -14,7 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 _DICOM_URL = re.compile(
-    r"^dicom://(?P<aet>[^@/]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})/?$",
+    r"^dicom://(?P<aet>[^@/?]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})"
+    r"/?(?:\?(?P<query>[^#]*))?$",
     re.IGNORECASE,
 )
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -23,11 +24,21 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 
 @dataclass(frozen=True)
 class DicomDest:
-    """A C-STORE SCP: the called AE title and its TCP address."""
+    """A C-STORE SCP: the called AE title, its TCP address and how to talk to it.
+
+    ``nodelay`` / ``quickack``: set TCP_NODELAY and re-arm TCP_QUICKACK on
+    our sockets (default on; ``?nodelay=0``, ``?quickack=0`` on the URL turn
+    them off). ``associations``: parallel associations for this destination
+    (``?associations=N``; 0 = the ``network.associations`` setting). None of
+    them is part of :attr:`key`: they change how, not where, we deliver.
+    """
 
     aet: str
     host: str
     port: int
+    nodelay: bool = True
+    quickack: bool = True
+    associations: int = 0
 
     kind = "dicom"
 
@@ -69,9 +80,11 @@ def parse_dest(url: str) -> Destination:
     Parameters
     ----------
     url : str
-        ``dicom://AET@host:port`` (AE title per PS3.5 6.2 VR AE: 1-16
-        characters of the default repertoire, no backslash, no control
-        characters; percent-escapes allowed, e.g. ``%20``) or
+        ``dicom://AET@host:port[?options]`` (AE title per PS3.5 6.2 VR AE:
+        1-16 characters of the default repertoire, no backslash, no control
+        characters; percent-escapes allowed, e.g. ``%20``; options
+        ``nodelay=0|1``, ``quickack=0|1``, ``associations=N`` joined by
+        ``&``) or
         ``file:///absolute/path``.
 
     Returns
@@ -102,7 +115,30 @@ def _parse_dicom(url: str) -> DicomDest:
     port = int(m["port"])
     if not 1 <= port <= 65535:
         raise ValueError(f"destination {url!r}: port {port} is outside 1..65535")
-    return DicomDest(aet=aet, host=host, port=port)
+    return DicomDest(aet=aet, host=host, port=port, **_dicom_options(m["query"] or "", url))
+
+
+#: URL query options of a dicom:// destination and their parsers.
+_FLAGS = {"0": False, "1": True, "false": False, "true": True, "off": False, "on": True}
+
+
+def _dicom_options(query: str, url: str) -> dict:
+    options: dict = {}
+    for part in filter(None, query.split("&")):
+        name, _, value = part.partition("=")
+        name, value = name.lower(), unquote(value).lower()
+        if name in ("nodelay", "quickack"):
+            if value not in _FLAGS:
+                raise ValueError(f"destination {url!r}: {name} must be 0 or 1")
+            options[name] = _FLAGS[value]
+        elif name == "associations":
+            if not value.isdigit() or not 1 <= int(value) <= 32:
+                raise ValueError(f"destination {url!r}: associations must be 1..32")
+            options[name] = int(value)
+        else:
+            raise ValueError(f"destination {url!r}: unknown option {name!r} "
+                             "(nodelay, quickack, associations)")
+    return options
 
 
 def _check_aet(aet: str, url: str) -> str:

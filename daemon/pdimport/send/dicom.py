@@ -19,7 +19,6 @@ Three adaptations of pynetdicom 3.0.4 live here and nowhere else:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import sys
@@ -29,16 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from ..model import SendItem, SendOutcome
-from .dest import DicomDest
-from .transcode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,16 +67,28 @@ class _TunedSocket(AssociationSocket):
     our side; re-arming QUICKACK makes us ACK at once, which also unblocks a
     Nagle-enabled receiver (8x measured, performance.md §3d). The kernel
     drops QUICKACK mode by itself, hence re-arm after each recv().
+
+    Both are on unless the destination URL says ``?nodelay=0`` /
+    ``?quickack=0`` (a peer or middlebox that misbehaves with small segments).
     """
+
+    def __init__(self, assoc: Association, address: AddressInformation,
+                 nodelay: bool = True, quickack: bool = True) -> None:
+        # Set before the base class creates the socket in its __init__.
+        self.nodelay = nodelay
+        self.quickack = quickack
+        super().__init__(assoc, address=address)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
     def recv(self, nr_bytes: int) -> bytearray:
         data = super().recv(nr_bytes)
-        _quickack(self.socket)
+        if self.quickack:
+            _quickack(self.socket)
         return data
 
     def _shutdown_socket(self) -> None:
@@ -112,21 +121,34 @@ class _StoreAE(AE):
     ``transport.AssociationSocket`` for the whole process.
     """
 
+    nodelay = True
+    quickack = True
+
     def _create_socket(self, assoc: Association, address: AddressInformation,
                        tls_args: Any) -> AssociationSocket:
-        sock = _TunedSocket(assoc, address=address)
+        sock = _TunedSocket(assoc, address, nodelay=self.nodelay, quickack=self.quickack)
         sock.tls_args = tls_args
         return sock
 
 
-def make_ae(settings: Any) -> AE:
+def make_ae(settings: Any, nodelay: bool = True, quickack: bool = True) -> AE:
     """An AE for C-STORE requests, every timeout set from `settings`.
 
     pynetdicom's ``connection_timeout`` defaults to None (wait for the OS TCP
     connect, minutes); the others default to 30-60 s. All are set explicitly
-    (reliability.md §3.2).
+    (reliability.md §3.2). ``network.max_pdu`` is the largest PDU we accept
+    (0 = unlimited); what we send is bounded by the peer's announced maximum.
+
+    Parameters
+    ----------
+    settings : pdimport.settings.Settings
+        ``calling_aet`` and ``network.*``.
+    nodelay, quickack : bool
+        Socket options of the destination (``?nodelay=0`` / ``?quickack=0``).
     """
     ae = _StoreAE(ae_title=settings.calling_aet.strip())
+    ae.nodelay = nodelay
+    ae.quickack = quickack
     ae.connection_timeout = float(settings.get("network.connection_timeout"))
     ae.acse_timeout = float(settings.get("network.acse_timeout"))
     ae.dimse_timeout = float(settings.get("network.dimse_timeout"))
@@ -292,173 +314,3 @@ def outcome_from_status(item: SendItem, status_ds: Dataset, ts: str,
     return SendOutcome(item.key, state, status, code, detail, ts, converted)
 
 
-# ======================================================================
-# sending
-# ======================================================================
-def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
-               on_outcome: OutcomeCallback, workdir: Path) -> None:
-    """Deliver `items` to `dest` by C-STORE; one outcome per item.
-
-    Parameters
-    ----------
-    dest : DicomDest
-        The called AE and its address.
-    items : list of SendItem
-        Spooled Part 10 files.
-    settings : pdimport.settings.Settings
-        ``calling_aet`` and the ``network.*`` timeouts and PDU size.
-    on_outcome : callable
-        Called with each :class:`SendOutcome` as soon as it is known (after
-        the C-STORE-RSP, or when the association is lost). An exception from
-        it stops the delivery (the association is aborted) and propagates.
-    workdir : pathlib.Path
-        Where converted files are written (named from a hash of the item key
-        and the target syntax, so a resend sends the same bytes).
-    """
-    if not items:
-        return
-    ae = make_ae(settings)
-    batches = plan_batches(items)
-    for index, batch in enumerate(batches):
-        verdict = _send_batch(ae, dest, batch, settings, on_outcome, workdir)
-        if verdict in ("association_rejected", "association_failed"):
-            # The peer is unreachable or refuses us: do not knock again for
-            # every batch (a blackhole costs acse_timeout each time).
-            rest = [i for b in batches[index + 1:] for i in b.items]
-            _give_back(rest, verdict, f"{dest.key}: not attempted ({verdict})", on_outcome)
-            return
-
-
-def _associate(ae: AE, dest: DicomDest, batch: Batch, settings: Any) -> tuple[Association, list]:
-    rejections: list = []
-
-    def on_acse_recv(event: evt.Event) -> None:
-        # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
-        primitive = event.primitive
-        if getattr(primitive, "result", None) in (0x01, 0x02):
-            rejections.append(primitive)
-
-    assoc = ae.associate(
-        dest.connect_host, dest.port, contexts=batch.contexts, ae_title=dest.aet,
-        max_pdu=int(settings.get("network.max_pdu")),
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)],
-    )
-    return assoc, rejections
-
-
-def _send_batch(ae: AE, dest: DicomDest, batch: Batch, settings: Any,
-                on_outcome: OutcomeCallback, workdir: Path) -> str:
-    """Send one batch on one association; returns '' or the code that ended it."""
-    assoc, rejections = _associate(ae, dest, batch, settings)
-    if assoc.is_rejected:
-        detail = _rejection_detail(dest, rejections)
-        _give_back(batch.items, "association_rejected", detail, on_outcome)
-        return "association_rejected"
-    if not assoc.is_established:
-        if assoc.rejected_contexts and not assoc.accepted_contexts:
-            # pynetdicom aborts when the SCP accepts no context at all.
-            for item in batch.items:
-                on_outcome(_no_context(item, dest))
-            return ""
-        _give_back(batch.items, "association_failed",
-                   f"{dest.key}: connection refused, aborted or timed out", on_outcome)
-        return "association_failed"
-    keeper = _keep_store_responses(assoc)
-    try:
-        _send_items(assoc, keeper, dest, batch.items, on_outcome, workdir)
-    except BaseException:
-        assoc.abort()
-        raise
-    if assoc.is_established:
-        assoc.release()
-    if keeper.recovered:
-        LOGGER.warning("%s: recovered %d C-STORE responses taken by the pynetdicom reactor",
-                       dest.key, keeper.recovered)
-    return ""
-
-
-def _send_items(assoc: Association, keeper: _ResponseKeeper, dest: DicomDest,
-                items: list[SendItem], on_outcome: OutcomeCallback, workdir: Path) -> None:
-    accepted = _accepted(assoc)
-    for n, item in enumerate(items):
-        if not assoc.is_established:
-            _give_back(items[n:], "association_failed",
-                       f"{dest.key}: association lost after {n} of {len(items)}", on_outcome)
-            return
-        outcome = _send_one(assoc, keeper, dest, item, accepted, n, workdir)
-        on_outcome(outcome)
-
-
-def _accepted(assoc: Association) -> dict[str, list[str]]:
-    """SOP class -> accepted transfer syntaxes (PS3.8 9.3.3.2)."""
-    out: dict[str, list[str]] = {}
-    for cx in assoc.accepted_contexts:
-        out.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
-    return out
-
-
-def _send_one(assoc: Association, keeper: _ResponseKeeper, dest: DicomDest, item: SendItem,
-              accepted: dict[str, list[str]], n: int, workdir: Path) -> SendOutcome:
-    syntaxes = accepted.get(item.sop_class_uid, [])
-    path, ts, converted = item.path, item.transfer_syntax, None
-    if ts not in syntaxes:
-        target = next((t for t in FALLBACK_TS if t in syntaxes), None)
-        if target is None:
-            return _no_context(item, dest)
-        converted = _converted_path(workdir, item, target)
-        try:
-            if not converted.exists():  # same bytes on a resend
-                convert(item.path, converted, target)
-        except TranscodeError as exc:
-            return SendOutcome(item.key, "failed", None, exc.code,
-                               f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {exc}")
-        path, ts = converted, target
-    msg_id = n % 0xFFFF + 1  # PS3.7 9.3.1.1: unique among outstanding requests
-    keeper.awaiting = msg_id
-    try:
-        status_ds = assoc.send_c_store(path, msg_id=msg_id)
-    except (OSError, ValueError, AttributeError) as exc:
-        # The spooled file is not what the header scan said (meta missing,
-        # no context for its real SOP class / syntax, unreadable).
-        return SendOutcome(item.key, "failed", None, "internal_error",
-                           f"cannot send {path.name}: {exc}", ts, converted)
-    finally:
-        keeper.awaiting = None
-    return outcome_from_status(item, status_ds, ts, converted)
-
-
-def _converted_path(workdir: Path, item: SendItem, target: str) -> Path:
-    # Never from media names or dataset values: a hash of the journal key.
-    digest = hashlib.sha256(item.key.encode()).hexdigest()[:40]
-    return workdir / f"{digest}-{target}.dcm"
-
-
-def _no_context(item: SendItem, dest: DicomDest) -> SendOutcome:
-    return SendOutcome(item.key, "failed", None, "no_presentation_context",
-                       f"{dest.key} accepts neither {UID(item.sop_class_uid).name} in "
-                       f"{UID(item.transfer_syntax).name} nor in an uncompressed syntax")
-
-
-def _give_back(items: list[SendItem], code: str, detail: str,
-               on_outcome: OutcomeCallback) -> None:
-    for item in items:
-        on_outcome(SendOutcome(item.key, "retry", None, code, detail))
-
-
-def _rejection_detail(dest: DicomDest, rejections: list) -> str:
-    if not rejections:
-        return f"{dest.key}: association rejected"
-    rj = rejections[-1]
-    return (f"{dest.key}: {rj.result_str} rejection by {rj.source_str}: {rj.reason_str}")
-
-
-__all__ = [
-    "FALLBACK_TS",
-    "MAX_CONTEXTS",
-    "Batch",
-    "classify_status",
-    "make_ae",
-    "outcome_from_status",
-    "plan_batches",
-    "send_dicom",
-]

@@ -1,0 +1,29 @@
+"""Shared set-up for the benchmarks: the test peers and a generated corpus.
+
+The peers (dcmtk storescp, Orthanc) are the fixtures of ``tests/``; the
+corpus is generated once per session into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fixtures_peers import *
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bench: a benchmark (bench/, never in the test run)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from report import ROWS, table
+
+    if ROWS:
+        terminalreporter.write_sep("=", "C-STORE side by side (ratio = images/s ÷ first row)")
+        terminalreporter.write_line(table())

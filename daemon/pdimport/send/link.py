@@ -1,0 +1,410 @@
+"""One association slot to a C-STORE destination (PS3.7 9.1.1, PS3.8 7).
+
+A :class:`Link` sends items one after another on one association, in the
+order it is given them, and turns each into one
+:class:`~pdimport.model.SendOutcome`. It opens the association lazily, and
+it is where "outcome unknown" is handled:
+
+* no C-STORE-RSP within ``dimse_timeout`` (pynetdicom then aborts) after
+  the peer has answered earlier stores on this association: the instance is
+  resent **once** on a fresh association and the answer to the resend is the
+  outcome (detail says so). A missing answer in the middle of a stream is a
+  glitch (a dropped response, reliability.md §0.6, performance.md §3b);
+* no answer to the resend, or a peer that never answered anything on this
+  association: ``unknown``, and the link goes down. A peer that hangs from
+  its first store is not hammered; the caller's back-off retries later.
+
+Either way the object may be stored twice; PS3.4 B.2.2 lets an SCP accept a
+repeated SOP Instance UID, and the spool bytes are the same.
+
+The C-STORE request itself is written by :func:`_c_store` straight to the
+association's socket (see :mod:`pdimport.send.wire` for why); the response
+still comes back through pynetdicom's DUL and DIMSE providers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.presentation import PresentationContext
+
+from ..model import SendItem, SendOutcome
+from . import wire
+from .dest import DicomDest
+from .dicom import FALLBACK_TS, _keep_store_responses, _ResponseKeeper, outcome_from_status
+from .transcode import TranscodeError, convert
+
+LOGGER = logging.getLogger(__name__)
+
+#: Bytes read from the spool per sendmsg() round; bounds memory per link.
+READ_BLOCK = 4 << 20
+
+RESENT = "resent once on a fresh association after no C-STORE response"
+
+
+class LinkDown(Exception):
+    """The link cannot take more items; ``code`` is a problem code.
+
+    ``association_rejected`` / ``association_failed``: the items not yet
+    sent go back to the caller as ``retry``.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class Link:
+    """One association slot: ``send(item)`` until done, then ``close()``.
+
+    Parameters
+    ----------
+    ae : pynetdicom.AE
+        From :func:`pdimport.send.dicom.make_ae`.
+    dest : DicomDest
+        Called AE title and address.
+    contexts : list of PresentationContext
+        What every association of this link proposes.
+    workdir : pathlib.Path
+        Where converted copies are written.
+    max_pdu : int
+        The maximum PDU we announce (``network.max_pdu``, 0 = unlimited).
+    """
+
+    ae: AE
+    dest: DicomDest
+    contexts: list[PresentationContext]
+    workdir: Path
+    max_pdu: int = 0
+    answered: int = 0
+    sent: int = 0
+    _assoc: Association | None = field(default=None, repr=False)
+    _keeper: _ResponseKeeper | None = field(default=None, repr=False)
+    _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    _no_context: bool = False
+    _down: LinkDown | None = None
+    recovered: int = 0
+    #: Checked right before each C-STORE; False takes the link down unsent
+    #: (a worker whose parent died must not send what nobody will journal).
+    guard: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Release the association (abort it if it cannot be released)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        self._count_recovered()
+        if assoc.is_established:
+            assoc.release()
+        if assoc.is_established:
+            assoc.abort()
+
+    def abort(self) -> None:
+        """Abort at once (an exception in the caller)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None:
+            assoc.abort()
+
+    def _count_recovered(self) -> None:
+        if self._keeper is not None and self._keeper.recovered:
+            self.recovered += self._keeper.recovered
+            LOGGER.warning("%s: recovered %d C-STORE responses taken by the pynetdicom reactor",
+                           self.dest.key, self._keeper.recovered)
+            self._keeper.recovered = 0
+
+    def _open(self) -> None:
+        """Establish a fresh association, or raise :class:`LinkDown`."""
+        rejections: list = []
+
+        def on_acse_recv(event: evt.Event) -> None:
+            # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
+            if getattr(event.primitive, "result", None) in (0x01, 0x02):
+                rejections.append(event.primitive)
+
+        assoc = self.ae.associate(
+            self.dest.connect_host, self.dest.port, contexts=self.contexts,
+            ae_title=self.dest.aet, max_pdu=self.max_pdu,
+            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)],
+        )
+        if assoc.is_rejected:
+            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections))
+        if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # pynetdicom aborts when the SCP accepts no context at all.
+                self._no_context = True
+                return
+            raise LinkDown("association_failed",
+                           f"{self.dest.key}: connection refused, aborted or timed out")
+        self._assoc = assoc
+        self._keeper = _keep_store_responses(assoc)
+        self._accepted, self._cx_ids = _accepted(assoc)
+        self.sent = 0
+        _bound_writes(assoc)
+
+    def connect(self) -> None:
+        """Establish the association now (else the first :meth:`send` does).
+
+        Raises
+        ------
+        LinkDown
+            Rejected, refused or timed out.
+        """
+        if self._assoc is None and not self._no_context:
+            self._go_down_on_failure(self._open)
+
+    # -------------------------------------------------------------- sending
+    def send(self, item: SendItem) -> SendOutcome:
+        """Send one item; its outcome, or :class:`LinkDown` (not sent).
+
+        Raises
+        ------
+        LinkDown
+            The association could not be (re-)established or was lost
+            before this item went out; the item was not sent.
+        """
+        if self._down is not None:
+            raise self._down
+        self.connect()
+        if self._no_context:
+            return _no_context(item, self.dest)
+        if self.guard is not None and not self.guard():
+            self._down = LinkDown("association_failed", "the delivering process is gone")
+            raise self._down
+        assoc = self._assoc
+        if assoc is None or not assoc.is_established:
+            self._down = LinkDown("association_failed",
+                                  f"{self.dest.key}: association lost after {self.answered} "
+                                  "answered stores")
+            raise self._down
+        outcome = self._send_one(item)
+        if outcome.state != "unknown":
+            self.answered += outcome.status is not None
+            return outcome
+        return self._resend_once(item, outcome)
+
+    def _go_down_on_failure(self, action: Any) -> None:
+        try:
+            action()
+        except LinkDown as down:
+            self._down = down
+            raise
+
+    def _resend_once(self, item: SendItem, first: SendOutcome) -> SendOutcome:
+        """No answer: resend on a fresh association, or give up (see module doc)."""
+        answered_before = self.answered > 0
+        self._drop_association()
+        down = LinkDown("association_failed",
+                        f"{self.dest.key}: no C-STORE response; association aborted")
+        if not answered_before:
+            self._down = down
+            return first
+        LOGGER.warning("%s: no response to %s; resending once on a fresh association",
+                       self.dest.key, item.sop_instance_uid)
+        try:
+            self._open()
+        except LinkDown as exc:
+            self._down = exc
+            return _with_detail(first, f"{first.detail}; resend impossible: {exc.detail}")
+        if self._assoc is None:  # no context accepted any more
+            self._down = down
+            return first
+        again = self._send_one(item)
+        if again.state == "unknown":
+            self._drop_association()
+            self._down = down
+            return _with_detail(again, f"{again.detail}; {RESENT}, no response either")
+        self.answered += 1
+        return _with_detail(again, f"{again.detail}; {RESENT}".lstrip("; "))
+
+    def _drop_association(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        self._count_recovered()
+        if assoc is not None and assoc.is_established:
+            assoc.abort()
+
+    def _send_one(self, item: SendItem) -> SendOutcome:
+        assoc = self._assoc
+        assert assoc is not None and self._keeper is not None
+        prepared = _prepare(item, self._accepted, self.dest, self.workdir)
+        if isinstance(prepared, SendOutcome):
+            return prepared
+        path, ts, converted = prepared
+        self.sent += 1
+        msg_id = (self.sent - 1) % 0xFFFF + 1  # PS3.7 9.3.1.1: unique among outstanding
+        try:
+            status_ds = _c_store(assoc, self._keeper, self._cx_ids, path, msg_id)
+        except (OSError, ValueError, KeyError) as exc:
+            # The spooled file is not what the header scan said (meta missing,
+            # no context for its real SOP class / syntax, unreadable).
+            return SendOutcome(item.key, "failed", None, "internal_error",
+                               f"cannot send {path.name}: {exc}", ts, converted)
+        return outcome_from_status(item, status_ds, ts, converted)
+
+
+# ----------------------------------------------------------- per item
+def _prepare(item: SendItem, accepted: dict[str, list[str]], dest: DicomDest,
+             workdir: Path) -> tuple[Path, str, Path | None] | SendOutcome:
+    """The file and syntax to send, converting when the own syntax was refused."""
+    syntaxes = accepted.get(item.sop_class_uid, [])
+    if item.transfer_syntax in syntaxes:
+        return item.path, item.transfer_syntax, None
+    target = next((t for t in FALLBACK_TS if t in syntaxes), None)
+    if target is None:
+        return _no_context(item, dest)
+    converted = _converted_path(workdir, item, target)
+    try:
+        if not converted.exists():  # same bytes on a resend
+            convert(item.path, converted, target)
+    except TranscodeError as exc:
+        return SendOutcome(item.key, "failed", None, exc.code,
+                           f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {exc}")
+    return converted, target, converted
+
+
+def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str, str], int],
+             path: Path, msg_id: int) -> Dataset:
+    """One C-STORE of a Part 10 file's original bytes; the status Dataset.
+
+    Same flow as pynetdicom's ``send_c_store`` (pause the reactor, send, wait
+    ``dimse_timeout`` for the response, abort without one), except that the
+    request is written by :func:`_write_request` from this thread. An empty
+    Dataset means no response (the association is then aborted).
+
+    Raises
+    ------
+    KeyError
+        No accepted context for the file's SOP class and transfer syntax.
+    ValueError, OSError
+        The file has no usable File Meta Information or cannot be read.
+    """
+    meta, offset = split_dataset(path)
+    sop_class = str(meta.MediaStorageSOPClassUID)
+    sop_instance = str(meta.MediaStorageSOPInstanceUID)
+    cx_id = cx_ids[(sop_class, str(meta.TransferSyntaxUID))]
+    command = wire.encode_store_rq(sop_class, sop_instance, msg_id)
+    _pause_reactor(assoc)
+    keeper.awaiting = msg_id
+    try:
+        with open(path, "rb") as fp:
+            fp.seek(offset)
+            written = _write_request(assoc, cx_id, command, fp)
+        rsp = assoc.dimse.get_msg(block=True)[1] if written else None
+    finally:
+        keeper.awaiting = None
+        assoc._reactor_checkpoint.set()
+    if rsp is None:
+        assoc._handle_no_response()
+        return Dataset()
+    return assoc._check_received_status(rsp)
+
+
+def _pause_reactor(assoc: Association) -> None:
+    # As send_c_store does; the stale-flag race this leaves is what
+    # _ResponseKeeper repairs. A dead reactor never pauses: do not spin.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused and assoc.is_alive():
+        time.sleep(0.0001)
+
+
+def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> bool:
+    """Write command and data set PDUs; False if the connection broke.
+
+    The DUL thread writes to this socket only for primitives we queue (none
+    while a C-STORE is in progress) and for an abort, after which the stream
+    does not matter any more. P-DATA needs no state change in Sta6 (PS3.8
+    9.2, DT-1), so bypassing the state machine keeps it consistent.
+    """
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is None:
+        return False
+    fragment = wire.fragment_size(assoc.acceptor.maximum_length or 0)
+    block_size = fragment * max(1, READ_BLOCK // fragment)
+    try:
+        buffers = wire.command_buffers(cx_id, command, fragment)
+        block = memoryview(fp.read(block_size))
+        if not block:
+            raise ValueError("empty data set")
+        while block:
+            following = memoryview(fp.read(block_size))
+            for batch in wire.dataset_buffers(cx_id, block, fragment, not following):
+                _sendmsg_all(sock, buffers + batch)
+                buffers = []
+            block = following
+    except (TimeoutError, OSError) as exc:
+        LOGGER.warning("writing to %s failed: %s", assoc.acceptor.address, exc)
+        return False
+    return True
+
+
+def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
+    """sendmsg() until every buffer is written (a blocking send may be partial)."""
+    views = [memoryview(b) for b in buffers]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+def _bound_writes(assoc: Association) -> None:
+    # pynetdicom leaves the connected socket blocking without a timeout; a
+    # peer that stops reading would hang our sendmsg() forever. The DUL
+    # select()s before it reads, so a timeout does not disturb it.
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is not None and sock.gettimeout() is None:
+        sock.settimeout(float(assoc.dimse_timeout or 60.0))
+
+
+def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str, str], int]]:
+    """SOP class -> accepted syntaxes, and (class, syntax) -> context ID (PS3.8 9.3.3.2)."""
+    by_class: dict[str, list[str]] = {}
+    ids: dict[tuple[str, str], int] = {}
+    for cx in assoc.accepted_contexts:
+        sop_class, ts = str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+        by_class.setdefault(sop_class, []).append(ts)
+        ids.setdefault((sop_class, ts), int(cx.context_id))
+    return by_class, ids
+
+
+def _converted_path(workdir: Path, item: SendItem, target: str) -> Path:
+    # Never from media names or dataset values: a hash of the journal key.
+    digest = hashlib.sha256(item.key.encode()).hexdigest()[:40]
+    return workdir / f"{digest}-{target}.dcm"
+
+
+def _no_context(item: SendItem, dest: DicomDest) -> SendOutcome:
+    return SendOutcome(item.key, "failed", None, "no_presentation_context",
+                       f"{dest.key} accepts neither {UID(item.sop_class_uid).name} in "
+                       f"{UID(item.transfer_syntax).name} nor in an uncompressed syntax")
+
+
+def _with_detail(outcome: SendOutcome, detail: str) -> SendOutcome:
+    return SendOutcome(outcome.key, outcome.state, outcome.status, outcome.code, detail,
+                       outcome.transfer_syntax, outcome.converted_path)
+
+
+def _rejection_detail(dest: DicomDest, rejections: list) -> str:
+    if not rejections:
+        return f"{dest.key}: association rejected"
+    rj = rejections[-1]
+    return f"{dest.key}: {rj.result_str} rejection by {rj.source_str}: {rj.reason_str}"
+
+
+__all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown"]

@@ -1,0 +1,180 @@
+"""C-STORE delivery: one attempt over one or several associations.
+
+:func:`send_dicom` plans the presentation contexts (at most 128 per
+association, :func:`~pdimport.send.dicom.plan_batches`), then sends each
+batch either on one :class:`~pdimport.send.link.Link` in this thread, or on
+several links in worker processes (:mod:`pdimport.send.pool`) when the batch
+is large enough to pay for them. Every item gets exactly one outcome, through
+``on_outcome``, in this process.
+
+How many associations: ``network.associations`` (default
+:data:`DEFAULT_ASSOCIATIONS`), or ``?associations=N`` on the destination URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..model import SendItem, SendOutcome
+from .dest import DicomDest
+from .dicom import Batch, make_ae, plan_batches
+from .link import Link, LinkDown
+
+LOGGER = logging.getLogger(__name__)
+
+OutcomeCallback = Callable[[SendOutcome], None]
+
+#: Associations per destination when ``network.associations`` is not set.
+#: Measured on the 2-core machine (bench/bench_send.py, 1,000 CT images):
+#: images/s with 1 / 2 / 4 associations were 502 / 853 / 1148 into storescp
+#: (TCP_NODELAY=1) and 223 / 314 / 398 into Orthanc. Even on 2 cores 4 wins:
+#: each association spends most of its time waiting for its response.
+DEFAULT_ASSOCIATIONS = 4
+#: An extra association (and worker process, ~0.1 s to start) pays off only
+#: for this many instances or bytes; smaller deliveries use one association
+#: in the caller's thread, which also keeps "journal before next C-STORE".
+MIN_ITEMS_PER_ASSOCIATION = 64
+MIN_BYTES_PER_ASSOCIATION = 64 << 20
+
+#: Settings the sender reads; snapshotted for worker processes.
+NET_SETTINGS = ("calling_aet", "network.connection_timeout", "network.acse_timeout",
+                "network.dimse_timeout", "network.network_timeout", "network.max_pdu")
+
+
+@dataclass(frozen=True)
+class NetSettings:
+    """A picklable snapshot of the settings a sender needs.
+
+    :class:`pdimport.settings.Settings` is deliberately frozen and not
+    picklable; worker processes get this instead (same ``get`` interface).
+    """
+
+    values: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, settings: Any) -> NetSettings:
+        return cls(tuple((name, settings.get(name)) for name in NET_SETTINGS))
+
+    def get(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+    @property
+    def calling_aet(self) -> str:
+        return str(self.get("calling_aet"))
+
+
+def setting(settings: Any, name: str, default: Any) -> Any:
+    """A setting that may not exist yet in the settings table."""
+    try:
+        value = settings.get(name)
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def association_count(dest: DicomDest, settings: Any, items: list[SendItem]) -> int:
+    """How many associations to use for `items` (at least 1).
+
+    The destination's ``?associations=N`` wins over ``network.associations``;
+    small deliveries use fewer (see :data:`MIN_ITEMS_PER_ASSOCIATION`).
+    """
+    wanted = dest.associations or int(setting(settings, "network.associations",
+                                              DEFAULT_ASSOCIATIONS))
+    by_items = len(items) // MIN_ITEMS_PER_ASSOCIATION
+    by_bytes = sum(i.size for i in items) // MIN_BYTES_PER_ASSOCIATION
+    return max(1, min(wanted, max(by_items, by_bytes)))
+
+
+def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
+               on_outcome: OutcomeCallback, workdir: Path) -> None:
+    """Deliver `items` to `dest` by C-STORE; one outcome per item.
+
+    Parameters
+    ----------
+    dest : DicomDest
+        The called AE, its address and its socket options.
+    items : list of SendItem
+        Spooled Part 10 files, in medium order.
+    settings : pdimport.settings.Settings
+        ``calling_aet``, ``network.*`` timeouts, ``network.max_pdu`` and
+        ``network.associations``.
+    on_outcome : callable
+        Called in this process with each :class:`SendOutcome` as soon as its
+        response arrives (or the item is given back). An exception from it
+        stops the delivery (associations aborted, workers stopped) and
+        propagates.
+    workdir : pathlib.Path
+        Where converted files are written (named from a hash of the item key
+        and the target syntax, so a resend sends the same bytes).
+    """
+    if not items:
+        return
+    net = NetSettings.of(settings)
+    batches = plan_batches(items)
+    for index, batch in enumerate(batches):
+        count = association_count(dest, settings, batch.items)
+        if count > 1:
+            from .pool import send_parallel  # multiprocessing only when needed
+
+            verdict = send_parallel(dest, batch, net, on_outcome, workdir, count)
+        else:
+            verdict = send_batch(dest, batch, net, on_outcome, workdir)
+        if verdict in ("association_rejected", "association_failed"):
+            # The peer is unreachable or refuses us: do not knock again for
+            # every batch (a blackhole costs acse_timeout each time).
+            rest = [i for b in batches[index + 1:] for i in b.items]
+            give_back(rest, verdict, f"{dest.key}: not attempted ({verdict})", on_outcome)
+            return
+
+
+def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path) -> Link:
+    """A :class:`Link` with an AE configured from `settings` and `dest`."""
+    ae = make_ae(settings, nodelay=dest.nodelay, quickack=dest.quickack)
+    return Link(ae, dest, batch_contexts, workdir, max_pdu=int(settings.get("network.max_pdu")))
+
+
+def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
+               workdir: Path) -> str:
+    """Send one batch on one association in this thread.
+
+    Returns
+    -------
+    str
+        '' or the code that stopped the link before every item went out.
+    """
+    link = new_link(dest, batch.contexts, settings, workdir)
+    try:
+        for n, item in enumerate(batch.items):
+            try:
+                outcome = link.send(item)
+            except LinkDown as down:
+                give_back(batch.items[n:], down.code, down.detail, on_outcome)
+                return down.code if link.answered == 0 else ""
+            on_outcome(outcome)
+    except BaseException:
+        link.abort()
+        raise
+    link.close()
+    return ""
+
+
+def give_back(items: list[SendItem], code: str, detail: str,
+              on_outcome: OutcomeCallback) -> None:
+    """Report `items` as not sent: ``retry`` with `code`."""
+    for item in items:
+        on_outcome(SendOutcome(item.key, "retry", None, code, detail))
+
+
+__all__ = [
+    "DEFAULT_ASSOCIATIONS",
+    "MIN_ITEMS_PER_ASSOCIATION",
+    "NetSettings",
+    "association_count",
+    "give_back",
+    "send_batch",
+    "send_dicom",
+]

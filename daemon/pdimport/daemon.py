@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from . import drives, udev
-from .lifecycle import (EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition,
-                        drive_lifecycle)
+from .fsutil import atomic_write
+from .lifecycle import EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition, drive_lifecycle
 from .systemd import Notifier
-from .watchfolder import DONE, FAILED as WATCH_FAILED, WatchFolder, WatchLedger, WatchResult
+from .watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
+from .watchfolder import FAILED as WATCH_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +199,9 @@ def status_line(snap: dict[str, Any]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fp:
-        fp.write(text)
-    os.replace(tmp, path)
+    # A snapshot of state kept in the journal: atomic, but no fsync per update.
+    with atomic_write(path, durable=False) as fp:
+        fp.write(text.encode("utf-8"))
 
 
 # ------------------------------------------------------- cancellable read

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import socket
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +24,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from .fsutil import write_bytes
 from .send.files import safe_name
 
 LOGGER = logging.getLogger(__name__)
@@ -138,13 +137,4 @@ def _register_storage_class(uid: str) -> None:
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".recv-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(target, data)

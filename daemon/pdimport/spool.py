@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from .fsutil import fsync_dir
+
 _MODE = 0o640
 
 
@@ -83,16 +85,8 @@ class Spool:
             return sha256
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp_name, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return sha256
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(name: str) -> None:

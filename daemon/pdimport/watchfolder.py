@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .fsutil import write_bytes
+
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".iso", ".img", ".zip")
@@ -373,9 +375,4 @@ def _free_name(directory: Path, name: str) -> Path:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fp:
-        json.dump(doc, fp, ensure_ascii=False, indent=2)
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"))

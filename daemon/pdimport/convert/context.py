@@ -15,9 +15,7 @@ against its VR before a file is written, and anything that does not fit is a
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
+from ..fsutil import atomic_write
 from ..model import Header
 from ..problems import FileProblem
 
@@ -404,16 +403,8 @@ def write_part10(ds: Dataset, out_dir: Path, transfer_syntax: str = ExplicitVRLi
     ds.file_meta = meta
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{ds.SOPInstanceUID}.dcm"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".convert-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            ds.save_as(fp, enforce_file_format=True)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target) as fp:
+        ds.save_as(fp, enforce_file_format=True)
     return target
 
 

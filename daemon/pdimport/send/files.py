@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import atomic_write
 from ..model import SendItem, SendOutcome, iter_chunks
 from .dest import FileDest
 
@@ -76,28 +75,9 @@ def _copy_one(dest: FileDest, item: SendItem) -> SendOutcome:
 
 
 def _copy_atomic(src: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".pdimport-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as fp:
-            for chunk in iter_chunks(fp):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_write(target, mode=0o644) as out, open(src, "rb") as fp:
+        for chunk in iter_chunks(fp):
+            out.write(chunk)
 
 
 def _sha256(path: Path) -> str:

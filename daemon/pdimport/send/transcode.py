@@ -17,8 +17,6 @@ The original stays in the spool; the converted file is a new, separate file.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import pydicom
@@ -31,6 +29,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+
+from ..fsutil import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -184,14 +184,5 @@ def _swap(data: bytes, width: int) -> bytes:
 
 # ------------------------------------------------------------------ output
 def _write_atomic(ds: Dataset, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".conv-", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            pydicom.dcmwrite(fp, ds, enforce_file_format=True)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dst) as fp:
+        pydicom.dcmwrite(fp, ds, enforce_file_format=True)

@@ -1,0 +1,57 @@
+"""Crash-safe file writing, one implementation for every writer.
+
+A file is written under a temporary name beside its target, flushed and
+``fsync``'ed, then renamed over the target, and the directory entry is synced
+too: after a crash a reader sees the old file or the whole new one, never a
+half-written one that a later run would send or parse.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+@contextmanager
+def atomic_write(target: Path, mode: int | None = None, durable: bool = True
+                 ) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``target``; on a clean exit it replaces
+    ``target``. On an exception nothing is left behind.
+
+    ``durable=False`` skips the fsyncs, for files that are only a view of
+    state kept elsewhere (e.g. a status snapshot rewritten every second).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:32]}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            yield fp
+            fp.flush()
+            if durable:
+                os.fsync(fp.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(target.parent)
+
+
+def write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
+    with atomic_write(target, mode) as fp:
+        fp.write(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable: the directory entry is on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -12,13 +12,7 @@ import pytest
 from pdimport import drives
 from pdimport.audit import AuditLog, records
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"leaked threads: {leaked}"
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 @pytest.fixture

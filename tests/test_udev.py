@@ -3,8 +3,6 @@ taken from the measured event sequences (hardware notes §1.3, §1.4, §4)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from pdimport import udev
@@ -13,12 +11,7 @@ from pdimport.udev import Debouncer, MediaEvent, classify, classify_optical
 PATTERNS = ["sr*", "sd*"]
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"leaked threads: {leaked}"
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 def sr0(diskseq, **props):

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fixtures_iso import ct_iso  # noqa: F401 - bench/fixtures_iso.py (ISO bench)
 from fixtures_peers import *
 
 
@@ -27,3 +28,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
         terminalreporter.write_sep("=", "C-STORE side by side (ratio = images/s ÷ first row)")
         terminalreporter.write_line(table())
+    for name, title in (("bench_iso", "ISO import through the drive model"),
+                        ("bench_decode", "decode throughput side by side")):
+        module = sys.modules.get(name)
+        if module is not None and module.RESULTS:
+            terminalreporter.write_sep("=", title)
+            terminalreporter.write_line(module.table())

@@ -9,6 +9,15 @@ The job runs in two phases so that a disc can leave the drive early:
    identification, header scan, DICOMDIR cross-check, grouping, the one-patient
    rule, duplicate UIDs, delivery and the report.
 
+Phase 2 must not start before phase 1 ends (a second patient found in the
+last file holds the whole medium), but its costly part, identification and
+header scan, only needs bytes already in the spool. So :meth:`Importer.read`
+feeds every spooled file to a :class:`PrescanWorker` thread that scans while
+the drive keeps reading, and :meth:`Importer.inventory` takes those results
+instead of scanning again (performance notes §5: the drive should be the
+only thing an import waits for). The results live in memory only: after a
+restart phase 2 scans from the spool, as it always could.
+
 A bad file is a recorded problem, never an exception that leaves the job.
 """
 
@@ -16,12 +25,15 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import stat
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import policy
 from . import report as report_mod
@@ -38,6 +50,18 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE = 0, 1, 2, 64
 
 _SCAN_BATCH = 256
+#: Spooled files waiting for the scan worker. Only (path, sha) pairs queue,
+#: so this bounds latency, not memory; when full the reader waits (the
+#: scanner is far faster than any drive, performance notes §5).
+_PRESCAN_QUEUE = 1024
+#: 1 MiB chunks read from the medium but not yet in the spool (memory bound).
+_WRITE_QUEUE = 32
+#: Most files whose scan results one job keeps in memory (about 2 kB each);
+#: past it phase 2 scans the rest from the spool.
+_PRESCAN_MAX_FILES = 200_000
+#: Jobs whose results are kept; an interrupted job that never reaches
+#: phase 2 is evicted after this many newer ones.
+_PRESCAN_MAX_JOBS = 16
 
 
 @dataclass
@@ -118,29 +142,58 @@ class Importer:
 
     # ------------------------------------------------------------ phase 1
     def read(self, job: Job, medium: Any) -> None:
-        """Copy every entry into the spool, in on-medium order; record each."""
+        """Copy every entry into the spool, in on-medium order; record each.
+
+        Three things overlap so that the drive never waits for the computer:
+        this thread only reads the medium; a :class:`SpoolWriter` hashes,
+        writes, fsyncs and journals each file; a :class:`PrescanWorker`
+        identifies and scans each spooled file for :meth:`process`.
+        """
         self.journal.set_state(job.id, "reading")
         done = self.journal.file_map(job.id)
         entries = medium.entries()
-        for seq, entry in enumerate(entries):
-            rec = done.get(entry.path)
-            if rec and rec.state == "read" and rec.sha256 and self.spool.has(rec.sha256,
-                                                                             entry.size):
-                continue  # read before a restart: the spool already holds it
+        scanner = PrescanWorker(self.scanner, self.spool, PRESCANS.job(job.id))
+        writer = SpoolWriter(self.spool, self.journal, job.id, scanner.submit)
+        scanner.start()
+        writer.start()
+        finished = False
+        try:
+            for seq, entry in enumerate(entries):
+                rec = done.get(entry.path)
+                if rec and rec.state == "read" and rec.sha256 and self.spool.has(rec.sha256,
+                                                                                 entry.size):
+                    writer.already_spooled(entry.path, rec.sha256)  # read before a restart
+                    continue
+                self._read_entry(medium, seq, entry, writer)
+            finished = True
+        finally:
+            # Interrupted (daemon stopping) or failed: the file being copied
+            # is dropped and queued scans are abandoned; the resumed read
+            # copies that file again and phase 2 scans what is missing.
             try:
-                with medium.open(entry) as fp:
-                    sha, size = self.spool.put(iter_chunks(fp))
-                self.journal.record_file(job.id, seq, entry.path, size, sha, "read")
-            except MediumReadError as exc:
-                self.journal.record_file(job.id, seq, entry.path, entry.size, None, "error",
-                                         exc.code, exc.detail)
-            except OSError as exc:
-                self.journal.record_file(job.id, seq, entry.path, entry.size, None, "error",
-                                         "unreadable_sector", str(exc))
+                writer.close(finish=finished)
+            finally:
+                scanner.close(drain=finished and writer.error is None)
         self.journal.replace_job_problems(
             job.id, iter([(p.code, p.path, p.detail) for p in medium.problems]))
         self.journal.mark_read_complete(job.id)
         self._event("read_completed", job=job.id, files=len(entries))
+
+    @staticmethod
+    def _read_entry(medium: Any, seq: int, entry: Any, writer: SpoolWriter) -> None:
+        """Stream one entry's bytes to the writer; a read error ends it as a problem."""
+        writer.begin(seq, entry)
+        try:
+            with medium.open(entry) as fp:
+                for chunk in iter_chunks(fp):
+                    writer.data(chunk)
+        except MediumReadError as exc:
+            writer.fail(exc.code, exc.detail)
+            return
+        except OSError as exc:
+            writer.fail("unreadable_sector", str(exc))
+            return
+        writer.end()
 
     # ------------------------------------------------------------ phase 2
     def process(self, job_id: str, destinations: list[Any], mode: str = "import") -> JobResult:
@@ -234,6 +287,7 @@ class Importer:
         from .identify import identify, medium_context
 
         inv = Inventory()
+        prescanned = PRESCANS.take(job.id)
         inv.problems.extend(Problem(c, p, d) for c, p, d in self.journal.job_problems(job.id))
         files = self.journal.files(job.id)
         inv.files = len(files)
@@ -252,18 +306,23 @@ class Importer:
                 continue
             if f.path in indexes:
                 continue
-            try:
-                ident = identify(f.path, self.spool.path(f.sha256), context)
-            except Exception as exc:  # noqa: BLE001 - a bad file never stops the job
-                log.exception("identify failed on %s", f.path)
-                ident = Identity("broken", problem=Problem("internal_error", f.path, str(exc)))
+            early = prescanned.get((f.path, f.sha256))
+            if early is not None:
+                ident = early.identity  # DICOM by its bytes: the context cannot change it
+            else:
+                try:
+                    ident = identify(f.path, self.spool.path(f.sha256), context)
+                except Exception as exc:  # noqa: BLE001 - a bad file never stops the job
+                    log.exception("identify failed on %s", f.path)
+                    ident = Identity("broken", problem=Problem("internal_error", f.path,
+                                                               str(exc)))
             if ident.kind == "dicomdir":  # a DICOMDIR under another name
                 late = self._read_dicomdirs([f], inv)
                 named |= self._crosscheck_dicomdirs(late, all_paths, inv)
                 indexes.update(late)
                 continue
             self._file_identity(f.path, f.sha256, ident, inv, dicom)
-        self._scan(dicom, inv)
+        self._scan(dicom, inv, prescanned)
         if indexes:
             for inst in inv.instances:
                 if inst.path not in named:
@@ -295,29 +354,50 @@ class Importer:
         else:
             inv.problems.append(Problem("unsupported_content", path, ident.kind))
 
-    def _scan(self, dicom: list[tuple[str, str, str]], inv: Inventory) -> None:
-        for start in range(0, len(dicom), _SCAN_BATCH):
-            batch = dicom[start:start + _SCAN_BATCH]
-            paths = [self.spool.path(sha) for _, sha, _ in batch]
-            try:
-                results = self.scanner.scan(paths, [enc for _, _, enc in batch])
-            except Exception as exc:  # noqa: BLE001 - scanner bug: record per file
-                log.exception("scanner failed on a batch")
-                results = [Problem("internal_error", "", str(exc))] * len(batch)
-            for (path, sha, _enc), res in zip(batch, results):
-                if isinstance(res, Problem):
-                    inv.problems.append(Problem(res.code, path, res.detail))
-                    continue
-                for code in res.warnings:
-                    inv.problems.append(Problem(code, path, ""))
-                inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
-                try:
-                    inst.send_sha256 = self._sendable(sha, res)
-                except Exception as exc:  # noqa: BLE001
-                    log.exception("could not prepare %s", path)
-                    inv.problems.append(Problem("internal_error", path, str(exc)))
-                    continue
-                inv.instances.append(inst)
+    def _scan(self, dicom: list[tuple[str, str, str]], inv: Inventory,
+              prescanned: dict[tuple[str, str], Prescan] | None = None) -> None:
+        """Turn scan results into instances and problems, in file order.
+
+        Files the scan worker already did (same path, content and encoding)
+        are not scanned again.
+        """
+        prescanned = prescanned or {}
+        results: list[Header | Problem | None] = []
+        for path, sha, enc in dicom:
+            early = prescanned.get((path, sha))
+            ok = early is not None and early.identity.subtype == enc and early.result is not None
+            results.append(early.result if ok else None)
+        missing = [i for i, res in enumerate(results) if res is None]
+        for start in range(0, len(missing), _SCAN_BATCH):
+            batch = missing[start:start + _SCAN_BATCH]
+            for i, res in zip(batch, self._scan_batch([dicom[i] for i in batch])):
+                results[i] = res
+        for (path, sha, _enc), res in zip(dicom, results):
+            assert res is not None
+            self._add_scanned(path, sha, res, inv)
+
+    def _scan_batch(self, batch: list[tuple[str, str, str]]) -> list[Header | Problem]:
+        paths = [self.spool.path(sha) for _, sha, _ in batch]
+        try:
+            return self.scanner.scan(paths, [enc for _, _, enc in batch])
+        except Exception as exc:  # noqa: BLE001 - scanner bug: record per file
+            log.exception("scanner failed on a batch")
+            return [Problem("internal_error", "", str(exc))] * len(batch)
+
+    def _add_scanned(self, path: str, sha: str, res: Header | Problem, inv: Inventory) -> None:
+        if isinstance(res, Problem):
+            inv.problems.append(Problem(res.code, path, res.detail))
+            return
+        for code in res.warnings:
+            inv.problems.append(Problem(code, path, ""))
+        inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
+        try:
+            inst.send_sha256 = self._sendable(sha, res)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("could not prepare %s", path)
+            inv.problems.append(Problem("internal_error", path, str(exc)))
+            return
+        inv.instances.append(inst)
 
     def _sendable(self, sha: str, header: Header) -> str:
         """The spooled Part 10 file to send: the original, or for a dataset
@@ -485,6 +565,278 @@ class Importer:
 
     def close(self) -> None:
         self.journal.close()
+
+
+# ------------------------------------------------------------ spool writer
+class _EntryFailed(Exception):
+    """The medium could not deliver an entry; carries the problem code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+
+
+class _Abandoned(Exception):
+    """The read stopped in the middle of an entry."""
+
+
+class SpoolWriter(threading.Thread):
+    """Hashes, writes, fsyncs and journals the files the reader streams to it.
+
+    A drive that waits while we fsync loses its streaming rate (and a real
+    one may lose a revolution); with this thread the reader only reads.
+    Chunks pass through a bounded queue, so memory is bounded
+    (``_WRITE_QUEUE`` chunks of 1 MiB) whatever the file sizes. Files are
+    journaled in the order they were read.
+
+    Parameters
+    ----------
+    spool, journal : Spool, Journal
+        Where the bytes and the file records go.
+    job_id : str
+        The job being read.
+    on_spooled : callable
+        Called with ``(medium path, sha256)`` once a file is stored and
+        journaled (the scan worker's ``submit``).
+    """
+
+    def __init__(self, spool: Spool, journal: Journal, job_id: str,
+                 on_spooled: Callable[[str, str], None]) -> None:
+        super().__init__(name="spool-writer", daemon=True)
+        self._spool = spool
+        self._journal = journal
+        self._job_id = job_id
+        self._on_spooled = on_spooled
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(_WRITE_QUEUE)
+        self.error: BaseException | None = None
+
+    # -- reader side
+    def begin(self, seq: int, entry: Any) -> None:
+        self._put(("begin", seq, entry))
+
+    def data(self, chunk: bytes) -> None:
+        self._put(("data", chunk))
+
+    def end(self) -> None:
+        self._put(("end",))
+
+    def fail(self, code: str, detail: str) -> None:
+        self._put(("fail", code, detail))
+
+    def already_spooled(self, path: str, sha: str) -> None:
+        self._put(("spooled", path, sha))
+
+    def close(self, finish: bool = True) -> None:
+        """Wait until everything is written (``finish``), or drop the file
+        in progress; re-raise a failure of the writer itself."""
+        self._queue.put(("stop",) if finish else ("abandon",))
+        self.join()
+        if self.error is not None and finish:
+            raise self.error
+
+    def _put(self, msg: tuple[Any, ...]) -> None:
+        if self.error is not None:
+            raise self.error  # journal or spool broken: stop reading
+        self._queue.put(msg)
+
+    # -- writer side
+    def run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            log.exception("spool writer failed")
+            self.error = exc
+            self._discard()
+
+    def _serve(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg[0] in ("stop", "abandon"):
+                return
+            if msg[0] == "spooled":
+                self._on_spooled(msg[1], msg[2])
+            elif msg[0] == "begin":
+                if not self._write_entry(msg[1], msg[2]):
+                    return
+
+    def _write_entry(self, seq: int, entry: Any) -> bool:
+        """Store one entry; False when the read was abandoned meanwhile."""
+        try:
+            sha, size = self._spool.put(self._chunks())
+        except _Abandoned:
+            return False
+        except _EntryFailed as exc:
+            self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
+                                      exc.code, exc.detail)
+            return True
+        except OSError as exc:
+            self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
+                                      "unreadable_sector", str(exc))
+            return True
+        self._journal.record_file(self._job_id, seq, entry.path, size, sha, "read")
+        self._on_spooled(entry.path, sha)
+        return True
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            msg = self._queue.get()
+            if msg[0] == "data":
+                yield msg[1]
+            elif msg[0] == "end":
+                return
+            elif msg[0] == "fail":
+                raise _EntryFailed(msg[1], msg[2])
+            else:  # "abandon" (or a stray "stop"): nothing of this file is kept
+                raise _Abandoned()
+
+    def _discard(self) -> None:
+        """After a failure, keep taking messages so the reader never blocks."""
+        while self._queue.get()[0] not in ("stop", "abandon"):
+            pass
+
+
+# ------------------------------------------------------------ scan during read
+@dataclass(frozen=True)
+class Prescan:
+    """Identification and header scan of one spooled file, done during the read.
+
+    ``result`` is None when the file is not DICOM (phase 2 identifies it again,
+    with the whole medium's context).
+    """
+
+    identity: Identity
+    result: Header | Problem | None
+
+
+class PrescanStore:
+    """Scan results per job, shared by every :class:`Importer` of the process.
+
+    The daemon reads a medium on a drive thread and may process the job on
+    another thread with another Importer; both see this store. Memory only:
+    a restart simply scans again from the spool.
+    """
+
+    def __init__(self, max_jobs: int = _PRESCAN_MAX_JOBS) -> None:
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, dict[tuple[str, str], Prescan]] = OrderedDict()
+        self._max_jobs = max_jobs
+
+    def job(self, job_id: str) -> dict[tuple[str, str], Prescan]:
+        """The (live) result table of a job, created on first use."""
+        with self._lock:
+            table = self._jobs.setdefault(job_id, {})
+            self._jobs.move_to_end(job_id)
+            while len(self._jobs) > self._max_jobs:
+                self._jobs.popitem(last=False)
+            return table
+
+    def take(self, job_id: str) -> dict[tuple[str, str], Prescan]:
+        """Remove and return a job's results (empty when there are none)."""
+        with self._lock:
+            return self._jobs.pop(job_id, {})
+
+    def peek(self, job_id: str) -> int:
+        """How many files of a job have results now (tests, metrics)."""
+        with self._lock:
+            return len(self._jobs.get(job_id, {}))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._jobs.clear()
+
+
+#: The process-wide store (see :class:`PrescanStore`).
+PRESCANS = PrescanStore()
+
+
+class PrescanWorker(threading.Thread):
+    """Identifies and header-scans spooled files while the medium is read.
+
+    Fed with ``(medium path, sha256)`` by :meth:`Importer.read` through a
+    bounded queue; takes whatever has queued up (up to one scan batch) per
+    scanner call, so a batched scanner stays batched when it keeps up.
+    Failure is per file and only costs a re-scan in phase 2: nothing here
+    can fail the read.
+
+    Parameters
+    ----------
+    scanner : Scanner
+        The job's header scanner (used by this thread only during the read).
+    spool : Spool
+        Where the files are.
+    table : dict
+        Receives one :class:`Prescan` per ``(path, sha256)``.
+    """
+
+    _STOP = object()
+
+    def __init__(self, scanner: Any, spool: Spool,
+                 table: dict[tuple[str, str], Prescan]) -> None:
+        super().__init__(name="prescan", daemon=True)
+        self._scanner = scanner
+        self._spool = spool
+        self._table = table
+        self._queue: queue.Queue[Any] = queue.Queue(_PRESCAN_QUEUE)
+        self._cancelled = threading.Event()
+
+    def submit(self, path: str, sha: str) -> None:
+        if (path, sha) not in self._table and len(self._table) < _PRESCAN_MAX_FILES:
+            self._queue.put((path, sha))
+
+    def close(self, drain: bool = True) -> None:
+        """Stop after the queued files (``drain``) or as soon as possible."""
+        if drain:
+            self._queue.put(self._STOP)
+        else:
+            self._cancelled.set()
+            try:
+                self._queue.put_nowait(self._STOP)  # wakes a worker waiting for work
+            except queue.Full:
+                pass  # not waiting: it sees the cancel flag after this batch
+        self.join()
+
+    def run(self) -> None:
+        while not self._cancelled.is_set():
+            batch, stop = self._next_batch()
+            try:
+                self._scan_batch(batch)
+            except Exception:  # noqa: BLE001 - phase 2 scans these files again
+                log.exception("scan during read failed on a batch of %d", len(batch))
+            if stop:
+                return
+
+    def _next_batch(self) -> tuple[list[tuple[str, str]], bool]:
+        """Block for one file, then take what else is queued (up to a batch)."""
+        batch: list[tuple[str, str]] = []
+        item = self._queue.get()
+        while item is not self._STOP:
+            batch.append(item)
+            if len(batch) >= _SCAN_BATCH:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _scan_batch(self, batch: list[tuple[str, str]]) -> None:
+        from .identify import identify
+
+        dicom: list[tuple[tuple[str, str], Identity]] = []
+        for key in batch:
+            if self._cancelled.is_set():
+                return
+            ident = identify(key[0], self._spool.path(key[1]))
+            if ident.kind == "dicom":
+                dicom.append((key, ident))
+            elif ident.kind == "dicomdir":
+                self._table[key] = Prescan(ident, None)
+        if not dicom:
+            return
+        paths = [self._spool.path(sha) for (_, sha), _ in dicom]
+        results = self._scanner.scan(paths, [ident.subtype for _, ident in dicom])
+        for (key, ident), res in zip(dicom, results, strict=True):
+            self._table[key] = Prescan(ident, res)
 
 
 def _settle(instances: list[Instance]) -> None:

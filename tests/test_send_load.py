@@ -204,5 +204,7 @@ def test_dead_worker_loses_nothing(storescp, cfg, corpus, tmp_path) -> None:
     assert sorted(o.key for o in outcomes) == sorted(i.key for i in items), "one outcome each"
     states = [o.state for o in outcomes]
     assert states.count("unknown") <= 1 and set(states) <= {"sent", "unknown", "retry"}
-    assert 0 < states.count("unknown") + states.count("retry") <= 2  # what it held
+    # At most what the victim held comes back; it may have been between two
+    # items when it died (then it held nothing and everything is sent).
+    assert states.count("unknown") + states.count("retry") <= 2
     assert states.count("sent") >= len(items) - 2  # the other worker took the rest

@@ -3,6 +3,8 @@ transfer syntax, lossy marking kept, failures per item, bounded lookahead.
 
 Compressed inputs are made by dcmtk's encoders (dcmcrle, dcmcjpeg, dcmcjpls)
 and, for JPEG 2000 which free dcmtk lacks, by pydicom with OpenJPEG.
+Delivery: a large compressed series to an uncompressed-only storescp goes
+through the pool.
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    RLELossless,
     generate_uid,
 )
 
+from pdimport import decode as decode_mod
+from pdimport import settings as settings_mod
 from pdimport.decode import DecodePool, decode_file, decode_many, decoder_for
+from pdimport.model import SendItem, SendOutcome
+from pdimport.send import deliver, parse_dest
+from pdimport.send.scu import POOL_MIN_ITEMS
 
 #: name -> (encoder command, dcmtk decoder); None = encoded by pydicom.
 LOSSLESS = {
@@ -232,3 +240,77 @@ def test_unsupported_target_is_refused(tmp_path: Path, rle_series: list[Path]) -
     [(_, ok, detail)] = list(decode_many([(rle_series[0], tmp_path / "x.dcm")],
                                          "1.2.840.10008.1.2.4.50", workers=1))
     assert not ok and "uncompressed" in detail
+
+
+# ------------------------------------------------------------ delivery
+def spooled_rle(tmp_path: Path, n: int) -> tuple[SendItem, np.ndarray]:
+    """A synthetic CT slice, RLE-compressed by pydicom, as a spooled SendItem,
+    and its original pixels (each slice differs: row ``n`` is marked)."""
+    ds = dcmread(make_ct(tmp_path / "raw" / f"{n}.dcm", size=64))
+    pixels_in = ds.pixel_array.copy()
+    pixels_in[n % 64, :] = 7 * n
+    ds.PixelData = pixels_in.tobytes()
+    ds.compress(RLELossless)
+    path = tmp_path / "spool" / f"{n}.dcm"
+    path.parent.mkdir(exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    item = SendItem(key=f"key-{n}", path=path, sop_class_uid=str(ds.SOPClassUID),
+                    sop_instance_uid=str(ds.SOPInstanceUID), transfer_syntax=RLELossless,
+                    size=path.stat().st_size)
+    return item, pixels_in
+
+
+def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
+        storescp, tmp_path: Path, monkeypatch) -> None:
+    scp = storescp()  # default configuration: uncompressed syntaxes only
+    series = [spooled_rle(tmp_path, n) for n in range(24)]
+    items = [item for item, _ in series]
+    assert len(items) >= 2 * POOL_MIN_ITEMS
+    corrupt = items[5]
+    data = corrupt.path.read_bytes()
+    corrupt.path.write_bytes(data[: len(data) - 3000])  # RLE segments cut short
+    pooled: list[str] = []
+    real_decode_many = decode_mod.decode_many
+
+    def observed(jobs, target_ts, *args, **kwargs):
+        def noted():
+            for job in jobs:
+                pooled.append(str(job[0]))
+                yield job
+        return real_decode_many(noted(), target_ts, *args, **kwargs)
+
+    monkeypatch.setattr(decode_mod, "decode_many", observed)
+    outcomes: list[SendOutcome] = []
+    cfg = settings_mod.defaults().replace(state_dir=str(tmp_path / "state"))
+    deliver(parse_dest(scp.url), items, cfg, outcomes.append, tmp_path / "work")
+
+    assert sorted(o.key for o in outcomes) == sorted(i.key for i in items), "one outcome each"
+    assert pooled == [str(i.path) for i in items]  # every item decoded by the pool
+    by_key = {o.key: o for o in outcomes}
+    bad = by_key.pop(corrupt.key)
+    assert (bad.state, bad.code) == ("failed", "decode_failed") and bad.detail
+    assert {(o.state, o.transfer_syntax) for o in by_key.values()} == {
+        ("sent", ExplicitVRLittleEndian)}
+    received = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, scp.files())}
+    assert set(received) == {i.sop_instance_uid for i in items if i is not corrupt}
+    for item, pixels_in in series:
+        if item is not corrupt:
+            ds = received[item.sop_instance_uid]
+            assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            assert np.array_equal(ds.pixel_array, pixels_in)
+
+
+def test_a_handful_of_conversions_stays_in_process(storescp, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    scp = storescp()
+    items = [spooled_rle(tmp_path, n)[0] for n in range(POOL_MIN_ITEMS - 1)]
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the pool must not start for a handful of items")
+
+    monkeypatch.setattr(decode_mod, "decode_many", no_pool)
+    outcomes: list[SendOutcome] = []
+    cfg = settings_mod.defaults().replace(state_dir=str(tmp_path / "state"))
+    deliver(parse_dest(scp.url), items, cfg, outcomes.append, tmp_path / "work")
+    assert [o.state for o in outcomes] == ["sent"] * len(items)
+    assert len(scp.files()) == len(items)

@@ -12,11 +12,13 @@ bottleneck of a whole import (performance notes §2, §5). So:
 * a worker that dies (a segfault in a C codec, the OOM killer) fails only the
   file it was decoding, as ``decode_failed``; a fresh worker takes its place.
 
-The decoder is chosen per transfer syntax from :data:`DECODER_PREFERENCE`,
-which records what ``bench/bench_decode.py`` measured here, first available
-plugin wins. Lossless results are pixel-identical to dcmtk's (tests/test_decode.py).
-Lossy sources keep Lossy Image Compression "01" with method and ratio
-(PS3.3 C.7.6.1.1.5).
+Each worker runs :func:`pdimport.send.transcode.convert`, the same
+single-file conversion the sender uses in-process: the decoder per transfer
+syntax comes from its :data:`~pdimport.send.transcode.DECODER_PREFERENCE`
+(measured by ``bench/bench_decode.py``), lossless results are pixel-identical
+to dcmtk's (tests/test_decode.py), lossy sources keep Lossy Image Compression
+"01" with method and ratio (PS3.3 C.7.6.1.1.5), and explicit VR big endian
+sources are byte-swapped.
 """
 
 from __future__ import annotations
@@ -25,62 +27,18 @@ import logging
 import multiprocessing
 import os
 import signal
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any, Self
+
+from .send.transcode import DECODER_PREFERENCE, TARGETS, TranscodeError, convert, decoder_for
 
 log = logging.getLogger(__name__)
 
-#: Transfer syntax UID -> pydicom decoding plugins, fastest first, as measured
-#: by ``bench/bench_decode.py`` here (24 CT slices 512x512x16 bit, one core,
-#: MB/s of decoded pixels; 2026-11-27). Plugins not installed are skipped.
-DECODER_PREFERENCE: dict[str, tuple[str, ...]] = {
-    # RLE: pylibjpeg-rle 777 vs pydicom numpy 152. A numba decoder reached
-    # 0.81x pylibjpeg-rle (kernel only), so it is not used.
-    "1.2.840.10008.1.2.5": ("pylibjpeg", "gdcm", "pydicom"),
-    # JPEG lossless (Process 14, SV1): GDCM 147 vs pylibjpeg-libjpeg 60.
-    "1.2.840.10008.1.2.4.57": ("gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.70": ("gdcm", "pylibjpeg"),
-    # JPEG-LS: CharLS (pyjpegls) 125, GDCM 101, pylibjpeg-libjpeg 28.
-    "1.2.840.10008.1.2.4.80": ("pyjpegls", "gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.81": ("pyjpegls", "gdcm", "pylibjpeg"),
-    # JPEG 2000: GDCM shows 35 vs 20 in one process, but with 1.7 cores busy
-    # (threaded OpenJPEG); per core pylibjpeg is cheaper, and the pool
-    # already uses every core (pool-N 34 MB/s).
-    "1.2.840.10008.1.2.4.90": ("pylibjpeg", "gdcm", "pillow"),
-    "1.2.840.10008.1.2.4.91": ("pylibjpeg", "gdcm", "pillow"),
-    # JPEG baseline 8-bit: Pillow (libjpeg-turbo) 297, GDCM 198, pylibjpeg 86.
-    "1.2.840.10008.1.2.4.50": ("pillow", "gdcm", "pylibjpeg"),
-    # JPEG extended 12-bit: pydicom refuses Pillow/GDCM for 12-bit samples
-    # (performance notes §2); pylibjpeg-libjpeg first.
-    "1.2.840.10008.1.2.4.51": ("pylibjpeg", "gdcm", "pillow"),
-}
-
-#: What the pool can write (uncompressed little endian).
-TARGETS = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
-
-#: Transfer syntaxes whose pixel data are always lossy -> Lossy Image
-#: Compression Method (0028,2114) defined terms (PS3.3 C.7.6.1.1.5.1).
-_ALWAYS_LOSSY = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
-    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
-}
-#: JPEG 2000: lossy or lossless depending on the wavelet of the codestream.
-_J2K = {"1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840.10008.1.2.4.93": "ISO_15444_2",
-        "1.2.840.10008.1.2.4.203": "ISO_15444_15"}
-_NATIVE_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL",
-                       "YBR_FULL_422", "ARGB", "CMYK", "HSV"}
-_ENCAPSULATED_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (+ lengths)
-
-
-class DecodeError(Exception):
-    """One object could not be decoded; maps to problem ``decode_failed``."""
-
-    code = "decode_failed"
+#: What the workers run by default: the one single-file conversion (decode to
+#: uncompressed little endian, lossy marking and photometric fix included).
+decode_file = convert
 
 
 @dataclass(frozen=True)
@@ -91,129 +49,6 @@ class DecodeResult:
     item: Any
     ok: bool
     detail: str
-
-
-# ------------------------------------------------------------ one file
-def decoder_for(ts: str) -> str:
-    """The pydicom decoding plugin used for ``ts`` here ("" = pydicom's choice)."""
-    from pydicom.pixels import get_decoder
-
-    try:
-        available = get_decoder(ts).available_plugins
-    except NotImplementedError:
-        return ""
-    for plugin in DECODER_PREFERENCE.get(ts, ()):
-        if plugin in available:
-            return plugin
-    return ""
-
-
-def decode_file(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> str:
-    """Write ``src`` decoded to uncompressed ``target_ts`` at ``dst``.
-
-    The SOP Instance UID is kept: a transfer syntax change is not a new
-    instance (PS3.5 §10; dcmtk's dcmdjpeg keeps it too).
-
-    Returns
-    -------
-    str
-        The transfer syntax written.
-
-    Raises
-    ------
-    DecodeError
-        Unsupported target, undecodable pixel data, or the write failed.
-    """
-    import pydicom
-    from pydicom.uid import UID
-
-    if target_ts not in TARGETS:
-        raise DecodeError(f"cannot decode to {target_ts}: only uncompressed little endian")
-    try:
-        ds = pydicom.dcmread(src)
-        source = UID(ds.file_meta.TransferSyntaxUID)
-        if source.is_encapsulated:
-            _decompress(ds, source)
-        elif source == "1.2.840.10008.1.2.2":
-            raise DecodeError("explicit VR big endian: use send.transcode.convert")
-        ds.file_meta.TransferSyntaxUID = UID(target_ts)
-        _write_atomic(ds, Path(dst))
-    except DecodeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any codec/parser error is this file's failure
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
-    return target_ts
-
-
-def _decompress(ds: Any, source: str) -> None:
-    lossy = _lossy_method(ds, source)
-    compressed = len(ds.PixelData) if lossy is not None else 0
-    ds.decompress(decoding_plugin=decoder_for(source), as_rgb=True,
-                  generate_instance_uid=False)
-    for tag in _ENCAPSULATED_ONLY:  # they described frames that are gone
-        if tag in ds:
-            del ds[tag]
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric and photometric not in _NATIVE_PHOTOMETRIC:
-        raise DecodeError(f"decoded image still declares {photometric}")
-    if lossy is not None:
-        mark_lossy(ds, lossy, len(ds.PixelData) / compressed if compressed else 0.0)
-
-
-def _lossy_method(ds: Any, source: str) -> str | None:
-    """The Lossy Image Compression Method to record, None when lossless."""
-    if source in _ALWAYS_LOSSY:
-        return _ALWAYS_LOSSY[source]
-    if source in _J2K and _j2k_irreversible(ds):
-        return _J2K[source]
-    if ds.get("LossyImageCompression") == "01":
-        return ""  # marked by the source already; keep what it says
-    return None
-
-
-def _j2k_irreversible(ds: Any) -> bool:
-    """True if the first frame uses the 9-7 irreversible wavelet (ISO 15444-1 A.6.1)."""
-    from pydicom.encaps import generate_frames
-
-    try:
-        frame = next(generate_frames(ds.PixelData,
-                                     number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
-    except Exception:  # noqa: BLE001 - unknown: the source's own flag decides
-        return False
-    cod = frame.find(b"\xff\x52")
-    # COD: marker(2) Lcod(2) Scod(1) SGcod(4), then SPcod: levels, cbw, cbh,
-    # cbstyle, transformation (0 = 9-7 irreversible).
-    offset = cod + 2 + 2 + 1 + 4 + 4
-    return cod >= 0 and len(frame) > offset and frame[offset] == 0
-
-
-def mark_lossy(ds: Any, method: str, ratio: float) -> None:
-    """Record that the pixels went through lossy compression (PS3.3 C.7.6.1.1.5).
-
-    Once lossy, always "01". Method (0028,2114) and ratio (0028,2112) describe
-    the original compression: kept when the source has them, added when not.
-    """
-    ds.LossyImageCompression = "01"
-    if method and "LossyImageCompressionMethod" not in ds:
-        ds.LossyImageCompressionMethod = method
-    if ratio > 0 and "LossyImageCompressionRatio" not in ds:
-        ds.LossyImageCompressionRatio = f"{ratio:.2f}"[:16]
-
-
-def _write_atomic(ds: Any, dst: Path) -> None:
-    import pydicom
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dec-", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            pydicom.dcmwrite(fp, ds, enforce_file_format=True)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------ the pool
@@ -230,7 +65,7 @@ def _worker_main(conn: Connection) -> None:
         seq, src, dst, target_ts, decode = task
         try:
             conn.send((seq, True, decode(src, dst, target_ts)))
-        except DecodeError as exc:
+        except TranscodeError as exc:
             conn.send((seq, False, str(exc)))
         except Exception as exc:  # noqa: BLE001 - failure is a value per file
             conn.send((seq, False, f"{type(exc).__name__}: {exc}"))
@@ -292,7 +127,8 @@ class DecodePool:
         if start_method == "forkserver":
             # Workers fork from a server that has pydicom and numpy loaded
             # already: a replacement after a crash starts in milliseconds.
-            self._ctx.set_forkserver_preload(["pdimport.decode", "pydicom", "numpy"])
+            self._ctx.set_forkserver_preload(["pdimport.decode", "pdimport.send.transcode",
+                                              "pydicom", "numpy"])
         self._pool: list[_Worker] = []
         #: Largest number of items ever in flight or waiting (tests check the bound).
         self.peak_outstanding = 0
@@ -410,5 +246,5 @@ def decode_many(items: Iterable[tuple[Any, ...]], target_ts: str,
             yield res.item, res.ok, res.detail
 
 
-__all__ = ["DECODER_PREFERENCE", "DecodeError", "DecodePool", "DecodeResult", "decode_file",
-           "decode_many", "decoder_for", "mark_lossy"]
+__all__ = ["DECODER_PREFERENCE", "TARGETS", "DecodePool", "DecodeResult",
+           "decode_file", "decode_many", "decoder_for"]

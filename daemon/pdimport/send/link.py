@@ -167,6 +167,16 @@ class Link:
         if self._assoc is None and not self._no_context:
             self._go_down_on_failure(self._open)
 
+    def conversion_target(self, item: SendItem) -> str | None:
+        """The syntax `item` must be converted to on this association.
+
+        None when it goes as it is, or cannot go at all (no context). Call
+        after :meth:`connect`: the answer depends on what the peer accepted.
+        """
+        if self._no_context:
+            return None
+        return conversion_target(item, self._accepted)
+
     # -------------------------------------------------------------- sending
     def send(self, item: SendItem) -> SendOutcome:
         """Send one item; its outcome, or :class:`LinkDown` (not sent).
@@ -259,21 +269,37 @@ class Link:
 # ----------------------------------------------------------- per item
 def _prepare(item: SendItem, accepted: dict[str, list[str]], dest: DicomDest,
              workdir: Path) -> tuple[Path, str, Path | None] | SendOutcome:
-    """The file and syntax to send, converting when the own syntax was refused."""
-    syntaxes = accepted.get(item.sop_class_uid, [])
-    if item.transfer_syntax in syntaxes:
+    """The file and syntax to send, converting when the own syntax was refused.
+
+    A converted file already at :func:`converted_path` is sent as it is: the
+    same bytes on a resend, or what the decode pool made ahead of the send.
+    """
+    if item.transfer_syntax in accepted.get(item.sop_class_uid, []):
         return item.path, item.transfer_syntax, None
-    target = next((t for t in FALLBACK_TS if t in syntaxes), None)
+    target = conversion_target(item, accepted)
     if target is None:
         return _no_context(item, dest)
-    converted = _converted_path(workdir, item, target)
+    converted = converted_path(workdir, item, target)
     try:
-        if not converted.exists():  # same bytes on a resend
+        if not converted.exists():
             convert(item.path, converted, target)
     except TranscodeError as exc:
-        return SendOutcome(item.key, "failed", None, exc.code,
-                           f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {exc}")
+        return decode_failed(item, target, str(exc))
     return converted, target, converted
+
+
+def conversion_target(item: SendItem, accepted: dict[str, list[str]]) -> str | None:
+    """The uncompressed syntax to convert `item` to, None if none is needed or possible."""
+    syntaxes = accepted.get(item.sop_class_uid, [])
+    if item.transfer_syntax in syntaxes:
+        return None
+    return next((t for t in FALLBACK_TS if t in syntaxes), None)
+
+
+def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
+    """The outcome of an item whose conversion to `target` failed (permanent)."""
+    return SendOutcome(item.key, "failed", None, TranscodeError.code,
+                       f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}")
 
 
 def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str, str], int],
@@ -383,7 +409,8 @@ def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str,
     return by_class, ids
 
 
-def _converted_path(workdir: Path, item: SendItem, target: str) -> Path:
+def converted_path(workdir: Path, item: SendItem, target: str) -> Path:
+    """Where the copy of `item` converted to `target` lives (one per item and syntax)."""
     # Never from media names or dataset values: a hash of the journal key.
     digest = hashlib.sha256(item.key.encode()).hexdigest()[:40]
     return workdir / f"{digest}-{target}.dcm"
@@ -407,4 +434,5 @@ def _rejection_detail(dest: DicomDest, rejections: list) -> str:
     return f"{dest.key}: {rj.result_str} rejection by {rj.source_str}: {rj.reason_str}"
 
 
-__all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown"]
+__all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown", "conversion_target", "converted_path",
+           "decode_failed"]

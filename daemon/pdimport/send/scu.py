@@ -9,12 +9,19 @@ is large enough to pay for them. Every item gets exactly one outcome, through
 
 How many associations: ``network.associations`` (default
 :data:`DEFAULT_ASSOCIATIONS`), or ``?associations=N`` on the destination URL.
+
+Conversion: when the peer refuses the transfer syntax of at least
+:data:`POOL_MIN_ITEMS` items of a batch (a compressed series for an
+uncompressed-only PACS), :func:`pdimport.decode.decode_many` converts them on
+every core, a bounded number ahead of the item being sent; fewer are
+converted in the sending thread, one at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,7 @@ from typing import Any
 from ..model import SendItem, SendOutcome
 from .dest import DicomDest
 from .dicom import Batch, make_ae, plan_batches
-from .link import Link, LinkDown
+from .link import Link, LinkDown, converted_path, decode_failed
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,6 +46,10 @@ DEFAULT_ASSOCIATIONS = 4
 #: in the caller's thread, which also keeps "journal before next C-STORE".
 MIN_ITEMS_PER_ASSOCIATION = 64
 MIN_BYTES_PER_ASSOCIATION = 64 << 20
+#: Items to convert on one association before the decode pool pays off: its
+#: worker processes take ~0.1-0.5 s to start, about what a handful of
+#: in-thread JPEG 2000 decodes cost.
+POOL_MIN_ITEMS = 8
 
 #: Settings the sender reads; snapshotted for worker processes.
 NET_SETTINGS = ("calling_aet", "network.connection_timeout", "network.acse_timeout",
@@ -147,8 +158,20 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
         '' or the code that stopped the link before every item went out.
     """
     link = new_link(dest, batch.contexts, settings, workdir)
+    stream: Iterator[tuple[SendItem, SendOutcome | None]] | None = None
     try:
-        for n, item in enumerate(batch.items):
+        try:
+            # Connect first: which items need converting depends on what
+            # the peer accepted.
+            link.connect()
+        except LinkDown as down:
+            give_back(batch.items, down.code, down.detail, on_outcome)
+            return down.code
+        stream = converted_ahead(link, batch.items, workdir)
+        for n, (item, failed) in enumerate(stream):
+            if failed is not None:
+                on_outcome(failed)
+                continue
             try:
                 outcome = link.send(item)
             except LinkDown as down:
@@ -158,8 +181,62 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
     except BaseException:
         link.abort()
         raise
+    finally:
+        if stream is not None:
+            stream.close()  # stops the decode pool, if any
     link.close()
     return ""
+
+
+def converted_ahead(link: Link, items: list[SendItem],
+                    workdir: Path) -> Iterator[tuple[SendItem, SendOutcome | None]]:
+    """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
+
+    When at least :data:`POOL_MIN_ITEMS` items need the same conversion on
+    `link`, the decode pool writes their converted copies to
+    :func:`~pdimport.send.link.converted_path`, where :meth:`Link.send` finds
+    and sends them; the pool runs ahead of the send by its bounded
+    lookahead, so decoding and sending overlap and memory stays bounded. A
+    failed (or crashed) decode is reported here and never reaches the link,
+    so a bad codec cannot take down the sending process. Other items are
+    converted, if at all, by :meth:`Link.send` in this thread.
+    """
+    target, pooled = _pool_plan(link, items, workdir)
+    if len(pooled) < POOL_MIN_ITEMS:
+        yield from ((item, None) for item in items)
+        return
+    from .. import decode  # multiprocessing only when needed
+
+    jobs = ((items[n].path, converted_path(workdir, items[n], target), n) for n in pooled)
+    results = decode.decode_many(jobs, target)
+    try:
+        waiting = set(pooled)
+        for n, item in enumerate(items):
+            if n not in waiting:
+                yield item, None
+                continue
+            (_src, _dst, index), ok, detail = next(results)
+            assert index == n, "decode_many answers in submission order"
+            yield item, None if ok else decode_failed(item, target, detail)
+    finally:
+        results.close()
+
+
+def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> tuple[str, list[int]]:
+    """The most common conversion target and the indices of items to decode for it.
+
+    Items with a converted copy already (a resend) are not decoded again.
+    Items needing another target (rare: a class accepted only in Implicit VR)
+    are left to the link.
+    """
+    targets = [link.conversion_target(item) for item in items]
+    counts = Counter(t for t in targets if t)
+    if not counts:
+        return "", []
+    target = counts.most_common(1)[0][0]
+    pooled = [n for n, t in enumerate(targets)
+              if t == target and not converted_path(workdir, items[n], target).exists()]
+    return target, pooled
 
 
 def give_back(items: list[SendItem], code: str, detail: str,
@@ -172,8 +249,10 @@ def give_back(items: list[SendItem], code: str, detail: str,
 __all__ = [
     "DEFAULT_ASSOCIATIONS",
     "MIN_ITEMS_PER_ASSOCIATION",
+    "POOL_MIN_ITEMS",
     "NetSettings",
     "association_count",
+    "converted_ahead",
     "give_back",
     "send_batch",
     "send_dicom",

@@ -1,0 +1,798 @@
+"""The fast header scanner: batched prefix reads, one numba walk per batch,
+values decoded in Python with pydicom's own converters, memoised per series.
+
+It plugs in like pydicom's pixel decoders (STYLE.md "Fast paths as
+plugins"): :class:`NumbaScanner` has the :class:`~pdimport.model.Scanner`
+interface, :meth:`~NumbaScanner.is_available`, and must match
+:mod:`pdimport.scan.reference` and, file by file, the reference
+:class:`~pdimport.scan.pydicom_scanner.PydicomScanner` (the oracle).
+
+How one batch goes (performance notes §1):
+
+1. read the first ``prefix`` bytes (8 KiB) of every file into one
+   preallocated 2-D ``uint8`` buffer (no memmap, no per-file numpy objects);
+2. one call of :func:`pdimport.scan._nbwalk.walk_batch` (no GIL) walks every
+   element header of every file (PS3.5 §7.1, §7.5), validating what
+   :mod:`~pdimport.scan.walker` validates; files whose headers lie beyond the
+   prefix are read again with a longer prefix and walked again;
+3. the decoded values of everything that is constant within a series are
+   looked up by an exact byte key; only the per-instance UIDs and numbers
+   are decoded per file (fast paths for plain UI/IS values, proven equal to
+   pydicom by tests/test_scan_numba.py);
+4. anything the fast path does not model or finds wrong (deflate, padding,
+   unsorted tags, any structural error, ...) goes to the reference path, which
+   then decides the Problem code: a fast result is only ever returned for a
+   file the reference path would accept with the same values.
+
+Fallbacks are counted in :attr:`NumbaScanner.fallbacks` (and per reason in
+:attr:`NumbaScanner.fallback_reasons`); a Header produced by the fallback
+carries ``extra["scan_fallback"]`` = the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model import Header
+from ..problems import FileProblem, Problem
+from . import walker
+from .pydicom_scanner import (
+    _CHARSET_WARNINGS,
+    HEADER_KEYWORDS,
+    PydicomScanner,
+    _check_identity,
+    _matches,
+    _text_fits,
+    element_text,
+)
+from .walker import GEOMETRY_TAGS, META_TAGS, RAW_TRANSFER_SYNTAX, WalkResult, uid_ok
+
+log = logging.getLogger(__name__)
+
+#: First read per file; most CT/MR headers end well before 8 KiB.
+DEFAULT_PREFIX = 8192
+#: Files per numba call (the pipeline hands over up to 256 at a time).
+BATCH = 256
+#: Longest prefix re-read for a file whose headers go further; beyond it the
+#: reference walker (which seeks over values) takes the file.
+MAX_PREFIX = 4 << 20
+#: Widest row of a batched re-read (bounds a batch to 16 MiB).
+GROUP_PREFIX = 64 << 10
+#: Width of the per-file series key (see _nbwalk.make_key).
+KEY_WIDTH = 2048
+_MEMO_MAX = 1 << 16
+_TEMPLATE_MAX = 4096
+
+_ENCODINGS = ("part10", "implicit_le", "explicit_le", "explicit_be")
+_MODES = {name: i for i, name in enumerate(_ENCODINGS)}
+_RAW_TS = {1: RAW_TRANSFER_SYNTAX["implicit_le"], 2: RAW_TRANSFER_SYNTAX["explicit_le"],
+           3: RAW_TRANSFER_SYNTAX["explicit_be"]}
+
+# -------------------------------------------------------------- wanted tags
+#: Header field -> tag: what model.Header needs and the policies read
+#: (pydicom_scanner.HEADER_KEYWORDS), plus the SOP UIDs.
+_FIELD_TAGS: dict[str, int] = {}
+
+
+def _tag_of(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return int(tag)
+
+
+for _field, _kw in {**HEADER_KEYWORDS, "sop_class_uid": "SOPClassUID",
+                    "sop_instance_uid": "SOPInstanceUID"}.items():
+    _FIELD_TAGS[_field] = _tag_of(_kw)
+
+META_LIST = sorted(META_TAGS)  # File Meta tags (PS3.10 §7.1)
+DS_LIST = sorted(set(_FIELD_TAGS.values()) | set(GEOMETRY_TAGS))  # dataset tags
+_NM = len(META_LIST)
+_COL = {tag: _NM + k for k, tag in enumerate(DS_LIST)}  # dataset tag -> column
+_META_COL = {tag: k for k, tag in enumerate(META_LIST)}
+_KEYWORD: dict[int, str] = {}  # dataset tag -> keyword
+for _field, _tag in _FIELD_TAGS.items():
+    _KEYWORD[_tag] = {**HEADER_KEYWORDS, "sop_class_uid": "SOPClassUID",
+                      "sop_instance_uid": "SOPInstanceUID"}[_field]
+for _tag, _kw in GEOMETRY_TAGS.items():
+    _KEYWORD.setdefault(_tag, _kw)
+
+_SOP_INSTANCE = _FIELD_TAGS["sop_instance_uid"]
+_INSTANCE_NUMBER = _FIELD_TAGS["instance_number"]
+_MS_INSTANCE = 0x00020003
+#: Per-instance columns, decoded per file; every other column is in the key.
+_PER_INSTANCE = {_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER], _META_COL[_MS_INSTANCE]}
+_KEY_COLS = [c for c in range(_NM + len(DS_LIST)) if c not in _PER_INSTANCE]
+_TEMPLATE_FIELDS = [f for f in _FIELD_TAGS if f not in ("sop_instance_uid", "instance_number")]
+
+#: Plain values whose pydicom conversion is a strip (values.convert_UI /
+#: convert_IS_string); tests/test_scan_numba.py checks them against pydicom.
+_UI_PLAIN = re.compile(rb"[0-9.]{1,64}[\0 ]*\Z")
+_IS_PLAIN = re.compile(rb"[0-9]{1,9}[\0 ]*\Z")
+#: walker.uid_ok for a str already known to be at most 64 characters.
+_UID_SYNTAX = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")
+_VR_UI = (ord("U") << 8) | ord("I")
+_VR_IS = (ord("I") << 8) | ord("S")
+
+
+_NB: Any = None
+
+
+def _nb() -> Any:
+    """The numba module, imported on first use (importing numba costs ~0.3 s)."""
+    global _NB  # noqa: PLW0603 - a lazy import, set once
+    if _NB is None:
+        from . import _nbwalk
+
+        _NB = _nbwalk
+    return _NB
+
+
+def _vr_str(code: int) -> str | None:
+    return None if code == 0 else chr(code >> 8) + chr(code & 0xFF)
+
+
+class _Tables:
+    """The lookup tables the walker needs, built once per process."""
+
+    _lock = threading.Lock()
+    _value: tuple[Any, ...] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[Any, ...]:
+        with cls._lock:
+            if cls._value is None:
+                from . import _nbwalk as nb
+
+                cls._value = (
+                    np.array(META_LIST, dtype=np.int64),
+                    np.array(DS_LIST, dtype=np.int64),
+                    np.array(_KEY_COLS, dtype=np.int64),
+                    nb.vr_table(),
+                    *nb.dictionary_tables(),
+                )
+            return cls._value
+
+
+class _Walked:
+    """The numba outputs for a set of files (one batch or one re-read)."""
+
+    def __init__(self, n: int, width: int) -> None:
+        from . import _nbwalk as nb
+
+        ncol = _NM + len(DS_LIST)
+        self.buf = np.empty((n, width), dtype=np.uint8)
+        self.lens = np.zeros(n, dtype=np.int64)
+        self.sizes = np.zeros(n, dtype=np.int64)
+        self.modes = np.zeros(n, dtype=np.int64)
+        self.off = np.empty((n, ncol), dtype=np.int64)
+        self.len = np.empty((n, ncol), dtype=np.int64)
+        self.vr = np.empty((n, ncol), dtype=np.int64)
+        self.info = np.zeros((n, nb.N_INFO), dtype=np.int64)
+        self.nonplain = np.zeros((n, nb.MAX_NONPLAIN, 4), dtype=np.int64)
+        self.key = np.zeros((n, KEY_WIDTH), dtype=np.uint8)
+        self.width = width
+        self.rows = [memoryview(self.buf[k]) for k in range(n)]  # readv targets
+
+        self._view: _View | None = None
+
+    def view(self) -> _View:
+        """Python-side snapshot of the last walk (bytes and the few columns
+        decoded per file), made once per walk: numpy scalar access per
+        file would cost more than the decoding itself."""
+        if self._view is None:
+            self._view = _View(self)
+        return self._view
+
+    def run(self, rows: np.ndarray, max_nesting: int) -> None:
+        from . import _nbwalk as nb
+
+        self._view = None
+
+        meta, ds, keycols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
+        nb.walk_batch(self.buf, self.lens, self.sizes, self.modes, rows, max_nesting, meta, ds,
+                      keycols, self.off, self.len, self.vr, self.info, self.nonplain, self.key,
+                      vrt, dtags, dcls, m1, m2, mcls)
+
+
+class _View:
+    """See :meth:`_Walked.view`."""
+
+    __slots__ = ("data", "dsoff", "inst", "keys", "klen", "kwidth", "pdoff", "width")
+
+    def __init__(self, w: _Walked) -> None:
+        from . import _nbwalk as nb
+
+        cols = [_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER], _META_COL[_MS_INSTANCE]]
+        stacked = np.stack([w.off[:, cols[0]], w.len[:, cols[0]], w.vr[:, cols[0]],
+                            w.off[:, cols[1]], w.len[:, cols[1]], w.vr[:, cols[1]],
+                            w.off[:, cols[2]], w.len[:, cols[2]]], axis=1)
+        # copy only the bytes up to the last per-instance value, not the rows
+        ends = np.maximum.reduce([stacked[:, 0] + stacked[:, 1], stacked[:, 3] + stacked[:, 4],
+                                  stacked[:, 6] + stacked[:, 7]])
+        # (rows not walked this time hold stale values: clamp to the buffer)
+        self.width = min(max(int(ends.max()), 1), w.buf.shape[1])
+        self.data = w.buf[:, :self.width].tobytes()
+        klen = w.info[:, nb.I_KLEN]
+        self.kwidth = min(max(int(klen.max()), 1), KEY_WIDTH)
+        self.keys = w.key[:, :self.kwidth].tobytes()
+        self.klen = klen.tolist()
+        self.dsoff = w.info[:, nb.I_DSOFF].tolist()
+        self.pdoff = w.info[:, nb.I_PDOFF].tolist()
+        self.inst = stacked.tolist()
+
+
+class _Template:
+    """Decoded values shared by the files of one series key."""
+
+    __slots__ = (
+        "base",
+        "charset",
+        "fallback",
+        "ids_ok",
+        "implicit",
+        "little",
+        "meta",
+        "problem",
+        "sop_class",
+        "suspect",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.base: dict[str, Any] = {}
+        self.problem: Problem | None = None
+        self.fallback = ""
+        self.sop_class = ""
+        self.values: dict[str, str] = {}
+        self.meta: dict[str, str] = {}
+        self.suspect = False
+        self.charset: tuple[str | None, bytes] | None = None
+        self.implicit = False
+        self.little = True
+        self.ids_ok = False  # class/study/series valid, class present, meta class agrees
+
+
+class NumbaScanner:
+    """Header scanner with a numba fast path and the pydicom path as fallback.
+
+    Parameters
+    ----------
+    limits : Settings, optional
+        Supplies ``limits.max_nesting`` (and, for the fallback,
+        ``limits.max_inflate``).
+    prefix : int
+        Bytes read per file at first (grown on demand).
+    """
+
+    name = "numba"
+
+    def __init__(self, limits: Any = None, prefix: int = DEFAULT_PREFIX) -> None:
+        self.limits = limits
+        self.prefix = int(prefix)
+        self.max_nesting = walker._limit(limits, "max_nesting", walker._DEFAULT_NESTING)
+        self._reference = PydicomScanner(limits)
+        self._memo: dict[tuple[Any, ...], tuple[str, bool, str]] = {}
+        self._templates: dict[bytes, _Template] = {}
+        self._encodings_memo: dict[tuple[Any, ...], Any] = {}
+        self._local = threading.local()
+        #: Files handed to the reference path, in total and by reason.
+        self.fallbacks = 0
+        self.fallback_reasons: Counter[str] = Counter()
+        #: Files answered by the fast path.
+        self.fast = 0
+
+    # ------------------------------------------------------------ plugin
+    def is_available(self) -> bool:
+        """numba imports and the walker compiles (or loads from its cache)."""
+        try:
+            from . import _nbwalk  # noqa: F401
+
+            probe = _probe_file()
+            w = _Walked(1, len(probe))
+            w.buf[0, :] = np.frombuffer(probe, dtype=np.uint8)
+            w.lens[0] = w.sizes[0] = len(probe)
+            w.run(np.zeros(1, dtype=np.int64), self.max_nesting)
+            return bool(w.info[0, 0] == 0)
+        except Exception as exc:  # noqa: BLE001 - any failure means "use another backend"
+            log.info("numba scanner unavailable: %r", exc)
+            return False
+
+    # ------------------------------------------------------------ scanning
+    def scan(self, paths: list[Path], encodings: list[str]) -> list[Header | Problem]:
+        """One :class:`Header` or :class:`Problem` per path, in order."""
+        if len(paths) != len(encodings):
+            raise ValueError("paths and encodings differ in length")
+        out: list[Header | Problem] = []
+        for start in range(0, len(paths), BATCH):
+            out.extend(self._scan_batch(paths[start:start + BATCH], encodings[start:start + BATCH]))
+        return out
+
+    def scan_bytes(self, data: bytes, encoding: str = "part10") -> tuple[Header | Problem | None, str]:
+        """Walk and decode one file held in memory (tests, fuzzing).
+
+        Returns ``(result, "")`` from the fast path, or ``(None, reason)``
+        when the file would go to the reference path.
+        """
+        n = len(data)
+        w = _Walked(1, max(n, 1))
+        if n:
+            w.buf[0, :n] = np.frombuffer(data, dtype=np.uint8)
+        w.lens[0] = w.sizes[0] = n
+        w.modes[0] = _MODES.get(encoding, -1)
+        if w.modes[0] < 0:
+            return None, "encoding"
+        w.run(np.zeros(1, dtype=np.int64), self.max_nesting)
+        status = int(w.info[0, 0])
+        if status != 0:
+            return None, self._reason(w, 0)
+        res = self._decode_safe(w, 0)
+        if isinstance(res, str):
+            return None, res
+        return res, ""
+
+    def _buffers(self, n: int) -> _Walked:
+        w = getattr(self._local, "walked", None)
+        if w is None or w.buf.shape[1] != self.prefix:
+            w = self._local.walked = _Walked(BATCH, self.prefix)
+        return w
+
+    def _scan_batch(self, paths: list[Path], encodings: list[str]) -> list[Header | Problem]:
+        n = len(paths)
+        w = self._buffers(n)
+        results: list[Header | Problem | None] = [None] * n
+        todo: list[int] = []
+        lens: list[int] = []
+        sizes: list[int] = []
+        modes: list[int] = []
+        rows = w.rows
+        # the read loop is the floor of the whole scan (performance notes
+        # §1: ~10 µs of syscalls per file); keep Python work out of it
+        for i, path in enumerate(paths):
+            mode = _MODES.get(encodings[i], -1)
+            if mode < 0:
+                results[i] = self._fallback(path, encodings[i], "encoding")
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                results[i] = self._fallback(path, encodings[i], "read")
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                want = min(size, w.width)
+                got = os.readv(fd, [rows[i]]) if want else 0
+                if got < want:
+                    got = _read_rest(fd, rows[i], got, want)
+            except OSError:
+                got = -1
+            finally:
+                os.close(fd)
+            if got < 0:
+                results[i] = self._fallback(path, encodings[i], "read")
+                continue
+            todo.append(i)
+            lens.append(want)
+            sizes.append(size)
+            modes.append(mode)
+        idx = np.array(todo, dtype=np.int64)
+        w.lens[idx] = lens
+        w.sizes[idx] = sizes
+        w.modes[idx] = modes
+        w.run(idx, self.max_nesting)
+        status = w.info[:, _nb().I_STATUS].tolist()
+        grow: list[int] = []
+        for i in todo:
+            st = status[i]
+            if st == 0:  # OK
+                res = self._decode_safe(w, i)
+                results[i] = self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+            elif st == 1:  # NEED_MORE
+                grow.append(i)
+            else:
+                results[i] = self._fallback(paths[i], encodings[i], self._reason(w, i))
+        if len(grow) * 4 > len(todo):
+            # a series with long headers (MR CSA blobs): read more at once
+            # from the next batch on instead of reading most files twice
+            need = max(int(w.info[i, _nb().I_NEED]) for i in grow)
+            self.prefix = min(GROUP_PREFIX, max(self.prefix, 1 << (need - 1).bit_length()))
+        if grow:
+            self._regrow(w, grow, paths, encodings, results)
+        return results  # type: ignore[return-value]
+
+    def _regrow(self, w: _Walked, grow: list[int], paths: list[Path], encodings: list[str],
+                results: list[Header | Problem | None]) -> None:
+        """Files whose headers lie beyond the prefix: read them again, first
+        together with up to :data:`GROUP_PREFIX` bytes each, then one by one
+        up to :data:`MAX_PREFIX` (whole file when smaller); the reference
+        walker, which seeks over values, takes anything longer."""
+        from . import _nbwalk as nb
+
+        pending = [(i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]))
+                   for i in grow]
+        group = [p for p in pending if p[1] <= GROUP_PREFIX]
+        single = [p for p in pending if p[1] > GROUP_PREFIX]
+        if group:
+            width = min(GROUP_PREFIX, max(4 * self.prefix, 2 * max(p[1] for p in group)))
+            single += self._rewalk(group, width, paths, encodings, results)
+        for p in single:
+            width = min(int(_file_size(paths[p[0]])), MAX_PREFIX)
+            if p[1] > width:
+                results[p[0]] = self._fallback(paths[p[0]], encodings[p[0]], "large_header")
+                continue
+            for q in self._rewalk([p], width, paths, encodings, results):
+                results[q[0]] = self._fallback(paths[q[0]], encodings[q[0]], "large_header")
+
+    def _rewalk(self, files: list[tuple[int, int, int]], width: int, paths: list[Path],
+                encodings: list[str], results: list[Header | Problem | None],
+                ) -> list[tuple[int, int, int]]:
+        """Read ``width`` bytes of each file and walk them; returns the files
+        that need still more."""
+        from . import _nbwalk as nb
+
+        g = _Walked(len(files), max(width, 1))
+        rows = []
+        for k, (i, _, mode) in enumerate(files):
+            got = _read_prefix(paths[i], g.buf[k])
+            if got is None:
+                results[i] = self._fallback(paths[i], encodings[i], "read")
+                continue
+            g.lens[k], g.sizes[k] = got
+            g.modes[k] = mode
+            rows.append(k)
+        g.run(np.array(rows, dtype=np.int64), self.max_nesting)
+        more = []
+        for k in rows:
+            i = files[k][0]
+            status = g.info[k, nb.I_STATUS]
+            if status == nb.OK:
+                res = self._decode_safe(g, k)
+                results[i] = (self._fallback(paths[i], encodings[i], res)
+                              if isinstance(res, str) else res)
+            elif status == nb.NEED_MORE and g.lens[k] < g.sizes[k]:
+                more.append((i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), files[k][2]))
+            else:
+                results[i] = self._fallback(paths[i], encodings[i], self._reason(g, k))
+        return more
+
+    @staticmethod
+    def _reason(w: _Walked, i: int) -> str:
+        from . import _nbwalk as nb
+
+        if w.info[i, nb.I_STATUS] == nb.NEED_MORE:
+            return "large_header"
+        r = int(w.info[i, nb.I_REASON])
+        return nb.REASONS[r] if 0 <= r < len(nb.REASONS) else "unknown"
+
+    def _fallback(self, path: Path, encoding: str, reason: str) -> Header | Problem:
+        self.fallbacks += 1
+        self.fallback_reasons[reason] += 1
+        res = self._reference.scan_one(path, encoding)
+        if isinstance(res, Header):
+            res.extra["scan_fallback"] = reason
+        return res
+
+    # ------------------------------------------------------------ values
+    def _decode_safe(self, w: _Walked, i: int) -> Header | Problem | str:
+        """:meth:`_decode`, with a bug of ours turned into a fallback."""
+        try:
+            return self._decode(w, i)
+        except Exception:  # noqa: BLE001 - failure is a value per file
+            log.exception("numba scanner: decoding failed; the reference path takes the file")
+            return "internal"
+
+    def _decode(self, w: _Walked, i: int) -> Header | Problem | str:
+        """Header or Problem for walked file ``i``; a str (the reason) when
+        the reference path must decide. The per-file work of the fast path:
+        one memo lookup, three small values, the identity check."""
+        v = w.view()
+        klen = v.klen[i]
+        tpl = None
+        if klen >= 0:
+            key = v.keys[i * v.kwidth:i * v.kwidth + klen]
+            tpl = self._templates.get(key)
+        if tpl is None:
+            tpl = self._template(w, i)
+            if klen >= 0:
+                if len(self._templates) >= _TEMPLATE_MAX:
+                    self._templates.clear()
+                self._templates[key] = tpl
+        if tpl.fallback:
+            return tpl.fallback
+        base = i * v.width
+        sop_off, sop_len, sop_vr, num_off, num_len, num_vr, ms_off, ms_len = v.inst[i]
+        sop_raw = v.data[base + sop_off:base + sop_off + sop_len] if sop_off >= 0 else None
+        num_raw = v.data[base + num_off:base + num_off + num_len] if num_off >= 0 else None
+        sop, warned, failed = self._field(_SOP_INSTANCE, sop_vr, sop_raw, tpl)
+        suspect = tpl.suspect or warned
+        number, warned, exc = self._field(_INSTANCE_NUMBER, num_vr, num_raw, tpl)
+        suspect = suspect or warned
+        if tpl.problem is not None:
+            return tpl.problem
+        if failed or exc:
+            return Problem("unparsable", "", failed or exc)
+        ms_sop = ""
+        if ms_off >= 0:
+            ms_sop = walker._clean_text(v.data[base + ms_off:base + ms_off + ms_len])
+        # the common case proven valid without walker.uid_ok per UID; any
+        # doubt runs the reference check for its exact Problem
+        if not (tpl.ids_ok and len(sop) <= 64 and _UID_SYNTAX.match(sop)
+                and (ms_off < 0 or ms_sop == sop)):
+            meta = tpl.meta
+            if ms_off >= 0:
+                meta = {**meta, "MediaStorageSOPInstanceUID": ms_sop}
+            try:
+                _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)
+            except FileProblem as exc_:
+                return Problem(exc_.code, "", exc_.detail)
+        d = tpl.base.copy()
+        d["sop_instance_uid"] = sop
+        d["instance_number"] = number
+        d["dataset_offset"] = v.dsoff[i]
+        d["pixel_data_offset"] = v.pdoff[i]
+        d["extra"] = d["extra"].copy()
+        d["warnings"] = d["warnings"].copy()
+        if suspect and "charset_suspect" not in d["warnings"]:
+            d["warnings"].append("charset_suspect")
+        header = Header.__new__(Header)
+        header.__dict__ = d
+        self.fast += 1
+        return header
+
+    def _field(self, tag: int, vr: int, raw: bytes | None, tpl: _Template) -> tuple[str, bool, str]:
+        """(text, charset warning, exception text) of one top-level value,
+        exactly as ``pydicom_scanner.element_text`` gives it."""
+        if raw is None:
+            return "", False, ""
+        if vr in (0, _VR_UI) and tag in (_SOP_INSTANCE, 0x00080016, 0x0020000D, 0x0020000E):
+            if _UI_PLAIN.match(raw):
+                return raw.rstrip(b"\0 ").decode("ascii"), False, ""
+        elif vr in (0, _VR_IS) and tag == _INSTANCE_NUMBER and _IS_PLAIN.match(raw):
+            return raw.rstrip(b"\0 ").decode("ascii"), False, ""
+        mkey = (tag, vr, tpl.implicit, tpl.little, tpl.charset, raw)
+        hit = self._memo.get(mkey)
+        if hit is None:
+            hit = self._decode_slow(tag, vr, raw, tpl)
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[mkey] = hit
+        return hit
+
+    def _encodings(self, tpl: _Template) -> Any:
+        """The dataset's character encodings as pydicom's reader computes
+        them (filereader.read_dataset), warnings not counted there."""
+        key = (tpl.charset, tpl.implicit, tpl.little)
+        if key not in self._encodings_memo:
+            from pydicom.charset import convert_encodings, default_encoding
+            from pydicom.dataelem import RawDataElement, convert_raw_data_element
+            from pydicom.tag import BaseTag
+
+            if tpl.charset is None:
+                enc: Any = default_encoding
+            else:
+                vr, value = tpl.charset
+                raw = RawDataElement(BaseTag(0x00080005), vr, len(value), value, 0, tpl.implicit,
+                                     tpl.little)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    enc = convert_encodings(convert_raw_data_element(raw).value)
+            self._encodings_memo[key] = enc
+        return self._encodings_memo[key]
+
+    def _decode_slow(self, tag: int, vr: int, raw: bytes, tpl: _Template) -> tuple[str, bool, str]:
+        """pydicom's conversion of one raw element in a one-element dataset
+        carrying the file's encoding: the same code path as dcmread +
+        ``element_text``, so the same text and the same warnings."""
+        from pydicom.dataelem import RawDataElement
+        from pydicom.dataset import Dataset
+        from pydicom.tag import BaseTag
+
+        try:
+            enc = self._encodings(tpl)
+            elem = RawDataElement(BaseTag(tag), _vr_str(vr), len(raw), raw, 0, tpl.implicit,
+                                  tpl.little)
+            ds = Dataset({BaseTag(tag): elem})
+            ds.set_original_encoding(tpl.implicit, tpl.little, enc)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                text = element_text(ds, _KEYWORD[tag])
+            return text, any(_matches(w, _CHARSET_WARNINGS) for w in caught), ""
+        except Exception as exc:  # noqa: BLE001 - the reference path gives 'unparsable' too
+            return "", False, f"{type(exc).__name__}: {exc}"
+
+    def _template(self, w: _Walked, i: int) -> _Template:  # noqa: C901 - mirrors scan_file step by step
+        """Everything but the per-instance values, in the order
+        ``pydicom_scanner.scan_file`` checks them."""
+        from . import _nbwalk as nb
+
+        tpl = _Template()
+        info, off, lens, vrs, buf = w.info[i], w.off[i], w.len[i], w.vr[i], w.buf[i]
+        enc_code = int(info[nb.I_ENC])
+        tpl.little = int(info[nb.I_TS]) != nb.TS_EXPLICIT_BE
+        tpl.implicit = int(info[nb.I_TS]) == nb.TS_IMPLICIT
+        meta: dict[str, str] = {}
+        for tag, name in META_TAGS.items():
+            c = _META_COL[tag]
+            if off[c] >= 0 and tag != _MS_INSTANCE:
+                meta[name] = walker._clean_text(_raw(buf, off[c], lens[c]) or b"")
+        has_meta = bool(info[nb.I_HASMETA])
+        if has_meta:
+            ts = meta.get("TransferSyntaxUID", "")
+            if not ts or not uid_ok(ts):
+                tpl.fallback = "file_meta"  # bad_file_meta: the walker words it
+                return tpl
+        else:
+            ts = _RAW_TS[enc_code]
+        tpl.meta = meta
+        # --- walker: Pixel Data checks (PS3.5 §8.1.1, §A.4)
+        res = WalkResult(encoding=_ENCODINGS[enc_code], transfer_syntax=ts,
+                         dataset_offset=int(info[nb.I_DSOFF]), meta=dict(meta),
+                         pixel_data_offset=int(info[nb.I_PDOFF]),
+                         pixel_data_length=int(info[nb.I_PDLEN]),
+                         encapsulated=bool(info[nb.I_ENCAPS]))
+        if has_meta and off[_META_COL[_MS_INSTANCE]] >= 0:
+            res.meta["MediaStorageSOPInstanceUID"] = "x"  # presence only (encapsulated check)
+        geometry = _GeometryReader(tpl.little)
+        for tag, name in GEOMETRY_TAGS.items():
+            c = _COL[tag]
+            if off[c] >= 0 and lens[c] <= walker._SMALL_VALUE:
+                res.values[name] = walker._Walker._geometry_value(
+                    geometry, _raw(buf, off[c], lens[c]) or b"", tag)  # type: ignore[arg-type]
+        try:
+            walker._check_pixel_data(res)
+        except FileProblem as exc:
+            tpl.problem = Problem(exc.code, "", exc.detail)
+        # --- charset check (pydicom_scanner.charset_suspect)
+        c = _COL[0x00080005]
+        cs_raw = _raw(buf, off[c], lens[c])
+        tpl.charset = None if cs_raw is None else (_vr_str(int(vrs[c])), cs_raw)
+        terms = ([t.strip(" \0") for t in cs_raw.decode("ascii", "replace").split("\\")] or [""]
+                 if cs_raw is not None else [""])
+        suspect = False
+        try:
+            if info[nb.I_NPLAIN] > 0 and not _plain_fits(tuple(terms)):
+                suspect = True
+            for e in range(int(info[nb.I_NNONPLAIN])):
+                if suspect:
+                    break
+                _tag, is_pn, o, n = (int(x) for x in w.nonplain[i, e])
+                if not _text_fits(bytes(buf[o:o + n]), terms, bool(is_pn)):
+                    suspect = True
+        except Exception as exc:  # noqa: BLE001 - the reference path fails the same way
+            tpl.problem = tpl.problem or Problem("unparsable", "", f"{type(exc).__name__}: {exc}")
+        # --- values (element_text for every field)
+        failed = ""
+        values: dict[str, str] = {}
+        for name in _TEMPLATE_FIELDS:
+            tag = _FIELD_TAGS[name]
+            c = _COL[tag]
+            text, warned, exc_text = self._field(tag, int(vrs[c]), _raw(buf, off[c], lens[c]), tpl)
+            values[name] = text
+            suspect |= warned
+            failed = failed or exc_text
+        if failed and tpl.problem is None:
+            tpl.problem = Problem("unparsable", "", failed)
+        tpl.suspect = suspect
+        tpl.sop_class = values.pop("sop_class_uid")
+        tpl.values = values
+        meta_class = meta.get("MediaStorageSOPClassUID", "")
+        tpl.ids_ok = (uid_ok(tpl.sop_class) and (meta_class == "" or meta_class == tpl.sop_class)
+                      and all(uid_ok(values[k]) for k in ("study_uid", "series_uid")
+                              if values[k]))
+        extra = {k: meta[k] for k in ("ImplementationClassUID", "ImplementationVersionName")
+                 if meta.get(k)}
+        tpl.base = {
+            "encoding": res.encoding,
+            "transfer_syntax": ts,
+            "sop_class_uid": tpl.sop_class,
+            **values,
+            "extra": extra,
+            "warnings": list(res.warnings),
+        }
+        return tpl
+
+
+class _MetaOnly:
+    """What ``_check_identity`` reads of a WalkResult."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self, meta: dict[str, str]) -> None:
+        self.meta = meta
+
+
+class _GeometryReader:
+    """Stands in for the walker in ``_Walker._geometry_value`` (byte order only)."""
+
+    __slots__ = ("little",)
+
+    def __init__(self, little: bool) -> None:
+        self.little = little
+
+
+_PLAIN_FITS: dict[tuple[str, ...], bool] = {}
+
+
+def _plain_fits(terms: tuple[str, ...]) -> bool:
+    """Whether plain ASCII text (no ESC) fits the declared character set;
+    constant per set of terms (pydicom_scanner._text_fits)."""
+    hit = _PLAIN_FITS.get(terms)
+    if hit is None:
+        hit = _PLAIN_FITS[terms] = (_text_fits(b"A", list(terms), False)
+                                    and _text_fits(b"A", list(terms), True))
+    return hit
+
+
+def _raw(buf: np.ndarray, off: Any, n: Any) -> bytes | None:
+    if off < 0:
+        return None
+    return buf[off:off + n].tobytes()
+
+
+def _read_rest(fd: int, row: np.ndarray, got: int, want: int) -> int:
+    """Finish a short read (pipes, some FUSE file systems); -1 at early EOF."""
+    view = memoryview(row)
+    while got < want:
+        n = os.preadv(fd, [view[got:want]], got)
+        if n <= 0:
+            return -1
+        got += n
+    return got
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _read_prefix(path: Path, row: np.ndarray) -> tuple[int, int] | None:
+    """Read the first ``len(row)`` bytes of ``path`` into ``row``:
+    (bytes read, file size), or None when the file cannot be read (the
+    reference path then words the problem)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        want = min(size, row.shape[0])
+        got = os.readv(fd, [row]) if want else 0
+        while got < want:  # short reads happen on pipes and some FUSE file systems
+            n = os.preadv(fd, [memoryview(row)[got:want]], got)
+            if n <= 0:
+                return None
+            got += n
+        return want, size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _probe_file() -> bytes:
+    """A minimal valid Part 10 file used to compile/check the walker."""
+    import struct
+
+    def el(tag: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+
+    ts = b"1.2.840.10008.1.2.1\0"
+    meta_body = el(0x00020010, b"UI", ts)
+    meta = el(0x00020000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
+    body = el(0x00080016, b"UI", b"1.2.3\0") + el(0x00080018, b"UI", b"1.2.3.4\0")
+    return b"\0" * 128 + b"DICM" + meta + body
+
+
+__all__ = ["NumbaScanner"]

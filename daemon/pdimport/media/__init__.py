@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -52,6 +53,23 @@ class MediumOpenError(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
+
+
+class LargeReads(io.RawIOBase):
+    """Raw reader base for medium entries: reads stay 1 MiB large
+    (``RawIOBase.readall`` would read in 8 KiB pieces, a seek per piece on
+    an optical drive)."""
+
+    CHUNK = 1 << 20
+
+    def readable(self) -> bool:
+        return True
+
+    def readall(self) -> bytes:
+        out = bytearray()
+        while chunk := self.read(self.CHUNK):
+            out += chunk
+        return bytes(out)
 
 
 @dataclass

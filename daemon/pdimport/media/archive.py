@@ -19,7 +19,7 @@ from typing import BinaryIO
 from ..model import MediumEntry, MediumReadError
 from ..problems import Problem
 from ..settings import Settings
-from . import MediumOpenError, SizeBudget, unique_label
+from . import LargeReads, MediumOpenError, SizeBudget, unique_label
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-class _CountingReader(io.RawIOBase):
+class _CountingReader(LargeReads):
     """Stream of one member that never yields more than it declared and maps
     zipfile's exceptions to problem codes."""
 
@@ -71,16 +71,6 @@ class _CountingReader(io.RawIOBase):
         self._label = label
         self._declared = declared
         self._count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readall(self) -> bytes:
-        # RawIOBase.readall would read in 8 KiB pieces: keep reads large.
-        out = bytearray()
-        while chunk := self.read(CHUNK):
-            out += chunk
-        return bytes(out)
 
     def readinto(self, buf) -> int:  # type: ignore[override]
         try:

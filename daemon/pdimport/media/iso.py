@@ -28,7 +28,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 from ..model import MediumEntry, MediumReadError
 from ..problems import Problem
 from ..settings import Settings
-from . import SECTOR, MediumOpenError, SizeBudget, unique_label
+from . import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
 from .folder import display_name
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Extents:
         return self.runs[0][0] // SECTOR if self.runs else 0
 
 
-class ExtentReader(io.RawIOBase):
+class ExtentReader(LargeReads):
     """Raw stream over an :class:`Extents`, never returning short data.
 
     Parameters
@@ -163,16 +163,6 @@ class ExtentReader(io.RawIOBase):
         self._in_run = 0
         self._done = 0
         self._checked = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readall(self) -> bytes:
-        # RawIOBase.readall would read in 8 KiB pieces: keep reads large.
-        out = bytearray()
-        while chunk := self.read(CHUNK):
-            out += chunk
-        return bytes(out)
 
     def readinto(self, buf) -> int:  # type: ignore[override]
         if not self._checked:

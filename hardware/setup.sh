@@ -154,7 +154,20 @@ setup_venv() {
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
     if [ "${PDIMPORT_FORCE_PIP:-0}" != 1 ] && [ -f "$stamp" ] && \
        [ "$(cat "$stamp")" = "$want" ] && \
-       "$VENV/bin/python" -c 'import pdimport, pytest' >/dev/null 2>&1; then
+       "$VENV/bin/python" - >/dev/null 2>&1 <<'PY'
+# Every declared distribution (with the test extra) must be installed: a venv
+# whose packages were partly removed still imports pdimport and pytest.
+import re, sys, tomllib
+from importlib.metadata import PackageNotFoundError, version
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+try:
+    for req in reqs:
+        version(re.split(r"[\s<>=!~\[;]", req, maxsplit=1)[0])
+except PackageNotFoundError:
+    sys.exit(1)
+PY
+    then
         log "python packages: pyproject.toml unchanged since last install, skipping pip"
         return
     fi

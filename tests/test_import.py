@@ -330,6 +330,19 @@ def test_scan_sends_nothing(tmp_path, state, capsys):
     assert rep["counts"]["dicom"] == 2 and rep["counts"]["sent"] == 0
 
 
+def test_scan_fallbacks_are_counted_in_the_report(tmp_path, state, capsys):
+    """A file the fast scanner leaves to pydicom is still imported, and counted."""
+    disc = tmp_path / "disc"
+    padded = build_pdi(disc, n=3)[0]
+    padded.write_bytes(padded.read_bytes() + b"\0" * 8)  # trailing padding: not modelled
+    rc, rep = run_cli(capsys, "scan", str(disc), "--state-dir", str(state), "--scanner", "numba")
+    assert rc == 0 and rep["counts"]["dicom"] == 3
+    assert rep["counts"]["scan_fallbacks"] == 1 and rep["scan_fallbacks"] == {"trailing": 1}
+    rc, rep = run_cli(capsys, "scan", str(disc), "--state-dir", str(tmp_path / "s2"),
+                      "--scanner", "pydicom")
+    assert rc == 0 and rep["counts"]["scan_fallbacks"] == 0
+
+
 def test_unusable_medium_exits_2(tmp_path, state, capsys):
     bad = tmp_path / "garbage.iso"
     bad.write_bytes(os.urandom(70_000))

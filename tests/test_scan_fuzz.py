@@ -13,10 +13,18 @@ from __future__ import annotations
 import os
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
-from fixtures_dicom import make_ct, make_japanese_pn, make_nested, make_raw, pydicom_test_file
+from fixtures_dicom import (
+    make_ct,
+    make_deflated,
+    make_japanese_pn,
+    make_nested,
+    make_raw,
+    pydicom_test_file,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +102,23 @@ def scanners() -> tuple[NumbaScanner, PydicomScanner]:
     return fast, PydicomScanner()
 
 
+def _hold_to_oracle(result, reason: str, mutant: bytes, enc: str, ref: PydicomScanner,
+                    target: Path, stats: dict[str, int], ops) -> None:
+    """A fast answer must be the oracle's answer (the same Header, or a
+    Problem with the same code); a declined file must say why."""
+    if result is None:
+        assert reason
+        stats["declined"] += 1
+        return
+    stats["fast"] += 1
+    target.write_bytes(mutant)
+    oracle = ref.scan_one(target, enc)
+    if isinstance(oracle, Header):
+        assert result == oracle, (ops, result, oracle)
+    else:
+        assert isinstance(result, Problem) and result.code == oracle.code, (ops, result, oracle)
+
+
 def test_mutants_never_give_a_wrong_value(seeds, scanners, tmp_path: Path):
     fast, ref = scanners
     target = tmp_path / "mutant"
@@ -108,18 +133,40 @@ def test_mutants_never_give_a_wrong_value(seeds, scanners, tmp_path: Path):
         start = time.monotonic()
         result, reason = fast.scan_bytes(mutant, enc)
         assert time.monotonic() - start < 2, "the walk took too long"
-        if result is None:
-            assert reason
-            stats["declined"] += 1
-            return
-        stats["fast"] += 1
-        target.write_bytes(mutant)
-        oracle = ref.scan_one(target, enc)
-        if isinstance(oracle, Header):
-            assert result == oracle, (ops, result, oracle)
-        else:
-            assert isinstance(result, Problem) and result.code == oracle.code, (ops, result, oracle)
+        _hold_to_oracle(result, reason, mutant, enc, ref, target, stats, ops)
 
     check()
     # the mutants must exercise both outcomes, or the test proves little
     assert stats["fast"] > EXAMPLES // 20 and stats["declined"] > EXAMPLES // 20, stats
+
+
+def test_deflated_mutants_never_give_a_wrong_value(scanners, tmp_path: Path):
+    """The inflate-then-walk path: mutate the inflated body of a deflated
+    file, deflate it again, and hold the fast result to the oracle's."""
+    fast, ref = scanners
+    path = make_deflated(tmp_path / "seed")
+    data = path.read_bytes()
+    ds = _dataset_offset(data)
+    body = zlib.decompress(data[ds:], -zlib.MAX_WBITS)
+    target = tmp_path / "mutant"
+    stats = {"fast": 0, "declined": 0}
+
+    @settings(max_examples=max(EXAMPLES // 5, 100), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(ops=_OPS)
+    def check(ops: list[tuple[int, int, int]]) -> None:
+        z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        mutant = data[:ds] + z.compress(_mutate(body, ops)) + z.flush()
+        result, reason = fast.scan_bytes(mutant, "part10")
+        _hold_to_oracle(result, reason, mutant, "part10", ref, target, stats, ops)
+
+    check()
+    n = max(EXAMPLES // 5, 100)
+    assert stats["fast"] > n // 20 and stats["declined"] > n // 20, stats
+
+
+def _dataset_offset(data: bytes) -> int:
+    """End of the File Meta group of a Part 10 file (its group length)."""
+    assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"
+    (length,) = struct.unpack("<I", data[140:144])
+    return 144 + length

@@ -142,18 +142,45 @@ def test_generated_file_matches_the_oracle(tmp_path: Path, fast: NumbaScanner, m
 
 def test_good_generated_files_take_the_fast_path(tmp_path: Path):
     scanner = NumbaScanner()
-    paths = [maker(tmp_path / name) for name, maker in GOOD if name != "deflated"]
+    paths = [maker(tmp_path / name) for name, maker in GOOD]
     encs = [detect_encoding(p.read_bytes()[:65536]) for p in paths]
     results = scanner.scan(paths, encs)
     assert all(isinstance(r, Header) for r in results)
     assert scanner.fallbacks == 0, dict(scanner.fallback_reasons)
 
 
-def test_deflate_is_a_counted_fallback(tmp_path: Path):
+def test_deflated_files_are_inflated_and_take_the_fast_path(tmp_path: Path):
     scanner = NumbaScanner()
-    [header] = scanner.scan([make_deflated(tmp_path / "IM0001")], ["part10"])
-    assert isinstance(header, Header)
-    assert header.extra["scan_fallback"] == "deflate"
+    paths = [make_deflated(tmp_path / f"IM{n:04d}") for n in range(3)]
+    files, fallbacks = _compare(scanner, paths, ["part10"] * 3)
+    assert (files, fallbacks) == (3, 0)
+    assert scanner.fast == 3
+    header = scanner.scan(paths[:1], ["part10"])[0]
+    assert isinstance(header, Header) and header.transfer_syntax == "1.2.840.10008.1.2.1.99"
+    assert header.pixel_data_offset == -1  # not a file offset once inflated
+
+
+def test_deflate_stream_with_its_pad_byte(tmp_path: Path):
+    """PS3.5 §A.5: an odd-length stream is padded with one NUL byte."""
+    path = make_deflated(tmp_path / "IM0001")
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0" if len(data) % 2 else data)
+    scanner = NumbaScanner()
+    _compare(scanner, [path], ["part10"])
+    assert scanner.fallbacks == 0
+
+
+@pytest.mark.parametrize("damage", ["bomb", "truncated", "garbage_after"])
+def test_bad_deflate_streams_are_counted_fallbacks(tmp_path: Path, damage: str):
+    """What does not inflate cleanly and small is the reference path's to word."""
+    if damage == "bomb":
+        path = make_deflate_bomb(tmp_path / "IM0001", inflated=8 << 20)
+    else:
+        path = make_deflated(tmp_path / "IM0001")
+        data = path.read_bytes()
+        path.write_bytes(data[:-40] if damage == "truncated" else data + b"JUNKJUNK")
+    scanner = NumbaScanner()  # the fast path inflates at most 4 MiB
+    _compare(scanner, [path], ["part10"])
     assert scanner.fallbacks == 1 and scanner.fallback_reasons["deflate"] == 1
 
 

@@ -30,7 +30,7 @@ import shutil
 import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -84,7 +84,9 @@ class Inventory:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
-    fallbacks: int = 0
+    #: headers the fast scanner left to the pydicom path, by reason (a file
+    #: both paths reject is a Problem instead, and not counted here)
+    scan_fallbacks: Counter[str] = field(default_factory=Counter)
 
 
 class Importer:
@@ -390,6 +392,9 @@ class Importer:
             return
         for code in res.warnings:
             inv.problems.append(Problem(code, path, ""))
+        reason = res.extra.get("scan_fallback")
+        if reason:
+            inv.scan_fallbacks[reason] += 1
         inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
         try:
             inst.send_sha256 = self._sendable(sha, res)

@@ -61,6 +61,7 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
         "already_sent": sum(1 for i in inv.instances if i.previously_sent),
         "ignored": len(inv.ignored),
         "problems": len(inv.problems),
+        "scan_fallbacks": sum(inv.scan_fallbacks.values()),
     }
     kinds = {i.kind for i in inv.instances}
     return {
@@ -84,6 +85,7 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
         "ignored": [{"path": p, "reason": r} for p, r in inv.ignored],
         "converted": inv.converted,
         "problems": [p.as_dict() for p in inv.problems],
+        "scan_fallbacks": dict(sorted(inv.scan_fallbacks.items())),
     }
 
 
@@ -152,6 +154,10 @@ def summary(report: dict[str, Any]) -> str:
         f" (already there {c['already_sent']}), failed {c['failed']}, held {c['held']},"
         f" other content {c['other_content']}, problems {c['problems']}",
     ]
+    fallbacks = report.get("scan_fallbacks") or {}
+    if fallbacks:
+        lines.append(f"  header scan: {sum(fallbacks.values())} file(s) read by the pydicom path ("
+                     + ", ".join(f"{k} {v}" for k, v in fallbacks.items()) + ")")
     for p in report["patients"]:
         n = sum(se["instances"] for st in p["studies"] for se in st["series"])
         lines.append(f"  patient {p['id']} {p['name']}: {len(p['studies'])} studies, "

@@ -13,8 +13,8 @@ bytes). For each file the walker
   a 500 MB file costs its element count,
 * validates exactly what :mod:`pdimport.scan.walker` validates, and more
   strictly: whatever the Python walker would reject or only warn about, and
-  whatever this walker does not model (deflate, trailing padding, unsorted
-  tags, ...) ends the walk with ``FALLBACK`` so the caller hands the file to
+  whatever this walker does not model (trailing padding, unsorted tags,
+  ...) ends the walk with ``FALLBACK`` so the caller hands the file to
   the reference path (walker + pydicom), which then decides,
 * records the value offsets of the wanted top-level attributes, the text
   elements that are not plain ASCII (for the Specific Character Set check,
@@ -66,6 +66,9 @@ TS_EXPLICIT_LE = 1
 TS_EXPLICIT_BE = 2
 TS_DEFLATED = 3
 TS_OTHER = 4  # any other UID: explicit VR LE (encapsulated syntaxes, PS3.5 §A.4)
+
+#: mode bit: the body after the File Meta is already inflated (see walk_one)
+INFLATED = 8
 
 # ------------------------------------------------------------- fallback reasons
 R_NONE = 0
@@ -347,8 +350,15 @@ def walk_one(b, blen, size, mode, max_nesting, i, meta_tags, ds_tags, out_off, o
     """Walk one file; fill row ``i`` of the output arrays; return the status.
 
     ``mode``: 0 Part 10, 1 implicit VR LE, 2 explicit VR LE, 3 explicit VR
-    BE (a dataset without preamble, PS3.10 §7.1 / PS3.5 §A.1–A.3).
+    BE (a dataset without preamble, PS3.10 §7.1 / PS3.5 §A.1–A.3), plus
+    :data:`INFLATED` when the caller has already inflated a Deflated
+    Explicit VR LE body (PS3.5 §A.5) in place after the File Meta: the
+    dataset is then walked as explicit VR LE. Without that bit a deflated
+    file ends with ``R_DEFLATE`` and the caller inflates it.
     """
+    inflated = mode >= INFLATED
+    if inflated:
+        mode -= INFLATED
     nm = meta_tags.shape[0]
     for k in range(out_off.shape[1]):
         out_off[i, k] = -1
@@ -392,7 +402,7 @@ def walk_one(b, blen, size, mode, max_nesting, i, meta_tags, ds_tags, out_off, o
     info[i, I_TS] = ts
     info[i, I_DSOFF] = ds
     info[i, I_HASMETA] = 1 if has_meta else 0
-    if ts == TS_DEFLATED:
+    if ts == TS_DEFLATED and not inflated:
         return _fail(info, i, R_DEFLATE)
     little = ts != TS_EXPLICIT_BE
     implicit = ts == TS_IMPLICIT

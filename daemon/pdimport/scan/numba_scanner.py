@@ -19,7 +19,9 @@ How one batch goes (performance notes §1):
    looked up by an exact byte key; only the per-instance UIDs and numbers
    are decoded per file (fast paths for plain UI/IS values, proven equal to
    pydicom by tests/test_scan_numba.py);
-4. anything the fast path does not model or finds wrong (deflate, padding,
+4. a deflated body (PS3.5 §A.5) is inflated in Python, bounded, and walked
+   again as explicit VR LE;
+5. anything the fast path does not model or finds wrong (padding,
    unsorted tags, any structural error, ...) goes to the reference path, which
    then decides the Problem code: a fast result is only ever returned for a
    file the reference path would accept with the same values.
@@ -31,6 +33,7 @@ carries ``extra["scan_fallback"]`` = the reason.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -38,7 +41,7 @@ import threading
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -335,8 +338,14 @@ class NumbaScanner:
         w.run(np.zeros(1, dtype=np.int64), self.max_nesting)
         status = int(w.info[0, 0])
         if status != 0:
-            return None, self._reason(w, 0)
-        res = self._decode_safe(w, 0)
+            reason = self._reason(w, 0)
+            if reason != "deflate":
+                return None, reason
+            from . import _nbwalk as nb
+
+            res = self._scan_inflated(io.BytesIO(data), int(w.modes[0]), int(w.info[0, nb.I_DSOFF]))
+        else:
+            res = self._decode_safe(w, 0)
         if isinstance(res, str):
             return None, res
         return res, ""
@@ -400,7 +409,7 @@ class NumbaScanner:
             elif st == 1:  # NEED_MORE
                 grow.append(i)
             else:
-                results[i] = self._fallback(paths[i], encodings[i], self._reason(w, i))
+                self._walk_failed(w, i, paths, encodings, results)
         if len(grow) * 4 > len(todo):
             # a series with long headers (MR CSA blobs): read more at once
             # from the next batch on instead of reading most files twice
@@ -462,8 +471,53 @@ class NumbaScanner:
             elif status == nb.NEED_MORE and g.lens[k] < g.sizes[k]:
                 more.append((i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), files[k][2]))
             else:
-                results[i] = self._fallback(paths[i], encodings[i], self._reason(g, k))
+                self._walk_failed(g, k, paths, encodings, results, row=i)
         return more
+
+    def _walk_failed(self, w: _Walked, k: int, paths: list[Path], encodings: list[str],
+                     results: list[Header | Problem | None], row: int | None = None) -> None:
+        """Row ``k`` of ``w`` (file ``row``, default ``k``) ended the walk:
+        a deflated body is inflated and walked again, anything else goes to
+        the reference path."""
+        from . import _nbwalk as nb
+
+        i = k if row is None else row
+        reason = self._reason(w, k)
+        if reason == "deflate":
+            try:
+                with open(paths[i], "rb") as fp:
+                    res = self._scan_inflated(fp, int(w.modes[k]), int(w.info[k, nb.I_DSOFF]))
+            except OSError:
+                res = "read"
+            results[i] = self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+        else:
+            results[i] = self._fallback(paths[i], encodings[i], reason)
+
+    def _scan_inflated(self, fp: BinaryIO, mode: int, ds_offset: int) -> Header | Problem | str:
+        """A Deflated Explicit VR LE file (PS3.5 §A.5): File Meta plus the
+        inflated body in one buffer, walked as explicit VR LE. Bodies that
+        do not inflate cleanly within :data:`MAX_PREFIX` (or
+        ``limits.max_inflate``) go to the reference path, which words the
+        problem (``deflate_bomb``, ``truncated``, ``ts_mismatch``)."""
+        from . import _nbwalk as nb
+
+        cap = min(MAX_PREFIX, walker._limit(self.limits, "max_inflate", MAX_PREFIX))
+        data = _inflate(fp, ds_offset, cap)
+        if data is None:
+            return "deflate"
+        g = _Walked(1, max(len(data), 1))
+        g.buf[0, :len(data)] = np.frombuffer(data, dtype=np.uint8)
+        g.lens[0] = g.sizes[0] = len(data)
+        g.modes[0] = mode + nb.INFLATED
+        g.run(np.zeros(1, dtype=np.int64), self.max_nesting)
+        if g.info[0, nb.I_STATUS] != nb.OK:
+            return "deflate" if g.info[0, nb.I_STATUS] == nb.NEED_MORE else self._reason(g, 0)
+        res = self._decode_safe(g, 0)
+        if isinstance(res, Header):
+            # offsets in an inflated stream are not file offsets (as the
+            # reference path reports it: no Pixel Data position)
+            res.pixel_data_offset = -1
+        return res
 
     @staticmethod
     def _reason(w: _Walked, i: int) -> str:
@@ -755,6 +809,39 @@ def _file_size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def _inflate(fp: BinaryIO, offset: int, cap: int) -> bytes | None:
+    """The first ``offset`` bytes of ``fp`` followed by the raw-deflate
+    (RFC 1951) stream that starts there, inflated; None when the stream is
+    corrupt, ends early, has bytes after its end (but the one pad byte) or
+    inflates to more than ``cap`` bytes (the reference path then decides)."""
+    import zlib
+
+    try:
+        fp.seek(0)
+        head = fp.read(offset)
+        if len(head) != offset:
+            return None
+        d = zlib.decompressobj(-zlib.MAX_WBITS)
+        out = [head]
+        room = cap
+        while not d.eof:
+            chunk = d.unconsumed_tail or fp.read(1 << 16)
+            if not chunk:
+                return None
+            piece = d.decompress(chunk, room + 1)
+            room -= len(piece)
+            if room < 0:
+                return None
+            out.append(piece)
+        # PS3.5 §A.5: one NUL byte pads a stream of odd length
+        rest = d.unused_data + fp.read(2)
+        if rest not in (b"", b"\0"):
+            return None
+    except (OSError, zlib.error):
+        return None
+    return b"".join(out)
 
 
 def _read_prefix(path: Path, row: np.ndarray) -> tuple[int, int] | None:

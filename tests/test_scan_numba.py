@@ -192,6 +192,18 @@ def test_series_in_batches_with_a_bad_file(tmp_path: Path, fast: NumbaScanner):
     _compare(fast, paths, encs)
 
 
+def test_split_batches_match_the_reference(tmp_path: Path, fast: NumbaScanner):
+    """Several full batches, read partly by the reader thread and partly by
+    the caller, with unreadable and broken files in both parts."""
+    paths = make_ct_series(tmp_path / "S", 700, rows=4, cols=4)
+    for at in (20, 300, 500, 690):  # reader's and caller's rows of three batches
+        paths.insert(at, tmp_path / f"missing{at}")
+    for at in (260, 510, 699):
+        paths.insert(at, make_truncated_header(tmp_path / f"bad{at}"))
+    files, _ = _compare(fast, paths, ["part10"] * len(paths))
+    assert files == 707
+
+
 def test_long_headers_are_read_again(tmp_path: Path):
     """A 20 kB private block before the image: re-read, not a fallback."""
     scanner = NumbaScanner(prefix=1024)

@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -161,10 +162,155 @@ class _Tables:
                     np.array(META_LIST, dtype=np.int64),
                     np.array(DS_LIST, dtype=np.int64),
                     np.array(_KEY_COLS, dtype=np.int64),
+                    np.array([_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER],
+                              _META_COL[_MS_INSTANCE]], dtype=np.int64),
                     nb.vr_table(),
                     *nb.dictionary_tables(),
                 )
             return cls._value
+
+
+#: Files in the first batch of a scan (see NumbaScanner.scan).
+FIRST_BATCH = 16
+
+
+def _batch_bounds(n: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of ``n`` files: a small first batch, then
+    :data:`BATCH` at a time."""
+    out = []
+    start = 0
+    while start < n:
+        end = min(n, start + (FIRST_BATCH if start == 0 and n > BATCH else BATCH))
+        out.append((start, end))
+        start = end
+    return out
+
+
+#: O_NONBLOCK: a FIFO where a file was expected must not hang the scan.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+class _Batch:
+    """One batch of a scan: its files, buffer and results, and the thread
+    that reads and walks it while the previous batch is decoded."""
+
+    def __init__(self, w: _Walked, paths: list[Path], encodings: list[str]) -> None:
+        self.w = w
+        self.paths = paths
+        self.encodings = encodings
+        self.results: list[Header | Problem | None] = [None] * len(paths)
+        self.names = np.zeros(1, dtype=np.uint8)
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.per_file = 0.0
+        self._error: BaseException | None = None
+
+    def read_walk(self, max_nesting: int, rows: np.ndarray | None = None) -> float:
+        """Read and walk ``rows`` (default: all) in one numba call without
+        the GIL; returns the seconds it took per file. Two threads may walk
+        disjoint rows of one batch at once: every output is per row."""
+        nb = _nb()
+        w = self.w
+        w.invalidate(self.rows)
+        rows = self.rows if rows is None else rows
+        meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
+        start = time.perf_counter()
+        nb.read_walk_batch(self.names, self.starts, _OPEN_FLAGS, w.buf, w.lens, w.sizes, w.modes,
+                           rows, max_nesting, meta, ds, keycols, idcols, w.off, w.len, w.vr,
+                           w.info, w.nonplain, w.key, vrt, dtags, dcls, m1, m2, mcls)
+        return (time.perf_counter() - start) / max(len(rows), 1)
+
+    def start(self, max_nesting: int, rows: np.ndarray) -> None:
+        """:meth:`read_walk` of ``rows`` in a thread of its own; returns once
+        that thread holds no GIL, so the caller gets the GIL straight back
+        (a thread that waits for the GIL may otherwise wait a whole switch
+        interval, 5 ms). A thread per batch measured faster than one
+        long-lived reader fed through a queue (MR corpus: 4.5 vs 6.5 ms)."""
+
+        def run() -> None:
+            self.started.set()
+            try:
+                self.per_file = self.read_walk(max_nesting, rows)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by join() in the caller
+                self._error = exc
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, name="pdimport-scan-read", daemon=True).start()
+        self.started.wait()
+
+    def join(self) -> None:
+        """Wait for the reader thread to finish its rows of this batch."""
+        self.done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class _Split:
+    """How much of the next batch the calling thread reads and walks itself
+    once it has decoded the current one, so that neither thread idles:
+    with ``r`` the per-file read-and-walk time and ``d`` the per-file
+    decode time, the caller takes ``(r - d) / 2r`` of the files (none when
+    decoding is the slower part). Both times are measured as the scan goes."""
+
+    #: decode/read before anything is measured: about what the CT and MR
+    #: corpora of bench/bench_scan.py show (decode 2-3 µs, read 6-9 µs a file)
+    PRIOR = 0.3
+    #: batches smaller than this do not teach the decode time (the first
+    #: one of a series also builds its template: ~1 ms)
+    LEARN_FROM = 64
+
+    def __init__(self) -> None:
+        self.read = 0.0
+        self.decode = 0.0
+
+    def cut(self, n: int, decoding: int) -> int:
+        """Rows ``[:cut]`` of the next batch (``n`` files) go to the reader
+        thread, the rest to the caller, who first decodes ``decoding`` files
+        (a small first batch: mostly template building, time enough for
+        the reader to take the whole next batch)."""
+        if decoding < self.LEARN_FROM:
+            return n
+        ratio = self.decode / self.read if self.read > 0.0 and self.decode > 0.0 else self.PRIOR
+        share = min(0.5, max(0.0, (1.0 - ratio) / 2))
+        return n - int(share * n)
+
+    def saw(self, read: float, decode: float, files: int) -> None:
+        if read > 0.0:
+            self.read = read if self.read == 0.0 else 0.5 * (self.read + read)
+        if files >= self.LEARN_FROM:
+            self.decode = decode if self.decode == 0.0 else 0.5 * (self.decode + decode)
+
+
+class _Pool:
+    """Batch buffers kept for the next scan in this process (the daemon's
+    next disc, the next chunk of a prescan): a 256-row buffer is 2-16 MiB,
+    and touching fresh pages costs about as much as reading the MR corpus'
+    headers (bench/bench_scan.py: 5.6 vs 3.7 ms). At most :data:`KEEP`
+    are kept; a buffer is only ever in one scan at a time."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[_Walked] = []
+
+    def take(self, width: int) -> _Walked:
+        with self._lock:
+            for k, w in enumerate(self._free):
+                if w.buf.shape[1] == width:
+                    return self._free.pop(k)
+        return _Walked(BATCH, width)
+
+    def give(self, w: _Walked) -> None:
+        with self._lock:
+            self._free.append(w)
+            del self._free[:-self.KEEP]
+
+
+_POOL = _Pool()
 
 
 class _Walked:
@@ -185,9 +331,9 @@ class _Walked:
         self.nonplain = np.zeros((n, nb.MAX_NONPLAIN, 4), dtype=np.int64)
         self.key = np.zeros((n, KEY_WIDTH), dtype=np.uint8)
         self.width = width
-        self.rows = [memoryview(self.buf[k]) for k in range(n)]  # readv targets
 
         self._view: _View | None = None
+        self.walked = np.zeros(0, dtype=np.int64)
 
     def view(self) -> _View:
         """Python-side snapshot of the last walk (bytes and the few columns
@@ -197,21 +343,27 @@ class _Walked:
             self._view = _View(self)
         return self._view
 
+    def invalidate(self, rows: np.ndarray) -> None:
+        """Forget the view of the last walk: ``rows`` are about to change."""
+        self._view = None
+        self.walked = rows
+
     def run(self, rows: np.ndarray, max_nesting: int) -> None:
         from . import _nbwalk as nb
 
-        self._view = None
+        self.invalidate(rows)
 
-        meta, ds, keycols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
+        meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
         nb.walk_batch(self.buf, self.lens, self.sizes, self.modes, rows, max_nesting, meta, ds,
-                      keycols, self.off, self.len, self.vr, self.info, self.nonplain, self.key,
-                      vrt, dtags, dcls, m1, m2, mcls)
+                      keycols, idcols, self.off, self.len, self.vr, self.info, self.nonplain,
+                      self.key, vrt, dtags, dcls, m1, m2, mcls)
 
 
 class _View:
     """See :meth:`_Walked.view`."""
 
-    __slots__ = ("data", "dsoff", "inst", "keys", "klen", "kwidth", "pdoff", "width")
+    __slots__ = ("data", "dsoff", "inst", "keys", "klen", "kwidth", "numlen", "pdoff", "prev",
+                 "same", "soplen", "width")
 
     def __init__(self, w: _Walked) -> None:
         from . import _nbwalk as nb
@@ -220,19 +372,27 @@ class _View:
         stacked = np.stack([w.off[:, cols[0]], w.len[:, cols[0]], w.vr[:, cols[0]],
                             w.off[:, cols[1]], w.len[:, cols[1]], w.vr[:, cols[1]],
                             w.off[:, cols[2]], w.len[:, cols[2]]], axis=1)
-        # copy only the bytes up to the last per-instance value, not the rows
-        ends = np.maximum.reduce([stacked[:, 0] + stacked[:, 1], stacked[:, 3] + stacked[:, 4],
-                                  stacked[:, 6] + stacked[:, 7]])
-        # (rows not walked this time hold stale values: clamp to the buffer)
-        self.width = min(max(int(ends.max()), 1), w.buf.shape[1])
+        # copy only the bytes up to the last per-instance value, not the
+        # rows, judged by the rows this walk found good (the others hold
+        # stale or no values)
+        good = w.walked[w.info[w.walked, nb.I_STATUS] == nb.OK]
+        ends = np.maximum.reduce([stacked[good, 0] + stacked[good, 1],
+                                  stacked[good, 3] + stacked[good, 4],
+                                  stacked[good, 6] + stacked[good, 7]])
+        self.width = min(max(int(ends.max(initial=1)), 1), w.buf.shape[1])
         self.data = w.buf[:, :self.width].tobytes()
         klen = w.info[:, nb.I_KLEN]
-        self.kwidth = min(max(int(klen.max()), 1), KEY_WIDTH)
+        self.kwidth = min(max(int(klen[good].max(initial=1)), 1), KEY_WIDTH)
         self.keys = w.key[:, :self.kwidth].tobytes()
         self.klen = klen.tolist()
         self.dsoff = w.info[:, nb.I_DSOFF].tolist()
         self.pdoff = w.info[:, nb.I_PDOFF].tolist()
         self.inst = stacked.tolist()
+        self.same = w.info[:, nb.I_SAMEKEY].tolist()
+        self.soplen = w.info[:, nb.I_SOPLEN].tolist()
+        self.numlen = w.info[:, nb.I_NUMLEN].tolist()
+        #: the template of the row decoded last (rows are decoded in walk order)
+        self.prev: _Template | None = None
 
 
 class _Template:
@@ -288,7 +448,6 @@ class NumbaScanner:
         self._memo: dict[tuple[Any, ...], tuple[str, bool, str]] = {}
         self._templates: dict[bytes, _Template] = {}
         self._encodings_memo: dict[tuple[Any, ...], Any] = {}
-        self._local = threading.local()
         #: Files handed to the reference path, in total and by reason.
         self.fallbacks = 0
         self.fallback_reasons: Counter[str] = Counter()
@@ -297,28 +456,79 @@ class NumbaScanner:
 
     # ------------------------------------------------------------ plugin
     def is_available(self) -> bool:
-        """numba imports and the walker compiles (or loads from its cache)."""
+        """numba imports, the walker and the reader compile (or load from
+        the cache) and a probe file reads and walks as valid."""
+        import tempfile
+
         try:
             from . import _nbwalk  # noqa: F401
 
             probe = _probe_file()
             w = _Walked(1, len(probe))
-            w.buf[0, :] = np.frombuffer(probe, dtype=np.uint8)
-            w.lens[0] = w.sizes[0] = len(probe)
-            w.run(np.zeros(1, dtype=np.int64), self.max_nesting)
-            return bool(w.info[0, 0] == 0)
+            with tempfile.NamedTemporaryFile(prefix="pdimport-probe-") as fp:
+                fp.write(probe)
+                fp.flush()
+                b = _Batch(w, [Path(fp.name)], ["part10"])
+                b.names = np.frombuffer(os.fsencode(fp.name) + b"\0", dtype=np.uint8)
+                b.starts = np.zeros(1, dtype=np.int64)
+                b.rows = np.zeros(1, dtype=np.int64)
+                b.read_walk(self.max_nesting)
+            return bool(w.info[0, 0] == 0 and w.lens[0] == len(probe))
         except Exception as exc:  # noqa: BLE001 - any failure means "use another backend"
             log.info("numba scanner unavailable: %r", exc)
             return False
 
     # ------------------------------------------------------------ scanning
     def scan(self, paths: list[Path], encodings: list[str]) -> list[Header | Problem]:
-        """One :class:`Header` or :class:`Problem` per path, in order."""
+        """One :class:`Header` or :class:`Problem` per path, in order.
+
+        Batches are pipelined: while Python decodes the values of batch
+        ``k``, a thread reads and walks batch ``k + 1`` in one numba call
+        that holds no GIL; the caller then reads and walks the tail of
+        batch ``k + 1`` itself, as much as keeps both threads busy
+        (:class:`_Split`). The first batch is small, so that a series with
+        long headers (MR) teaches the prefix width before most files are
+        read with it.
+        """
         if len(paths) != len(encodings):
             raise ValueError("paths and encodings differ in length")
+        bounds = _batch_bounds(len(paths))
+        if not bounds:
+            return []
+        slots: list[_Walked | None] = [None, None]  # one decoded, one being read
+        try:
+            return self._scan(paths, encodings, bounds, slots)
+        finally:
+            for w in slots:
+                if w is not None:
+                    _POOL.give(w)
+
+    def _scan(self, paths: list[Path], encodings: list[str], bounds: list[tuple[int, int]],
+              slots: list[_Walked | None]) -> list[Header | Problem]:
         out: list[Header | Problem] = []
-        for start in range(0, len(paths), BATCH):
-            out.extend(self._scan_batch(paths[start:start + BATCH], encodings[start:start + BATCH]))
+        split = _Split()
+        cur = self._prepare(slots, 0, paths, encodings, *bounds[0])
+        cur.read_walk(self.max_nesting)
+        for k in range(len(bounds)):
+            self._learn(cur)
+            nxt = None
+            if k + 1 < len(bounds):
+                nxt = self._prepare(slots, (k + 1) % 2, paths, encodings, *bounds[k + 1])
+                cut = split.cut(len(nxt.rows), len(cur.rows))
+                nxt.start(self.max_nesting, nxt.rows[:cut])
+            try:
+                start = time.perf_counter()
+                out.extend(self._finish(cur))
+                decode = (time.perf_counter() - start) / max(len(cur.rows), 1)
+                if nxt is not None and cut < len(nxt.rows):
+                    nxt.read_walk(self.max_nesting, nxt.rows[cut:])
+            finally:
+                # never leave a reader writing into buffers the next scan reuses
+                if nxt is not None:
+                    nxt.join()
+            if nxt is not None:
+                split.saw(nxt.per_file, decode, len(cur.rows))
+                cur = nxt
         return out
 
     def scan_bytes(self, data: bytes, encoding: str = "part10") -> tuple[Header | Problem | None, str]:
@@ -350,71 +560,68 @@ class NumbaScanner:
             return None, res
         return res, ""
 
-    def _buffers(self, n: int) -> _Walked:
-        w = getattr(self._local, "walked", None)
+    def _prepare(self, slots: list[_Walked | None], slot: int, paths: list[Path],
+                 encodings: list[str], start: int, end: int) -> _Batch:
+        """A batch ready to read: its buffer (at the current prefix width),
+        the NUL-terminated file names and walk modes."""
+        w = slots[slot]
         if w is None or w.buf.shape[1] != self.prefix:
-            w = self._local.walked = _Walked(BATCH, self.prefix)
-        return w
-
-    def _scan_batch(self, paths: list[Path], encodings: list[str]) -> list[Header | Problem]:
-        n = len(paths)
-        w = self._buffers(n)
-        results: list[Header | Problem | None] = [None] * n
-        todo: list[int] = []
-        lens: list[int] = []
-        sizes: list[int] = []
+            if w is not None:
+                _POOL.give(w)
+            w = slots[slot] = _POOL.take(self.prefix)
+        b = _Batch(w, paths[start:end], encodings[start:end])
+        names: list[bytes] = []
+        starts = np.zeros(len(b.paths), dtype=np.int64)
+        at = 0
+        rows: list[int] = []
         modes: list[int] = []
-        rows = w.rows
-        # the read loop is the floor of the whole scan (performance notes
-        # §1: ~10 µs of syscalls per file); keep Python work out of it
-        for i, path in enumerate(paths):
-            mode = _MODES.get(encodings[i], -1)
+        for i, (path, enc) in enumerate(zip(b.paths, b.encodings)):
+            mode = _MODES.get(enc, -1)
+            name = os.fsencode(path)
             if mode < 0:
-                results[i] = self._fallback(path, encodings[i], "encoding")
+                b.results[i] = self._fallback(path, enc, "encoding")
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                results[i] = self._fallback(path, encodings[i], "read")
+            if b"\0" in name:  # the C call would open a shorter name
+                b.results[i] = self._fallback(path, enc, "read")
                 continue
-            try:
-                size = os.fstat(fd).st_size
-                want = min(size, w.width)
-                got = os.readv(fd, [rows[i]]) if want else 0
-                if got < want:
-                    got = _read_rest(fd, rows[i], got, want)
-            except OSError:
-                got = -1
-            finally:
-                os.close(fd)
-            if got < 0:
-                results[i] = self._fallback(path, encodings[i], "read")
-                continue
-            todo.append(i)
-            lens.append(want)
-            sizes.append(size)
+            names.append(name)
+            starts[i] = at
+            at += len(name) + 1
+            rows.append(i)
             modes.append(mode)
-        idx = np.array(todo, dtype=np.int64)
-        w.lens[idx] = lens
-        w.sizes[idx] = sizes
-        w.modes[idx] = modes
-        w.run(idx, self.max_nesting)
-        status = w.info[:, _nb().I_STATUS].tolist()
+        b.names = np.frombuffer(b"\0".join(names) + b"\0", dtype=np.uint8)
+        b.starts = starts
+        b.rows = np.array(rows, dtype=np.int64)
+        w.modes[b.rows] = modes
+        return b
+
+    def _learn(self, b: _Batch) -> None:
+        """A batch mostly of long headers (MR CSA blobs): read more at once
+        from the next batch on instead of reading most files twice."""
+        nb = _nb()
+        info = b.w.info
+        need = [int(info[i, nb.I_NEED]) for i in b.rows.tolist()
+                if info[i, nb.I_STATUS] == nb.NEED_MORE]
+        if len(need) * 4 > len(b.rows):
+            self.prefix = min(GROUP_PREFIX, max(self.prefix, 1 << (max(need) - 1).bit_length()))
+
+    def _finish(self, b: _Batch) -> list[Header | Problem]:
+        """Decode a walked batch; re-read the files that need more."""
+        nb = _nb()
+        w, paths, encodings, results = b.w, b.paths, b.encodings, b.results
+        status = w.info[:, nb.I_STATUS].tolist()
         grow: list[int] = []
-        for i in todo:
+        for i in b.rows.tolist():
             st = status[i]
-            if st == 0:  # OK
+            if st == nb.OK:
                 res = self._decode_safe(w, i)
                 results[i] = self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
-            elif st == 1:  # NEED_MORE
+            elif st == nb.NEED_MORE:
                 grow.append(i)
+            elif st == nb.READ_FAILED:
+                results[i] = self._fallback(paths[i], encodings[i], "read")
             else:
                 self._walk_failed(w, i, paths, encodings, results)
-        if len(grow) * 4 > len(todo):
-            # a series with long headers (MR CSA blobs): read more at once
-            # from the next batch on instead of reading most files twice
-            need = max(int(w.info[i, _nb().I_NEED]) for i in grow)
-            self.prefix = min(GROUP_PREFIX, max(self.prefix, 1 << (need - 1).bit_length()))
         if grow:
             self._regrow(w, grow, paths, encodings, results)
         return results  # type: ignore[return-value]
@@ -551,8 +758,8 @@ class NumbaScanner:
         one memo lookup, three small values, the identity check."""
         v = w.view()
         klen = v.klen[i]
-        tpl = None
-        if klen >= 0:
+        tpl = v.prev if v.same[i] else None  # the walker compared the keys
+        if tpl is None and klen >= 0:
             key = v.keys[i * v.kwidth:i * v.kwidth + klen]
             tpl = self._templates.get(key)
         if tpl is None:
@@ -561,10 +768,20 @@ class NumbaScanner:
                 if len(self._templates) >= _TEMPLATE_MAX:
                     self._templates.clear()
                 self._templates[key] = tpl
+        v.prev = tpl
         if tpl.fallback:
             return tpl.fallback
         base = i * v.width
         sop_off, sop_len, sop_vr, num_off, num_len, num_vr, ms_off, ms_len = v.inst[i]
+        soplen, numlen = v.soplen[i], v.numlen[i]
+        if soplen > 0 and numlen != -1 and tpl.ids_ok:
+            # both values proven plain by the walker (_nbwalk.plain_ids)
+            if tpl.problem is not None:
+                return tpl.problem
+            sop = v.data[base + sop_off:base + sop_off + soplen].decode("ascii")
+            number = (v.data[base + num_off:base + num_off + numlen].decode("ascii")
+                      if numlen > 0 else "")
+            return self._header(tpl, v, i, sop, number, tpl.suspect)
         sop_raw = v.data[base + sop_off:base + sop_off + sop_len] if sop_off >= 0 else None
         num_raw = v.data[base + num_off:base + num_off + num_len] if num_off >= 0 else None
         sop, warned, failed = self._field(_SOP_INSTANCE, sop_vr, sop_raw, tpl)
@@ -589,6 +806,10 @@ class NumbaScanner:
                 _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)
             except FileProblem as exc_:
                 return Problem(exc_.code, "", exc_.detail)
+        return self._header(tpl, v, i, sop, number, suspect)
+
+    def _header(self, tpl: _Template, v: _View, i: int, sop: str, number: str,
+                suspect: bool) -> Header:
         d = tpl.base.copy()
         d["sop_instance_uid"] = sop
         d["instance_number"] = number

@@ -195,6 +195,20 @@ class Journal:
         self._exec("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
                    (job_id, seq, path, size, sha256, state, code, detail))
 
+    def record_files(self, job_id: str,
+                     rows: list[tuple[int, str, int, str | None, str, str, str]]) -> None:
+        """:meth:`record_file` for ``(seq, path, size, sha256, state, code,
+        detail)`` rows, in one transaction (one commit, one WAL sync)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                                     [(job_id, *r) for r in rows])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def files(self, job_id: str) -> list[FileRecord]:
         return [FileRecord(*r) for r in self._rows(
             "SELECT seq, path, size, sha256, state, code, detail FROM files WHERE job_id=? "

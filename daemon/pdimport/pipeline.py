@@ -56,6 +56,9 @@ _SCAN_BATCH = 256
 _PRESCAN_QUEUE = 1024
 #: 1 MiB chunks read from the medium but not yet in the spool (memory bound).
 _WRITE_QUEUE = 32
+#: Largest group of files the spool writer commits at once (SpoolWriter).
+_GROUP_FILES = 64
+_GROUP_BYTES = 256 << 20
 #: Most files whose scan results one job keeps in memory (about 2 kB each);
 #: past it phase 2 scans the rest from the spool.
 _PRESCAN_MAX_FILES = 200_000
@@ -586,13 +589,21 @@ class _Abandoned(Exception):
 
 
 class SpoolWriter(threading.Thread):
-    """Hashes, writes, fsyncs and journals the files the reader streams to it.
+    """Hashes, writes, syncs and journals the files the reader streams to it.
 
-    A drive that waits while we fsync loses its streaming rate (and a real
+    A drive that waits while we sync loses its streaming rate (and a real
     one may lose a revolution); with this thread the reader only reads.
     Chunks pass through a bounded queue, so memory is bounded
     (``_WRITE_QUEUE`` chunks of 1 MiB) whatever the file sizes. Files are
     journaled in the order they were read.
+
+    Group commit: a file is journaled (and handed on) only once it is
+    durable in the spool, but when the reader is ahead (a fast source: an
+    ISO image, a USB stick, a folder) the files written meanwhile are made
+    durable and journaled together, at most ``_GROUP_FILES`` files or
+    ``_GROUP_BYTES`` bytes at a time (one ``syncfs`` and one journal commit
+    instead of two fsyncs and a commit per file). A slow drive leaves the
+    queue empty after every file, which then commits alone at once.
 
     Parameters
     ----------
@@ -614,6 +625,8 @@ class SpoolWriter(threading.Thread):
         self._on_spooled = on_spooled
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(_WRITE_QUEUE)
         self.error: BaseException | None = None
+        self._group: list[tuple[int, Any, Any]] = []  # (seq, entry, Staged)
+        self._group_bytes = 0
 
     # -- reader side
     def begin(self, seq: int, entry: Any) -> None:
@@ -651,39 +664,69 @@ class SpoolWriter(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - handed to the reader
             log.exception("spool writer failed")
             self.error = exc
+            self._spool.discard([st for _, _, st in self._group])
+            self._group.clear()
             self._discard()
 
     def _serve(self) -> None:
         while True:
+            if self._group and (self._queue.empty() or len(self._group) >= _GROUP_FILES
+                                or self._group_bytes >= _GROUP_BYTES):
+                self._commit_group()
             msg = self._queue.get()
             if msg[0] in ("stop", "abandon"):
+                self._commit_group()  # whole files already read are kept
                 return
             if msg[0] == "spooled":
+                self._commit_group()  # keep the hand-on order
                 self._on_spooled(msg[1], msg[2])
             elif msg[0] == "begin":
                 if not self._write_entry(msg[1], msg[2]):
+                    self._commit_group()
                     return
 
     def _write_entry(self, seq: int, entry: Any) -> bool:
-        """Store one entry; False when the read was abandoned meanwhile."""
+        """Stage one entry; False when the read was abandoned meanwhile."""
         try:
-            sha, size = self._spool.put(self._chunks())
+            staged = self._spool.stage(self._chunks())
         except _Abandoned:
             return False
         except _EntryFailed as exc:
+            self._commit_group()
             self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
                                       exc.code, exc.detail)
             return True
         except OSError as exc:
+            self._commit_group()
             self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
                                       "unreadable_sector", str(exc))
             return True
-        self._journal.record_file(self._job_id, seq, entry.path, size, sha, "read")
-        self._on_spooled(entry.path, sha)
+        self._group.append((seq, entry, staged))
+        self._group_bytes += staged.size
         return True
+
+    def _commit_group(self) -> None:
+        """Make the staged files durable, journal them, hand them on."""
+        if not self._group:
+            return
+        group, self._group, self._group_bytes = self._group, [], 0
+        try:
+            self._spool.commit([st for _, _, st in group])
+        except BaseException:
+            self._group = []  # commit() removed what it did not move
+            raise
+        self._journal.record_files(self._job_id, [
+            (seq, entry.path, st.size, st.sha256, "read", "", "") for seq, entry, st in group])
+        for _, entry, st in group:
+            self._on_spooled(entry.path, st.sha256)
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
+            if self._group and self._queue.empty():
+                # the reader is slow on this file (a drive retrying a
+                # sector can take minutes): what it finished before is
+                # made durable and handed on now, not after this file
+                self._commit_group()
             msg = self._queue.get()
             if msg[0] == "data":
                 yield msg[1]

@@ -1,8 +1,8 @@
 """Content-addressed spool: every byte read from a medium is kept here once.
 
 Files are named by their SHA-256, never by anything found on the medium, and
-written crash-safely: temporary file, ``fsync``, ``rename``, ``fsync`` of the
-directory (reliability notes §3.4). Spool files are never executable (a
+written crash-safely: temporary file, sync, ``rename``, sync of the directory
+entries (reliability notes §3.4), for one file or for a group at once. Spool files are never executable (a
 preamble may hold a PE/ELF polyglot, CVE-2019-11687).
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, sync_filesystem
 
 _MODE = 0o640
 
@@ -26,6 +27,7 @@ class Spool:
         self.root = Path(root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._dirs: set[Path] = set()  # bucket folders known to exist
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -40,11 +42,18 @@ class Spool:
         return size is None or st.st_size == size
 
     def put(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        """Store a stream; return ``(sha256, size)``.
+        """Store a stream durably; return ``(sha256, size)``.
 
         If the stream raises (a read error on the medium), nothing is kept and
         the exception propagates to the caller, which records the problem.
         """
+        staged = self.stage(chunks)
+        return self.commit([staged])[0], staged.size
+
+    def stage(self, chunks: Iterable[bytes]) -> Staged:
+        """Write a stream to a temporary file and hash it, without syncing:
+        nothing is in the spool until :meth:`commit`. If the stream raises,
+        nothing is kept and the exception propagates."""
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="in-")
@@ -54,13 +63,51 @@ class Spool:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
             os.chmod(tmp_name, _MODE)
-            return self._commit(tmp_name, digest.hexdigest()), size
         except BaseException:
             _unlink(tmp_name)
             raise
+        return Staged(tmp_name, digest.hexdigest(), size)
+
+    def commit(self, staged: list[Staged]) -> list[str]:
+        """Make staged files durable and move them into the spool; returns
+        their digests. Crash-safe in this order: the data is synced, then
+        renamed to its digest, then the renames are synced, so a spool file
+        never holds anything but its digest's bytes (reliability notes
+        §3.4). A group costs two ``syncfs`` calls instead of two fsyncs a
+        file. On an error the files not yet moved are removed."""
+        try:
+            if not sync_filesystem(self._tmp):
+                for s in staged:
+                    _fsync_file(s.tmp)
+            dirs: set[Path] = set()
+            for s in staged:
+                final = self.path(s.sha256)
+                if final.exists():
+                    _unlink(s.tmp)  # same content already stored: keep the first copy
+                    continue
+                if final.parent not in self._dirs:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    self._dirs.add(final.parent)
+                try:
+                    os.rename(s.tmp, final)
+                except FileNotFoundError:  # the bucket was removed meanwhile
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(s.tmp, final)
+                dirs.add(final.parent)
+            if dirs and not sync_filesystem(self._tmp):
+                for d in dirs:
+                    fsync_dir(d)
+        except BaseException:
+            for s in staged:
+                _unlink(s.tmp)
+            raise
+        return [s.sha256 for s in staged]
+
+    def discard(self, staged: list[Staged]) -> None:
+        """Drop staged files that will not be committed."""
+        for s in staged:
+            _unlink(s.tmp)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         return self.put([data])
@@ -78,15 +125,22 @@ class Spool:
         os.close(fd)
         return Path(name)
 
-    def _commit(self, tmp_name: str, sha256: str) -> str:
-        final = self.path(sha256)
-        if final.exists():
-            _unlink(tmp_name)  # same content already stored: keep the first copy
-            return sha256
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp_name, final)
-        fsync_dir(final.parent)
-        return sha256
+
+@dataclass(frozen=True)
+class Staged:
+    """A stream written and hashed but not yet in the spool (:meth:`Spool.stage`)."""
+
+    tmp: str
+    sha256: str
+    size: int
+
+
+def _fsync_file(name: str) -> None:
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink(name: str) -> None:

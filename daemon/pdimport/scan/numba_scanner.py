@@ -368,29 +368,33 @@ class _View:
     def __init__(self, w: _Walked) -> None:
         from . import _nbwalk as nb
 
+        # rows past the last one walked are not looked at (a prescan of a
+        # few files must not pay for a 256-row buffer)
+        n = int(w.walked.max()) + 1 if len(w.walked) else 0
+        off, lens, vrs, info = w.off[:n], w.len[:n], w.vr[:n], w.info[:n]
         cols = [_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER], _META_COL[_MS_INSTANCE]]
-        stacked = np.stack([w.off[:, cols[0]], w.len[:, cols[0]], w.vr[:, cols[0]],
-                            w.off[:, cols[1]], w.len[:, cols[1]], w.vr[:, cols[1]],
-                            w.off[:, cols[2]], w.len[:, cols[2]]], axis=1)
+        stacked = np.stack([off[:, cols[0]], lens[:, cols[0]], vrs[:, cols[0]],
+                            off[:, cols[1]], lens[:, cols[1]], vrs[:, cols[1]],
+                            off[:, cols[2]], lens[:, cols[2]]], axis=1)
         # copy only the bytes up to the last per-instance value, not the
         # rows, judged by the rows this walk found good (the others hold
         # stale or no values)
-        good = w.walked[w.info[w.walked, nb.I_STATUS] == nb.OK]
+        good = w.walked[info[w.walked, nb.I_STATUS] == nb.OK]
         ends = np.maximum.reduce([stacked[good, 0] + stacked[good, 1],
                                   stacked[good, 3] + stacked[good, 4],
                                   stacked[good, 6] + stacked[good, 7]])
         self.width = min(max(int(ends.max(initial=1)), 1), w.buf.shape[1])
-        self.data = w.buf[:, :self.width].tobytes()
-        klen = w.info[:, nb.I_KLEN]
+        self.data = w.buf[:n, :self.width].tobytes()
+        klen = info[:, nb.I_KLEN]
         self.kwidth = min(max(int(klen[good].max(initial=1)), 1), KEY_WIDTH)
-        self.keys = w.key[:, :self.kwidth].tobytes()
+        self.keys = w.key[:n, :self.kwidth].tobytes()
         self.klen = klen.tolist()
-        self.dsoff = w.info[:, nb.I_DSOFF].tolist()
-        self.pdoff = w.info[:, nb.I_PDOFF].tolist()
+        self.dsoff = info[:, nb.I_DSOFF].tolist()
+        self.pdoff = info[:, nb.I_PDOFF].tolist()
         self.inst = stacked.tolist()
-        self.same = w.info[:, nb.I_SAMEKEY].tolist()
-        self.soplen = w.info[:, nb.I_SOPLEN].tolist()
-        self.numlen = w.info[:, nb.I_NUMLEN].tolist()
+        self.same = info[:, nb.I_SAMEKEY].tolist()
+        self.soplen = info[:, nb.I_SOPLEN].tolist()
+        self.numlen = info[:, nb.I_NUMLEN].tolist()
         #: the template of the row decoded last (rows are decoded in walk order)
         self.prev: _Template | None = None
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,29 @@ def test_worker_crash_fails_one_item_and_the_others_succeed(tmp_path: Path,
     for r in results:
         if r.ok:
             assert np.array_equal(pixels(r.item[1]), pixels(r.item[0]))
+
+
+def hang_on_marker(src: str, dst: str, target_ts: str) -> str:
+    """Decoder used by the pool in the timeout test: a 'codec' that loops."""
+    if "HANG" in os.path.basename(src):
+        while True:
+            time.sleep(1)
+    return decode_file(src, dst, target_ts)
+
+
+def test_a_decode_that_never_ends_is_stopped_and_fails_alone(tmp_path: Path,
+                                                              rle_series: list[Path]) -> None:
+    hang = tmp_path / "HANG.dcm"
+    shutil.copy(rle_series[0], hang)
+    sources = [rle_series[0], hang, *rle_series[1:4]]
+    items = [(src, tmp_path / "out" / f"{n}.dcm", n) for n, src in enumerate(sources)]
+    with DecodePool(workers=2, decode=hang_on_marker, timeout=2) as pool:
+        results = list(pool.map(items, ExplicitVRLittleEndian))
+        assert all(w.proc.is_alive() for w in pool._pool)  # the stuck one was replaced
+    assert [r.item for r in results] == items
+    assert [(r.item[0], r.ok) for r in results if not r.ok] == [(hang, False)]
+    assert "took longer than 2 s" in results[1].detail
+    assert all(np.array_equal(pixels(r.item[1]), pixels(r.item[0])) for r in results if r.ok)
 
 
 def test_corrupt_input_is_a_per_item_failure(tmp_path: Path, rle_series: list[Path]) -> None:

@@ -10,7 +10,9 @@ bottleneck of a whole import (performance notes §2, §5). So:
   waiting to be handed back, whatever the series size;
 * results come back in submission order;
 * a worker that dies (a segfault in a C codec, the OOM killer) fails only the
-  file it was decoding, as ``decode_failed``; a fresh worker takes its place.
+  file it was decoding, as ``decode_failed``; a fresh worker takes its place;
+* so does a worker that spends longer than ``timeout`` seconds on one file
+  (a codec looping on hostile input): it is killed.
 
 Each worker runs :func:`pdimport.send.transcode.convert`, the same
 single-file conversion the sender uses in-process: the decoder per transfer
@@ -27,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -35,6 +38,12 @@ from typing import Any, Self
 from .send.transcode import DECODER_PREFERENCE, TARGETS, TranscodeError, convert, decoder_for
 
 log = logging.getLogger(__name__)
+
+#: Seconds one file may take in a worker. A 1,000-frame 512×512 JPEG 2000
+#: multi-frame (524 MB of pixels) at the 18 MB/s a worker decodes here
+#: (bench/bench_decode.py) takes about 30 s: a codec still busy after 5
+#: minutes is looping on its input.
+DEFAULT_TIMEOUT = 300.0
 
 #: What the workers run by default: the one single-file conversion (decode to
 #: uncompressed little endian, lossy marking and photometric fix included).
@@ -81,6 +90,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task: int | None = None
+        self.deadline = 0.0  # monotonic time by which the task must be answered
 
     def stop(self) -> None:
         try:
@@ -110,6 +120,9 @@ class DecodePool:
     decode : callable
         ``decode(src, dst, target_ts) -> str`` run in the workers; a
         module-level function (it is pickled). :func:`decode_file` by default.
+    timeout : float, optional
+        Seconds one file may take before its worker is killed and the file
+        fails (default :data:`DEFAULT_TIMEOUT`).
 
     Examples
     --------
@@ -119,8 +132,10 @@ class DecodePool:
     """
 
     def __init__(self, workers: int | None = None, lookahead: int | None = None,
-                 start_method: str = "forkserver", decode: Any = None) -> None:
+                 start_method: str = "forkserver", decode: Any = None,
+                 timeout: float | None = None) -> None:
         self._decode = decode or decode_file
+        self.timeout = float(timeout or DEFAULT_TIMEOUT)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.lookahead = max(self.workers, lookahead or 2 * self.workers)
         self._ctx = multiprocessing.get_context(start_method)
@@ -189,6 +204,7 @@ class DecodePool:
                 seq = queued.pop(0)
                 src, dst = taken[seq][0], taken[seq][1]
                 worker.task = seq
+                worker.deadline = time.monotonic() + self.timeout
                 worker.conn.send((seq, os.fspath(src), os.fspath(dst), target_ts, self._decode))
 
     def _collect(self, taken: dict[int, tuple[Any, Any]], done: dict[int, DecodeResult]) -> None:
@@ -198,7 +214,17 @@ class DecodePool:
         for w in busy:
             by_handle[w.conn] = w
             by_handle[w.proc.sentinel] = w
-        for handle in wait(list(by_handle)):
+        first = min(w.deadline for w in busy)
+        ready = wait(list(by_handle), timeout=max(0.0, first - time.monotonic()))
+        if not ready:
+            now = time.monotonic()
+            for worker in busy:
+                if worker.deadline <= now:
+                    worker.proc.kill()
+                    self._replace_dead(worker, taken, done,
+                                       f"took longer than {self.timeout:g} s; stopped")
+            return
+        for handle in ready:
             worker = by_handle[handle]
             if worker.task is None:
                 continue  # its answer and its death both fired
@@ -218,16 +244,19 @@ class DecodePool:
         done[seq] = DecodeResult(taken[seq], ok, detail)
 
     def _replace_dead(self, worker: _Worker, taken: dict[int, tuple[Any, Any]],
-                      done: dict[int, DecodeResult]) -> None:
-        """The worker died mid-file: that file fails, a new worker takes over."""
+                      done: dict[int, DecodeResult], killed: str = "") -> None:
+        """The worker died (or was ``killed``, saying why) mid-file: that
+        file fails, a new worker takes over."""
         seq, worker.task = worker.task, None
         assert seq is not None
         worker.proc.join()
         code = worker.proc.exitcode
         why = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
                else f"exit status {code}")
-        log.warning("decode worker died (%s) on %s", why, taken[seq][0])
-        done[seq] = DecodeResult(taken[seq], False, f"decoder crashed ({why})")
+        log.warning("decode worker %s (%s) on %s", "stopped" if killed else "died", killed or why,
+                    taken[seq][0])
+        detail = f"decoder {killed}" if killed else f"decoder crashed ({why})"
+        done[seq] = DecodeResult(taken[seq], False, detail)
         worker.conn.close()
         self._pool[self._pool.index(worker)] = _Worker(self._ctx)
 

@@ -9,6 +9,7 @@ through the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -34,7 +35,6 @@ from pdimport import settings as settings_mod
 from pdimport.decode import DecodePool, decode_file, decode_many, decoder_for
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import deliver, parse_dest
-from pdimport.send.scu import POOL_MIN_ITEMS
 
 #: name -> (encoder command, dcmtk decoder); None = encoded by pydicom.
 LOSSLESS = {
@@ -289,7 +289,6 @@ def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
     scp = storescp()  # default configuration: uncompressed syntaxes only
     series = [spooled_rle(tmp_path, n) for n in range(24)]
     items = [item for item, _ in series]
-    assert len(items) >= 2 * POOL_MIN_ITEMS
     corrupt = items[5]
     data = corrupt.path.read_bytes()
     corrupt.path.write_bytes(data[: len(data) - 3000])  # RLE segments cut short
@@ -324,17 +323,25 @@ def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
             assert np.array_equal(ds.pixel_array, pixels_in)
 
 
-def test_a_handful_of_conversions_stays_in_process(storescp, tmp_path: Path,
-                                                   monkeypatch) -> None:
+def test_even_one_conversion_is_decoded_out_of_process(storescp, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """A codec that crashes on one file fails that file (decode_failed); the
+    sending process, the daemon, lives on and sends the rest."""
     scp = storescp()
-    items = [spooled_rle(tmp_path, n)[0] for n in range(POOL_MIN_ITEMS - 1)]
-
-    def no_pool(*args, **kwargs):
-        raise AssertionError("the pool must not start for a handful of items")
-
-    monkeypatch.setattr(decode_mod, "decode_many", no_pool)
+    items = [spooled_rle(tmp_path, n)[0] for n in range(2)]
+    crash = items[0].path.with_name("CRASH.dcm")
+    items[0].path.rename(crash)
+    items[0] = dataclasses.replace(items[0], path=crash)
+    real_pool = decode_mod.DecodePool
+    monkeypatch.setattr(decode_mod, "DecodePool",
+                        lambda *a, **kw: real_pool(*a, decode=crash_on_marker, **kw))
     outcomes: list[SendOutcome] = []
     cfg = settings_mod.defaults().replace(state_dir=str(tmp_path / "state"))
     deliver(parse_dest(scp.url), items, cfg, outcomes.append, tmp_path / "work")
-    assert [o.state for o in outcomes] == ["sent"] * len(items)
-    assert len(scp.files()) == len(items)
+    by_key = {o.key: o for o in outcomes}
+    bad = by_key[items[0].key]
+    assert (bad.state, bad.code) == ("failed", "decode_failed") and "SIGSEGV" in bad.detail
+    assert by_key[items[1].key].state == "sent"
+    assert len(scp.files()) == 1
+
+

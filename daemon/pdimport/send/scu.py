@@ -10,17 +10,18 @@ is large enough to pay for them. Every item gets exactly one outcome, through
 How many associations: ``network.associations`` (default
 :data:`DEFAULT_ASSOCIATIONS`), or ``?associations=N`` on the destination URL.
 
-Conversion: when the peer refuses the transfer syntax of at least
-:data:`POOL_MIN_ITEMS` items of a batch (a compressed series for an
-uncompressed-only PACS), :func:`pdimport.decode.decode_many` converts them on
-every core, a bounded number ahead of the item being sent; fewer are
-converted in the sending thread, one at a time.
+Conversion: when the peer refuses the transfer syntax of items of a batch
+(a compressed series for an uncompressed-only PACS),
+:func:`pdimport.decode.decode_many` converts them in worker processes, on
+every core, a bounded number ahead of the item being sent. Never in this
+process: a codec that crashes on a hostile file must fail that file
+(``decode_failed``), not the daemon.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,6 @@ DEFAULT_ASSOCIATIONS = 4
 #: in the caller's thread, which also keeps "journal before next C-STORE".
 MIN_ITEMS_PER_ASSOCIATION = 64
 MIN_BYTES_PER_ASSOCIATION = 64 << 20
-#: Items to convert on one association before the decode pool pays off: its
-#: worker processes take ~0.1-0.5 s to start, about what a handful of
-#: in-thread JPEG 2000 decodes cost.
-POOL_MIN_ITEMS = 8
 
 #: Settings the sender reads; snapshotted for worker processes.
 NET_SETTINGS = ("calling_aet", "network.connection_timeout", "network.acse_timeout",
@@ -192,51 +189,53 @@ def converted_ahead(link: Link, items: list[SendItem],
                     workdir: Path) -> Iterator[tuple[SendItem, SendOutcome | None]]:
     """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
 
-    When at least :data:`POOL_MIN_ITEMS` items need the same conversion on
-    `link`, the decode pool writes their converted copies to
-    :func:`~pdimport.send.link.converted_path`, where :meth:`Link.send` finds
-    and sends them; the pool runs ahead of the send by its bounded
-    lookahead, so decoding and sending overlap and memory stays bounded. A
-    failed (or crashed) decode is reported here and never reaches the link,
-    so a bad codec cannot take down the sending process. Other items are
-    converted, if at all, by :meth:`Link.send` in this thread.
+    Items the peer takes only in another transfer syntax are converted by
+    the decode pool into :func:`~pdimport.send.link.converted_path`, where
+    :meth:`Link.send` finds and sends them; the pool runs ahead of the send
+    by its bounded lookahead, so decoding and sending overlap and memory
+    stays bounded. A failed, crashed or stuck decode is reported here and
+    never reaches the link. One pool per conversion target (almost always
+    one: Explicit VR Little Endian); a copy made by an earlier attempt is
+    sent again as it is.
     """
-    target, pooled = _pool_plan(link, items, workdir)
-    if len(pooled) < POOL_MIN_ITEMS:
+    plan = _pool_plan(link, items, workdir)
+    if not plan:
         yield from ((item, None) for item in items)
         return
     from .. import decode  # multiprocessing only when needed
 
-    jobs = ((items[n].path, converted_path(workdir, items[n], target), n) for n in pooled)
-    results = decode.decode_many(jobs, target)
+    streams = {}
     try:
-        waiting = set(pooled)
+        for target, pooled in plan.items():
+            jobs = ((items[n].path, converted_path(workdir, items[n], target), n) for n in pooled)
+            # every core; fewer workers for fewer items (one starts in ~0.1 s)
+            workers = min(len(pooled), os.cpu_count() or 1)
+            streams[target] = decode.decode_many(jobs, target, workers=workers)
+        waiting = {n: target for target, pooled in plan.items() for n in pooled}
         for n, item in enumerate(items):
-            if n not in waiting:
+            target = waiting.get(n)
+            if target is None:
                 yield item, None
                 continue
-            (_src, _dst, index), ok, detail = next(results)
+            (_src, _dst, index), ok, detail = next(streams[target])
             assert index == n, "decode_many answers in submission order"
             yield item, None if ok else decode_failed(item, target, detail)
     finally:
-        results.close()
+        for stream in streams.values():
+            stream.close()
 
 
-def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> tuple[str, list[int]]:
-    """The most common conversion target and the indices of items to decode for it.
+def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> dict[str, list[int]]:
+    """Conversion target -> indices of the items to decode for it, in order.
 
     Items with a converted copy already (a resend) are not decoded again.
-    Items needing another target (rare: a class accepted only in Implicit VR)
-    are left to the link.
     """
-    targets = [link.conversion_target(item) for item in items]
-    counts = Counter(t for t in targets if t)
-    if not counts:
-        return "", []
-    target = counts.most_common(1)[0][0]
-    pooled = [n for n, t in enumerate(targets)
-              if t == target and not converted_path(workdir, items[n], target).exists()]
-    return target, pooled
+    plan: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        target = link.conversion_target(item)
+        if target and not converted_path(workdir, item, target).exists():
+            plan.setdefault(target, []).append(n)
+    return plan
 
 
 def give_back(items: list[SendItem], code: str, detail: str,
@@ -249,7 +248,6 @@ def give_back(items: list[SendItem], code: str, detail: str,
 __all__ = [
     "DEFAULT_ASSOCIATIONS",
     "MIN_ITEMS_PER_ASSOCIATION",
-    "POOL_MIN_ITEMS",
     "NetSettings",
     "association_count",
     "converted_ahead",

@@ -253,6 +253,28 @@ def test_no_response_is_unknown(scripted_scp, cfg, tmp_path) -> None:
     assert (outs[second.key].state, outs[second.key].code) == ("retry", "association_failed")
 
 
+def test_a_send_worker_stuck_on_one_item_is_stopped(silent_scp, cfg, tmp_path) -> None:
+    """Parallel delivery: a worker that holds one instance far too long (here
+    a peer that never answers it, with a DIMSE timeout of minutes) is killed;
+    that instance is 'unknown' (sent again later), the others are delivered."""
+    from pdimport.send.pool import send_parallel
+    from pdimport.send.scu import NetSettings
+
+    items = [make_item(tmp_path, CT) for _ in range(6)]
+    stuck = items[2]
+    scp = silent_scp(silent={stuck.sop_instance_uid}, once=False)
+    (batch,) = plan_batches(items)
+    net = NetSettings.of(cfg.replace(network__dimse_timeout=300.0))
+    outcomes: list[SendOutcome] = []
+    send_parallel(parse_dest(scp.url), batch, net, outcomes.append, tmp_path / "work", 2,
+                  item_timeout=2.0)
+    by_key = {o.key: o for o in outcomes}
+    assert sorted(by_key) == sorted(i.key for i in items), "one outcome each"
+    assert (by_key[stuck.key].state, by_key[stuck.key].code) == ("unknown", "outcome_unknown")
+    assert "send worker exited" in by_key[stuck.key].detail
+    assert all(by_key[i.key].state == "sent" for i in items if i is not stuck)
+
+
 def test_closed_port_is_retry_quickly(cfg, tmp_path) -> None:
     items = [make_item(tmp_path, CT), make_item(tmp_path, RLE)]
     outs = run(f"dicom://NOBODY@127.0.0.1:{_closed_port()}", items, cfg, tmp_path)

@@ -18,14 +18,20 @@ Outcomes come back over each worker's pipe and ``on_outcome`` is called in
 this process as each arrives. The parent knows exactly which items every
 worker holds, so a worker that dies loses nothing: its item in flight comes
 back ``unknown`` (the peer may have stored it), the one queued behind it
-``retry``.
+``retry``. A worker that holds one item longer than it can legitimately
+take (a conversion looping on a hostile file: the worker converts with the
+same code as the decode pool, without its watchdog) is killed and counts
+as dead; the retry of those few items goes over one association, where the
+decode pool converts them and stops a stuck decode.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import signal
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,14 +109,25 @@ class _Worker:
     held: deque[int] = field(default_factory=deque)
     ready: bool = False  # association established
     open: bool = True  # may still take items
+    deadline: float = math.inf  # by when the first held item must be answered
 
-    def give(self, index: int, item: SendItem) -> None:
+    def give(self, index: int, item: SendItem, timeout: float) -> None:
         self.conn.send((index, item))
+        if not self.held:
+            self.deadline = time.monotonic() + timeout
         self.held.append(index)
 
 
+def item_timeout_for(settings: Any) -> float:
+    """Longest a worker may hold one item: a conversion (the decode pool's
+    per-file limit) plus writing it and waiting for its response."""
+    from ..decode import DEFAULT_TIMEOUT
+
+    return DEFAULT_TIMEOUT + 2 * float(settings.get("network.dimse_timeout"))
+
+
 def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
-                  workdir: Path, count: int) -> str:
+                  workdir: Path, count: int, item_timeout: float | None = None) -> str:
     """Send `batch` over `count` associations in worker processes.
 
     Returns
@@ -130,8 +147,10 @@ def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outc
         child_end.close()
         workers.append(_Worker(proc, parent_end))
     todo = deque(range(len(batch.items)))
+    if item_timeout is None:
+        item_timeout = item_timeout_for(settings)
     try:
-        verdict = _serve(dest, batch.items, on_outcome, todo, workers)
+        verdict = _serve(dest, batch.items, on_outcome, todo, workers, item_timeout)
     except BaseException:
         for worker in workers:
             _kill(worker)
@@ -141,7 +160,7 @@ def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outc
 
 
 def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
-           todo: deque[int], workers: list[_Worker]) -> str:
+           todo: deque[int], workers: list[_Worker], item_timeout: float) -> str:
     """Deal items to ready workers and collect outcomes until every item has one.
 
     A worker gets items only once its association is up: against a peer
@@ -151,13 +170,22 @@ def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
     answered, last_down = 0, ""
     while any(w.held for w in workers) or (todo and any(w.open for w in workers)):
         watched = [w for w in workers if w.held or w.open]
-        ready = wait([w.conn for w in watched] + [w.proc.sentinel for w in watched])
+        first = min((w.deadline for w in watched if w.held), default=math.inf)
+        ready = wait([w.conn for w in watched] + [w.proc.sentinel for w in watched],
+                     timeout=None if first == math.inf else max(0.0, first - time.monotonic()))
+        now = time.monotonic()
         for worker in watched:
-            if worker.conn in ready or worker.proc.sentinel in ready:
-                got, down = _collect(dest, items, worker, on_outcome)
+            stuck = bool(worker.held) and worker.deadline <= now and worker.proc.is_alive()
+            if stuck:
+                LOGGER.error("%s: send worker held one instance for %.0f s: stopped",
+                             dest.key, item_timeout)
+                worker.proc.kill()
+                worker.proc.join(5)
+            if stuck or worker.conn in ready or worker.proc.sentinel in ready:
+                got, down = _collect(dest, items, worker, on_outcome, item_timeout)
                 answered += got
                 last_down = down or last_down
-                _fill(worker, items, todo)
+                _fill(worker, items, todo, item_timeout)
     if todo:
         # Every association is down: the rest goes back to the caller.
         rest = [items[i] for i in todo]
@@ -167,18 +195,18 @@ def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
     return last_down if answered == 0 else ""
 
 
-def _fill(worker: _Worker, items: list[SendItem], todo: deque[int]) -> None:
+def _fill(worker: _Worker, items: list[SendItem], todo: deque[int], timeout: float) -> None:
     while worker.ready and worker.open and todo and len(worker.held) < DEPTH:
         index = todo.popleft()
         try:
-            worker.give(index, items[index])
+            worker.give(index, items[index], timeout)
         except OSError:
             todo.appendleft(index)  # it died: _collect reports what it held
             worker.open = False
 
 
 def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
-             on_outcome: OutcomeCallback) -> tuple[int, str]:
+             on_outcome: OutcomeCallback, timeout: float) -> tuple[int, str]:
     """Read what `worker` reported; (answers counted, down code or '')."""
     answered, down = 0, ""
     try:
@@ -189,6 +217,7 @@ def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
             elif msg[0] == "out":
                 assert worker.held and msg[1] == worker.held[0], "answers come in order"
                 worker.held.popleft()
+                worker.deadline = time.monotonic() + timeout if worker.held else math.inf
                 answered += msg[2].status is not None
                 on_outcome(msg[2])
             else:

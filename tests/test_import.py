@@ -198,6 +198,29 @@ def test_compressed_objects(tmp_path, state, storescp, capsys, accept_all):
                 ts == src.file_meta.TransferSyntaxUID
         else:
             assert ts == ExplicitVRLittleEndian
+    # the decoded copies were removed once the delivery was over
+    assert not list((state / "work").iterdir())
+
+
+def test_remove_converted_takes_every_copy_of_the_keys_and_nothing_else(tmp_path):
+    from pdimport.model import SendItem
+    from pdimport.send.link import converted_path, remove_converted
+
+    def item(key: str) -> SendItem:
+        return SendItem(key=key, path=tmp_path / key, sop_class_uid="1.2", sop_instance_uid="1.3",
+                        transfer_syntax=JPEG2000Lossless, size=1)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    mine, other = item("a" * 64 + "1.2.3"), item("b" * 64 + "1.2.4")
+    for it in (mine, other):
+        for ts in (ExplicitVRLittleEndian, "1.2.840.10008.1.2"):
+            converted_path(work, it, ts).write_bytes(b"x")
+    partial = converted_path(work, mine, ExplicitVRLittleEndian).name
+    (work / f".{partial[:32]}.k3j2.tmp").write_bytes(b"half")  # a killed decode's leftover
+    assert remove_converted(work, [mine.key]) == 3
+    assert sorted(p.name for p in work.iterdir()) == sorted(
+        converted_path(work, other, ts).name for ts in (ExplicitVRLittleEndian, "1.2.840.10008.1.2"))
 
 
 # ------------------------------------------------------------------- the checks

@@ -490,6 +490,28 @@ class Importer:
 
         workdir = self.settings.state_path / "work"
         workdir.mkdir(exist_ok=True)
+        try:
+            self._attempts(dest, todo, outcomes, on_outcome, workdir, send_to)
+        finally:
+            from .send.link import remove_converted
+
+            # converted copies live as long as the delivery: a resend within
+            # it sends the same bytes, a later one converts again
+            remove_converted(workdir, todo)
+        self._apply_outcomes(dest, todo, outcomes, inv)
+        self._event("instances_delivered", job=job.id, dest=dest.key,
+                    dest_aet=getattr(dest, "aet", ""),
+                    sent=sum(1 for o in outcomes.values() if o.state == "sent"),
+                    failed=sum(1 for o in outcomes.values() if o.state != "sent"),
+                    already_sent=sum(1 for i in inv.instances
+                                     if i.dest_states.get(dest.key) == "sent"
+                                     and i.previously_sent))
+
+    def _attempts(self, dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome],
+                  on_outcome: Callable[[SendOutcome], None], workdir: Path,
+                  send_to: Callable[..., Any]) -> None:
+        """Up to ``network.retries`` attempts, with growing pauses, until
+        every instance has an outcome that is not worth retrying."""
         attempts = int(self.settings.get("network.retries"))
         delay = float(self.settings.get("network.retry_delay"))
         pending = list(todo)
@@ -511,14 +533,6 @@ class Importer:
             for key in pending:
                 outcomes.pop(key, None)
             time.sleep(delay * (2 ** attempt))
-        self._apply_outcomes(dest, todo, outcomes, inv)
-        self._event("instances_delivered", job=job.id, dest=dest.key,
-                    dest_aet=getattr(dest, "aet", ""),
-                    sent=sum(1 for o in outcomes.values() if o.state == "sent"),
-                    failed=sum(1 for o in outcomes.values() if o.state != "sent"),
-                    already_sent=sum(1 for i in inv.instances
-                                     if i.dest_states.get(dest.key) == "sent"
-                                     and i.previously_sent))
 
     def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
         return any(d.state == "sent" and d.sha256 != inst.sha256

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -411,9 +413,36 @@ def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str,
 
 def converted_path(workdir: Path, item: SendItem, target: str) -> Path:
     """Where the copy of `item` converted to `target` lives (one per item and syntax)."""
+    return workdir / f"{_key_digest(item.key)}-{target}.dcm"
+
+
+def _key_digest(key: str) -> str:
     # Never from media names or dataset values: a hash of the journal key.
-    digest = hashlib.sha256(item.key.encode()).hexdigest()[:40]
-    return workdir / f"{digest}-{target}.dcm"
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def remove_converted(workdir: Path, keys: Iterable[str]) -> int:
+    """Delete the converted copies of the items with these journal keys, in
+    every syntax (and a pool's unfinished temporary files of them); returns
+    how many. Called once a delivery is over: an uncompressed copy of a
+    compressed series is as large as the series decoded, and the work
+    folder would otherwise grow with every import."""
+    digests = {_key_digest(k) for k in keys}
+    partial = {d[:32] for d in digests}  # fsutil.atomic_write's ".<name[:32]>.*.tmp"
+    removed = 0
+    try:
+        names = os.listdir(workdir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if ((name[:40] in digests and name[40:41] == "-")
+                or (name.startswith(".") and name.endswith(".tmp") and name[1:33] in partial)):
+            try:
+                os.unlink(workdir / name)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _no_context(item: SendItem, dest: DicomDest) -> SendOutcome:
@@ -435,4 +464,4 @@ def _rejection_detail(dest: DicomDest, rejections: list) -> str:
 
 
 __all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown", "conversion_target", "converted_path",
-           "decode_failed"]
+           "decode_failed", "remove_converted"]

@@ -65,7 +65,12 @@ def sync_filesystem(path: Path) -> bool:
     there so far, data and metadata (renames included), is on disk when it
     returns True. One call makes a whole group of new files durable, where
     an ``fsync`` per file and per directory costs a journal commit each.
-    False when the call is not available (the caller fsyncs file by file)."""
+    False when the call is not available (the caller fsyncs file by file).
+
+    Since Linux 5.8 ``syncfs`` also reports a write-back error of any file
+    since the last call (syncfs(2)); an error raises ``OSError`` and, like a
+    failed fsync, is never retried: the job stops and keeps its source
+    (reliability notes, "fsync errors are fatal")."""
     global _SYNCFS  # noqa: PLW0603 - looked up once
     if _SYNCFS is None:
         try:

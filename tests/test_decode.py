@@ -225,6 +225,27 @@ def test_a_decode_that_never_ends_is_stopped_and_fails_alone(tmp_path: Path,
     assert all(np.array_equal(pixels(r.item[1]), pixels(r.item[0])) for r in results if r.ok)
 
 
+def hog_on_marker(src: str, dst: str, target_ts: str) -> str:
+    """Decoder used by the pool in the memory test: a 'codec' asking for 8 GiB."""
+    if "HOG" in os.path.basename(src):
+        buffers = [bytearray(1 << 30) for _ in range(8)]
+        return str(len(buffers))
+    return decode_file(src, dst, target_ts)
+
+
+def test_a_decode_that_asks_for_too_much_memory_fails_alone(tmp_path: Path,
+                                                             rle_series: list[Path]) -> None:
+    hog = tmp_path / "HOG.dcm"
+    shutil.copy(rle_series[0], hog)
+    sources = [rle_series[0], hog, rle_series[1]]
+    items = [(src, tmp_path / "out" / f"{n}.dcm", n) for n, src in enumerate(sources)]
+    with DecodePool(workers=1, decode=hog_on_marker, memory=3 << 30) as pool:
+        results = list(pool.map(items, ExplicitVRLittleEndian))
+    assert [(r.ok, r.item[0]) for r in results] == [(True, sources[0]), (False, hog),
+                                                    (True, sources[2])]
+    assert "MemoryError" in results[1].detail
+
+
 def test_corrupt_input_is_a_per_item_failure(tmp_path: Path, rle_series: list[Path]) -> None:
     broken = tmp_path / "broken.dcm"
     data = rle_series[0].read_bytes()

@@ -12,7 +12,10 @@ bottleneck of a whole import (performance notes §2, §5). So:
 * a worker that dies (a segfault in a C codec, the OOM killer) fails only the
   file it was decoding, as ``decode_failed``; a fresh worker takes its place;
 * so does a worker that spends longer than ``timeout`` seconds on one file
-  (a codec looping on hostile input): it is killed.
+  (a codec looping on hostile input): it is killed;
+* each worker's address space is capped (half the machine's memory by
+  default): a file that makes a codec ask for absurd buffers fails with
+  ``MemoryError`` instead of waking the OOM killer.
 
 Each worker runs :func:`pdimport.send.transcode.convert`, the same
 single-file conversion the sender uses in-process: the decoder per transfer
@@ -61,9 +64,26 @@ class DecodeResult:
 
 
 # ------------------------------------------------------------ the pool
-def _worker_main(conn: Connection) -> None:
+def default_memory_limit() -> int:
+    """Address space one worker may use: half the machine's memory, so a
+    file that asks a codec for absurd buffers fails alone (MemoryError:
+    ``decode_failed``) long before the kernel's OOM killer has to choose a
+    process, which might be the daemon. A legitimate 1,000-frame 512×512
+    series decodes to 0.5 GB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+    return max(total // 2, 2 << 30)
+
+
+def _worker_main(conn: Connection, memory: int = 0) -> None:
     """Worker process: decode one task at a time until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    if memory > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     while True:
         try:
             task = conn.recv()
@@ -83,10 +103,10 @@ def _worker_main(conn: Connection) -> None:
 class _Worker:
     """One worker process and the task it is working on (None = idle)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, memory: int) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child,), name="pdimport-decode",
-                                daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, memory),
+                                name="pdimport-decode", daemon=True)
         self.proc.start()
         child.close()
         self.task: int | None = None
@@ -123,6 +143,9 @@ class DecodePool:
     timeout : float, optional
         Seconds one file may take before its worker is killed and the file
         fails (default :data:`DEFAULT_TIMEOUT`).
+    memory : int, optional
+        Address space limit of each worker in bytes
+        (default :func:`default_memory_limit`; 0: none).
 
     Examples
     --------
@@ -133,9 +156,10 @@ class DecodePool:
 
     def __init__(self, workers: int | None = None, lookahead: int | None = None,
                  start_method: str = "forkserver", decode: Any = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, memory: int | None = None) -> None:
         self._decode = decode or decode_file
         self.timeout = float(timeout or DEFAULT_TIMEOUT)
+        self.memory = default_memory_limit() if memory is None else int(memory)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.lookahead = max(self.workers, lookahead or 2 * self.workers)
         self._ctx = multiprocessing.get_context(start_method)
@@ -193,7 +217,7 @@ class DecodePool:
 
     def _ensure_workers(self) -> None:
         while len(self._pool) < self.workers:
-            self._pool.append(_Worker(self._ctx))
+            self._pool.append(_Worker(self._ctx, self.memory))
 
     def _dispatch(self, queued: list[int], taken: dict[int, tuple[Any, Any]],
                   target_ts: str) -> None:
@@ -258,7 +282,7 @@ class DecodePool:
         detail = f"decoder {killed}" if killed else f"decoder crashed ({why})"
         done[seq] = DecodeResult(taken[seq], False, detail)
         worker.conn.close()
-        self._pool[self._pool.index(worker)] = _Worker(self._ctx)
+        self._pool[self._pool.index(worker)] = _Worker(self._ctx, self.memory)
 
 
 def decode_many(items: Iterable[tuple[Any, ...]], target_ts: str,

@@ -207,6 +207,21 @@ class _Batch:
         self.per_file = 0.0
         self._error: BaseException | None = None
 
+    def set_files(self, rows: list[int], modes: list[int]) -> None:
+        """Name the files of ``rows`` for the C reader (NUL-terminated, one
+        buffer) and give each its walk mode; other rows are not read."""
+        names = [os.fsencode(self.paths[i]) for i in rows]
+        self.starts = np.zeros(len(self.paths), dtype=np.int64)
+        at = 0
+        for i, name in zip(rows, names):
+            if b"\0" in name:  # the C call would open a shorter name
+                raise ValueError(f"NUL in file name {name!r}")
+            self.starts[i] = at
+            at += len(name) + 1
+        self.names = np.frombuffer(b"\0".join(names) + b"\0", dtype=np.uint8)
+        self.rows = np.array(rows, dtype=np.int64)
+        self.w.modes[self.rows] = modes
+
     def read_walk(self, max_nesting: int, rows: np.ndarray | None = None) -> float:
         """Read and walk ``rows`` (default: all) in one numba call without
         the GIL; returns the seconds it took per file. Two threads may walk
@@ -473,9 +488,7 @@ class NumbaScanner:
                 fp.write(probe)
                 fp.flush()
                 b = _Batch(w, [Path(fp.name)], ["part10"])
-                b.names = np.frombuffer(os.fsencode(fp.name) + b"\0", dtype=np.uint8)
-                b.starts = np.zeros(1, dtype=np.int64)
-                b.rows = np.zeros(1, dtype=np.int64)
+                b.set_files([0], [_MODES["part10"]])
                 b.read_walk(self.max_nesting)
             return bool(w.info[0, 0] == 0 and w.lens[0] == len(probe))
         except Exception as exc:  # noqa: BLE001 - any failure means "use another backend"
@@ -574,29 +587,18 @@ class NumbaScanner:
                 _POOL.give(w)
             w = slots[slot] = _POOL.take(self.prefix)
         b = _Batch(w, paths[start:end], encodings[start:end])
-        names: list[bytes] = []
-        starts = np.zeros(len(b.paths), dtype=np.int64)
-        at = 0
         rows: list[int] = []
         modes: list[int] = []
         for i, (path, enc) in enumerate(zip(b.paths, b.encodings)):
             mode = _MODES.get(enc, -1)
-            name = os.fsencode(path)
             if mode < 0:
                 b.results[i] = self._fallback(path, enc, "encoding")
-                continue
-            if b"\0" in name:  # the C call would open a shorter name
+            elif "\0" in os.fspath(path):  # the reference path words it
                 b.results[i] = self._fallback(path, enc, "read")
-                continue
-            names.append(name)
-            starts[i] = at
-            at += len(name) + 1
-            rows.append(i)
-            modes.append(mode)
-        b.names = np.frombuffer(b"\0".join(names) + b"\0", dtype=np.uint8)
-        b.starts = starts
-        b.rows = np.array(rows, dtype=np.int64)
-        w.modes[b.rows] = modes
+            else:
+                rows.append(i)
+                modes.append(mode)
+        b.set_files(rows, modes)
         return b
 
     def _learn(self, b: _Batch) -> None:
@@ -638,49 +640,45 @@ class NumbaScanner:
         walker, which seeks over values, takes anything longer."""
         from . import _nbwalk as nb
 
-        pending = [(i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]))
-                   for i in grow]
+        # (file, bytes needed, walk mode, file size): the size is known from the first read
+        pending = [(i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]),
+                    int(w.sizes[i])) for i in grow]
         group = [p for p in pending if p[1] <= GROUP_PREFIX]
         single = [p for p in pending if p[1] > GROUP_PREFIX]
         if group:
             width = min(GROUP_PREFIX, max(4 * self.prefix, 2 * max(p[1] for p in group)))
             single += self._rewalk(group, width, paths, encodings, results)
         for p in single:
-            width = min(int(_file_size(paths[p[0]])), MAX_PREFIX)
+            width = min(p[3], MAX_PREFIX)
             if p[1] > width:
                 results[p[0]] = self._fallback(paths[p[0]], encodings[p[0]], "large_header")
                 continue
             for q in self._rewalk([p], width, paths, encodings, results):
                 results[q[0]] = self._fallback(paths[q[0]], encodings[q[0]], "large_header")
 
-    def _rewalk(self, files: list[tuple[int, int, int]], width: int, paths: list[Path],
+    def _rewalk(self, files: list[tuple[int, int, int, int]], width: int, paths: list[Path],
                 encodings: list[str], results: list[Header | Problem | None],
-                ) -> list[tuple[int, int, int]]:
-        """Read ``width`` bytes of each file and walk them; returns the files
-        that need still more."""
+                ) -> list[tuple[int, int, int, int]]:
+        """Read ``width`` bytes of each file and walk them (the batch reader,
+        one call); returns the files that need still more."""
         from . import _nbwalk as nb
 
         g = _Walked(len(files), max(width, 1))
-        rows = []
-        for k, (i, _, mode) in enumerate(files):
-            got = _read_prefix(paths[i], g.buf[k])
-            if got is None:
-                results[i] = self._fallback(paths[i], encodings[i], "read")
-                continue
-            g.lens[k], g.sizes[k] = got
-            g.modes[k] = mode
-            rows.append(k)
-        g.run(np.array(rows, dtype=np.int64), self.max_nesting)
+        b = _Batch(g, [paths[f[0]] for f in files], [encodings[f[0]] for f in files])
+        b.set_files(list(range(len(files))), [f[2] for f in files])
+        b.read_walk(self.max_nesting)
         more = []
-        for k in rows:
-            i = files[k][0]
+        for k, (i, _, mode, _) in enumerate(files):
             status = g.info[k, nb.I_STATUS]
             if status == nb.OK:
                 res = self._decode_safe(g, k)
                 results[i] = (self._fallback(paths[i], encodings[i], res)
                               if isinstance(res, str) else res)
             elif status == nb.NEED_MORE and g.lens[k] < g.sizes[k]:
-                more.append((i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), files[k][2]))
+                more.append((i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), mode,
+                             int(g.sizes[k])))
+            elif status == nb.READ_FAILED:
+                results[i] = self._fallback(paths[i], encodings[i], "read")
             else:
                 self._walk_failed(g, k, paths, encodings, results, row=i)
         return more
@@ -1018,24 +1016,6 @@ def _raw(buf: np.ndarray, off: Any, n: Any) -> bytes | None:
     return buf[off:off + n].tobytes()
 
 
-def _read_rest(fd: int, row: np.ndarray, got: int, want: int) -> int:
-    """Finish a short read (pipes, some FUSE file systems); -1 at early EOF."""
-    view = memoryview(row)
-    while got < want:
-        n = os.preadv(fd, [view[got:want]], got)
-        if n <= 0:
-            return -1
-        got += n
-    return got
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 def _inflate(fp: BinaryIO, offset: int, cap: int) -> bytes | None:
     """The first ``offset`` bytes of ``fp`` followed by the raw-deflate
     (RFC 1951) stream that starts there, inflated; None when the stream is
@@ -1067,30 +1047,6 @@ def _inflate(fp: BinaryIO, offset: int, cap: int) -> bytes | None:
     except (OSError, zlib.error):
         return None
     return b"".join(out)
-
-
-def _read_prefix(path: Path, row: np.ndarray) -> tuple[int, int] | None:
-    """Read the first ``len(row)`` bytes of ``path`` into ``row``:
-    (bytes read, file size), or None when the file cannot be read (the
-    reference path then words the problem)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        want = min(size, row.shape[0])
-        got = os.readv(fd, [row]) if want else 0
-        while got < want:  # short reads happen on pipes and some FUSE file systems
-            n = os.preadv(fd, [memoryview(row)[got:want]], got)
-            if n <= 0:
-                return None
-            got += n
-        return want, size
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _probe_file() -> bytes:

@@ -682,12 +682,18 @@ class SpoolWriter(threading.Thread):
             self._group.clear()
             self._discard()
 
+    def _take(self) -> tuple[Any, ...]:
+        """The next message. Before waiting for it, the staged group is
+        committed if the reader is behind (nothing queued: a slow drive, or
+        one retrying a sector inside a file for minutes) or the group is full."""
+        if self._group and (self._queue.empty() or len(self._group) >= _GROUP_FILES
+                            or self._group_bytes >= _GROUP_BYTES):
+            self._commit_group()
+        return self._queue.get()
+
     def _serve(self) -> None:
         while True:
-            if self._group and (self._queue.empty() or len(self._group) >= _GROUP_FILES
-                                or self._group_bytes >= _GROUP_BYTES):
-                self._commit_group()
-            msg = self._queue.get()
+            msg = self._take()
             if msg[0] in ("stop", "abandon"):
                 self._commit_group()  # whole files already read are kept
                 return
@@ -705,15 +711,12 @@ class SpoolWriter(threading.Thread):
             staged = self._spool.stage(self._chunks())
         except _Abandoned:
             return False
-        except _EntryFailed as exc:
-            self._commit_group()
+        except (_EntryFailed, OSError) as exc:
+            code, detail = ((exc.code, exc.detail) if isinstance(exc, _EntryFailed)
+                            else ("unreadable_sector", str(exc)))
+            self._commit_group()  # the journal keeps the read order
             self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
-                                      exc.code, exc.detail)
-            return True
-        except OSError as exc:
-            self._commit_group()
-            self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
-                                      "unreadable_sector", str(exc))
+                                      code, detail)
             return True
         self._group.append((seq, entry, staged))
         self._group_bytes += staged.size
@@ -724,11 +727,7 @@ class SpoolWriter(threading.Thread):
         if not self._group:
             return
         group, self._group, self._group_bytes = self._group, [], 0
-        try:
-            self._spool.commit([st for _, _, st in group])
-        except BaseException:
-            self._group = []  # commit() removed what it did not move
-            raise
+        self._spool.commit([st for _, _, st in group])  # on error it removes what it did not move
         self._journal.record_files(self._job_id, [
             (seq, entry.path, st.size, st.sha256, "read", "", "") for seq, entry, st in group])
         for _, entry, st in group:
@@ -736,12 +735,7 @@ class SpoolWriter(threading.Thread):
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
-            if self._group and self._queue.empty():
-                # the reader is slow on this file (a drive retrying a
-                # sector can take minutes): what it finished before is
-                # made durable and handed on now, not after this file
-                self._commit_group()
-            msg = self._queue.get()
+            msg = self._take()
             if msg[0] == "data":
                 yield msg[1]
             elif msg[0] == "end":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-from .problems import Problem
+from .problems import CodedError, Problem
 
 
 # --------------------------------------------------------------------- media
@@ -49,13 +49,8 @@ class Medium(Protocol):
     def close(self) -> None: ...
 
 
-class MediumReadError(Exception):
+class MediumReadError(CodedError):
     """Reading an entry failed; ``code`` is a problem code."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 # ------------------------------------------------------------ identification

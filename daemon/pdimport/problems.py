@@ -92,9 +92,9 @@ class Problem:
         return {"code": self.code, "path": self.path, "detail": self.detail}
 
 
-class FileProblem(Exception):
-    """Raised inside the per-file units (scanner, identifier) and turned into a
-    :class:`Problem` at the unit's boundary. Never escapes a job."""
+class CodedError(Exception):
+    """An exception that carries a problem code (checked against
+    :data:`PROBLEM_CODES`) and a human-readable detail."""
 
     def __init__(self, code: str, detail: str = "") -> None:
         if code not in PROBLEM_CODES:
@@ -102,3 +102,8 @@ class FileProblem(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
+
+
+class FileProblem(CodedError):
+    """Raised inside the per-file units (scanner, identifier) and turned into a
+    :class:`Problem` at the unit's boundary. Never escapes a job."""

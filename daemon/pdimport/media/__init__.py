@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 
 from ..model import Medium, MediumEntry, MediumReadError
-from ..problems import PROBLEM_CODES, Problem
+from ..problems import CodedError, Problem
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _MAX_DESCRIPTORS = 32
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-class MediumOpenError(Exception):
+class MediumOpenError(CodedError):
     """The medium as a whole is unusable; ``code`` is a problem code.
 
     Parameters
@@ -46,13 +46,6 @@ class MediumOpenError(Exception):
     detail : str
         Human-readable reason.
     """
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        if code not in PROBLEM_CODES:
-            raise ValueError(f"unknown problem code {code!r}")
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.detail = detail
 
 
 class LargeReads(io.RawIOBase):

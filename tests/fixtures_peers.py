@@ -38,6 +38,7 @@ __all__ = [
     "Peer",
     "ScriptedSCP",
     "SilentSCP",
+    "cfg",
     "free_port",
     "orthanc",
     "receiver",
@@ -259,9 +260,12 @@ class ScriptedSCP:
         uid = str(event.request.AffectedSOPInstanceUID)
         (self.out_dir / f"{len(self.stored)}.dcm").write_bytes(event.encoded_dataset())
         self.stored.append(uid)
-        if self.hang:
-            self._release.wait(30)
+        if self._hangs(uid):
+            self._release.wait(30)  # stored, never answered (until stop)
         return self.status
+
+    def _hangs(self, uid: str) -> bool:
+        return self.hang
 
     def stop(self) -> None:
         self._release.set()
@@ -287,53 +291,23 @@ def scripted_scp(tmp_path: Path) -> Iterator[Callable[..., ScriptedSCP]]:
 
 # ------------------------------------------------------------- silent once
 @dataclass
-class SilentSCP:
-    """A pynetdicom Storage SCP that stores everything and answers 0x0000,
+class SilentSCP(ScriptedSCP):
+    """A :class:`ScriptedSCP` that stores everything and answers 0x0000,
     except that the stores named in ``silent`` get no answer: the first
     time only (``once``), or every time. It models a dropped C-STORE-RSP
     (the pynetdicom reactor race, a lost segment) and a peer that hangs.
     """
 
-    out_dir: Path
-    silent: set[str]
+    silent: set[str] = field(default_factory=set)
     once: bool = True
     aet: str = "SILENT"
-    port: int = 0
-    stored: list[str] = field(default_factory=list)
     _silenced: set[str] = field(default_factory=set)
-    _release: threading.Event = field(default_factory=threading.Event)
-    _server: Any = None
 
-    @property
-    def url(self) -> str:
-        return f"dicom://{self.aet}@127.0.0.1:{self.port}"
-
-    def start(self) -> SilentSCP:
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-
-        ae = AE(ae_title=self.aet)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._server = ae.start_server(("127.0.0.1", 0), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        self.port = self._server.server_address[1]
-        return self
-
-    def _on_store(self, event: Any) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        (self.out_dir / f"{len(self.stored)}.dcm").write_bytes(event.encoded_dataset())
-        self.stored.append(uid)
+    def _hangs(self, uid: str) -> bool:
         if uid in self.silent and not (self.once and uid in self._silenced):
             self._silenced.add(uid)
-            self._release.wait(30)  # stored, never answered (until stop)
-        return 0x0000
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            return True
+        return False
 
 
 @pytest.fixture
@@ -342,13 +316,27 @@ def silent_scp(tmp_path: Path) -> Iterator[Callable[..., SilentSCP]]:
     peers: list[SilentSCP] = []
 
     def start(silent: set[str], once: bool = True) -> SilentSCP:
-        peer = SilentSCP(tmp_path / f"silent-{len(peers)}", set(silent), once=once)
+        peer = SilentSCP(tmp_path / f"silent-{len(peers)}", silent=set(silent), once=once)
         peers.append(peer)
         return peer.start()
 
     yield start
     for peer in peers:
         peer.stop()
+
+
+# ------------------------------------------------------------- sender settings
+@pytest.fixture
+def cfg(tmp_path: Path) -> Any:
+    """Default settings with a state folder under tmp_path and short network
+    timeouts (a test that waits, waits seconds, not minutes)."""
+    from pdimport import settings as settings_mod
+
+    return settings_mod.defaults().replace(
+        state_dir=str(tmp_path / "state"),
+        network__connection_timeout=3.0, network__acse_timeout=5.0,
+        network__dimse_timeout=10.0, network__network_timeout=10.0,
+    )
 
 
 # ------------------------------------------------------------------ receiver

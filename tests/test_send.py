@@ -35,15 +35,6 @@ PRIVATE_ROOT = "1.2.826.0.1.3680043.10.1011"
 
 
 # ----------------------------------------------------------------- helpers
-@pytest.fixture
-def cfg(tmp_path: Path) -> settings_mod.Settings:
-    return settings_mod.defaults().replace(
-        state_dir=str(tmp_path / "state"),
-        network__connection_timeout=3.0, network__acse_timeout=5.0,
-        network__dimse_timeout=10.0, network__network_timeout=10.0,
-    )
-
-
 def make_item(tmp_path: Path, name: str, sop_class: str | None = None,
               drop_lossy: bool = False) -> SendItem:
     """A pydicom test file with a fresh SOP Instance UID, saved as in a spool."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from fixtures_dicom import new_dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
@@ -32,23 +32,9 @@ LOAD = 5000
 
 
 # ----------------------------------------------------------------- helpers
-@pytest.fixture
-def cfg(tmp_path: Path) -> settings_mod.Settings:
-    return settings_mod.defaults().replace(
-        state_dir=str(tmp_path / "state"),
-        network__connection_timeout=3.0, network__acse_timeout=5.0,
-        network__dimse_timeout=10.0, network__network_timeout=10.0,
-    )
-
-
 def write_ct(path: Path, size: int = 64) -> SendItem:
     """A small CT Image Storage instance (64x64, 16 bit) with a fresh UID."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_dataset()
     ds.PatientName, ds.PatientID, ds.Modality = "Load^Test", "LOAD1", "CT"
     ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

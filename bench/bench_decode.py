@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_dicom import new_dataset
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from pdimport.decode import DecodePool, decoder_for
 
@@ -57,12 +57,7 @@ def _ct(path: Path, n: int, eight_bit: bool) -> None:
     yy, xx = np.mgrid[:512, :512]
     body = ((yy - 256) ** 2 + (xx - 256) ** 2) < 205**2
     pixels = (np.where(body, 1040, 24) + rng.normal(0, 12, (512, 512))).clip(0, 4095)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_dataset()
     ds.PatientID, ds.Modality, ds.InstanceNumber = "BENCHDEC", "CT", n + 1
     ds.Rows = ds.Columns = 512
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from fixtures_dicom import new_dataset
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pdimport.model import SendItem
@@ -35,12 +36,7 @@ def make_ct_series(folder: Path, count: int, size: int = 512) -> list[SendItem]:
 
 
 def _ct(study: str, series: str, number: int, pixels: np.ndarray, size: int) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_dataset()
     ds.PatientName, ds.PatientID, ds.Modality = "Bench^Send", "BENCH1", "CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, number
     ds.Rows = ds.Columns = size

@@ -68,6 +68,7 @@ __all__ = [
     "pydicom_test_file",
     "pydicom_test_files",
     "write_part10_bytes",
+    "new_dataset",
 ]
 
 
@@ -181,6 +182,15 @@ def _file_meta(ds: Dataset, ts: str) -> FileMetaDataset:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "PDIMPORT_TEST"
     return meta
+
+
+def new_dataset(sop_class: str = CTImageStorage, ts: str = ExplicitVRLittleEndian) -> Dataset:
+    """An empty dataset of ``sop_class`` with a fresh SOP Instance UID and
+    its File Meta, ready for ``save_as(..., enforce_file_format=True)``."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta = _file_meta(ds, ts)
+    return ds
 
 
 def _save(ds: Dataset, path: Path, ts: str = ExplicitVRLittleEndian) -> Path:

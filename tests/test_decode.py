@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_dicom import new_dataset
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -55,12 +54,7 @@ def make_ct(path: Path, signed: bool = False, size: int = 96, bits: int = 16,
             stored: int = 12) -> Path:
     """A small CT slice with noise (so that no codec gets an easy ride)."""
     rng = np.random.default_rng(abs(hash((signed, size, bits))) % 2**32)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_dataset()
     ds.PatientID, ds.PatientName, ds.Modality = "DEC1", "Decode^Test", "CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Rows = ds.Columns = size

@@ -303,7 +303,7 @@ class _Pool:
     """Batch buffers kept for the next scan in this process (the daemon's
     next disc, the next chunk of a prescan): a 256-row buffer is 2-16 MiB,
     and touching fresh pages costs about as much as reading the MR corpus'
-    headers (bench/bench_scan.py: 5.6 vs 3.7 ms). At most :data:`KEEP`
+    headers (the MR corpus under pytest: 5.6 vs 3.7 ms). At most :data:`KEEP`
     are kept; a buffer is only ever in one scan at a time."""
 
     KEEP = 4

@@ -1,6 +1,6 @@
 """Decode throughput per transfer syntax: pdimport's DecodePool vs dcmtk and
 gdcmconv, 1 process and all cores; and the in-process decoder candidates
-that ``pdimport.decode.DECODER_PREFERENCE`` is chosen from (numba included).
+that ``pdimport.transcode.decode.DECODER_PREFERENCE`` is chosen from (numba included).
 
 Inputs: ``BENCH_DECODE_FILES`` (default 24) synthetic 512x512x16-bit CT
 slices (12 bits stored, phantom + noise), compressed by dcmtk (RLE, JPEG
@@ -32,7 +32,7 @@ from pydicom import dcmread
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from pdimport.decode import DecodePool, decoder_for
+from pdimport.transcode.decode import DecodePool, decoder_for
 
 pytestmark = pytest.mark.bench
 

@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 from fixtures_iso import ThrottledMedium, de, read_sequentially
 
-from pdimport import pipeline
+from pdimport.job import importer as pipeline
 from pdimport.media import IsoMedium
-from pdimport.pipeline import Importer
+from pdimport.job.importer import Importer
 from pdimport.settings import defaults
 
 pytestmark = pytest.mark.bench

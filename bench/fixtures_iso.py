@@ -45,7 +45,7 @@ def make_ct_iso(work: Path, count: int = ISO_FILES) -> Path:
 class ThrottledMedium:
     """A medium whose file reads go through a drive model.
 
-    :meth:`pdimport.pipeline.Importer.read` calls ``medium.open(entry)``;
+    :meth:`pdimport.job.importer.Importer.read` calls ``medium.open(entry)``;
     this passes the throttled ``pread`` that ``IsoMedium.open`` accepts.
     The directory was parsed when the medium was opened (not throttled: a
     few sectors at the start of the disc).

@@ -8,7 +8,7 @@
 * ``scripted_scp``: a pynetdicom Storage SCP that answers a chosen status, or
   stores and never answers (after pynetdicom's ``tests/parrot.py`` idea of a
   peer the test controls).
-* ``receiver``: pdimport's own embedded :class:`~pdimport.receiver.Receiver`.
+* ``receiver``: pdimport's own embedded :class:`~pdimport.demo.receiver.Receiver`.
 
 Every peer gets a port from :func:`free_port` and is stopped at teardown by
 its own PID / server object.
@@ -343,7 +343,7 @@ def cfg(tmp_path: Path) -> Any:
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Factory for pdimport's embedded Receiver; stopped at teardown."""
-    from pdimport.receiver import Receiver
+    from pdimport.demo.receiver import Receiver
 
     started: list[Receiver] = []
 

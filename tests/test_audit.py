@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from test_label import sample_report
 
-from pdimport import audit, auditsyslog
-from pdimport.audit import GENESIS, AuditLog, verify
+from pdimport.record import audit
+from pdimport.record import auditsyslog
+from pdimport.record.audit import GENESIS, AuditLog, verify
 
 
 def five(directory: Path) -> AuditLog:
@@ -305,7 +306,7 @@ def test_unreachable_repository_does_not_raise(tmp_path: Path) -> None:
 
 
 def test_observer_uses_journal_for_manifest_and_report(tmp_path: Path) -> None:
-    from pdimport.journal import Journal
+    from pdimport.store.journal import Journal
 
     journal = Journal(tmp_path / "journal.sqlite")
     job = journal.create_job("k", "iso", "/x.iso", "PDI")

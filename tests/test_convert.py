@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.sequence import Sequence
 
-from pdimport.classify import classify_dataset
+from pdimport.policy.classify import classify_dataset
 from pdimport.convert import ConversionError, Limits, PatientContext, convert_file, mark_ai
 from pdimport.convert.context import NEW_STUDY_DESCRIPTION, UTF8
 from pdimport.convert.image import parse_jpeg

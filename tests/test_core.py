@@ -8,12 +8,12 @@ import stat
 
 import pytest
 
-from pdimport.group import Instance, group_patients, normalise_name, split_duplicates
-from pdimport.journal import Journal
+from pdimport.policy.group import Instance, group_patients, normalise_name, split_duplicates
+from pdimport.store.journal import Journal
 from pdimport.model import Header
 from pdimport.problems import Problem
 from pdimport.settings import SettingsError, load
-from pdimport.spool import Spool
+from pdimport.store.spool import Spool
 
 
 # ------------------------------------------------------------------ settings

@@ -35,7 +35,7 @@ pytestmark = [
 LAUNCHER = r"""
 import json, logging, sys
 from pdimport import settings
-from pdimport.daemon import daemon_main
+from pdimport.appliance.daemon import daemon_main
 logging.basicConfig(level=logging.INFO, format="%(threadName)s %(name)s: %(message)s")
 base, extra = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 known = {s.name for s in settings.SETTINGS}

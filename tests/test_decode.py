@@ -29,9 +29,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pdimport import decode as decode_mod
+from pdimport.transcode import decode as decode_mod
 from pdimport import settings as settings_mod
-from pdimport.decode import DecodePool, decode_file, decode_many, decoder_for
+from pdimport.transcode.decode import DecodePool, decode_file, decode_many, decoder_for
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import deliver, parse_dest
 

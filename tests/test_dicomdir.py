@@ -20,8 +20,8 @@ from fixtures_dicom import (
 )
 from pydicom import dcmread
 
-from pdimport.dicomdir import DicomdirIndex, match_path, read_dicomdir, unsafe_file_id
-from pdimport.identify import identify
+from pdimport.scan.dicomdir import DicomdirIndex, match_path, read_dicomdir, unsafe_file_id
+from pdimport.scan.identify import identify
 from pdimport.settings import defaults
 
 

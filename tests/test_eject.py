@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from pdimport import drives
-from pdimport.audit import AuditLog, records
+from pdimport.appliance import drives
+from pdimport.record.audit import AuditLog, records
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -171,9 +171,9 @@ def test_parent_disk(tmp_path):
 def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     """The daemon's optical path: confirm, lock, read, deliver, unlock+eject,
     all through the fake ioctl; the pipeline is a stub."""
-    from pdimport import daemon as dmod
-    from pdimport import lifecycle as lc
-    from pdimport.udev import MediaEvent
+    from pdimport.appliance import daemon as dmod
+    from pdimport.job import lifecycle as lc
+    from pdimport.appliance.udev import MediaEvent
 
     fake = FakeDrive(locked=False)
     node = tmp_path / "sr0"
@@ -219,9 +219,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
 
 
 def test_drive_worker_reports_a_stuck_tray(tmp_path):
-    from pdimport import daemon as dmod
-    from pdimport import lifecycle as lc
-    from pdimport.udev import MediaEvent
+    from pdimport.appliance import daemon as dmod
+    from pdimport.job import lifecycle as lc
+    from pdimport.appliance.udev import MediaEvent
 
     fake = FakeDrive(locked=True, unlock_works=False)
     node = tmp_path / "sr1"

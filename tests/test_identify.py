@@ -15,7 +15,7 @@ from fixtures_dicom import (
     pydicom_test_file,
 )
 
-from pdimport.identify import identify, medium_context, normalise_path, sniff_content
+from pdimport.scan.identify import identify, medium_context, normalise_path, sniff_content
 
 PDF = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\0" * 64

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from pdimport import label
+from pdimport.label import render as label
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 1, 5, 14, 3)

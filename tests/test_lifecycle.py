@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from pdimport import lifecycle as lc
-from pdimport.lifecycle import IllegalTransition, Lifecycle, Transition
+from pdimport.job import lifecycle as lc
+from pdimport.job.lifecycle import IllegalTransition, Lifecycle, Transition
 
 
 @pytest.mark.parametrize("pair", sorted(lc.TRANSITIONS), ids=lambda p: f"{p[0]}-{p[1]}")
@@ -85,7 +85,7 @@ def test_observer_exception_is_logged_not_raised(caplog):
         raise RuntimeError("label printer on fire")
 
     machine = lc.drive_lifecycle("/dev/sr0", [broken, lambda t: after.append(t.target)])
-    with caplog.at_level(logging.ERROR, logger="pdimport.lifecycle"):
+    with caplog.at_level(logging.ERROR, logger="pdimport.job.lifecycle"):
         assert machine.fire("insert") == lc.INSERTED
     assert after == [lc.INSERTED]  # later observers still hear about it
     assert "label printer on fire" in caplog.text
@@ -118,7 +118,7 @@ def test_waiting_job_retries_until_done():
 
 
 # ---------------------------------------------- job outcome: waiting for the PACS
-from pdimport.daemon import backoff, job_outcome, transient_failures  # noqa: E402
+from pdimport.appliance.daemon import backoff, job_outcome, transient_failures  # noqa: E402
 
 
 def _report(status, instances, problems):

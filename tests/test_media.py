@@ -30,14 +30,7 @@ from fixtures_media import (
     sha256,
     tree_digests,
 )
-from pdimport.media import (
-    FolderMedium,
-    IsoMedium,
-    MediumOpenError,
-    ZipMedium,
-    detect_kind,
-    open_medium,
-)
+from pdimport.media import (FolderMedium, IsoMedium, MediumOpenError, ZipMedium, detect_kind, open_medium)
 from pdimport.media.archive import _CountingReader
 from pdimport.media.iso import ExtentReader, _direct_pread
 from pdimport.model import MediumReadError

@@ -17,10 +17,10 @@ import pytest
 from fixtures_dicom import make_ct_series, make_noise_dcm, make_truncated_header
 from fixtures_media import make_iso
 
-from pdimport import pipeline
+from pdimport.job import importer as pipeline
 from pdimport.media import open_medium
 from pdimport.model import MediumReadError
-from pdimport.pipeline import PRESCANS, Importer
+from pdimport.job.importer import PRESCANS, Importer
 from pdimport.settings import defaults
 
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"

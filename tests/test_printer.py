@@ -12,8 +12,8 @@ from fixtures_cups import *
 from fixtures_cups import CupsServer, TcpSink, free_port
 from test_label import JOB, needs_poppler, sample_report
 
-from pdimport import printer
-from pdimport.printer import PrintResult, print_label
+from pdimport.label import printer
+from pdimport.label.printer import PrintResult, print_label
 
 ZPL_RE = re.compile(rb"^\^XA\^PW(\d+)\^LL(\d+)\^LH0,0\^FO0,0\^GFA,(\d+),(\d+),(\d+),"
                     rb"([0-9A-F]+)\^FS\^XZ\n$")
@@ -129,8 +129,8 @@ def test_file_backend(tmp_path: Path, fmt: str) -> None:
 
 @needs_poppler
 def test_label_main_renders_stored_report(tmp_path: Path) -> None:
-    from pdimport.audit import verify
-    from pdimport.journal import Journal
+    from pdimport.record.audit import verify
+    from pdimport.store.journal import Journal
 
     journal = Journal(tmp_path / "journal.sqlite")
     job = journal.create_job("k", "iso", "/x.iso", "PDI")

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.fileset import is_conformant_file_id
 
-from pdimport.sample import JAPANESE_NAME, make_sample_disc, make_sample_pdf, write_sample_tree
+from pdimport.demo.sample import JAPANESE_NAME, make_sample_disc, make_sample_pdf, write_sample_tree
 
 N_CT, N_MR = 12, 3
 

@@ -23,7 +23,7 @@ from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, FileDest, deliver, parse_dest
 from pdimport.send import dicom as dicom_mod
 from pdimport.send.dicom import MAX_CONTEXTS, classify_status, make_ae, plan_batches
-from pdimport.send.transcode import TranscodeError, convert
+from pdimport.transcode.reencode import TranscodeError, convert
 
 CT = "CT_small.dcm"
 JPEG_LOSSY = "SC_rgb_jpeg_dcmtk.dcm"  # JPEG Baseline, YBR_FULL, Lossy Image Compression 01

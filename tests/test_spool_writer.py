@@ -12,10 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pdimport import fsutil, spool as spool_mod
-from pdimport.journal import Journal
-from pdimport.pipeline import SpoolWriter
-from pdimport.spool import Spool
+from pdimport.store import fsutil
+from pdimport.store import spool as spool_mod
+from pdimport.store.journal import Journal
+from pdimport.job.importer import SpoolWriter
+from pdimport.store.spool import Spool
 
 
 @pytest.fixture

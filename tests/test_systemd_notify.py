@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pdimport.systemd import Notifier, sd_notify
+from pdimport.appliance.systemd import Notifier, sd_notify
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -92,7 +92,7 @@ def test_a_vanished_manager_is_not_fatal(tmp_path):
 def test_daemon_sends_ready_status_and_stopping(notify_socket, tmp_path):
     """The daemon (no drives, no udev) talks to systemd over the socket."""
     pytest.importorskip("pdimport.send")
-    from pdimport.daemon import Daemon
+    from pdimport.appliance.daemon import Daemon
     from pdimport.settings import load
 
     path, sock = notify_socket

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pdimport import udev
-from pdimport.udev import Debouncer, MediaEvent, classify, classify_optical
+from pdimport.appliance import udev
+from pdimport.appliance.udev import Debouncer, MediaEvent, classify, classify_optical
 
 PATTERNS = ["sr*", "sd*"]
 

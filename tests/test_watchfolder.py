@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pdimport.watchfolder import (WatchFolder, WatchLedger, WatchResult, candidate_name,
-                                  ledger_key, open_for_writing, signature)
+from pdimport.appliance.watchfolder import (WatchFolder, WatchLedger, WatchResult, candidate_name, ledger_key, open_for_writing, signature)
 
 SETTLE = 1.0
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from . import report as report_mod
-from .settings import SettingsError, load
+from pdimport import __version__
+from pdimport.job import report as report_mod
+from pdimport.settings import SettingsError, load
 
 EXIT_USAGE = 64
 
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _importer(cfg: Any) -> Any:
-    from .pipeline import Importer
+    from pdimport.job.importer import Importer
 
     return Importer(cfg)
 
@@ -159,8 +159,8 @@ def _print(results: list[dict[str, Any]], as_json: bool) -> None:
 def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
     if not cfg.dest:
         raise ValueError("no destination: give --dest URL or set 'dest' in the config")
-    from .policy import parse_routes
-    from .send import parse_dest
+    from pdimport.policy.rules import parse_routes
+    from pdimport.send import parse_dest
 
     for url in cfg.dest:
         parse_dest(url)  # usage errors before any medium is touched
@@ -190,7 +190,7 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
-    from .journal import Journal
+    from pdimport.store.journal import Journal
 
     journal = Journal(cfg.state_path / "journal.sqlite")
     try:
@@ -208,7 +208,7 @@ def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
-    from .journal import Journal
+    from pdimport.store.journal import Journal
 
     journal = Journal(cfg.state_path / "journal.sqlite")
     try:
@@ -223,19 +223,19 @@ def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace, cfg: Any) -> int:
-    from .daemon import daemon_main
+    from pdimport.appliance.daemon import daemon_main
 
     return daemon_main(cfg)
 
 
 def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
-    from .daemon import status_main
+    from pdimport.appliance.daemon import status_main
 
     return status_main(cfg, args.json)
 
 
 def cmd_settings(args: argparse.Namespace, cfg: Any) -> int:
-    from .settings import SETTINGS, describe
+    from pdimport.settings import SETTINGS, describe
 
     if args.json:
         print(json.dumps([{"name": st.name, "type": st.type.__name__, "default": st.default,
@@ -247,13 +247,13 @@ def cmd_settings(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_label(args: argparse.Namespace, cfg: Any) -> int:
-    from .printer import label_main
+    from pdimport.label.printer import label_main
 
     return label_main(cfg, args.job, Path(args.out) if args.out else None)
 
 
 def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
-    from .audit import audit_export_main, audit_verify_main
+    from pdimport.record.audit import audit_export_main, audit_verify_main
 
     if args.audit_command == "verify":
         return audit_verify_main(cfg.state_path)
@@ -268,9 +268,9 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
     import shutil
     import threading
 
-    from .daemon import Daemon
-    from .receiver import Receiver
-    from .sample import make_sample_disc
+    from pdimport.appliance.daemon import Daemon
+    from pdimport.demo.receiver import Receiver
+    from pdimport.demo.sample import make_sample_disc
 
     demo = cfg.state_path / "demo"
     watch = demo / "watch"

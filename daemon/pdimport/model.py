@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-from .problems import CodedError, Problem
+from pdimport.problems import CodedError, Problem
 
 
 # --------------------------------------------------------------------- media

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .coerce import mark_ai
-from .context import DEFAULT_LIMITS, ConversionError, Limits, PatientContext
-from .image import convert_jpeg, convert_raster
-from .pdf import convert_pdf
-from .text import convert_text
+from pdimport.convert.coerce import mark_ai
+from pdimport.convert.context import DEFAULT_LIMITS, ConversionError, Limits, PatientContext
+from pdimport.convert.image import convert_jpeg, convert_raster
+from pdimport.convert.pdf import convert_pdf
+from pdimport.convert.text import convert_text
 
 __all__ = [
     "SUBTYPES", "ConversionError", "Limits", "PatientContext", "convert_file", "mark_ai",

@@ -20,7 +20,7 @@ import datetime as _dt
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from .context import SYSTEM_NAME, clip
+from pdimport.convert.context import SYSTEM_NAME, clip
 
 REASON = "COERCE"
 DEFAULT_PREFIX = "[AI]"

@@ -28,9 +28,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
-from ..fsutil import atomic_write
-from ..model import Header
-from ..problems import FileProblem
+from pdimport.store.fsutil import atomic_write
+from pdimport.model import Header
+from pdimport.problems import FileProblem
 
 #: StudyDescription of the study made when the medium has no single study.
 NEW_STUDY_DESCRIPTION = "Documents from external media"

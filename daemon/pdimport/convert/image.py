@@ -31,20 +31,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from .context import (
-    DEFAULT_LIMITS,
-    ConversionError,
-    Limits,
-    PatientContext,
-    base_name,
-    clip,
-    common_modules,
-    da_tm,
-    file_datetime,
-    finish,
-    read_capped,
-    write_part10,
-)
+from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, clip, common_modules, da_tm, file_datetime, finish, read_capped, write_part10)
 
 #: Pillow format names accepted for each Other Content subtype.
 PILLOW_FORMATS = {"png": {"PNG"}, "bmp": {"BMP", "DIB"}, "tiff": {"TIFF"}}

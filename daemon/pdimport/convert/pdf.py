@@ -15,20 +15,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import EncapsulatedPDFStorage
 
-from .context import (
-    DEFAULT_LIMITS,
-    ConversionError,
-    Limits,
-    PatientContext,
-    base_name,
-    clip,
-    common_modules,
-    empty_sequence,
-    file_datetime,
-    finish,
-    read_capped,
-    write_part10,
-)
+from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, clip, common_modules, empty_sequence, file_datetime, finish, read_capped, write_part10)
 
 PDF_MIME = "application/pdf"
 _HEADER_WINDOW = 1024  # PDF readers accept %PDF- anywhere in the first 1 KiB

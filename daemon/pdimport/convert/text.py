@@ -14,17 +14,8 @@ import io
 from pathlib import Path
 from typing import Any, Callable
 
-from .context import (
-    DEFAULT_LIMITS,
-    ConversionError,
-    Limits,
-    PatientContext,
-    base_name,
-    file_datetime,
-    read_capped,
-    write_part10,
-)
-from .pdf import build_encapsulated_pdf
+from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, file_datetime, read_capped, write_part10)
+from pdimport.convert.pdf import build_encapsulated_pdf
 
 #: Fonts tried in order. reportlab embeds TrueType outlines only, so the
 #: OpenType/CFF Noto Sans CJK collections cannot be used; IPAex Gothic can.

@@ -20,9 +20,9 @@ import stat
 import zipfile
 from dataclasses import dataclass
 
-from ..model import Medium, MediumEntry, MediumReadError
-from ..problems import CodedError, Problem
-from ..settings import Settings
+from pdimport.model import Medium, MediumEntry, MediumReadError
+from pdimport.problems import CodedError, Problem
+from pdimport.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ def unique_label(path: str, taken: set[str]) -> str:
 
 
 # Sub-modules import the names above from this package.
-from .archive import ZipMedium  # noqa: E402
-from .folder import FolderMedium  # noqa: E402
-from .iso import IsoMedium  # noqa: E402
-from .udf import UdfMedium  # noqa: E402
+from pdimport.media.archive import ZipMedium  # noqa: E402
+from pdimport.media.folder import FolderMedium  # noqa: E402
+from pdimport.media.iso import IsoMedium  # noqa: E402
+from pdimport.media.udf import UdfMedium  # noqa: E402
 
 __all__ = [
     "FolderMedium",

@@ -16,10 +16,10 @@ import zipfile
 import zlib
 from typing import BinaryIO
 
-from ..model import MediumEntry, MediumReadError
-from ..problems import Problem
-from ..settings import Settings
-from . import LargeReads, MediumOpenError, SizeBudget, unique_label
+from pdimport.model import MediumEntry, MediumReadError
+from pdimport.problems import Problem
+from pdimport.settings import Settings
+from pdimport.media import LargeReads, MediumOpenError, SizeBudget, unique_label
 
 log = logging.getLogger(__name__)
 

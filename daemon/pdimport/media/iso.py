@@ -25,11 +25,11 @@ from typing import BinaryIO, Callable, Iterator
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from ..model import MediumEntry, MediumReadError
-from ..problems import Problem
-from ..settings import Settings
-from . import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
-from .folder import display_name
+from pdimport.model import MediumEntry, MediumReadError
+from pdimport.problems import Problem
+from pdimport.settings import Settings
+from pdimport.media import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.folder import display_name
 
 log = logging.getLogger(__name__)
 

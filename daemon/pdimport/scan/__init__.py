@@ -13,7 +13,7 @@ import importlib
 import logging
 from typing import Any
 
-from ..model import Scanner
+from pdimport.model import Scanner
 
 log = logging.getLogger(__name__)
 

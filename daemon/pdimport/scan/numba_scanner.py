@@ -46,19 +46,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..model import Header
-from ..problems import FileProblem, Problem
-from . import walker
-from .pydicom_scanner import (
-    _CHARSET_WARNINGS,
-    HEADER_KEYWORDS,
-    PydicomScanner,
-    _check_identity,
-    _matches,
-    _text_fits,
-    element_text,
-)
-from .walker import GEOMETRY_TAGS, META_TAGS, RAW_TRANSFER_SYNTAX, WalkResult, uid_ok
+from pdimport.model import Header
+from pdimport.problems import FileProblem, Problem
+from pdimport.scan import walker
+from pdimport.scan.pydicom_scanner import (_CHARSET_WARNINGS, HEADER_KEYWORDS, PydicomScanner, _check_identity, _matches, _text_fits, element_text)
+from pdimport.scan.walker import GEOMETRY_TAGS, META_TAGS, RAW_TRANSFER_SYNTAX, WalkResult, uid_ok
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +128,7 @@ def _nb() -> Any:
     """The numba module, imported on first use (importing numba costs ~0.3 s)."""
     global _NB  # noqa: PLW0603 - a lazy import, set once
     if _NB is None:
-        from . import _nbwalk
+        from pdimport.scan import _nbwalk
 
         _NB = _nbwalk
     return _NB
@@ -156,7 +148,7 @@ class _Tables:
     def get(cls) -> tuple[Any, ...]:
         with cls._lock:
             if cls._value is None:
-                from . import _nbwalk as nb
+                from pdimport.scan import _nbwalk as nb
 
                 cls._value = (
                     np.array(META_LIST, dtype=np.int64),
@@ -332,7 +324,7 @@ class _Walked:
     """The numba outputs for a set of files (one batch or one re-read)."""
 
     def __init__(self, n: int, width: int) -> None:
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         ncol = _NM + len(DS_LIST)
         self.buf = np.empty((n, width), dtype=np.uint8)
@@ -364,7 +356,7 @@ class _Walked:
         self.walked = rows
 
     def run(self, rows: np.ndarray, max_nesting: int) -> None:
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         self.invalidate(rows)
 
@@ -381,7 +373,7 @@ class _View:
                  "same", "soplen", "width")
 
     def __init__(self, w: _Walked) -> None:
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         # rows past the last one walked are not looked at (a prescan of a
         # few files must not pay for a 256-row buffer)
@@ -480,7 +472,7 @@ class NumbaScanner:
         import tempfile
 
         try:
-            from . import _nbwalk  # noqa: F401
+            from pdimport.scan import _nbwalk  # noqa: F401
 
             probe = _probe_file()
             w = _Walked(1, len(probe))
@@ -568,7 +560,7 @@ class NumbaScanner:
             reason = self._reason(w, 0)
             if reason != "deflate":
                 return None, reason
-            from . import _nbwalk as nb
+            from pdimport.scan import _nbwalk as nb
 
             res = self._scan_inflated(io.BytesIO(data), int(w.modes[0]), int(w.info[0, nb.I_DSOFF]))
         else:
@@ -638,7 +630,7 @@ class NumbaScanner:
         together with up to :data:`GROUP_PREFIX` bytes each, then one by one
         up to :data:`MAX_PREFIX` (whole file when smaller); the reference
         walker, which seeks over values, takes anything longer."""
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         # (file, bytes needed, walk mode, file size): the size is known from the first read
         pending = [(i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]),
@@ -661,7 +653,7 @@ class NumbaScanner:
                 ) -> list[tuple[int, int, int, int]]:
         """Read ``width`` bytes of each file and walk them (the batch reader,
         one call); returns the files that need still more."""
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         g = _Walked(len(files), max(width, 1))
         b = _Batch(g, [paths[f[0]] for f in files], [encodings[f[0]] for f in files])
@@ -688,7 +680,7 @@ class NumbaScanner:
         """Row ``k`` of ``w`` (file ``row``, default ``k``) ended the walk:
         a deflated body is inflated and walked again, anything else goes to
         the reference path."""
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         i = k if row is None else row
         reason = self._reason(w, k)
@@ -708,7 +700,7 @@ class NumbaScanner:
         do not inflate cleanly within :data:`MAX_PREFIX` (or
         ``limits.max_inflate``) go to the reference path, which words the
         problem (``deflate_bomb``, ``truncated``, ``ts_mismatch``)."""
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         cap = min(MAX_PREFIX, walker._limit(self.limits, "max_inflate", MAX_PREFIX))
         data = _inflate(fp, ds_offset, cap)
@@ -730,7 +722,7 @@ class NumbaScanner:
 
     @staticmethod
     def _reason(w: _Walked, i: int) -> str:
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         if w.info[i, nb.I_STATUS] == nb.NEED_MORE:
             return "large_header"
@@ -890,7 +882,7 @@ class NumbaScanner:
     def _template(self, w: _Walked, i: int) -> _Template:  # noqa: C901 - mirrors scan_file step by step
         """Everything but the per-instance values, in the order
         ``pydicom_scanner.scan_file`` checks them."""
-        from . import _nbwalk as nb
+        from pdimport.scan import _nbwalk as nb
 
         tpl = _Template()
         info, off, lens, vrs, buf = w.info[i], w.off[i], w.len[i], w.vr[i], w.buf[i]

@@ -17,10 +17,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ..model import Header
-from ..problems import FileProblem, Problem
-from . import walker
-from .walker import WalkResult, uid_ok
+from pdimport.model import Header
+from pdimport.problems import FileProblem, Problem
+from pdimport.scan import walker
+from pdimport.scan.walker import WalkResult, uid_ok
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..problems import FileProblem
+from pdimport.problems import FileProblem
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model import SendItem, SendOutcome
-from .dest import Destination, DicomDest, FileDest, parse_dest
+from pdimport.model import SendItem, SendOutcome
+from pdimport.send.dest import Destination, DicomDest, FileDest, parse_dest
 
 __all__ = ["Destination", "DicomDest", "FileDest", "deliver", "parse_dest"]
 
@@ -35,11 +35,11 @@ def deliver(dest: Destination, items: list[SendItem], settings: Any,
         Scratch folder for converted copies.
     """
     if isinstance(dest, DicomDest):
-        from .scu import send_dicom  # pynetdicom only when needed
+        from pdimport.send.scu import send_dicom  # pynetdicom only when needed
 
         send_dicom(dest, items, settings, on_outcome, workdir)
     elif isinstance(dest, FileDest):
-        from .files import send_files
+        from pdimport.send.files import send_files
 
         send_files(dest, items, settings, on_outcome, workdir)
     else:

@@ -35,7 +35,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from ..model import SendItem, SendOutcome
+from pdimport.model import SendItem, SendOutcome
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_write
-from ..model import SendItem, SendOutcome, iter_chunks
-from .dest import FileDest
+from pdimport.store.fsutil import atomic_write
+from pdimport.model import SendItem, SendOutcome, iter_chunks
+from pdimport.send.dest import FileDest
 
 LOGGER = logging.getLogger(__name__)
 

@@ -41,11 +41,11 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from ..model import SendItem, SendOutcome
-from . import wire
-from .dest import DicomDest
-from .dicom import FALLBACK_TS, _keep_store_responses, _ResponseKeeper, outcome_from_status
-from .transcode import TranscodeError, convert
+from pdimport.model import SendItem, SendOutcome
+from pdimport.send import wire
+from pdimport.send.dest import DicomDest
+from pdimport.send.dicom import FALLBACK_TS, _keep_store_responses, _ResponseKeeper, outcome_from_status
+from pdimport.transcode.reencode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from typing import Any
 
 from pynetdicom.presentation import build_context
 
-from ..model import SendItem, SendOutcome
-from .dest import DicomDest
-from .dicom import Batch
-from .link import LinkDown
+from pdimport.model import SendItem, SendOutcome
+from pdimport.send.dest import DicomDest
+from pdimport.send.dicom import Batch
+from pdimport.send.link import LinkDown
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _context() -> Any:
 def _worker(conn: Connection, dest: DicomDest, contexts: list[tuple[str, list[str]]],
             settings: Any, workdir: Path) -> None:
     """Worker process: connect, say "ready", then items in, outcomes out."""
-    from .scu import new_link
+    from pdimport.send.scu import new_link
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     parent = mp.parent_process()
@@ -121,7 +121,7 @@ class _Worker:
 def item_timeout_for(settings: Any) -> float:
     """Longest a worker may hold one item: a conversion (the decode pool's
     per-file limit) plus writing it and waiting for its response."""
-    from ..decode import DEFAULT_TIMEOUT
+    from pdimport.transcode.decode import DEFAULT_TIMEOUT
 
     return DEFAULT_TIMEOUT + 2 * float(settings.get("network.dimse_timeout"))
 

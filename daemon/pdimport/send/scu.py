@@ -12,7 +12,7 @@ How many associations: ``network.associations`` (default
 
 Conversion: when the peer refuses the transfer syntax of items of a batch
 (a compressed series for an uncompressed-only PACS),
-:func:`pdimport.decode.decode_many` converts them in worker processes, on
+:func:`pdimport.transcode.decode.decode_many` converts them in worker processes, on
 every core, a bounded number ahead of the item being sent. Never in this
 process: a codec that crashes on a hostile file must fail that file
 (``decode_failed``), not the daemon.
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..model import SendItem, SendOutcome
-from .dest import DicomDest
-from .dicom import Batch, make_ae, plan_batches
-from .link import Link, LinkDown, converted_path, decode_failed
+from pdimport.model import SendItem, SendOutcome
+from pdimport.send.dest import DicomDest
+from pdimport.send.dicom import Batch, make_ae, plan_batches
+from pdimport.send.link import Link, LinkDown, converted_path, decode_failed
 
 LOGGER = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
     for index, batch in enumerate(batches):
         count = association_count(dest, settings, batch.items)
         if count > 1:
-            from .pool import send_parallel  # multiprocessing only when needed
+            from pdimport.send.pool import send_parallel  # multiprocessing only when needed
 
             verdict = send_parallel(dest, batch, net, on_outcome, workdir, count)
         else:
@@ -202,7 +202,7 @@ def converted_ahead(link: Link, items: list[SendItem],
     if not plan:
         yield from ((item, None) for item in items)
         return
-    from .. import decode  # multiprocessing only when needed
+    from pdimport.transcode import decode
 
     streams = {}
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Header
+from pdimport.model import Header
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .fsutil import fsync_dir, sync_filesystem
+from pdimport.store.fsutil import fsync_dir, sync_filesystem
 
 _MODE = 0o640
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Identity
-from .problems import FileProblem, Problem
-from .scan.walker import detect_encoding, read_file_meta
+from pdimport.model import Identity
+from pdimport.problems import FileProblem, Problem
+from pdimport.scan.walker import detect_encoding, read_file_meta
 
 log = logging.getLogger(__name__)
 

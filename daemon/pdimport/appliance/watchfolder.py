@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .fsutil import write_bytes
+from pdimport.store.fsutil import write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .identify import normalise_component, normalise_path
-from .problems import FileProblem, Problem
-from .scan import walker
+from pdimport.scan.identify import normalise_component, normalise_path
+from pdimport.problems import FileProblem, Problem
+from pdimport.scan import walker
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .classify import DEFAULT_AI_PATTERNS, classify_dataset
-from .group import Instance
-from .model import Header
-from .problems import FileProblem, Problem
+from pdimport.policy.classify import DEFAULT_AI_PATTERNS, classify_dataset
+from pdimport.policy.group import Instance
+from pdimport.model import Header
+from pdimport.problems import FileProblem, Problem
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def mark_ai_instances(instances: list[Instance], prefix: str, store: "DerivedSto
     the change recorded in Original Attributes Sequence (PS3.3 C.12.1.1.9)."""
     from pydicom import dcmread
 
-    from .convert import mark_ai
+    from pdimport.convert import mark_ai
 
     problems: list[Problem] = []
     for inst in instances:
@@ -125,7 +125,7 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
     """Convert each ``(path, sha256, subtype)`` into DICOM filed with the
     medium's one patient. Returns the new instances, the report's
     ``converted`` entries and the problems."""
-    from .convert import SUBTYPES, PatientContext, convert_file
+    from pdimport.convert import SUBTYPES, PatientContext, convert_file
 
     instances: list[Instance] = []
     converted: list[dict[str, str]] = []
@@ -163,7 +163,7 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
             if isinstance(res, Problem):
                 problems.append(Problem(res.code, path, f"converted object: {res.detail}"))
                 continue
-            from .classify import classify
+            from pdimport.policy.classify import classify
 
             inst = Instance(path=path, sha256=out_sha, header=res, kind=classify(res),
                             send_sha256=out_sha, detail=f"converted from {subtype}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import label as label_mod
+from pdimport.label import render as label_mod
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def label_main(cfg_state_dir: Any, job_id: str, out: Path | None = None) -> int:
 
 
 def _stored_report(state: Path, job_id: str) -> dict[str, Any] | None:
-    from .journal import Journal
+    from pdimport.store.journal import Journal
 
     journal = Journal(state / "journal.sqlite")
     try:
@@ -355,7 +355,7 @@ def _render_to(report: dict[str, Any], out: Path, size: str) -> PrintResult:
 
 
 def _audit_label(state: Path, report: dict[str, Any], result: PrintResult, settings: Any) -> None:
-    from .audit import AuditLog, operator_name
+    from pdimport.record.audit import AuditLog, operator_name
 
     try:
         AuditLog.from_settings(state, settings).append(

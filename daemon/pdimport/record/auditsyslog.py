@@ -16,7 +16,7 @@ Two messages are built here:
 
 The XML follows the element/attribute names of the DICOM audit message schema
 (PS3.15 A.5.1): coded values as ``csd-code``/``codeSystemName``/
-``originalText`` attributes. The local JSON-lines log (:mod:`pdimport.audit`)
+``originalText`` attributes. The local JSON-lines log (:mod:`pdimport.record.audit`)
 stays the record of truth; a repository that is down costs a logged warning,
 never an import.
 """

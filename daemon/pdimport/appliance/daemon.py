@@ -3,10 +3,10 @@
 Threads (each blocks on its own queue; none sleep-polls):
 
 * ``udev-monitor`` (pyudev) classifies block events and hands them to the
-  ``router``, which de-duplicates and debounces them (:mod:`pdimport.udev`)
+  ``router``, which de-duplicates and debounces them (:mod:`pdimport.appliance.udev`)
   and passes each settled event to the drive's worker;
 * one ``drive:<name>`` worker per drive runs that drive's lifecycle
-  (:mod:`pdimport.lifecycle`): confirm the medium, lock the tray, read it into
+  (:mod:`pdimport.job.lifecycle`): confirm the medium, lock the tray, read it into
   the spool, deliver, eject. A slow or failing disc delays only its own drive;
 * ``watch-folder`` imports dropped ISO images, zip packages and folders;
 * ``delivery-retry`` re-delivers jobs whose destination was down, with
@@ -35,12 +35,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from . import drives, udev
-from .fsutil import atomic_write
-from .lifecycle import EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition, drive_lifecycle
-from .systemd import Notifier
-from .watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
-from .watchfolder import FAILED as WATCH_FAILED
+from pdimport.appliance import drives
+from pdimport.appliance import udev
+from pdimport.store.fsutil import atomic_write
+from pdimport.job.lifecycle import EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition, drive_lifecycle
+from pdimport.appliance.systemd import Notifier
+from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
+from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +246,14 @@ class CancellableMedium:
 class JobRunner:
     """Reads media into jobs and delivers jobs; shared by all workers.
 
-    One :class:`~pdimport.pipeline.Importer` per thread over one journal and
+    One :class:`~pdimport.job.importer.Importer` per thread over one journal and
     one spool.
     """
 
     def __init__(self, cfg: Any, board: StatusBoard, stop: threading.Event) -> None:
-        from .journal import Journal
-        from .send import parse_dest
-        from .spool import Spool
+        from pdimport.store.journal import Journal
+        from pdimport.send import parse_dest
+        from pdimport.store.spool import Spool
 
         self.cfg = cfg
         self.board = board
@@ -261,7 +262,7 @@ class JobRunner:
         self.journal = Journal(state / "journal.sqlite")
         self.spool = Spool(state / "spool")
         self.destinations = [parse_dest(d) for d in (cfg.dest or [])]
-        from .audit import AuditLog
+        from pdimport.record.audit import AuditLog
 
         self.audit = AuditLog.from_settings(state, cfg, journal=self.journal)
         self._local = threading.local()
@@ -269,7 +270,7 @@ class JobRunner:
         self._locks_lock = threading.Lock()
 
     def importer(self) -> Any:
-        from .pipeline import Importer
+        from pdimport.job.importer import Importer
 
         imp = getattr(self._local, "importer", None)
         if imp is None:
@@ -302,7 +303,7 @@ class JobRunner:
         Interrupted
             The daemon is stopping; the job resumes at the next start.
         """
-        from .media import MediumOpenError, open_medium
+        from pdimport.media import MediumOpenError, open_medium
 
         imp = self.importer()
         try:
@@ -338,7 +339,7 @@ class JobRunner:
 
     def unfinished_read_jobs(self) -> list[str]:
         """Jobs fully read but not finished (interrupted in phase 2)."""
-        from .journal import FINAL_STATES
+        from pdimport.store.journal import FINAL_STATES
 
         return [j.id for j in self.journal.jobs(10_000)
                 if j.read_complete and j.state not in FINAL_STATES and j.mode == "import"]
@@ -596,7 +597,7 @@ class DriveWorker(threading.Thread):
         recorded and shown in ``pdimport status``; it never stops the drive."""
         if not report or self.app.stop.is_set():
             return
-        from .printer import print_label
+        from pdimport.label.printer import print_label
 
         result = print_label(report, self.app.cfg, drive=self.devnode)
         self.app.board.drive(self.devnode, label=result.as_dict())

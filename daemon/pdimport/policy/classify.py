@@ -11,7 +11,7 @@ import functools
 import re
 from typing import Any, Iterable
 
-from .model import Header
+from pdimport.model import Header
 
 #: SOP Class UID -> kind
 SOP_CLASS_KINDS: dict[str, str] = {

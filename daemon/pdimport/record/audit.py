@@ -21,7 +21,7 @@ Each line is one JSON object ending with two fields:
 Changing any byte of record *k* breaks its own ``hash``, and rewriting it with
 a fresh hash breaks ``prev`` of record *k + 1*: :func:`verify` names the
 first record that fails. Removing records from the *end* cannot be detected
-from the file alone; the syslog copy (:mod:`pdimport.auditsyslog`) is the
+from the file alone; the syslog copy (:mod:`pdimport.record.auditsyslog`) is the
 external witness.
 
 Durability: a record is written with one ``write`` on an ``O_APPEND``
@@ -144,7 +144,7 @@ class AuditLog:
 
         syslog = node = None
         if opt("audit.syslog", ""):
-            from .auditsyslog import Node, SyslogSender
+            from pdimport.record.auditsyslog import Node, SyslogSender
 
             syslog = SyslogSender(opt("audit.syslog", ""))
             node = Node(aet=opt("calling_aet", "PDIMPORT"),
@@ -279,7 +279,7 @@ class AuditLog:
     def _send_syslog(self, ctx: dict[str, Any], record: dict[str, Any]) -> None:
         if self.syslog is None or self.node is None:
             return
-        from . import auditsyslog
+        from pdimport.record import auditsyslog
 
         report = ctx.get("report") or {}
         patients = report.get("patients") or []

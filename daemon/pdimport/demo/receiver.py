@@ -24,8 +24,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .fsutil import write_bytes
-from .send.files import safe_name
+from pdimport.store.fsutil import write_bytes
+from pdimport.send.files import safe_name
 
 LOGGER = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from .problems import PROBLEM_CODES
+from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
-    from .group import Patient
-    from .journal import Job
-    from .pipeline import Inventory
+    from pdimport.policy.group import Patient
+    from pdimport.store.journal import Job
+    from pdimport.job.importer import Inventory
 
 _EXIT = {"imported": 0, "scanned": 0, "held": 1, "partial": 1, "failed": 2}
 

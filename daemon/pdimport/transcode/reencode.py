@@ -14,7 +14,7 @@ transfer syntax (PS3.4 B.5, PS3.8 9.3.2.2). The output is always uncompressed
 The original stays in the spool; the converted file is a new, separate file.
 
 This is the one implementation of "one file to uncompressed". The sender
-calls it in-process for a handful of items; :mod:`pdimport.decode` runs the
+calls it in-process for a handful of items; :mod:`pdimport.transcode.decode` runs the
 same function in its worker processes for large series. Which pydicom
 plugin decodes a transfer syntax is measured, not guessed:
 :data:`DECODER_PREFERENCE`.
@@ -37,7 +37,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ..fsutil import atomic_write
+from pdimport.store.fsutil import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ bottleneck of a whole import (performance notes §2, §5). So:
   default): a file that makes a codec ask for absurd buffers fails with
   ``MemoryError`` instead of waking the OOM killer.
 
-Each worker runs :func:`pdimport.send.transcode.convert`, the same
+Each worker runs :func:`pdimport.transcode.reencode.convert`, the same
 single-file conversion the sender uses in-process: the decoder per transfer
-syntax comes from its :data:`~pdimport.send.transcode.DECODER_PREFERENCE`
+syntax comes from its :data:`~pdimport.transcode.reencode.DECODER_PREFERENCE`
 (measured by ``bench/bench_decode.py``), lossless results are pixel-identical
 to dcmtk's (tests/test_decode.py), lossy sources keep Lossy Image Compression
 "01" with method and ratio (PS3.3 C.7.6.1.1.5), and explicit VR big endian
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Self
 
-from .send.transcode import DECODER_PREFERENCE, TARGETS, TranscodeError, convert, decoder_for
+from pdimport.transcode.reencode import DECODER_PREFERENCE, TARGETS, TranscodeError, convert, decoder_for
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class DecodePool:
         if start_method == "forkserver":
             # Workers fork from a server that has pydicom and numpy loaded
             # already: a replacement after a crash starts in milliseconds.
-            self._ctx.set_forkserver_preload(["pdimport.decode", "pdimport.send.transcode",
+            self._ctx.set_forkserver_preload(["pdimport.transcode.decode", "pdimport.transcode.reencode",
                                               "pydicom", "numpy"])
         self._pool: list[_Worker] = []
         #: Largest number of items ever in flight or waiting (tests check the bound).

@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import policy
-from . import report as report_mod
-from .classify import classify
-from .group import Instance, group_patients, split_duplicates
-from .journal import Job, Journal
-from .model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
-from .problems import Problem
-from .settings import Settings
-from .spool import Spool
+from pdimport.policy import rules as policy
+from pdimport.job import report as report_mod
+from pdimport.policy.classify import classify
+from pdimport.policy.group import Instance, group_patients, split_duplicates
+from pdimport.store.journal import Job, Journal
+from pdimport.model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
+from pdimport.problems import Problem
+from pdimport.settings import Settings
+from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +107,19 @@ class Importer:
         self.reports_dir = state / "reports"
         self.reports_dir.mkdir(exist_ok=True)
         self._on_event = on_event
-        from .audit import AuditLog
+        from pdimport.record.audit import AuditLog
 
         # The audit trail is not an observer that may fail quietly: a step is
         # only reported done once its record is on disk (fsync'ed).
         self.audit = audit or AuditLog.from_settings(state, settings, journal=self.journal)
-        from .scan import get_scanner
+        from pdimport.scan import get_scanner
         self.scanner = get_scanner(settings.scanner, limits=settings)
 
     # ------------------------------------------------------------ public
     def run(self, source: str, dests: list[str], mode: str = "import") -> JobResult:
         """Import (or, with ``mode='scan'``, inventory) one source end to end."""
-        from .media import MediumOpenError, open_medium
-        from .send import parse_dest
+        from pdimport.media import MediumOpenError, open_medium
+        from pdimport.send import parse_dest
 
         destinations = [parse_dest(d) for d in dests]
         try:
@@ -271,7 +271,7 @@ class Importer:
     def _routes(self, destinations: list[Any]) -> list[tuple[Any, Callable[[Instance], bool]]]:
         """Default destinations take everything; each route adds a
         destination for one kind (and optionally one modality)."""
-        from .send import parse_dest
+        from pdimport.send import parse_dest
 
         plan: list[tuple[Any, Callable[[Instance], bool]]] = [
             (d, lambda i: True) for d in destinations]
@@ -289,7 +289,7 @@ class Importer:
 
     def inventory(self, job: Job) -> Inventory:
         """Identify and scan every spooled file of a job (from the spool only)."""
-        from .identify import identify, medium_context
+        from pdimport.scan.identify import identify, medium_context
 
         inv = Inventory()
         prescanned = PRESCANS.take(job.id)
@@ -422,7 +422,7 @@ class Importer:
         return out
 
     def _read_dicomdirs(self, files: list[Any], inv: Inventory) -> dict[str, Any]:
-        from .dicomdir import read_dicomdir
+        from pdimport.scan.dicomdir import read_dicomdir
 
         indexes: dict[str, Any] = {}
         for f in files:
@@ -442,7 +442,7 @@ class Importer:
                               inv: Inventory) -> set[str]:
         """Match every File ID to a file on the medium; report the absent
         ones as ``missing_file``. Returns the medium paths the DICOMDIRs name."""
-        from .dicomdir import match_path
+        from pdimport.scan.dicomdir import match_path
 
         named: set[str] = set()
         for path, index in indexes.items():
@@ -462,7 +462,7 @@ class Importer:
                 select: Callable[[Instance], bool] = lambda i: True) -> None:
         """Send every pending instance ``select`` picks to one destination,
         with retries; the outcome of each is journaled as it arrives."""
-        from .send import deliver as send_to
+        from pdimport.send import deliver as send_to
 
         sent = self.journal.sent_set(dest.key)
         todo: dict[str, Instance] = {}
@@ -493,7 +493,7 @@ class Importer:
         try:
             self._attempts(dest, todo, outcomes, on_outcome, workdir, send_to)
         finally:
-            from .send.link import remove_converted
+            from pdimport.send.link import remove_converted
 
             # converted copies live as long as the delivery: a resend within
             # it sends the same bytes, a later one converts again
@@ -876,7 +876,7 @@ class PrescanWorker(threading.Thread):
         return batch, True
 
     def _scan_batch(self, batch: list[tuple[str, str]]) -> None:
-        from .identify import identify
+        from pdimport.scan.identify import identify
 
         dicom: list[tuple[tuple[str, str], Identity]] = []
         for key in batch:

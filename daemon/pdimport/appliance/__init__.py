@@ -1,0 +1,1 @@
+"""The appliance: drives, udev, the watch folder, systemd and the daemon that runs them."""

@@ -1,0 +1,1 @@
+"""The embedded demo: a sample disc and a local receiver standing in for the PACS."""

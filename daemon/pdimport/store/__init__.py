@@ -1,0 +1,1 @@
+"""Durable storage of what was read: the content-addressed spool and the job journal."""

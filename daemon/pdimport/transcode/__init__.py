@@ -1,0 +1,1 @@
+"""Pixel decoding and re-encoding for destinations that refuse a transfer syntax."""

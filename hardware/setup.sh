@@ -29,7 +29,8 @@ usage() {
 usage: bash hardware/setup.sh [run [ARGS...] | test [PYTEST-ARGS...]]
   (nothing)  install system packages and the Python virtualenv .venv
   run        ... then run the appliance on embedded defaults (pdimport demo ARGS)
-  test       ... then run the whole test suite (python -m pytest -q ARGS)
+  test       ... then ruff, ruff format --check, mypy and the whole test suite
+             (with ARGS: only python -m pytest -q ARGS)
 EOF
 }
 
@@ -191,6 +192,14 @@ case "$MODE" in
         exec "$VENV/bin/pdimport" demo "$@"
         ;;
     test)
+        # The tooling runs before the tests, on the real paths, and a finding
+        # fails the run like a failing test does (versions pinned in pyproject).
+        if [ "$#" -eq 0 ]; then
+            log "lint: ruff check, ruff format --check, mypy"
+            "$VENV/bin/ruff" check daemon tests bench hardware
+            "$VENV/bin/ruff" format --check daemon tests bench hardware
+            "$VENV/bin/mypy"
+        fi
         log "exec .venv/bin/python -m pytest -q $*"
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;

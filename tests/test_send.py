@@ -272,14 +272,81 @@ def test_closed_port_is_retry_quickly(cfg, tmp_path) -> None:
     assert {(o.state, o.code) for o in outs.values()} == {("retry", "association_failed")}
 
 
-def test_rejected_association_is_retry(scripted_scp, cfg, tmp_path) -> None:
+def _count_connections(scp) -> list[object]:
+    from pynetdicom import evt
+
+    opened: list[object] = []
+    scp._server.bind(evt.EVT_CONN_OPEN, opened.append)
+    return opened
+
+
+def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path,
+                                                     caplog) -> None:
+    scp = scripted_scp()
+    scp._server.ae.require_called_aet = True  # A-ASSOCIATE-RJ result 1, reason 7
+    opened = _count_connections(scp)
+    items = [make_item(tmp_path, CT), make_item(tmp_path, RLE)]
+    outs = run(f"dicom://WRONG@127.0.0.1:{scp.port}", items, cfg, tmp_path).values()
+    assert {(o.state, o.code) for o in outs} == {("failed", "association_rejected")}
+    for out in outs:
+        assert "permanent" in out.detail and "Called AE title not recognised" in out.detail
+    assert len(opened) == 1, "a permanent rejection is not asked again"
+    assert scp.stored == []
+
+
+def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg,
+                                                              tmp_path) -> None:
+    from pdimport.send.pool import send_parallel
+    from pdimport.send.scu import NetSettings
+
     scp = scripted_scp()
     scp._server.ae.require_called_aet = True
+    items = [make_item(tmp_path, CT) for _ in range(4)]
+    (batch,) = plan_batches(items)
+    outcomes: list[SendOutcome] = []
+    down = send_parallel(parse_dest(f"dicom://WRONG@127.0.0.1:{scp.port}"), batch,
+                         NetSettings.of(cfg), outcomes.append, tmp_path / "work", 2)
+    assert down is not None and down.state == "failed"
+    assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
+    assert {(o.state, o.code) for o in outcomes} == {("failed", "association_rejected")}
+
+
+def test_transient_rejection_is_retry(scripted_scp, cfg, tmp_path) -> None:
+    scp = scripted_scp()
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    scp._server.ae.maximum_associations = 1  # a second one: result 2, local limit exceeded
+    other = AE()
+    other.add_requested_context(CTImageStorage)
+    held = other.associate("127.0.0.1", scp.port, ae_title=scp.aet)
+    assert held.is_established
     item = make_item(tmp_path, CT)
-    out = run(f"dicom://WRONG@127.0.0.1:{scp.port}", [item], cfg, tmp_path)[item.key]
+    try:
+        out = run(f"dicom://{scp.aet}@127.0.0.1:{scp.port}", [item], cfg, tmp_path)[item.key]
+    finally:
+        held.release()
     assert (out.state, out.code) == ("retry", "association_rejected")
-    assert "Called AE title not recognised" in out.detail
-    assert scp.stored == []
+    assert "transient" in out.detail and "permanent" not in out.detail
+
+
+def test_refused_connection_names_host_port_and_cause(cfg, tmp_path, caplog) -> None:
+    port = _closed_port()
+    outs = run(f"dicom://NOBODY@127.0.0.1:{port}", [make_item(tmp_path, CT)], cfg, tmp_path)
+    (out,) = outs.values()
+    assert (out.state, out.code) == ("retry", "association_failed")
+    assert out.detail == f"connection refused by 127.0.0.1:{port} (is the PACS running?)"
+    assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
+
+
+def test_unknown_host_is_a_configuration_failure(cfg, tmp_path, caplog) -> None:
+    outs = run("dicom://AE@no-such-host.invalid:104", [make_item(tmp_path, CT)], cfg, tmp_path)
+    (out,) = outs.values()
+    # A name that does not exist will not exist on the next try either.
+    assert (out.state, out.code) == ("failed", "association_failed")
+    assert out.detail == ("no-such-host.invalid:104: name does not resolve "
+                          "(check the destination URL)")
+    assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
 
 
 def _closed_port() -> int:

@@ -59,13 +59,21 @@ class LinkDown(Exception):
     """The link cannot take more items; ``code`` is a problem code.
 
     ``association_rejected`` / ``association_failed``: the items not yet
-    sent go back to the caller as ``retry``.
+    sent go back to the caller as ``state``: ``retry`` (the peer may take
+    them later), or ``failed`` when asking again cannot help — an
+    A-ASSOCIATE-RJ "rejected-permanent" (PS3.8 9.3.4, result 1) or a
+    destination host name that does not exist.
     """
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, state: str = "retry") -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        # Crosses the pipe from send workers (pool.py) intact.
+        return LinkDown, (self.code, self.detail, self.state)
 
 
 @dataclass
@@ -132,26 +140,35 @@ class Link:
     def _open(self) -> None:
         """Establish a fresh association, or raise :class:`LinkDown`."""
         rejections: list = []
+        connected: list[bool] = []
 
         def on_acse_recv(event: evt.Event) -> None:
             # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
             if getattr(event.primitive, "result", None) in (0x01, 0x02):
                 rejections.append(event.primitive)
 
+        _resolve(self.dest.connect_host, self.dest.port)
         assoc = self.ae.associate(
             self.dest.connect_host, self.dest.port, contexts=self.contexts,
             ae_title=self.dest.aet, max_pdu=self.max_pdu,
-            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)],
+            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv),
+                          (evt.EVT_CONN_OPEN, lambda _e: connected.append(True))],
         )
         if assoc.is_rejected:
-            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections))
+            permanent = bool(rejections) and rejections[-1].result == 0x01
+            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections),
+                           "failed" if permanent else "retry")
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts:
                 # pynetdicom aborts when the SCP accepts no context at all.
                 self._no_context = True
                 return
+            if not connected:
+                raise LinkDown("association_failed", _connect_failure(
+                    self.dest.connect_host, self.dest.port,
+                    float(self.ae.connection_timeout or 5)))
             raise LinkDown("association_failed",
-                           f"{self.dest.key}: connection refused, aborted or timed out")
+                           f"{self.dest.key}: association aborted or timed out by the peer")
         self._assoc = assoc
         self._keeper = _keep_store_responses(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
@@ -460,7 +477,46 @@ def _rejection_detail(dest: DicomDest, rejections: list) -> str:
     if not rejections:
         return f"{dest.key}: association rejected"
     rj = rejections[-1]
-    return f"{dest.key}: {rj.result_str} rejection by {rj.source_str}: {rj.reason_str}"
+    kind = "permanent" if rj.result == 0x01 else "transient"
+    return (f"{dest.key}: association rejected ({kind}, not retried) by {rj.source_str}: "
+            f"{rj.reason_str}" if kind == "permanent" else
+            f"{dest.key}: association rejected ({kind}) by {rj.source_str}: {rj.reason_str}")
+
+
+def _resolve(host: str, port: int) -> None:
+    """Raise :class:`LinkDown` when ``host`` does not resolve.
+
+    pynetdicom only logs the resolver's error. A name that does not exist
+    (EAI_NONAME) is a configuration error: retrying every job would only
+    repeat it, so its items end ``failed`` and the report says to check the
+    destination URL. A resolver that is merely unavailable (EAI_AGAIN) may
+    answer later: ``retry``.
+    """
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise LinkDown("association_failed", f"{host}:{port}: name lookup failed for now "
+                           f"({exc.strerror}); will retry") from None
+        raise LinkDown("association_failed", f"{host}:{port}: name does not resolve "
+                       f"(check the destination URL)", "failed") from None
+
+
+def _connect_failure(host: str, port: int, timeout: float) -> str:
+    """Why the TCP connection to ``host:port`` failed, in words.
+
+    pynetdicom logs the socket error but does not return it; one more
+    connect attempt, bounded by the connection timeout, names the cause.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+            return f"{host}:{port}: connection failed, then accepted on a second try"
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (is the PACS running?)"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {min(timeout, 5.0):.0f} s (firewall?)"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
 
 
 __all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown", "conversion_target", "converted_path",

@@ -21,7 +21,7 @@ from pynetdicom.dsutils import split_dataset
 from pdimport import settings as settings_mod
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, FileDest, deliver, parse_dest
-from pdimport.send import dicom as dicom_mod
+from pdimport.send import compat as compat_mod
 from pdimport.send.dicom import MAX_CONTEXTS, classify_status, make_ae, plan_batches
 from pdimport.transcode.reencode import TranscodeError, convert
 
@@ -363,7 +363,7 @@ def test_live_association_has_tcp_nodelay(receiver, cfg) -> None:
     assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
     try:
         assert assoc.is_established
-        sock = assoc.dul.socket.socket
+        sock = compat_mod.raw_socket(assoc)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert ae.connection_timeout == cfg.get("network.connection_timeout")
         assert assoc.dimse_timeout == cfg.get("network.dimse_timeout")
@@ -376,11 +376,11 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
     delayed ACK (~40 ms) unless we re-arm TCP_QUICKACK after each recv()
     (performance.md §3d). The speed-up itself is measured in bench/, not here:
     this checks that every read on a live association re-arms it."""
-    if not dicom_mod._HAS_QUICKACK:
+    if not compat_mod._HAS_QUICKACK:
         pytest.skip("TCP_QUICKACK is Linux-only")
     calls = {"recv": 0, "quickack": 0}
-    real_recv = dicom_mod.AssociationSocket.recv
-    real_quickack = dicom_mod._quickack
+    real_recv = compat_mod.AssociationSocket.recv
+    real_quickack = compat_mod._quickack
 
     def counting_recv(self, nr_bytes):
         calls["recv"] += 1
@@ -390,8 +390,8 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
         calls["quickack"] += 1
         real_quickack(sock)
 
-    monkeypatch.setattr(dicom_mod.AssociationSocket, "recv", counting_recv)
-    monkeypatch.setattr(dicom_mod, "_quickack", counting_quickack)
+    monkeypatch.setattr(compat_mod.AssociationSocket, "recv", counting_recv)
+    monkeypatch.setattr(compat_mod, "_quickack", counting_quickack)
     scp = storescp()
     base = make_item(tmp_path, CT)
     items = [SendItem(f"k{n}", base.path, base.sop_class_uid, base.sop_instance_uid,
@@ -408,7 +408,7 @@ def test_reactor_race_response_is_put_back(receiver, cfg) -> None:
     ae = make_ae(cfg)
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
-    keeper = dicom_mod._keep_store_responses(assoc)
+    keeper = compat_mod.keep_store_responses(assoc)
     # Hold the reactor as send_c_store does so it cannot take the message.
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
@@ -497,3 +497,31 @@ def test_dcmdump_reads_converted_file(storescp, cfg, tmp_path) -> None:
     dump = subprocess.run(["dcmdump", "-M", "+P", "0002,0010", str(path)], capture_output=True,
                           text=True, check=True).stdout
     assert "=LittleEndianExplicit" in dump
+
+
+# ------------------------------------------------------- pynetdicom internals
+def _python(code: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_compat_refuses_an_unverified_pynetdicom() -> None:
+    done = _python("import pynetdicom; pynetdicom.__version__ = '9.9.9'\n"
+                   "import pdimport.send.compat")
+    assert done.returncode != 0
+    assert "ImportError" in done.stderr and "verified on pynetdicom 3.0.4" in done.stderr
+    assert "not 9.9.9" in done.stderr
+
+
+def test_importing_the_send_layer_sets_no_pynetdicom_global() -> None:
+    done = _python(
+        "from pynetdicom import _config\n"
+        "import pdimport.send, pdimport.send.scu, pdimport.send.pool, pdimport.demo.receiver\n"
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
+        "from pdimport import settings\n"
+        "pdimport.send.dicom.make_ae(settings.defaults())\n"
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

@@ -28,10 +28,9 @@ import hashlib
 import logging
 import os
 import socket
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -42,9 +41,9 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send import wire
+from pdimport.send import compat, wire
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import FALLBACK_TS, _keep_store_responses, _ResponseKeeper, outcome_from_status
+from pdimport.send.dicom import FALLBACK_TS, outcome_from_status
 from pdimport.transcode.reencode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class Link:
     answered: int = 0
     sent: int = 0
     _assoc: Association | None = field(default=None, repr=False)
-    _keeper: _ResponseKeeper | None = field(default=None, repr=False)
+    _keeper: compat.ResponseKeeper | None = field(default=None, repr=False)
     _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _no_context: bool = False
@@ -170,10 +169,10 @@ class Link:
             raise LinkDown("association_failed",
                            f"{self.dest.key}: association aborted or timed out by the peer")
         self._assoc = assoc
-        self._keeper = _keep_store_responses(assoc)
+        self._keeper = compat.keep_store_responses(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
         self.sent = 0
-        _bound_writes(assoc)
+        compat.bound_writes(assoc)
 
     def connect(self) -> None:
         """Establish the association now (else the first :meth:`send` does).
@@ -321,7 +320,7 @@ def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
                        f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}")
 
 
-def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str, str], int],
+def _c_store(assoc: Association, keeper: compat.ResponseKeeper, cx_ids: dict[tuple[str, str], int],
              path: Path, msg_id: int) -> Dataset:
     """One C-STORE of a Part 10 file's original bytes; the status Dataset.
 
@@ -342,7 +341,7 @@ def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str
     sop_instance = str(meta.MediaStorageSOPInstanceUID)
     cx_id = cx_ids[(sop_class, str(meta.TransferSyntaxUID))]
     command = wire.encode_store_rq(sop_class, sop_instance, msg_id)
-    _pause_reactor(assoc)
+    compat.pause_reactor(assoc)
     keeper.awaiting = msg_id
     try:
         with open(path, "rb") as fp:
@@ -351,19 +350,11 @@ def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str
         rsp = assoc.dimse.get_msg(block=True)[1] if written else None
     finally:
         keeper.awaiting = None
-        assoc._reactor_checkpoint.set()
+        compat.resume_reactor(assoc)
     if rsp is None:
-        assoc._handle_no_response()
+        compat.no_response(assoc)
         return Dataset()
-    return assoc._check_received_status(rsp)
-
-
-def _pause_reactor(assoc: Association) -> None:
-    # As send_c_store does; the stale-flag race this leaves is what
-    # _ResponseKeeper repairs. A dead reactor never pauses: do not spin.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused and assoc.is_alive():
-        time.sleep(0.0001)
+    return compat.response_status(assoc, rsp)
 
 
 def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> bool:
@@ -374,7 +365,7 @@ def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> b
     does not matter any more. P-DATA needs no state change in Sta6 (PS3.8
     9.2, DT-1), so bypassing the state machine keeps it consistent.
     """
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    sock = compat.raw_socket(assoc)
     if sock is None:
         return False
     fragment = wire.fragment_size(assoc.acceptor.maximum_length or 0)
@@ -406,15 +397,6 @@ def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
-
-
-def _bound_writes(assoc: Association) -> None:
-    # pynetdicom leaves the connected socket blocking without a timeout; a
-    # peer that stops reading would hang our sendmsg() forever. The DUL
-    # select()s before it reads, so a timeout does not disturb it.
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None and sock.gettimeout() is None:
-        sock.settimeout(float(assoc.dimse_timeout or 60.0))
 
 
 def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str, str], int]]:

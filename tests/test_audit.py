@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from test_label import sample_report
 
-from pdimport.record import audit
-from pdimport.record import auditsyslog
+from pdimport.record import audit, auditsyslog
 from pdimport.record.audit import GENESIS, AuditLog, verify
 from pdimport.store.journal import Journal
 
@@ -397,9 +396,8 @@ def test_replaced_last_record_is_not_the_head(tmp_path: Path) -> None:
 
 
 def test_head_behind_by_one_is_a_crash_during_append(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
-    path, journal = _state_with_trail(tmp_path)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _path, journal = _state_with_trail(tmp_path)
 
     def crash(*_a: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")  # power lost after the fsync

@@ -1,7 +1,9 @@
 """Reproduce the pynetdicom 3.0.4 reactor race with stock pynetdicom.
 
-No pdimport code is involved: a plain pynetdicom SCU (with TCP_NODELAY set on
-its socket, so responses come back fast) sends small CT instances with
+No pdimport delivery code is involved: a plain pynetdicom SCU (its socket
+with TCP_NODELAY, so responses come back fast; that socket shim and the
+chunked-dataset switch come from :mod:`pdimport.send.compat`, where every
+pynetdicom internal lives, but the race workaround is *not* installed) sends small CT instances with
 ``send_c_store`` to dcmtk's storescp (``TCP_NODELAY=1``, ``--ignore``) on
 127.0.0.1, until the race hits or N stores are done. When it hits, pynetdicom
 logs "Received unexpected C-STORE service message", ``send_c_store`` waits
@@ -16,19 +18,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
 
-_config.STORE_SEND_CHUNKED_DATASET = True
+from pdimport.send import compat
 
 
 class _Unexpected(logging.Handler):
@@ -40,17 +42,9 @@ class _Unexpected(logging.Handler):
 
 
 def _nodelay_ae() -> AE:
-    from pynetdicom import transport
-
-    original = transport.AssociationSocket._create_socket
-
-    def create(self, address):  # type: ignore[no-untyped-def]
-        sock = original(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    transport.AssociationSocket._create_socket = create
-    ae = AE(ae_title="REPRO")
+    compat.stream_datasets_from_files()
+    ae = compat.StoreAE(ae_title="REPRO")
+    ae.nodelay, ae.quickack = True, False
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     ae.dimse_timeout = 5
     return ae

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_label import sample_report
 
-from pdimport.record import audit
-from pdimport.record import auditsyslog
+from pdimport.record import audit, auditsyslog
 from pdimport.record.audit import GENESIS, AuditLog, verify
+from pdimport.store.journal import Journal
 
 
 def five(directory: Path) -> AuditLog:
@@ -338,3 +339,89 @@ def test_append_fsyncs_before_returning(tmp_path: Path, monkeypatch: pytest.Monk
     synced.clear()
     AuditLog(tmp_path).append("release", job="j", actor="operator:sato")
     assert len(synced) == 1
+
+
+# ------------------------------------------------------- the journal's chain head
+def _state_with_trail(tmp_path: Path, n: int = 5) -> tuple[Path, Journal]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    log = AuditLog(tmp_path / "audit", journal=journal)
+    for i in range(n):
+        log.append("hold", job=f"j{i}")
+    return the_file(tmp_path / "audit"), journal
+
+
+def test_head_follows_every_append_and_intact_trail_passes(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path, journal = _state_with_trail(tmp_path)
+    last = json.loads(path.read_bytes().splitlines()[-1])
+    assert journal.audit_head(audit.TRAIL) == (5, last["hash"])
+    journal.close()
+    assert audit.audit_verify_main(tmp_path) == 0
+    assert "5 records intact" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_records_cut_off_the_end_are_tampering(tmp_path: Path, cut: int,
+                                               capsys: pytest.CaptureFixture) -> None:
+    path, journal = _state_with_trail(tmp_path)
+    journal.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-cut]))  # a valid chain, only shorter
+    assert verify(tmp_path / "audit") == (True, None, f"{5 - cut} records intact")
+    assert audit.audit_verify_main(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert (f"trail is shorter than the journal knows: {5 - cut} records on file, "
+            f"5 in the journal") in err
+
+
+def test_deleted_trail_file_is_missing_not_intact(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    path, journal = _state_with_trail(tmp_path)
+    journal.close()
+    path.unlink()
+    assert audit.audit_verify_main(tmp_path) == 1
+    assert "trail file missing" in capsys.readouterr().err
+
+
+def test_replaced_last_record_is_not_the_head(tmp_path: Path) -> None:
+    path, journal = _state_with_trail(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    rec = json.loads(lines[-1])
+    rec.pop("hash")
+    rec["actor"] = "someone else"
+    path.write_bytes(b"".join(lines[:-1]) + audit._seal(rec))  # re-hashed forgery
+    ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))
+    journal.close()
+    assert (ok, first_bad) == (False, 5) and "chain head" in reason
+
+
+def test_head_behind_by_one_is_a_crash_during_append(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _path, journal = _state_with_trail(tmp_path)
+
+    def crash(*_a: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")  # power lost after the fsync
+
+    monkeypatch.setattr(journal, "set_audit_head", crash)
+    AuditLog(tmp_path / "audit", journal=journal).append("release", job="j9")
+    monkeypatch.undo()
+    assert journal.audit_head(audit.TRAIL)[0] == 5
+    ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))
+    assert (ok, first_bad) == (True, None)
+    assert "head behind by 1 (crash during append" in reason
+    assert audit.audit_verify_main(tmp_path, journal) == 0
+    # Two records the journal never heard of are no crash.
+    AuditLog(tmp_path / "audit").append("release", job="j10")
+    ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))
+    assert (ok, first_bad) == (False, 6) and "longer than the journal knows" in reason
+    # The next append through the journal brings the head up to the trail.
+    AuditLog(tmp_path / "audit", journal=journal).append("release", job="j11")
+    assert verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))[0]
+    journal.close()
+
+
+def test_from_settings_keeps_the_head_without_a_journal_argument(tmp_path: Path) -> None:
+    AuditLog.from_settings(tmp_path).append("label_printed", job="j", reprint=True)
+    journal = Journal(tmp_path / "journal.sqlite")
+    assert journal.audit_head(audit.TRAIL)[0] == 1
+    journal.close()

@@ -21,7 +21,7 @@ from pynetdicom.dsutils import split_dataset
 from pdimport import settings as settings_mod
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, FileDest, deliver, parse_dest
-from pdimport.send import dicom as dicom_mod
+from pdimport.send import compat as compat_mod
 from pdimport.send.dicom import MAX_CONTEXTS, classify_status, make_ae, plan_batches
 from pdimport.transcode.reencode import TranscodeError, convert
 
@@ -272,14 +272,81 @@ def test_closed_port_is_retry_quickly(cfg, tmp_path) -> None:
     assert {(o.state, o.code) for o in outs.values()} == {("retry", "association_failed")}
 
 
-def test_rejected_association_is_retry(scripted_scp, cfg, tmp_path) -> None:
+def _count_connections(scp) -> list[object]:
+    from pynetdicom import evt
+
+    opened: list[object] = []
+    scp._server.bind(evt.EVT_CONN_OPEN, opened.append)
+    return opened
+
+
+def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path,
+                                                     caplog) -> None:
+    scp = scripted_scp()
+    scp._server.ae.require_called_aet = True  # A-ASSOCIATE-RJ result 1, reason 7
+    opened = _count_connections(scp)
+    items = [make_item(tmp_path, CT), make_item(tmp_path, RLE)]
+    outs = run(f"dicom://WRONG@127.0.0.1:{scp.port}", items, cfg, tmp_path).values()
+    assert {(o.state, o.code) for o in outs} == {("failed", "association_rejected")}
+    for out in outs:
+        assert "permanent" in out.detail and "Called AE title not recognised" in out.detail
+    assert len(opened) == 1, "a permanent rejection is not asked again"
+    assert scp.stored == []
+
+
+def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg,
+                                                              tmp_path) -> None:
+    from pdimport.send.pool import send_parallel
+    from pdimport.send.scu import NetSettings
+
     scp = scripted_scp()
     scp._server.ae.require_called_aet = True
+    items = [make_item(tmp_path, CT) for _ in range(4)]
+    (batch,) = plan_batches(items)
+    outcomes: list[SendOutcome] = []
+    down = send_parallel(parse_dest(f"dicom://WRONG@127.0.0.1:{scp.port}"), batch,
+                         NetSettings.of(cfg), outcomes.append, tmp_path / "work", 2)
+    assert down is not None and down.state == "failed"
+    assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
+    assert {(o.state, o.code) for o in outcomes} == {("failed", "association_rejected")}
+
+
+def test_transient_rejection_is_retry(scripted_scp, cfg, tmp_path) -> None:
+    scp = scripted_scp()
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    scp._server.ae.maximum_associations = 1  # a second one: result 2, local limit exceeded
+    other = AE()
+    other.add_requested_context(CTImageStorage)
+    held = other.associate("127.0.0.1", scp.port, ae_title=scp.aet)
+    assert held.is_established
     item = make_item(tmp_path, CT)
-    out = run(f"dicom://WRONG@127.0.0.1:{scp.port}", [item], cfg, tmp_path)[item.key]
+    try:
+        out = run(f"dicom://{scp.aet}@127.0.0.1:{scp.port}", [item], cfg, tmp_path)[item.key]
+    finally:
+        held.release()
     assert (out.state, out.code) == ("retry", "association_rejected")
-    assert "Called AE title not recognised" in out.detail
-    assert scp.stored == []
+    assert "transient" in out.detail and "permanent" not in out.detail
+
+
+def test_refused_connection_names_host_port_and_cause(cfg, tmp_path, caplog) -> None:
+    port = _closed_port()
+    outs = run(f"dicom://NOBODY@127.0.0.1:{port}", [make_item(tmp_path, CT)], cfg, tmp_path)
+    (out,) = outs.values()
+    assert (out.state, out.code) == ("retry", "association_failed")
+    assert out.detail == f"connection refused by 127.0.0.1:{port} (is the PACS running?)"
+    assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
+
+
+def test_unknown_host_is_a_configuration_failure(cfg, tmp_path, caplog) -> None:
+    outs = run("dicom://AE@no-such-host.invalid:104", [make_item(tmp_path, CT)], cfg, tmp_path)
+    (out,) = outs.values()
+    # A name that does not exist will not exist on the next try either.
+    assert (out.state, out.code) == ("failed", "association_failed")
+    assert out.detail == ("no-such-host.invalid:104: name does not resolve "
+                          "(check the destination URL)")
+    assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
 
 
 def _closed_port() -> int:
@@ -296,7 +363,7 @@ def test_live_association_has_tcp_nodelay(receiver, cfg) -> None:
     assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
     try:
         assert assoc.is_established
-        sock = assoc.dul.socket.socket
+        sock = compat_mod.raw_socket(assoc)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert ae.connection_timeout == cfg.get("network.connection_timeout")
         assert assoc.dimse_timeout == cfg.get("network.dimse_timeout")
@@ -309,11 +376,11 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
     delayed ACK (~40 ms) unless we re-arm TCP_QUICKACK after each recv()
     (performance.md §3d). The speed-up itself is measured in bench/, not here:
     this checks that every read on a live association re-arms it."""
-    if not dicom_mod._HAS_QUICKACK:
+    if not compat_mod._HAS_QUICKACK:
         pytest.skip("TCP_QUICKACK is Linux-only")
     calls = {"recv": 0, "quickack": 0}
-    real_recv = dicom_mod.AssociationSocket.recv
-    real_quickack = dicom_mod._quickack
+    real_recv = compat_mod.AssociationSocket.recv
+    real_quickack = compat_mod._quickack
 
     def counting_recv(self, nr_bytes):
         calls["recv"] += 1
@@ -323,8 +390,8 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
         calls["quickack"] += 1
         real_quickack(sock)
 
-    monkeypatch.setattr(dicom_mod.AssociationSocket, "recv", counting_recv)
-    monkeypatch.setattr(dicom_mod, "_quickack", counting_quickack)
+    monkeypatch.setattr(compat_mod.AssociationSocket, "recv", counting_recv)
+    monkeypatch.setattr(compat_mod, "_quickack", counting_quickack)
     scp = storescp()
     base = make_item(tmp_path, CT)
     items = [SendItem(f"k{n}", base.path, base.sop_class_uid, base.sop_instance_uid,
@@ -341,7 +408,7 @@ def test_reactor_race_response_is_put_back(receiver, cfg) -> None:
     ae = make_ae(cfg)
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
-    keeper = dicom_mod._keep_store_responses(assoc)
+    keeper = compat_mod.keep_store_responses(assoc)
     # Hold the reactor as send_c_store does so it cannot take the message.
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
@@ -430,3 +497,31 @@ def test_dcmdump_reads_converted_file(storescp, cfg, tmp_path) -> None:
     dump = subprocess.run(["dcmdump", "-M", "+P", "0002,0010", str(path)], capture_output=True,
                           text=True, check=True).stdout
     assert "=LittleEndianExplicit" in dump
+
+
+# ------------------------------------------------------- pynetdicom internals
+def _python(code: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_compat_refuses_an_unverified_pynetdicom() -> None:
+    done = _python("import pynetdicom; pynetdicom.__version__ = '9.9.9'\n"
+                   "import pdimport.send.compat")
+    assert done.returncode != 0
+    assert "ImportError" in done.stderr and "verified on pynetdicom 3.0.4" in done.stderr
+    assert "not 9.9.9" in done.stderr
+
+
+def test_importing_the_send_layer_sets_no_pynetdicom_global() -> None:
+    done = _python(
+        "from pynetdicom import _config\n"
+        "import pdimport.send, pdimport.send.scu, pdimport.send.pool, pdimport.demo.receiver\n"
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
+        "from pdimport import settings\n"
+        "pdimport.send.dicom.make_ae(settings.defaults())\n"
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

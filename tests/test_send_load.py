@@ -24,6 +24,7 @@ from pynetdicom.dsutils import encode
 from pdimport import settings as settings_mod
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, deliver, parse_dest, wire
+from pdimport.send import compat as compat_mod
 from pdimport.send import dicom as dicom_mod
 from pdimport.send.link import RESENT
 from pdimport.send.scu import association_count, new_link
@@ -96,14 +97,14 @@ def test_socket_options_per_destination(receiver, cfg, tmp_path, monkeypatch, qu
     recv = receiver()
     dest = parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}{query}")
     calls = []
-    monkeypatch.setattr(dicom_mod, "_quickack", lambda sock: calls.append(sock))
+    monkeypatch.setattr(compat_mod, "_quickack", lambda sock: calls.append(sock))
     item = write_ct(tmp_path / "one.dcm")
     link = new_link(dest, dicom_mod.plan_batches([item])[0].contexts, cfg, tmp_path)
     try:
         assert link.send(item).state == "sent"
-        sock = link._assoc.dul.socket.socket
+        sock = compat_mod.raw_socket(link._assoc)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == nodelay
-        assert bool(calls) == (quickack and dicom_mod._HAS_QUICKACK)
+        assert bool(calls) == (quickack and compat_mod._HAS_QUICKACK)
     finally:
         link.close()
 

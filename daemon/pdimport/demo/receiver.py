@@ -24,8 +24,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pdimport.store.fsutil import write_bytes
 from pdimport.send.files import safe_name
+from pdimport.store.fsutil import write_bytes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class Receiver:
     def _on_conn_open(event: evt.Event) -> None:
         # Nagle against the SCU's delayed ACK costs ~40 ms per response
         # (notes/performance.md §3a).
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        from pdimport.send.compat import raw_socket
+
+        sock = raw_socket(event.assoc)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

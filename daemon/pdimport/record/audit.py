@@ -21,8 +21,15 @@ Each line is one JSON object ending with two fields:
 Changing any byte of record *k* breaks its own ``hash``, and rewriting it with
 a fresh hash breaks ``prev`` of record *k + 1*: :func:`verify` names the
 first record that fails. Removing records from the *end* cannot be detected
-from the file alone; the syslog copy (:mod:`pdimport.record.auditsyslog`) is the
-external witness.
+from the file alone, so the journal keeps the chain head — the record count
+and the last record's ``hash`` — updated after each append
+(:meth:`Journal.set_audit_head <pdimport.store.journal.Journal.set_audit_head>`).
+:func:`verify` compares the trail with it: a trail shorter than the head, a
+different last record, or a missing file is tampering or loss; a head exactly
+one record behind, with that record chaining from the head, is a crash
+between the append and the head update (reported, not failed: the next
+append repairs it). The syslog copy (:mod:`pdimport.record.auditsyslog`) is a
+second external witness.
 
 Durability: a record is written with one ``write`` on an ``O_APPEND``
 descriptor and ``fsync``'ed before :meth:`AuditLog.append` returns, so the
@@ -42,6 +49,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -54,6 +62,8 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+#: Name of the appliance's trail in the journal's ``audit_head`` table.
+TRAIL = "audit"
 FILE_RE = re.compile(r"^audit-(\d{4})-(\d{2})\.jsonl$")
 _HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n?$')
 
@@ -115,11 +125,13 @@ class AuditLog:
         Also send PS3.15 Import / Instances Transferred messages.
     node : auditsyslog.Node, optional
         Our identity in those messages.
+    trail : str
+        Name of this trail's chain head in the journal.
     """
 
     def __init__(self, directory: Path | str, *, consent: str = "unknown", facility: str = "",
                  calling_aet: str = "", journal: Any = None, syslog: Any = None,
-                 node: Any = None) -> None:
+                 node: Any = None, trail: str = TRAIL) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.consent = consent or "unknown"
@@ -128,13 +140,19 @@ class AuditLog:
         self.journal = journal
         self.syslog = syslog
         self.node = node
+        self.trail = trail
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, Any]] = {}  # per-job context for on_event
 
     @classmethod
     def from_settings(cls, state_dir: Path | str, settings: Any = None,
                       journal: Any = None) -> AuditLog:
-        """Build from the settings table (``audit.*``, ``calling_aet``)."""
+        """Build from the settings table (``audit.*``, ``calling_aet``).
+
+        Without ``journal``, opens ``state_dir/journal.sqlite``: every writer
+        of the appliance's trail must keep its chain head, or :func:`verify`
+        reports the records it wrote as unknown to the journal.
+        """
         def opt(name: str, default: Any) -> Any:
             try:
                 value = settings.get(name) if settings is not None else None
@@ -149,6 +167,10 @@ class AuditLog:
             syslog = SyslogSender(opt("audit.syslog", ""))
             node = Node(aet=opt("calling_aet", "PDIMPORT"),
                         site_id=opt("audit.site_id", ""))
+        if journal is None:
+            from pdimport.store.journal import Journal
+
+            journal = Journal(Path(state_dir) / "journal.sqlite")
         return cls(Path(state_dir) / "audit", consent=opt("audit.consent", "unknown"),
                    calling_aet=opt("calling_aet", ""), journal=journal, syslog=syslog,
                    node=node)
@@ -172,8 +194,26 @@ class AuditLog:
             record = self._record(event, fields, last)
             line = _seal(record)
             _write_durably(path, lead + line)
-        record["hash"] = json.loads(line)["hash"]
+            record["hash"] = json.loads(line)["hash"]
+            # After the record is durable, and still under the file lock: a
+            # crash in between leaves the head exactly one record behind,
+            # which verify() tells apart from records cut off the end.
+            self._advance_head(record)
         return record
+
+    def _advance_head(self, record: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        try:
+            count = int(record["seq"])
+            if count <= 0:  # the previous line was damaged: count on from the head
+                head = self.journal.audit_head(self.trail)
+                count = (head[0] if head else 0) + 1
+            self.journal.set_audit_head(self.trail, count, record["hash"])
+        except sqlite3.Error as exc:
+            # The record itself is durable; verify() will show the lagging head.
+            log.warning("audit record %s written but the journal's chain head not updated: %s",
+                        record.get("seq"), exc)
 
     def _record(self, event: str, fields: dict[str, Any], last: bytes | None) -> dict[str, Any]:
         seq = 1
@@ -380,8 +420,17 @@ def check_line(line: bytes, prev_line: bytes | None) -> str:
     return ""
 
 
-def verify(directory: Path | str) -> tuple[bool, int | None, str]:
+def verify(directory: Path | str,
+           head: tuple[int, str] | None = None) -> tuple[bool, int | None, str]:
     """Check the whole chain (PS3.15 asks audit trails to be tamper-evident).
+
+    Parameters
+    ----------
+    directory : Path
+        The trail's directory.
+    head : (count, hash), optional
+        The chain head the journal recorded (:meth:`Journal.audit_head`).
+        Without it, records removed from the end cannot be detected.
 
     Returns
     -------
@@ -390,9 +439,11 @@ def verify(directory: Path | str) -> tuple[bool, int | None, str]:
         number in a single-file log), or None when intact. When record *n*'s
         ``prev`` does not match record *n - 1*, record *n - 1* is named (it
         was rewritten with a fresh hash, or records were removed after it).
+        A trail shorter than ``head`` names the first missing record.
     """
     prev_line: bytes | None = None
     number = 0
+    at_head = ""  # hash field of record number head[0]
     for path, lineno, line in _lines(directory):
         number += 1
         why = check_line(line, prev_line)
@@ -403,8 +454,36 @@ def verify(directory: Path | str) -> tuple[bool, int | None, str]:
             return False, number - 1, reason
         if why:
             return False, number, f"record {number} ({path.name} line {lineno}): {why}"
+        if head is not None and number == head[0]:
+            at_head = _HASH_TAIL.search(line).group(1).decode()  # type: ignore[union-attr]
         prev_line = line
-    return True, None, f"{number} records intact"
+    if head is None:
+        return True, None, f"{number} records intact"
+    return _against_head(number, at_head, head, has_files=bool(log_files(directory)))
+
+
+def _against_head(number: int, at_head: str, head: tuple[int, str],
+                  has_files: bool) -> tuple[bool, int | None, str]:
+    """Compare an intact chain of ``number`` records with the journal's head."""
+    count, digest = head
+    if count > 0 and not has_files:
+        return False, 1, f"trail file missing: the journal knows {count} records"
+    if number < count:
+        return False, number + 1, (f"trail is shorter than the journal knows: {number} "
+                                   f"records on file, {count} in the journal (records "
+                                   f"removed from the end, or the trail truncated)")
+    if count > 0 and at_head != digest:
+        return False, count, (f"record {count} is not the one the journal knows as the "
+                              f"chain head: the end of the trail was replaced")
+    if number == count:
+        return True, None, f"{number} records intact (length confirmed by the journal)"
+    if number == count + 1:
+        return True, None, (f"{number} records intact; head behind by 1 (crash during "
+                            f"append: record {number} was written, the journal's head "
+                            f"not updated)")
+    return False, count + 1, (f"trail is longer than the journal knows: {number} records "
+                              f"on file, {count} in the journal ({number - count} records "
+                              f"appended without the journal)")
 
 
 def records(directory: Path | str) -> Iterator[dict[str, Any]]:
@@ -433,10 +512,25 @@ def export(directory: Path | str, since: datetime | None = None) -> Iterator[dic
 
 
 # --------------------------------------------------------------------------- CLI
-def audit_verify_main(state_dir: Path | str) -> int:
-    """``pdimport audit verify``: 0 when the chain is intact, 1 naming the
-    first bad record."""
-    ok, first_bad, reason = verify(Path(state_dir) / "audit")
+def audit_verify_main(state_dir: Path | str, journal: Any = None) -> int:
+    """``pdimport audit verify``: 0 when the chain is intact and as long as the
+    journal knows, 1 naming the first bad (or missing) record.
+
+    Without ``journal``, reads the chain head from ``state_dir/journal.sqlite``
+    when that exists.
+    """
+    head = None
+    if journal is None and (Path(state_dir) / "journal.sqlite").exists():
+        from pdimport.store.journal import Journal
+
+        own = Journal(Path(state_dir) / "journal.sqlite")
+        try:
+            head = own.audit_head(TRAIL)
+        finally:
+            own.close()
+    elif journal is not None:
+        head = journal.audit_head(TRAIL)
+    ok, first_bad, reason = verify(Path(state_dir) / "audit", head)
     if ok:
         print(f"audit log intact: {reason}")
         return 0

@@ -28,10 +28,9 @@ import hashlib
 import logging
 import os
 import socket
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -42,9 +41,9 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send import wire
+from pdimport.send import compat, wire
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import FALLBACK_TS, _keep_store_responses, _ResponseKeeper, outcome_from_status
+from pdimport.send.dicom import FALLBACK_TS, outcome_from_status
 from pdimport.transcode.reencode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
@@ -59,13 +58,21 @@ class LinkDown(Exception):
     """The link cannot take more items; ``code`` is a problem code.
 
     ``association_rejected`` / ``association_failed``: the items not yet
-    sent go back to the caller as ``retry``.
+    sent go back to the caller as ``state``: ``retry`` (the peer may take
+    them later), or ``failed`` when asking again cannot help — an
+    A-ASSOCIATE-RJ "rejected-permanent" (PS3.8 9.3.4, result 1) or a
+    destination host name that does not exist.
     """
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, state: str = "retry") -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        # Crosses the pipe from send workers (pool.py) intact.
+        return LinkDown, (self.code, self.detail, self.state)
 
 
 @dataclass
@@ -94,7 +101,7 @@ class Link:
     answered: int = 0
     sent: int = 0
     _assoc: Association | None = field(default=None, repr=False)
-    _keeper: _ResponseKeeper | None = field(default=None, repr=False)
+    _keeper: compat.ResponseKeeper | None = field(default=None, repr=False)
     _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _no_context: bool = False
@@ -132,31 +139,40 @@ class Link:
     def _open(self) -> None:
         """Establish a fresh association, or raise :class:`LinkDown`."""
         rejections: list = []
+        connected: list[bool] = []
 
         def on_acse_recv(event: evt.Event) -> None:
             # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
             if getattr(event.primitive, "result", None) in (0x01, 0x02):
                 rejections.append(event.primitive)
 
+        _resolve(self.dest.connect_host, self.dest.port)
         assoc = self.ae.associate(
             self.dest.connect_host, self.dest.port, contexts=self.contexts,
             ae_title=self.dest.aet, max_pdu=self.max_pdu,
-            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)],
+            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv),
+                          (evt.EVT_CONN_OPEN, lambda _e: connected.append(True))],
         )
         if assoc.is_rejected:
-            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections))
+            permanent = bool(rejections) and rejections[-1].result == 0x01
+            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections),
+                           "failed" if permanent else "retry")
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts:
                 # pynetdicom aborts when the SCP accepts no context at all.
                 self._no_context = True
                 return
+            if not connected:
+                raise LinkDown("association_failed", _connect_failure(
+                    self.dest.connect_host, self.dest.port,
+                    float(self.ae.connection_timeout or 5)))
             raise LinkDown("association_failed",
-                           f"{self.dest.key}: connection refused, aborted or timed out")
+                           f"{self.dest.key}: association aborted or timed out by the peer")
         self._assoc = assoc
-        self._keeper = _keep_store_responses(assoc)
+        self._keeper = compat.keep_store_responses(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
         self.sent = 0
-        _bound_writes(assoc)
+        compat.bound_writes(assoc)
 
     def connect(self) -> None:
         """Establish the association now (else the first :meth:`send` does).
@@ -304,7 +320,7 @@ def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
                        f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}")
 
 
-def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str, str], int],
+def _c_store(assoc: Association, keeper: compat.ResponseKeeper, cx_ids: dict[tuple[str, str], int],
              path: Path, msg_id: int) -> Dataset:
     """One C-STORE of a Part 10 file's original bytes; the status Dataset.
 
@@ -325,7 +341,7 @@ def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str
     sop_instance = str(meta.MediaStorageSOPInstanceUID)
     cx_id = cx_ids[(sop_class, str(meta.TransferSyntaxUID))]
     command = wire.encode_store_rq(sop_class, sop_instance, msg_id)
-    _pause_reactor(assoc)
+    compat.pause_reactor(assoc)
     keeper.awaiting = msg_id
     try:
         with open(path, "rb") as fp:
@@ -334,19 +350,11 @@ def _c_store(assoc: Association, keeper: _ResponseKeeper, cx_ids: dict[tuple[str
         rsp = assoc.dimse.get_msg(block=True)[1] if written else None
     finally:
         keeper.awaiting = None
-        assoc._reactor_checkpoint.set()
+        compat.resume_reactor(assoc)
     if rsp is None:
-        assoc._handle_no_response()
+        compat.no_response(assoc)
         return Dataset()
-    return assoc._check_received_status(rsp)
-
-
-def _pause_reactor(assoc: Association) -> None:
-    # As send_c_store does; the stale-flag race this leaves is what
-    # _ResponseKeeper repairs. A dead reactor never pauses: do not spin.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused and assoc.is_alive():
-        time.sleep(0.0001)
+    return compat.response_status(assoc, rsp)
 
 
 def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> bool:
@@ -357,7 +365,7 @@ def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> b
     does not matter any more. P-DATA needs no state change in Sta6 (PS3.8
     9.2, DT-1), so bypassing the state machine keeps it consistent.
     """
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    sock = compat.raw_socket(assoc)
     if sock is None:
         return False
     fragment = wire.fragment_size(assoc.acceptor.maximum_length or 0)
@@ -389,15 +397,6 @@ def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
-
-
-def _bound_writes(assoc: Association) -> None:
-    # pynetdicom leaves the connected socket blocking without a timeout; a
-    # peer that stops reading would hang our sendmsg() forever. The DUL
-    # select()s before it reads, so a timeout does not disturb it.
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None and sock.gettimeout() is None:
-        sock.settimeout(float(assoc.dimse_timeout or 60.0))
 
 
 def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str, str], int]]:
@@ -460,7 +459,46 @@ def _rejection_detail(dest: DicomDest, rejections: list) -> str:
     if not rejections:
         return f"{dest.key}: association rejected"
     rj = rejections[-1]
-    return f"{dest.key}: {rj.result_str} rejection by {rj.source_str}: {rj.reason_str}"
+    kind = "permanent" if rj.result == 0x01 else "transient"
+    return (f"{dest.key}: association rejected ({kind}, not retried) by {rj.source_str}: "
+            f"{rj.reason_str}" if kind == "permanent" else
+            f"{dest.key}: association rejected ({kind}) by {rj.source_str}: {rj.reason_str}")
+
+
+def _resolve(host: str, port: int) -> None:
+    """Raise :class:`LinkDown` when ``host`` does not resolve.
+
+    pynetdicom only logs the resolver's error. A name that does not exist
+    (EAI_NONAME) is a configuration error: retrying every job would only
+    repeat it, so its items end ``failed`` and the report says to check the
+    destination URL. A resolver that is merely unavailable (EAI_AGAIN) may
+    answer later: ``retry``.
+    """
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise LinkDown("association_failed", f"{host}:{port}: name lookup failed for now "
+                           f"({exc.strerror}); will retry") from None
+        raise LinkDown("association_failed", f"{host}:{port}: name does not resolve "
+                       f"(check the destination URL)", "failed") from None
+
+
+def _connect_failure(host: str, port: int, timeout: float) -> str:
+    """Why the TCP connection to ``host:port`` failed, in words.
+
+    pynetdicom logs the socket error but does not return it; one more
+    connect attempt, bounded by the connection timeout, names the cause.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+            return f"{host}:{port}: connection failed, then accepted on a second try"
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (is the PACS running?)"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {min(timeout, 5.0):.0f} s (firewall?)"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
 
 
 __all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown", "conversion_target", "converted_path",

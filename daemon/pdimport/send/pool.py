@@ -84,7 +84,7 @@ def _worker(conn: Connection, dest: DicomDest, contexts: list[tuple[str, list[st
         try:
             link.connect()
         except LinkDown as down:
-            conn.send(("down", None, down.code, down.detail, 0))
+            conn.send(("down", None, down, 0))
             return
         conn.send(("ready",))
         while (msg := conn.recv()) is not None:
@@ -92,7 +92,7 @@ def _worker(conn: Connection, dest: DicomDest, contexts: list[tuple[str, list[st
             try:
                 outcome = link.send(item)
             except LinkDown as down:
-                conn.send(("down", index, down.code, down.detail, link.answered))
+                conn.send(("down", index, down, link.answered))
                 break
             conn.send(("out", index, outcome))
     except (EOFError, OSError):
@@ -127,13 +127,13 @@ def item_timeout_for(settings: Any) -> float:
 
 
 def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
-                  workdir: Path, count: int, item_timeout: float | None = None) -> str:
+                  workdir: Path, count: int, item_timeout: float | None = None) -> LinkDown | None:
     """Send `batch` over `count` associations in worker processes.
 
     Returns
     -------
-    str
-        '' or, when no worker got a single answer, the code that stopped them.
+    LinkDown or None
+        When no worker got a single answer, why the last one stopped.
     """
     ctx = _context()
     contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
@@ -160,14 +160,15 @@ def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outc
 
 
 def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
-           todo: deque[int], workers: list[_Worker], item_timeout: float) -> str:
+           todo: deque[int], workers: list[_Worker],
+           item_timeout: float) -> LinkDown | None:
     """Deal items to ready workers and collect outcomes until every item has one.
 
     A worker gets items only once its association is up: against a peer
     that serves one association at a time, the others just wait and are
     stopped at the end, holding nothing.
     """
-    answered, last_down = 0, ""
+    answered, last_down = 0, None
     while any(w.held for w in workers) or (todo and any(w.open for w in workers)):
         watched = [w for w in workers if w.held or w.open]
         first = min((w.deadline for w in watched if w.held), default=math.inf)
@@ -190,9 +191,12 @@ def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
         # Every association is down: the rest goes back to the caller.
         rest = [items[i] for i in todo]
         todo.clear()
-        _give_back(rest, last_down or "association_failed", f"{dest.key}: no association left",
-                   on_outcome)
-    return last_down if answered == 0 else ""
+        if last_down is None:
+            _give_back(rest, "association_failed", f"{dest.key}: no association left",
+                       on_outcome)
+        else:
+            _give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
+    return last_down if answered == 0 else None
 
 
 def _fill(worker: _Worker, items: list[SendItem], todo: deque[int], timeout: float) -> None:
@@ -206,9 +210,9 @@ def _fill(worker: _Worker, items: list[SendItem], todo: deque[int], timeout: flo
 
 
 def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
-             on_outcome: OutcomeCallback, timeout: float) -> tuple[int, str]:
-    """Read what `worker` reported; (answers counted, down code or '')."""
-    answered, down = 0, ""
+             on_outcome: OutcomeCallback, timeout: float) -> tuple[int, LinkDown | None]:
+    """Read what `worker` reported; (answers counted, why it went down or None)."""
+    answered, down = 0, None
     try:
         while worker.open and worker.conn.poll():
             msg = worker.conn.recv()
@@ -221,9 +225,9 @@ def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
                 answered += msg[2].status is not None
                 on_outcome(msg[2])
             else:
-                answered += msg[4]
-                down = _code_if_never_answered(msg[2], msg[4])
-                _went_down(items, worker, msg[2], msg[3], on_outcome)
+                answered += msg[3]
+                down = msg[2] if msg[3] == 0 else None  # only then may it stop further batches
+                _went_down(items, worker, msg[2], on_outcome)
     except (EOFError, OSError):
         worker.open = False
     if not worker.proc.is_alive():
@@ -233,15 +237,10 @@ def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
     return answered, down
 
 
-def _code_if_never_answered(code: str, answered: int) -> str:
-    """The code that may stop further batches: only when nothing was answered."""
-    return code if answered == 0 else ""
-
-
-def _went_down(items: list[SendItem], worker: _Worker, code: str, detail: str,
+def _went_down(items: list[SendItem], worker: _Worker, down: LinkDown,
                on_outcome: OutcomeCallback) -> None:
     worker.open = False
-    _give_back([items[i] for i in worker.held], code, detail, on_outcome)
+    _give_back([items[i] for i in worker.held], down.code, down.detail, on_outcome, down.state)
     worker.held.clear()
 
 
@@ -260,9 +259,9 @@ def _lost(dest: DicomDest, items: list[SendItem], worker: _Worker,
 
 
 def _give_back(items: list[SendItem], code: str, detail: str,
-               on_outcome: OutcomeCallback) -> None:
+               on_outcome: OutcomeCallback, state: str = "retry") -> None:
     for item in items:
-        on_outcome(SendOutcome(item.key, "retry", None, code, detail))
+        on_outcome(SendOutcome(item.key, state, None, code, detail))
 
 
 def _stop(workers: list[_Worker]) -> None:

@@ -131,11 +131,13 @@ def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
             verdict = send_parallel(dest, batch, net, on_outcome, workdir, count)
         else:
             verdict = send_batch(dest, batch, net, on_outcome, workdir)
-        if verdict in ("association_rejected", "association_failed"):
+        if verdict is not None and verdict.code in ("association_rejected",
+                                                    "association_failed"):
             # The peer is unreachable or refuses us: do not knock again for
             # every batch (a blackhole costs acse_timeout each time).
             rest = [i for b in batches[index + 1:] for i in b.items]
-            give_back(rest, verdict, f"{dest.key}: not attempted ({verdict})", on_outcome)
+            give_back(rest, verdict.code, f"not attempted: {verdict.detail}", on_outcome,
+                      verdict.state)
             return
 
 
@@ -146,13 +148,13 @@ def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path
 
 
 def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
-               workdir: Path) -> str:
+               workdir: Path) -> LinkDown | None:
     """Send one batch on one association in this thread.
 
     Returns
     -------
-    str
-        '' or the code that stopped the link before every item went out.
+    LinkDown or None
+        Why the link stopped before any item was answered, else None.
     """
     link = new_link(dest, batch.contexts, settings, workdir)
     stream: Iterator[tuple[SendItem, SendOutcome | None]] | None = None
@@ -162,8 +164,8 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
             # the peer accepted.
             link.connect()
         except LinkDown as down:
-            give_back(batch.items, down.code, down.detail, on_outcome)
-            return down.code
+            give_back(batch.items, down.code, down.detail, on_outcome, down.state)
+            return down
         stream = converted_ahead(link, batch.items, workdir)
         for n, (item, failed) in enumerate(stream):
             if failed is not None:
@@ -172,8 +174,8 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
             try:
                 outcome = link.send(item)
             except LinkDown as down:
-                give_back(batch.items[n:], down.code, down.detail, on_outcome)
-                return down.code if link.answered == 0 else ""
+                give_back(batch.items[n:], down.code, down.detail, on_outcome, down.state)
+                return down if link.answered == 0 else None
             on_outcome(outcome)
     except BaseException:
         link.abort()
@@ -182,7 +184,7 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
         if stream is not None:
             stream.close()  # stops the decode pool, if any
     link.close()
-    return ""
+    return None
 
 
 def converted_ahead(link: Link, items: list[SendItem],
@@ -239,10 +241,11 @@ def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> dict[str, li
 
 
 def give_back(items: list[SendItem], code: str, detail: str,
-              on_outcome: OutcomeCallback) -> None:
-    """Report `items` as not sent: ``retry`` with `code`."""
+              on_outcome: OutcomeCallback, state: str = "retry") -> None:
+    """Report `items` as not sent: ``retry`` (or ``failed``, when the peer
+    refused us for good) with `code`."""
     for item in items:
-        on_outcome(SendOutcome(item.key, "retry", None, code, detail))
+        on_outcome(SendOutcome(item.key, state, None, code, detail))
 
 
 __all__ = [

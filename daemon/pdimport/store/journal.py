@@ -75,6 +75,18 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_uid ON deliveries(dest, sop_instance_uid);
 """
 
+#: The audit trail's chain head (:mod:`pdimport.record.audit`): the journal is
+#: the trail's external witness of its length, so cutting records off the end
+#: of the trail (or deleting it) no longer passes as "intact".
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_head (
+    trail   TEXT PRIMARY KEY,
+    count   INTEGER NOT NULL,
+    hash    TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
 FINAL_STATES = frozenset({"imported", "held", "partial", "failed", "scanned"})
 
 
@@ -129,6 +141,7 @@ class Journal:
         # FULL: with NORMAL a commit can roll back after power loss (SQLite docs).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._db.executescript(AUDIT_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -268,6 +281,19 @@ class Journal:
                 "attempts=deliveries.attempts+1, time=excluded.time",
                 (dest, sop_instance_uid, sha256, state, status, code, detail, job_id,
                  time.time()))
+
+    # ----------------------------------------------------------- audit head
+    def set_audit_head(self, trail: str, count: int, hash: str) -> None:
+        """Record that ``trail`` now ends with its ``count``-th record, whose
+        ``hash`` field is ``hash`` (one autocommitted, synced statement)."""
+        self._exec("INSERT INTO audit_head VALUES (?,?,?,?) ON CONFLICT(trail) DO UPDATE SET "
+                   "count=excluded.count, hash=excluded.hash, updated=excluded.updated",
+                   (trail, count, hash, time.time()))
+
+    def audit_head(self, trail: str) -> tuple[int, str] | None:
+        """``(count, hash)`` last recorded for ``trail``, or None if never."""
+        rows = self._rows("SELECT count, hash FROM audit_head WHERE trail=?", (trail,))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
 
 def _job(row: tuple) -> Job:

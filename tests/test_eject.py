@@ -174,6 +174,7 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     from pdimport.appliance import daemon as dmod
     from pdimport.job import lifecycle as lc
     from pdimport.appliance.udev import MediaEvent
+    from pdimport.settings import declared
 
     fake = FakeDrive(locked=False)
     node = tmp_path / "sr0"
@@ -194,7 +195,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
             return "done", {"status": "imported"}
 
     class StubApp:
-        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: {}[k]})()
+        # Table defaults for every declared setting (an undeclared name raises).
+        cfg = type("C", (), {"state_path": tmp_path,
+                             "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "delivered"
@@ -228,7 +231,9 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
     node.write_bytes(b"")
 
     class StubApp:
-        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: {}[k]})()
+        # Table defaults for every declared setting (an undeclared name raises).
+        cfg = type("C", (), {"state_path": tmp_path,
+                             "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "read"

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from pdimport.appliance import drives
+from pdimport.settings import declared
 from pdimport.record.audit import AuditLog, records
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
@@ -174,7 +175,6 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     from pdimport.appliance import daemon as dmod
     from pdimport.job import lifecycle as lc
     from pdimport.appliance.udev import MediaEvent
-    from pdimport.settings import declared
 
     fake = FakeDrive(locked=False)
     node = tmp_path / "sr0"

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from pdimport.appliance import drives
+from pdimport.settings import declared
 from pdimport.record.audit import AuditLog, records
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
@@ -194,7 +195,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
             return "done", {"status": "imported"}
 
     class StubApp:
-        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: {}[k]})()
+        # Table defaults for every declared setting (an undeclared name raises).
+        cfg = type("C", (), {"state_path": tmp_path,
+                             "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "delivered"
@@ -228,7 +231,9 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
     node.write_bytes(b"")
 
     class StubApp:
-        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: {}[k]})()
+        # Table defaults for every declared setting (an undeclared name raises).
+        cfg = type("C", (), {"state_path": tmp_path,
+                             "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "read"

@@ -12,11 +12,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pdimport import __version__
 from pdimport.job import report as report_mod
-from pdimport.settings import SettingsError, load
+from pdimport.settings import SETTINGS, Setting, SettingsError, check, load
 
 EXIT_USAGE = 64
 
@@ -25,96 +25,122 @@ log = logging.getLogger("pdimport")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2; our contract says 64
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _flag_type(setting: Setting) -> Callable[[str], Any]:
+    """argparse ``type=``: a flag's text typed and checked by the table entry."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(setting, text, text_ok=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {exc}") from None
+
+    convert.__name__ = setting.type.__name__
+    return convert
+
+
+def _add_setting(p: argparse.ArgumentParser, setting: Setting) -> None:
+    """The flag of one setting, generated from its declaration."""
+    assert setting.flag is not None
+    help_text = f"{setting.doc} (setting {setting.name}; default {setting.default!r})"
+    if setting.type is bool and not setting.multiple:
+        p.add_argument(setting.flag, dest=setting.dest, default=None, help=help_text,
+                       action=argparse.BooleanOptionalAction)
+        return
+    item = _flag_type(setting) if not setting.multiple else _item_type(setting)
+    kwargs: dict[str, Any] = {"dest": setting.dest, "default": None, "type": item,
+                              "help": help_text}
+    if setting.choices is not None:
+        kwargs["metavar"] = "{" + ",".join(str(c) for c in setting.choices) + "}"
+    elif setting.metavar:
+        kwargs["metavar"] = setting.metavar
+    if setting.multiple:
+        if setting.nargs:
+            kwargs["nargs"] = setting.nargs
+        else:
+            kwargs["action"] = "append"
+    p.add_argument(setting.flag, **kwargs)
+
+
+def _item_type(setting: Setting) -> Callable[[str], Any]:
+    """argparse ``type=`` for one item of a list setting."""
+    convert = _flag_type(setting)
+
+    def one(text: str) -> Any:
+        return convert(text)[0]
+
+    one.__name__ = setting.type.__name__
+    return one
+
+
+def _common(p: argparse.ArgumentParser, command: str) -> None:
+    """Options every subcommand takes, then the flags of the settings of `command`."""
     p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--state-dir", metavar="DIR", help="journal and spool (default /var/lib/pdimport)")
     p.add_argument("--json", action="store_true", help="print the JSON report(s)")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    for setting in SETTINGS:
+        if setting.flag and command in setting.commands:
+            _add_setting(p, setting)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: per-command arguments here, setting flags from :data:`SETTINGS`."""
     parser = _Parser(prog="pdimport", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"pdimport {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("import", help="import media now")
-    _common(p)
+    _common(p, "import")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, .iso/.img image, .zip package or block device")
-    p.add_argument("--dest", action="append", default=[], metavar="URL",
-                   help="dicom://AET@host:port or file:///path (repeatable)")
-    p.add_argument("--calling-aet", metavar="AET")
-    p.add_argument("--scanner", choices=("auto", "pydicom", "numba"))
-    p.add_argument("--route", action="append", default=[], metavar="KIND=URL",
-                   help="also send KIND (image, rt, ai, document, sr, other; optionally "
-                   "KIND:MODALITY) to URL, e.g. rt=dicom://TPS@host:104 (repeatable)")
-    p.add_argument("--ai", choices=("mark", "hold", "skip"),
-                   help="AI results: mark (prefix and send), hold the job, or skip them")
 
     p = sub.add_parser("scan", help="inventory a medium; sends nothing")
-    _common(p)
+    _common(p, "scan")
     p.add_argument("source", metavar="SOURCE")
-    p.add_argument("--scanner", choices=("auto", "pydicom", "numba"))
 
     p = sub.add_parser("jobs", help="list jobs in the journal")
-    _common(p)
+    _common(p, "jobs")
 
     p = sub.add_parser("report", help="print the stored report of a job")
-    _common(p)
+    _common(p, "report")
     p.add_argument("job")
 
     p = sub.add_parser("daemon", help="the appliance: drives and watch folder")
-    _common(p)
-    p.add_argument("--dest", action="append", default=[], metavar="URL")
-    p.add_argument("--watch", metavar="DIR")
-    p.add_argument("--devices", nargs="+", metavar="GLOB", help="kernel names, e.g. 'sr*' 'loop*'")
-    p.add_argument("--eject-after", choices=("read", "delivered"))
-    p.add_argument("--calling-aet", metavar="AET")
+    _common(p, "daemon")
 
     p = sub.add_parser("status", help="live state of drives and jobs (from the running daemon)")
-    _common(p)
+    _common(p, "status")
 
     p = sub.add_parser("label", help="render or reprint the status label of a job")
-    _common(p)
+    _common(p, "label")
     p.add_argument("job")
     p.add_argument("--out", metavar="FILE", help="write the label here instead of printing it")
 
     p = sub.add_parser("audit", help="the audit trail")
-    _common(p)
+    _common(p, "audit")
     audit_sub = p.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     a = audit_sub.add_parser("verify", help="check the whole hash chain")
-    _common(a)
+    _common(a, "audit")
     a = audit_sub.add_parser("export", help="records of a period as JSON lines")
-    _common(a)
+    _common(a, "audit")
     a.add_argument("--since", metavar="DATE", help="YYYY-MM-DD")
 
     p = sub.add_parser("settings", help="every setting with its type, default and meaning")
-    _common(p)
+    _common(p, "settings")
 
     p = sub.add_parser("demo", help="run the appliance on embedded defaults: a local stand-in "
                        "PACS, a watch folder, and a sample disc dropped into it")
-    _common(p)
+    _common(p, "demo")
     p.add_argument("--once", action="store_true",
                    help="stop after the sample disc is imported instead of running on")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    overrides = {
-        "state_dir": getattr(args, "state_dir", None),
-        "dest": getattr(args, "dest", None),
-        "calling_aet": getattr(args, "calling_aet", None),
-        "scanner": getattr(args, "scanner", None),
-        "watch": getattr(args, "watch", None),
-        "devices": getattr(args, "devices", None),
-        "eject_after": getattr(args, "eject_after", None),
-        "route": getattr(args, "route", None),
-        "ai.policy": getattr(args, "ai", None),
-    }
+    """Defaults, the config file, then the flags given (all from :data:`SETTINGS`)."""
+    overrides = {s.name: getattr(args, s.dest, None) for s in SETTINGS if s.flag}
     return load(args.config, overrides)
 
 
@@ -235,12 +261,10 @@ def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_settings(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.settings import SETTINGS, describe
+    from pdimport.settings import as_records, describe
 
     if args.json:
-        print(json.dumps([{"name": st.name, "type": st.type.__name__, "default": st.default,
-                           "flag": st.flag, "doc": st.doc, "value": cfg.get(st.name)}
-                          for st in SETTINGS], indent=2, ensure_ascii=False))
+        print(json.dumps(as_records(cfg), indent=2, ensure_ascii=False))
     else:
         print(describe())
     return 0

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pdimport.label import render as label_mod
+from pdimport.settings import declared
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,14 @@ class PrinterError(RuntimeError):
     """Internal: a back-end failed; turned into ``PrintResult(ok=False)``."""
 
 
-def _opt(settings: Any, name: str, default: Any) -> Any:
-    """A setting from a :class:`~pdimport.settings.Settings` or a plain mapping."""
-    try:
-        value = settings.get(name)
-    except (KeyError, AttributeError):
-        value = None
-    return default if value is None else value
+def _opt(settings: Any, name: str) -> Any:
+    """A declared ``printer.*`` setting from :class:`~pdimport.settings.Settings`, or
+    from a plain mapping (tests, callers without a config), where a missing key
+    takes the table's default. An undeclared name raises."""
+    setting = declared(name)
+    if isinstance(settings, Mapping):
+        return settings.get(name, setting.default)
+    return settings.get(name)
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,13 @@ class PrinterConfig:
 
 def config_from(settings: Mapping[str, Any] | Any) -> PrinterConfig:
     return PrinterConfig(
-        backend=str(_opt(settings, "printer.backend", "none")),
-        target=str(_opt(settings, "printer.target", "")),
-        size=str(_opt(settings, "printer.size", "62mm")),
-        dpi=int(_opt(settings, "printer.dpi", 203)),
-        fmt=str(_opt(settings, "printer.format", "pdf")),
-        timeout=float(_opt(settings, "printer.timeout", 10.0)),
-        cups_options=str(_opt(settings, "printer.cups_options", "")),
+        backend=str(_opt(settings, "printer.backend")),
+        target=str(_opt(settings, "printer.target")),
+        size=str(_opt(settings, "printer.size")),
+        dpi=int(_opt(settings, "printer.dpi")),
+        fmt=str(_opt(settings, "printer.format")),
+        timeout=float(_opt(settings, "printer.timeout")),
+        cups_options=str(_opt(settings, "printer.cups_options")),
     )
 
 

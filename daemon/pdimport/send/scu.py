@@ -75,23 +75,13 @@ class NetSettings:
         return str(self.get("calling_aet"))
 
 
-def setting(settings: Any, name: str, default: Any) -> Any:
-    """A setting that may not exist yet in the settings table."""
-    try:
-        value = settings.get(name)
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None else value
-
-
 def association_count(dest: DicomDest, settings: Any, items: list[SendItem]) -> int:
     """How many associations to use for `items` (at least 1).
 
     The destination's ``?associations=N`` wins over ``network.associations``;
     small deliveries use fewer (see :data:`MIN_ITEMS_PER_ASSOCIATION`).
     """
-    wanted = dest.associations or int(setting(settings, "network.associations",
-                                              DEFAULT_ASSOCIATIONS))
+    wanted = dest.associations or int(settings.get("network.associations"))
     by_items = len(items) // MIN_ITEMS_PER_ASSOCIATION
     by_bytes = sum(i.size for i in items) // MIN_BYTES_PER_ASSOCIATION
     return max(1, min(wanted, max(by_items, by_bytes)))

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from pdimport.appliance import drives
-from pdimport.settings import declared
 from pdimport.record.audit import AuditLog, records
+from pdimport.settings import declared
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -242,7 +244,7 @@ class Settings:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Settings are frozen")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (dots written as '__' in keywords)."""
         values = dict(self._values)
         for key, value in changes.items():
@@ -289,7 +291,7 @@ def _one(setting: Setting, v: Any, text_ok: bool) -> Any:
         setting.min is None or (size > setting.min if setting.min_open else size >= setting.min)
     ) and (setting.max is None or size <= setting.max) and (
         setting.validate is None or setting.validate(v))
-    if not ok or (t is float and v != v):  # NaN
+    if not ok or (t is float and math.isnan(v)):  # NaN
         raise ValueError(setting.expected())
     return v
 
@@ -355,7 +357,11 @@ def read_file(config_file: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise SettingsError(f"{config_file}: cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{config_file}: TOML syntax error: {exc}") from exc
+        where = str(exc)
+        line = getattr(exc, "lineno", None)  # Python >= 3.14
+        if line and "line" not in where:
+            where += f" (line {line})"
+        raise SettingsError(f"{config_file}: TOML syntax error: {where}") from None
     values: dict[str, Any] = {}
     for name, value in _flatten(doc).items():
         if name not in _BY_NAME:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pdimport import __version__
 from pdimport.job import report as report_mod
@@ -25,7 +25,7 @@ log = logging.getLogger("pdimport")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2; our contract says 64
+    def error(self, message: str) -> NoReturn:  # argparse exits 2; our contract says 64
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

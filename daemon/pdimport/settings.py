@@ -286,12 +286,12 @@ def _one(setting: Setting, v: Any, text_ok: bool) -> Any:
         v = float(v)
     if not isinstance(v, t) or (t is not bool and isinstance(v, bool)):
         raise ValueError(setting.expected())
-    size = len(v) if isinstance(v, str) else v
+    size: Any = len(v) if isinstance(v, str) else v
     ok = (setting.choices is None or v in setting.choices) and (
         setting.min is None or (size > setting.min if setting.min_open else size >= setting.min)
     ) and (setting.max is None or size <= setting.max) and (
         setting.validate is None or setting.validate(v))
-    if not ok or (t is float and math.isnan(v)):  # NaN
+    if not ok or (t is float and math.isnan(size)):  # NaN
         raise ValueError(setting.expected())
     return v
 

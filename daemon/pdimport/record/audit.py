@@ -273,7 +273,8 @@ class AuditLog:
         self.append(name, **record)
         if name == "job_finished":
             self._send_syslog(ctx, record)
-            self._jobs.pop(job, None)
+            if job is not None:
+                self._jobs.pop(job, None)
 
     def _on_medium_inserted(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
         ctx["medium"] = {"label": f.pop("label", "") or "", "id": f.pop("volume_id", "") or "",

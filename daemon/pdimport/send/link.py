@@ -143,8 +143,9 @@ class Link:
 
         def on_acse_recv(event: evt.Event) -> None:
             # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
-            if getattr(event.primitive, "result", None) in (0x01, 0x02):
-                rejections.append(event.primitive)
+            primitive = getattr(event, "primitive", None)
+            if getattr(primitive, "result", None) in (0x01, 0x02):
+                rejections.append(primitive)
 
         _resolve(self.dest.connect_host, self.dest.port)
         assoc = self.ae.associate(
@@ -406,7 +407,8 @@ def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str,
     for cx in assoc.accepted_contexts:
         sop_class, ts = str(cx.abstract_syntax), str(cx.transfer_syntax[0])
         by_class.setdefault(sop_class, []).append(ts)
-        ids.setdefault((sop_class, ts), int(cx.context_id))
+        assert cx.context_id is not None  # accepted contexts always carry their id
+        ids.setdefault((sop_class, ts), cx.context_id)
     return by_class, ids
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
         Why the link stopped before any item was answered, else None.
     """
     link = new_link(dest, batch.contexts, settings, workdir)
-    stream: Iterator[tuple[SendItem, SendOutcome | None]] | None = None
+    stream: Generator[tuple[SendItem, SendOutcome | None]] | None = None
     try:
         try:
             # Connect first: which items need converting depends on what
@@ -178,7 +178,7 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
 
 
 def converted_ahead(link: Link, items: list[SendItem],
-                    workdir: Path) -> Iterator[tuple[SendItem, SendOutcome | None]]:
+                    workdir: Path) -> Generator[tuple[SendItem, SendOutcome | None]]:
     """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
 
     Items the peer takes only in another transfer syntax are converted by
@@ -196,7 +196,7 @@ def converted_ahead(link: Link, items: list[SendItem],
         return
     from pdimport.transcode import decode
 
-    streams = {}
+    streams: dict[str, Generator[tuple[Any, bool, str]]] = {}
     try:
         for target, pooled in plan.items():
             jobs = ((items[n].path, converted_path(workdir, items[n], target), n) for n in pooled)
@@ -205,13 +205,13 @@ def converted_ahead(link: Link, items: list[SendItem],
             streams[target] = decode.decode_many(jobs, target, workers=workers)
         waiting = {n: target for target, pooled in plan.items() for n in pooled}
         for n, item in enumerate(items):
-            target = waiting.get(n)
-            if target is None:
+            wanted = waiting.get(n)
+            if wanted is None:
                 yield item, None
                 continue
-            (_src, _dst, index), ok, detail = next(streams[target])
+            (_src, _dst, index), ok, detail = next(streams[wanted])
             assert index == n, "decode_many answers in submission order"
-            yield item, None if ok else decode_failed(item, target, detail)
+            yield item, None if ok else decode_failed(item, wanted, detail)
     finally:
         for stream in streams.values():
             stream.close()

@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Self
@@ -287,7 +287,7 @@ class DecodePool:
 
 def decode_many(items: Iterable[tuple[Any, ...]], target_ts: str,
                 workers: int | None = None,
-                lookahead: int | None = None) -> Iterator[tuple[Any, bool, str]]:
+                lookahead: int | None = None) -> Generator[tuple[Any, bool, str]]:
     """Decode ``(src, dst, ...)`` items on every core; ``(item, ok, detail)`` in order.
 
     ``detail`` is the transfer syntax written when ``ok``, else the reason

@@ -117,7 +117,7 @@ def classify(props: Mapping[str, str], patterns: Iterable[str]) -> MediaEvent | 
     if not kernel or not matches(kernel, patterns):
         return None
     action = props.get("ACTION", "change")
-    common = dict(devnode=props["DEVNAME"], kernel=kernel, diskseq=_diskseq(props),
+    common: dict[str, Any] = dict(devnode=props["DEVNAME"], kernel=kernel, diskseq=_diskseq(props),
                   fs_type=props.get("ID_FS_TYPE", ""), label=props.get("ID_FS_LABEL", ""),
                   action=action)
     if props.get("ID_CDROM") == "1":

@@ -25,7 +25,7 @@ from pydicom import config as _pydicom_config
 from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
 from pdimport.store.fsutil import atomic_write
@@ -399,7 +399,7 @@ def write_part10(ds: Dataset, out_dir: Path, transfer_syntax: str = ExplicitVRLi
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     ds.file_meta = meta
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{ds.SOPInstanceUID}.dcm"

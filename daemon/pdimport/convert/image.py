@@ -35,7 +35,7 @@ from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, P
 
 #: Pillow format names accepted for each Other Content subtype.
 PILLOW_FORMATS = {"png": {"PNG"}, "bmp": {"BMP", "DIB"}, "tiff": {"TIFF"}}
-_WHITE = {"L": 255, "RGB": (255, 255, 255)}
+_WHITE: dict[str, int | tuple[int, int, int]] = {"L": 255, "RGB": (255, 255, 255)}
 
 
 # ================================================================== JPEG

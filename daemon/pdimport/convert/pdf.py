@@ -147,7 +147,7 @@ def _literal(buf: bytes, i: int) -> bytes | None:
             if nxt in _ESCAPES:
                 out += _ESCAPES[nxt]
             elif 0x30 <= nxt <= 0x37:
-                octal = re.match(rb"[0-7]{1,3}", buf[i:i + 3]).group()
+                octal = re.match(rb"[0-7]{1,3}", buf[i:i + 3]).group()  # type: ignore[union-attr]  # buf[i] is 0-7
                 out.append(int(octal, 8) & 0xFF)
                 i += len(octal) - 1
             elif nxt in b"\r\n":  # line continuation
@@ -190,7 +190,7 @@ def pdf_date(text: str) -> _dt.datetime | None:
         return None
     parts = [int(p) if p else d for p, d in zip(match.groups(), (0, 1, 1, 0, 0, 0))]
     try:
-        moment = _dt.datetime(*parts)
+        moment = _dt.datetime(*parts)  # type: ignore[arg-type,misc]  # six ints
     except ValueError:
         return None
     return moment if 1900 <= moment.year <= 9999 else None

@@ -21,7 +21,7 @@ from typing import Self
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import Verification, uid_to_service_class
+from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]  # generated at import
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pdimport.send.files import safe_name
@@ -70,7 +70,7 @@ class Receiver:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = 0  # unlimited: fewer PDUs, fewer syscalls
-        classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+        classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
         for uid in self.extra_sop_classes:
             _register_storage_class(uid)
         for uid in classes + self.extra_sop_classes:
@@ -81,9 +81,11 @@ class Receiver:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = ae.start_server((self.host, self.port), block=False,
-                                       evt_handlers=handlers)
-        self.port = self._server.server_address[1]
+        server = ae.start_server((self.host, self.port), block=False,
+                                 evt_handlers=handlers)  # type: ignore[arg-type]  # evt constants are typed as plain tuples
+        assert server is not None  # block=False returns the server
+        self._server = server
+        self.port = server.server_address[1]
         LOGGER.info("receiver %s listening on %s:%d", self.aet, self.host, self.port)
         return self
 
@@ -117,7 +119,7 @@ class Receiver:
     def _on_store(self, event: evt.Event) -> int:
         """PS3.4 B.2.2: store the object, answer a status."""
         data = event.encoded_dataset()  # preamble + meta + the bytes as sent
-        uid = str(event.request.AffectedSOPInstanceUID or "")
+        uid = str(event.request.AffectedSOPInstanceUID or "")  # type: ignore[union-attr]  # EVT_C_STORE: a C-STORE request
         name = safe_name(uid, hashlib.sha256(data).hexdigest())
         target = self.out_dir / f"{name}.dcm"
         try:

@@ -165,7 +165,7 @@ def has_volume_descriptors(fd: int) -> bool:
 def volume_identifiers(source: str) -> set[bytes]:
     """Standard Identifiers in the Volume Recognition Sequence from sector 16
     (ECMA-119 §8.1 ``CD001``; ECMA-167 Part 2 §9.1 ``BEA01``/``NSR0x``)."""
-    found = set()
+    found: set[bytes] = set()
     try:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

@@ -14,7 +14,7 @@ import re
 import stat
 import zipfile
 import zlib
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
@@ -65,7 +65,7 @@ class _CountingReader(LargeReads):
     """Stream of one member that never yields more than it declared and maps
     zipfile's exceptions to problem codes."""
 
-    def __init__(self, member: BinaryIO, label: str, declared: int) -> None:
+    def __init__(self, member: IO[bytes], label: str, declared: int) -> None:
         super().__init__()
         self._member = member
         self._label = label
@@ -124,7 +124,8 @@ class ZipMedium:
         self._entries = self._list(SizeBudget.from_settings(settings))
 
     def _list(self, budget: SizeBudget) -> list[MediumEntry]:
-        entries, taken = [], set()
+        entries: list[MediumEntry] = []
+        taken: set[str] = set()
         # Local-header order = the order the bytes sit in the file.
         for info in sorted(self._zip.infolist(), key=lambda i: i.header_offset):
             if info.is_dir() or info.filename.endswith("\\"):

@@ -123,7 +123,8 @@ class FolderMedium:
         # Sorting by the raw path components makes the order independent of
         # scandir's (filesystem-dependent) order.
         found.sort(key=lambda item: item[0])
-        entries, taken = [], set()
+        entries: list[MediumEntry] = []
+        taken: set[str] = set()
         for parts, size in found:
             label = unique_label("/".join(display_name(p) for p in parts), taken)
             _, refusal = budget.admit(size)

@@ -20,7 +20,7 @@ import re
 import stat
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
@@ -331,7 +331,8 @@ def walk_dr(root, namespace: str, length_of: Callable[[object], int]) -> Iterato
     (see :func:`recorded_length`).
     """
     rr = namespace == "rr"
-    stack, seen = [((), root)], {root.extent_location()}
+    stack: list[tuple[tuple[str, ...], Any]] = [((), root)]
+    seen = {root.extent_location()}
     while stack:
         parts, directory = stack.pop()
         for child in _dr_children(directory, rr):
@@ -364,7 +365,8 @@ def _udf_runs(entry, part_start: int) -> Extents:
 
 def walk_udf(root, part_start: int) -> Iterator[Found]:
     """Iterative walk of a UDF tree (pycdlib already refused loops)."""
-    stack, seen = [((), root)], {id(root)}
+    stack: list[tuple[tuple[str, ...], Any]] = [((), root)]
+    seen = {id(root)}
     while stack:
         parts, directory = stack.pop()
         for fid in directory.fi_descs.values():
@@ -409,6 +411,7 @@ def _walk(iso: pycdlib.PyCdlib, namespace: str, fd: int, end: int) -> Iterator[F
     if namespace == "udf":
         return walk_udf(iso.udf_root, iso.udf_main_descs.partitions[0].part_start_location)
     vd = iso.joliet_vd if namespace == "joliet" else iso.pvd
+    assert vd is not None, "namespace was chosen from the volume descriptors present"
     return walk_dr(vd.root_directory_record(), namespace, lambda rec: recorded_length(fd, rec, end))
 
 
@@ -455,8 +458,8 @@ class ExtentMedium:
         """
         extents = self._extents[entry.path]
         sector_fd, sector_pread = self._fd, pread
-        if pread is os.pread and self.kind == "device" and self._open_direct() >= 0:
-            sector_fd, sector_pread = self._direct_fd, _direct_pread
+        if pread is os.pread and self.kind == "device" and (direct := self._open_direct()) >= 0:
+            sector_fd, sector_pread = direct, _direct_pread
         raw = ExtentReader(self._fd, entry.path, extents, self._size, pread=pread,
                            sector_fd=sector_fd, sector_pread=sector_pread)
         return io.BufferedReader(raw, CHUNK)
@@ -544,13 +547,15 @@ class IsoMedium(ExtentMedium):
         return self._admit(found, refused, budget)
 
     def _admit(self, found: list[Found], refused: dict[str, str], budget: SizeBudget) -> list[MediumEntry]:
-        entries, taken = [], set()
+        entries: list[MediumEntry] = []
+        taken: set[str] = set()
         # On-disc order: sequential reads, no seeks (hardware notes §3.3).
         found.sort(key=lambda f: (f.extents.lba if f.extents else 0, f.parts))
         for item in found:
             label = unique_label("/".join(item.parts), taken)
             why = item.why or (refused.get(label, "") if item.extents and not item.extents.size else "")
-            if why:
+            if why or item.extents is None:
+                why = why or "no data extents recorded"
                 self.problems.append(Problem("link_ignored", label, why))
                 continue
             _, refusal = budget.admit(item.extents.size)

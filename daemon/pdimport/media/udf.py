@@ -412,11 +412,13 @@ class UdfMedium(ExtentMedium):
         return udf
 
     def _list(self, budget: SizeBudget) -> list[MediumEntry]:
+        assert self._udf is not None, "_list runs on an opened volume"
         found = list(_Walker(self.lib, self._udf, self.path, self.problems).files())
         log.info("%s: %d files on a UDF-only volume", self.path, len(found))
         # On-disc order: sequential reads, no seeks (hardware notes §3.3).
         found.sort(key=lambda f: (f.lba, f.parts))
-        entries, taken = [], set()
+        entries: list[MediumEntry] = []
+        taken: set[str] = set()
         for item in found:
             label = unique_label("/".join(item.parts), taken)
             _, refusal = budget.admit(item.size)

@@ -797,7 +797,7 @@ class NumbaScanner:
             if ms_off >= 0:
                 meta = {**meta, "MediaStorageSOPInstanceUID": ms_sop}
             try:
-                _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)
+                _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)  # type: ignore[arg-type]  # reads .meta only
             except FileProblem as exc_:
                 return Problem(exc_.code, "", exc_.detail)
         return self._header(tpl, v, i, sop, number, suspect)

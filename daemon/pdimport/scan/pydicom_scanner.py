@@ -133,7 +133,7 @@ def scan_file(path: Path, encoding: str, limits: Any = None) -> Header:
         sop_instance_uid=sop_instance,
         dataset_offset=res.dataset_offset,
         pixel_data_offset=-1 if res.inflated else res.pixel_data_offset,
-        **values,
+        **values,  # type: ignore[arg-type]  # HEADER_KEYWORDS names str fields only
     )
     for key in ("ImplementationClassUID", "ImplementationVersionName"):
         if res.meta.get(key):

@@ -260,7 +260,7 @@ def _limit(limits: Any, name: str, default: int) -> int:
         return default
     key = f"limits.{name}"
     if isinstance(limits, dict):
-        return int(limits.get(key, limits.get(name, default)))
+        return int(limits.get(key, limits.get(name, default)) or default)
     try:
         return int(limits.get(key))
     except (AttributeError, KeyError, TypeError):

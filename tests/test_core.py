@@ -94,7 +94,8 @@ def test_journal_finds_unfinished_job_only(tmp_path):
     j = Journal(tmp_path / "j.sqlite")
     job = j.create_job("iso:/a.iso:1:2", "iso", "/a.iso", "LBL")
     assert j.find_unfinished("iso:/a.iso:1:2", "import").id == job.id
-    j.set_state(job.id, "imported")
+    for event in ("start_read", "read_done", "inventory", "deliver", "delivered"):
+        j.transition(job.id, event)
     assert j.find_unfinished("iso:/a.iso:1:2", "import") is None
     j.close()
 

@@ -111,45 +111,47 @@ def test_every_illegal_job_pair_raises(pair):
 
 def test_waiting_job_retries_until_done():
     machine = lc.job_lifecycle("job-2")
-    for event in ("start_read", "read_done", "deliver", "wait", "retry", "wait", "retry",
-                  "delivered"):
+    for event in ("start_read", "read_done", "inventory", "deliver", "wait", "retry", "wait",
+                  "retry", "delivered"):
         machine.fire(event)
-    assert machine.state == "done"
+    assert machine.state == "imported"
 
 
 # ---------------------------------------------- job outcome: waiting for the PACS
-from pdimport.appliance.daemon import backoff, job_outcome, transient_failures  # noqa: E402
+from pdimport.appliance.daemon import backoff, job_outcome  # noqa: E402
+from pdimport.job.importer import _out_of_resources  # noqa: E402
 
 
-def _report(status, instances, problems):
-    return {"status": status, "instances": [{"path": p, "state": s} for p, s in instances],
-            "problems": [{"code": c, "path": p, "detail": d} for c, p, d in problems]}
-
-
-def test_unreachable_pacs_means_waiting():
-    report = _report("failed", [("a", "failed"), ("b", "failed")],
-                     [("association_failed", "a", "PACS: connection refused"),
-                      ("outcome_unknown", "b", "PACS: no response")])
-    assert transient_failures(report) == 2
-    assert job_outcome(report) == "waiting"
+def test_outcome_follows_the_typed_status():
+    assert job_outcome({"status": "waiting_for_destination"}) == "waiting"
+    assert job_outcome({"status": "imported"}) == "done"
+    assert job_outcome({"status": "partial"}) == "failed"
 
 
 def test_out_of_resources_is_transient_other_refusals_are_not():
-    busy = _report("partial", [("a", "sent"), ("b", "failed")],
-                   [("store_failed", "b", "PACS: status 0xA700 out of resources")])
-    refused = _report("partial", [("a", "sent"), ("b", "failed")],
-                      [("store_failed", "b", "PACS: status 0xC000")])
-    assert job_outcome(busy) == "waiting"
-    assert job_outcome(refused) == "failed"
+    assert _out_of_resources(0xA700) and _out_of_resources(0xA7FF)
+    assert not _out_of_resources(0xC000) and not _out_of_resources(None)
 
 
-def test_medium_problems_do_not_make_a_job_wait():
-    report = _report("partial", [("a", "failed")],
-                     [("association_failed", "a", ""), ("truncated", "a", "")])
-    assert job_outcome(report) == "failed"
-    assert job_outcome(_report("imported", [("a", "sent")], [])) == "done"
-    assert job_outcome(_report("held", [("a", "held")], [("multi_patient", "", "")])) == "held"
+def test_journal_records_each_transition(tmp_path):
+    from pdimport.store.journal import Journal
 
+    j = Journal(tmp_path / "j.sqlite")
+    job = j.create_job("k", "dir", "/x", "")
+    path = ["start_read", "read_done", "inventory", "deliver", "wait", "retry", "delivered"]
+    seen: list[Transition] = []
+    j.subscribe(seen.append)
+    for event in path:
+        j.transition(job.id, event, reason=f"r-{event}")
+    rows = j.job_events(job.id)
+    assert [r[1] for r in rows] == path
+    assert rows[0][2:] == ("queued", "reading", "r-start_read")
+    assert rows[-1][3] == "imported" and j.job(job.id).state == lc.JobState.IMPORTED
+    assert j.job(job.id).read_complete
+    assert [t.target for t in seen] == [r[3] for r in rows]
+    with pytest.raises(IllegalTransition):
+        j.transition(job.id, "hold")
+    assert len(j.job_events(job.id)) == len(path)  # nothing written
 
 def test_backoff_doubles_up_to_the_cap():
     assert [backoff(n, 2.0, 30.0) for n in range(6)] == [2, 4, 8, 16, 30, 30]

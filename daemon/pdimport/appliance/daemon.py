@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import queue
-import re
 import signal
 import sqlite3
 import threading
@@ -44,11 +43,6 @@ from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, Watch
 from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
 
 log = logging.getLogger(__name__)
-
-#: Delivery problems that mean "the PACS is not there right now": the job waits.
-TRANSIENT_CODES = frozenset({"association_failed", "association_rejected", "outcome_unknown"})
-#: C-STORE "Refused: Out of Resources" (PS3.4 Annex B.2.3: A7xx) is transient too.
-_OUT_OF_RESOURCES = re.compile(r"0x[aA]7[0-9a-fA-F]{2}")
 
 DEFAULTS: dict[str, Any] = {
     "devices": ["sr*", "sd*"],
@@ -82,36 +76,11 @@ class Interrupted(BaseException):
 
 
 # ---------------------------------------------------------------- outcome
-def transient_failures(report: dict[str, Any]) -> int:
-    """Instances that failed only because the destination was unavailable."""
-    failed = {i.get("path") for i in report.get("instances", []) if i.get("state") == "failed"}
-    if not failed:
-        return 0
-    by_path: dict[str, list[dict[str, Any]]] = {}
-    for problem in report.get("problems", []):
-        if problem.get("path") in failed:
-            by_path.setdefault(problem["path"], []).append(problem)
-    return sum(1 for path in failed if by_path.get(path) and all(
-        _is_transient(p) for p in by_path[path]))
-
-
-def _is_transient(problem: dict[str, Any]) -> bool:
-    code = problem.get("code", "")
-    if code in TRANSIENT_CODES:
-        return True
-    return code == "store_failed" and bool(_OUT_OF_RESOURCES.search(problem.get("detail", "")))
-
-
 def job_outcome(report: dict[str, Any]) -> str:
-    """``done`` | ``waiting`` (for the PACS) | ``held`` | ``failed``."""
-    if transient_failures(report):
-        return "waiting"
-    status = report.get("status")
-    if status == "imported":
-        return "done"
-    if status == "held":
-        return "held"
-    return "failed"
+    """``done`` | ``waiting`` (for the PACS) | ``held`` | ``failed``, from the
+    report's typed status (no more reading of problem text)."""
+    return {"imported": "done", "waiting_for_destination": "waiting",
+            "held": "held"}.get(report.get("status", ""), "failed")
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

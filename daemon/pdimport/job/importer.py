@@ -39,6 +39,7 @@ from pdimport.policy import rules as policy
 from pdimport.job import report as report_mod
 from pdimport.policy.classify import classify
 from pdimport.policy.group import Instance, group_patients, split_duplicates
+from pdimport.job.lifecycle import JobEvent, JobState
 from pdimport.store.journal import Job, Journal
 from pdimport.model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
 from pdimport.problems import Problem
@@ -67,6 +68,16 @@ _PRESCAN_MAX_FILES = 200_000
 _PRESCAN_MAX_JOBS = 16
 
 
+#: The report status of a delivery, as the event that ends it.
+_FINISH = {JobState.IMPORTED: JobEvent.DELIVERED, JobState.PARTIAL: JobEvent.PARTIAL,
+           JobState.WAITING_FOR_DESTINATION: JobEvent.WAIT, JobState.FAILED: JobEvent.FAIL}
+
+
+def _reason(problems: list[dict[str, Any]]) -> str:
+    """The distinct problem codes of a report, as a transition's reason."""
+    return ",".join(sorted({p["code"] for p in problems}))
+
+
 @dataclass
 class JobResult:
     job_id: str
@@ -90,6 +101,10 @@ class Inventory:
     #: headers the fast scanner left to the pydicom path, by reason (a file
     #: both paths reject is a Problem instead, and not counted here)
     scan_fallbacks: Counter[str] = field(default_factory=Counter)
+    #: paths whose delivery failed only because a destination was unavailable
+    #: (association failed/rejected, outcome unknown, C-STORE 0xA7xx): the job
+    #: waits for the destination rather than failing
+    transient: set[str] = field(default_factory=set)
 
 
 class Importer:
@@ -154,7 +169,9 @@ class Importer:
         writes, fsyncs and journals each file; a :class:`PrescanWorker`
         identifies and scans each spooled file for :meth:`process`.
         """
-        self.journal.set_state(job.id, "reading")
+        if self.journal.job(job.id).state == JobState.READING:  # crashed mid-read
+            self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
+        self.journal.transition(job.id, JobEvent.START_READ)
         done = self.journal.file_map(job.id)
         entries = medium.entries()
         scanner = PrescanWorker(self.scanner, self.spool, PRESCANS.job(job.id))
@@ -181,7 +198,7 @@ class Importer:
                 scanner.close(drain=finished and writer.error is None)
         self.journal.replace_job_problems(
             job.id, iter([(p.code, p.path, p.detail) for p in medium.problems]))
-        self.journal.mark_read_complete(job.id)
+        self.journal.transition(job.id, JobEvent.READ_DONE, files=len(entries))
         self._event("read_completed", job=job.id, files=len(entries))
 
     @staticmethod
@@ -204,6 +221,12 @@ class Importer:
     def process(self, job_id: str, destinations: list[Any], mode: str = "import") -> JobResult:
         job = self.journal.job(job_id)
         assert job is not None
+        if job.state in (JobState.INVENTORIED, JobState.DELIVERING):  # stopped in phase 2
+            self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
+        redeliver = job.state in (JobState.WAITING_FOR_DESTINATION, JobState.FAILED,
+                                  JobState.PARTIAL)
+        if self.journal.job(job_id).state == JobState.READ:
+            self.journal.transition(job.id, JobEvent.INVENTORY)
         inv = self.inventory(job)
         pending = [i for i in inv.instances if i.state == "pending"]
         policy.detect_ai(pending, self.spool.path, policy.ai_patterns(self.settings))
@@ -221,17 +244,24 @@ class Importer:
             for inst in pending:
                 inst.state = "held"
             if mode != "scan":
+                if job.state != JobState.HELD:
+                    self.journal.transition(job.id, JobEvent.HOLD, ",".join(hold_reasons))
                 self._event("hold", job=job.id, reasons=hold_reasons)
         elif mode != "scan":
             self._apply_policy(job, inv, pending, ai_policy)
             patients = group_patients([i for i in inv.instances if i.state == "pending"])
-            self.journal.set_state(job.id, "delivering")
+            self.journal.transition(job.id, JobEvent.RELEASE if job.state == JobState.HELD
+                                    else JobEvent.RETRY if redeliver else JobEvent.DELIVER)
             for dest, select in self._routes(destinations):
                 self.deliver(job, dest, inv, select)
             _settle(inv.instances)
         report = report_mod.build(job, inv, patients, hold_reasons, mode)
         self.journal.save_report(job.id, report)
-        self.journal.set_state(job.id, report["status"] if mode != "scan" else "scanned")
+        if mode == "scan":
+            self.journal.transition(job.id, JobEvent.SCANNED)
+        elif not hold_reasons:
+            self.journal.transition(job.id, _FINISH[report["status"]],
+                                    _reason(report["problems"]))
         (self.reports_dir / f"{job.id}.json").write_text(
             report_mod.dumps(report), encoding="utf-8")
         self._event("job_finished", job=job.id, status=report["status"], report=report)
@@ -560,6 +590,8 @@ class Importer:
                     inv.problems.append(Problem(out.code, inst.path, f"{dest.key}: {out.detail}"))
                 continue
             inst.dest_states[dest.key] = "failed"
+            if out.state in ("retry", "unknown") or _out_of_resources(out.status):
+                inv.transient.add(inst.path)
             code = out.code or ("outcome_unknown" if out.state == "unknown"
                                 else "association_failed" if out.state == "retry"
                                 else "store_failed")
@@ -573,7 +605,8 @@ class Importer:
         inv = Inventory(problems=[Problem(code, source, detail)])
         report = report_mod.build(job, inv, [], [], mode, failed=True)
         self.journal.save_report(job.id, report)
-        self.journal.set_state(job.id, "failed")
+        self.journal.transition(job.id, JobEvent.START_READ)
+        self.journal.transition(job.id, JobEvent.READ_FAILED, code)
         return JobResult(job.id, report)
 
     def _event(self, name: str, **fields: Any) -> None:
@@ -893,6 +926,11 @@ class PrescanWorker(threading.Thread):
         results = self._scanner.scan(paths, [ident.subtype for _, ident in dicom])
         for (key, ident), res in zip(dicom, results, strict=True):
             self._table[key] = Prescan(ident, res)
+
+
+def _out_of_resources(status: int | None) -> bool:
+    """C-STORE "Refused: Out of Resources" (PS3.4 Annex B.2.3: 0xA7xx): transient."""
+    return status is not None and status & 0xFF00 == 0xA700
 
 
 def _settle(instances: list[Instance]) -> None:

@@ -14,8 +14,18 @@ Drive lifecycle (one per drive, owned by that drive's worker thread)::
     any busy state ─fail→ failed ─eject→ ejecting
     inserted/reading/read/delivering/ejecting/failed ─removed→ empty/failed
 
-Job lifecycle (queued → reading → read → delivering → done | held | waiting |
-failed): see :data:`JOB_TRANSITIONS`.
+Job lifecycle: see :data:`JOB_TRANSITIONS`::
+
+    queued ─start_read→ reading ─read_done→ read ─inventory→ inventoried
+    inventoried ─hold→ held | ─deliver→ delivering | ─scanned→ scanned
+    delivering ─delivered|partial|wait|fail|discard→
+        imported | partial | waiting_for_destination | failed | discarded
+    held ─release→ delivering; held ─discard→ discarded
+    waiting_for_destination | failed | partial ─retry→ delivering
+    reading ─interrupted→ queued; inventoried/delivering ─interrupted→ read
+
+The journal (:meth:`pdimport.store.journal.Journal.transition`) is the only
+writer of a job's state; it checks this table and records every transition.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -73,27 +84,93 @@ TRANSITIONS: Mapping[tuple[str, str], str] = {
 }
 
 # -------------------------------------------------------------------- job
-JOB_STATES = ("queued", "reading", "read", "delivering", "waiting", "done", "held", "failed")
-JOB_EVENTS = ("start_read", "read_done", "read_failed", "deliver", "delivered", "held",
-              "wait", "retry", "fail", "interrupted")
+class JobState(StrEnum):
+    """Where a job is. The value is what the journal, the report's
+    ``status``, ``pdimport status``/``jobs``, the watch folder and the label show."""
 
-#: ``(state, event) -> next state`` of one job as the daemon drives it.
-JOB_TRANSITIONS: Mapping[tuple[str, str], str] = {
-    ("queued", "start_read"): "reading",
-    ("queued", "deliver"): "delivering",  # resumed after a restart, fully read
-    ("reading", "read_done"): "read",
-    ("reading", "read_failed"): "failed",
-    ("reading", "interrupted"): "queued",  # SIGTERM: the spool + journal keep what was read
-    ("read", "deliver"): "delivering",
-    ("read", "interrupted"): "queued",
-    ("delivering", "delivered"): "done",
-    ("delivering", "held"): "held",
-    ("delivering", "wait"): "waiting",  # the PACS is down: back-off, then again
-    ("delivering", "fail"): "failed",
-    ("delivering", "interrupted"): "queued",
-    ("waiting", "retry"): "delivering",
-    ("waiting", "interrupted"): "waiting",
+    QUEUED = "queued"
+    READING = "reading"
+    READ = "read"
+    INVENTORIED = "inventoried"
+    HELD = "held"
+    DELIVERING = "delivering"
+    IMPORTED = "imported"
+    PARTIAL = "partial"
+    WAITING_FOR_DESTINATION = "waiting_for_destination"
+    FAILED = "failed"
+    DISCARDED = "discarded"
+    SCANNED = "scanned"  # the end of ``pdimport scan``
+
+
+class JobEvent(StrEnum):
+    """What happens to a job."""
+
+    START_READ = "start_read"
+    READ_DONE = "read_done"
+    READ_FAILED = "read_failed"
+    INVENTORY = "inventory"
+    HOLD = "hold"
+    DELIVER = "deliver"
+    DELIVERED = "delivered"
+    PARTIAL = "partial"
+    WAIT = "wait"
+    FAIL = "fail"
+    SCANNED = "scanned"
+    RELEASE = "release"
+    DISCARD = "discard"
+    RETRY = "retry"
+    INTERRUPTED = "interrupted"
+
+
+#: A job in one of these states is finished for now: only a person
+#: (release, discard) or the retry worker moves it on.
+FINAL_JOB_STATES = frozenset({JobState.IMPORTED, JobState.HELD, JobState.PARTIAL,
+                              JobState.FAILED, JobState.DISCARDED, JobState.SCANNED})
+
+#: States written by older versions, as they read now.
+LEGACY_JOB_STATES: Mapping[str, JobState] = {"done": JobState.IMPORTED,
+                                             "waiting": JobState.WAITING_FOR_DESTINATION}
+
+_S, _E = JobState, JobEvent
+#: ``(state, event) -> next state`` of one job: the only place its state changes.
+JOB_TRANSITIONS: Mapping[tuple[JobState, JobEvent], JobState] = {
+    (_S.QUEUED, _E.START_READ): _S.READING,
+    (_S.READING, _E.READ_DONE): _S.READ,
+    (_S.READING, _E.READ_FAILED): _S.FAILED,
+    # SIGTERM or a crash mid-read: the spool + journal keep what was read.
+    (_S.READING, _E.INTERRUPTED): _S.QUEUED,
+    (_S.READ, _E.INVENTORY): _S.INVENTORIED,
+    (_S.READ, _E.FAIL): _S.FAILED,
+    (_S.INVENTORIED, _E.HOLD): _S.HELD,
+    (_S.INVENTORIED, _E.DELIVER): _S.DELIVERING,
+    (_S.INVENTORIED, _E.SCANNED): _S.SCANNED,
+    (_S.INVENTORIED, _E.FAIL): _S.FAILED,  # nothing usable on the medium
+    (_S.INVENTORIED, _E.INTERRUPTED): _S.READ,
+    (_S.DELIVERING, _E.DELIVERED): _S.IMPORTED,
+    (_S.DELIVERING, _E.PARTIAL): _S.PARTIAL,
+    (_S.DELIVERING, _E.WAIT): _S.WAITING_FOR_DESTINATION,  # the PACS is down: back-off
+    (_S.DELIVERING, _E.FAIL): _S.FAILED,
+    (_S.DELIVERING, _E.DISCARD): _S.DISCARDED,  # nothing left to send (all skipped)
+    (_S.DELIVERING, _E.INTERRUPTED): _S.READ,  # acknowledged instances are journaled
+    (_S.HELD, _E.RELEASE): _S.DELIVERING,
+    (_S.HELD, _E.DISCARD): _S.DISCARDED,
+    (_S.WAITING_FOR_DESTINATION, _E.RETRY): _S.DELIVERING,
+    (_S.WAITING_FOR_DESTINATION, _E.DISCARD): _S.DISCARDED,
+    (_S.WAITING_FOR_DESTINATION, _E.INTERRUPTED): _S.WAITING_FOR_DESTINATION,
+    (_S.FAILED, _E.RETRY): _S.DELIVERING,  # redelivered (pdimport retry, a resend)
+    (_S.PARTIAL, _E.RETRY): _S.DELIVERING,
+    (_S.FAILED, _E.DISCARD): _S.DISCARDED,
+    (_S.PARTIAL, _E.DISCARD): _S.DISCARDED,
 }
+del _S, _E
+
+JOB_STATES = tuple(JobState)
+JOB_EVENTS = tuple(JobEvent)
+
+
+def job_state(value: str) -> JobState:
+    """A stored state string as a :class:`JobState` (old names mapped)."""
+    return LEGACY_JOB_STATES.get(value) or JobState(value)
 
 
 class IllegalTransition(RuntimeError):
@@ -189,7 +266,7 @@ def drive_lifecycle(devnode: str, observers: tuple[Observer, ...] | list[Observe
     return Lifecycle(devnode, TRANSITIONS, EMPTY, observers)
 
 
-def job_lifecycle(job_id: str, initial: str = "queued",
+def job_lifecycle(job_id: str, initial: str = JobState.QUEUED,
                   observers: tuple[Observer, ...] | list[Observer] = ()) -> Lifecycle:
     """A new job lifecycle."""
     return Lifecycle(job_id, JOB_TRANSITIONS, initial, observers)

@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from pdimport.store.journal import Job
     from pdimport.job.importer import Inventory
 
-_EXIT = {"imported": 0, "scanned": 0, "held": 1, "partial": 1, "failed": 2}
+_EXIT = {"imported": 0, "scanned": 0, "held": 1, "partial": 1, "waiting_for_destination": 1,
+         "discarded": 1, "failed": 2}
 
 
 def exit_code(status: str) -> int:
-    """0 everything delivered; 1 held or partial; 2 failed or unusable input."""
+    """0 everything delivered; 1 held, partial or waiting for the destination;
+    2 failed or unusable input."""
     return _EXIT.get(status, 2)
 
 
@@ -34,6 +36,8 @@ def status_of(inv: "Inventory", hold_reasons: list[str], mode: str, failed: bool
             return "failed"
         return "partial" if errors else "imported"
     sent = [i for i in live if i.state == "sent"]
+    if any(i.state == "failed" and i.path in inv.transient for i in live):
+        return "waiting_for_destination"  # typed send outcome: the PACS was not there
     if not live:
         # Nothing DICOM to deliver: a medium of documents only needs a person,
         # an empty or unreadable one has failed.

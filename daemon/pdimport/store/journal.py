@@ -13,6 +13,7 @@ It is what makes an import resumable and idempotent:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +21,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from pdimport.job.lifecycle import (FINAL_JOB_STATES, JOB_TRANSITIONS, IllegalTransition,
+                                    JobEvent, JobState, Observer, Transition, job_state)
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,6 +79,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (dest, sop_instance_uid, sha256)
 );
 CREATE INDEX IF NOT EXISTS deliveries_uid ON deliveries(dest, sop_instance_uid);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id  TEXT NOT NULL,
+    time    REAL NOT NULL,
+    event   TEXT NOT NULL,
+    source  TEXT NOT NULL,          -- the state before
+    target  TEXT NOT NULL,          -- the state after
+    reason  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id, time);
 """
 
 #: The audit trail's chain head (:mod:`pdimport.record.audit`): the journal is
@@ -87,7 +102,7 @@ CREATE TABLE IF NOT EXISTS audit_head (
 );
 """
 
-FINAL_STATES = frozenset({"imported", "held", "partial", "failed", "scanned"})
+FINAL_STATES = FINAL_JOB_STATES
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,7 @@ class Job:
     source_path: str
     label: str
     mode: str
-    state: str
+    state: JobState
     read_complete: bool
     created: float
     updated: float
@@ -142,6 +157,20 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._db.executescript(AUDIT_SCHEMA)
+        self._observers: list[Observer] = []
+
+    def subscribe(self, observer: Observer) -> None:
+        """Call ``observer`` with a :class:`Transition` after every job transition.
+
+        Observer exceptions are logged, never raised to the job.
+        """
+        self._observers.append(observer)
+
+    @classmethod
+    def open_existing(cls, path: Path) -> Journal | None:
+        """The journal at ``path`` if there is one, else None: read-only
+        commands (``jobs``, ``report``) never create a journal."""
+        return cls(path) if path.is_file() else None
 
     def close(self) -> None:
         with self._lock:
@@ -161,7 +190,7 @@ class Journal:
         rows = self._rows(
             "SELECT * FROM jobs WHERE source_key=? AND mode=? ORDER BY created DESC LIMIT 1",
             (source_key, mode))
-        if rows and rows[0][6] not in FINAL_STATES:
+        if rows and job_state(rows[0][6]) not in FINAL_STATES:
             return _job(rows[0])
         return None
 
@@ -170,7 +199,7 @@ class Journal:
         now = time.time()
         job_id = time.strftime("%Y%m%d-%H%M%S-", time.gmtime(now)) + uuid.uuid4().hex[:8]
         self._exec("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
-                   (job_id, source_key, source_kind, source_path, label, mode, "reading", 0,
+                   (job_id, source_key, source_kind, source_path, label, mode, JobState.QUEUED, 0,
                     now, now))
         job = self.job(job_id)
         assert job is not None
@@ -184,15 +213,79 @@ class Journal:
         return [_job(r) for r in self._rows(
             "SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
 
-    def set_state(self, job_id: str, state: str) -> None:
-        self._exec("UPDATE jobs SET state=?, updated=? WHERE id=?", (state, time.time(), job_id))
-
     def set_label(self, job_id: str, label: str) -> None:
         self._exec("UPDATE jobs SET label=? WHERE id=?", (label, job_id))
 
-    def mark_read_complete(self, job_id: str) -> None:
-        self._exec("UPDATE jobs SET read_complete=1, state='read', updated=? WHERE id=?",
-                   (time.time(), job_id))
+    def transition(self, job_id: str, event: JobEvent | str, reason: str = "",
+                   **info: Any) -> JobState:
+        """Apply ``event`` to a job: the only way a job's state changes.
+
+        The pair is checked against
+        :data:`~pdimport.job.lifecycle.JOB_TRANSITIONS`; the new state and a
+        ``job_events`` row (time, event, from, to, reason) are written in one
+        transaction; then observers hear of it.
+
+        Parameters
+        ----------
+        job_id : str
+            The job.
+        event : JobEvent or str
+            What happened.
+        reason : str, optional
+            Why (e.g. problem codes), recorded with the event.
+        **info
+            Passed on to observers in :attr:`Transition.info`.
+
+        Returns
+        -------
+        JobState
+            The new state.
+
+        Raises
+        ------
+        IllegalTransition
+            When the table does not allow ``event`` in the job's state; nothing
+            is written.
+        KeyError
+            When there is no such job.
+        """
+        event = JobEvent(event)
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT state FROM jobs WHERE id=?",
+                                       (job_id,)).fetchone()
+                if row is None:
+                    raise KeyError(job_id)
+                source = job_state(row[0])
+                target = JOB_TRANSITIONS.get((source, event))
+                if target is None:
+                    raise IllegalTransition(job_id, source, event)
+                read_done = 1 if event == JobEvent.READ_DONE else None
+                self._db.execute(
+                    "UPDATE jobs SET state=?, updated=?, "
+                    "read_complete=COALESCE(?, read_complete) WHERE id=?",
+                    (str(target), now, read_done, job_id))
+                self._db.execute("INSERT INTO job_events VALUES (?,?,?,?,?,?)",
+                                 (job_id, now, str(event), str(source), str(target), reason))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        transition = Transition(job_id, str(event), str(source), str(target),
+                                dict(info, reason=reason), now)
+        for observer in list(self._observers):
+            try:
+                observer(transition)
+            except Exception:  # noqa: BLE001 - a notification never breaks the job
+                log.exception("job observer %r failed on %s", observer, transition)
+        return target
+
+    def job_events(self, job_id: str) -> list[tuple[float, str, str, str, str]]:
+        """``(time, event, from, to, reason)`` of every transition of a job, oldest first."""
+        return self._rows("SELECT time, event, source, target, reason FROM job_events "
+                          "WHERE job_id=? ORDER BY rowid", (job_id,))
 
     def save_report(self, job_id: str, report: dict[str, Any]) -> None:
         self._exec("UPDATE jobs SET report=?, updated=? WHERE id=?",
@@ -298,7 +391,7 @@ class Journal:
 
 def _job(row: tuple) -> Job:
     return Job(id=row[0], source_key=row[1], source_kind=row[2], source_path=row[3],
-               label=row[4], mode=row[5], state=row[6], read_complete=bool(row[7]),
+               label=row[4], mode=row[5], state=job_state(row[6]), read_complete=bool(row[7]),
                created=row[8], updated=row[9])
 
 

@@ -1,7 +1,13 @@
 """pdimport: import patient media (CD/DVD/BD, USB, ISO, zip) into a PACS.
 
-Exit status of ``import``: 0 everything delivered, 1 held or partial,
-2 failed or unusable input, 64 usage error.
+Exit status of ``import``: 0 everything delivered, 1 held, partial or waiting
+for the destination, 2 failed or unusable input, 64 usage error (also: a
+source that does not exist, and a read-only command — ``jobs``, ``report``,
+``status``, ``audit`` — given a state directory that does not exist; those
+never create one). ``daemon``: 75 when another daemon holds the state
+directory. Any command: 130 on Ctrl-C, 141 when stdout's reader went away
+(``pdimport jobs | head``), 2 with one line for an expected OS or network
+error (the traceback with ``-vv``).
 """
 
 from __future__ import annotations
@@ -9,17 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pdimport import __version__
+from pdimport import __version__, logs
 from pdimport.job import report as report_mod
+from pdimport.problems import CodedError
 from pdimport.settings import SETTINGS, Setting, SettingsError, check, load
 
 EXIT_USAGE = 64
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_PIPE = 141  # 128 + SIGPIPE
+#: Commands that only read the state directory.
+READ_ONLY_COMMANDS = frozenset({"jobs", "report", "status", "audit"})
 
 log = logging.getLogger("pdimport")
 
@@ -147,8 +159,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(args.command, args.verbose)
     try:
         cfg = _settings(args)
     except SettingsError as exc:
@@ -159,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "status": cmd_status, "label": cmd_label,
                "audit": cmd_audit, "settings": cmd_settings}[args.command]
     try:
+        if args.command in READ_ONLY_COMMANDS:
+            _require_state_dir(cfg.state_path)
         return handler(args, cfg)
     except (ValueError, SettingsError) as exc:
         print(f"pdimport: {exc}", file=sys.stderr)
@@ -166,6 +179,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"pdimport: {exc} (is --state-dir writable?)", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `pdimport jobs | head`: the reader left. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again (Python docs, signal).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (CodedError, OSError) as exc:
+        # An expected failure (a network or file error): one line, the
+        # traceback only when asked for with -vv.
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"pdimport: {exc}", file=sys.stderr)
+        return 2
+
+
+def _require_state_dir(state_dir: Path) -> None:
+    """Read-only commands never create a state directory: a mistyped
+    ``--state-dir`` is a usage error, not an empty appliance."""
+    if not state_dir.is_dir():
+        raise ValueError(f"no state directory at {state_dir} (is the path right? see --state-dir)")
 
 
 def _importer(cfg: Any) -> Any:
@@ -191,6 +224,7 @@ def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
 
     for url in cfg.dest:
         parse_dest(url)  # usage errors before any medium is touched
+    _require_sources(args.sources)
     parse_routes(list(cfg.route), parse_dest)
     importer = _importer(cfg)
     results = []
@@ -206,7 +240,15 @@ def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
     return worst
 
 
+def _require_sources(sources: Sequence[str]) -> None:
+    """A source that does not exist is a usage error (64), not a failed job."""
+    for source in sources:
+        if not os.path.exists(source):
+            raise ValueError(f"no such source: {source} (a folder, .iso/.img, .zip or block device)")
+
+
 def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
+    _require_sources([args.source])
     importer = _importer(cfg)
     try:
         res = importer.run(args.source, [], mode="scan")
@@ -219,11 +261,14 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
 def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.store.journal import Journal
 
-    journal = Journal(cfg.state_path / "journal.sqlite")
-    try:
-        jobs = journal.jobs()
-    finally:
-        journal.close()
+    journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
+    if journal is None:
+        jobs = []  # a state directory where no job has run yet
+    else:
+        try:
+            jobs = journal.jobs()
+        finally:
+            journal.close()
     if args.json:
         print(json.dumps([{"job": j.id, "state": j.state, "source": j.source_path,
                            "kind": j.source_kind, "label": j.label, "mode": j.mode,
@@ -237,11 +282,13 @@ def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
 def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.store.journal import Journal
 
-    journal = Journal(cfg.state_path / "journal.sqlite")
-    try:
-        rep = journal.report(args.job)
-    finally:
-        journal.close()
+    journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
+    rep = None
+    if journal is not None:
+        try:
+            rep = journal.report(args.job)
+        finally:
+            journal.close()
     if rep is None:
         print(f"pdimport: no report for job {args.job}", file=sys.stderr)
         return 2

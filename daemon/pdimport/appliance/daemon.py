@@ -38,6 +38,7 @@ from pdimport.appliance import drives
 from pdimport.appliance import udev
 from pdimport.store.fsutil import atomic_write
 from pdimport.job.lifecycle import EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition, drive_lifecycle
+from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
 from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
@@ -839,18 +840,26 @@ class Daemon:
 
 # ------------------------------------------------------------- entry points
 def daemon_main(cfg: Any) -> int:
-    """``pdimport daemon``: run the appliance until SIGTERM; exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """``pdimport daemon``: run the appliance until SIGTERM; exit status.
+
+    Logging is configured by the entry point (:mod:`pdimport.logs`). One
+    daemon per state directory: a second one exits with ``EXIT_LOCKED``.
+    """
     try:
-        daemon = Daemon(cfg)
-    except Exception as exc:  # noqa: BLE001 - e.g. a bad destination URL
-        log.error("cannot start: %s", exc)
-        return 2
-    try:
-        return daemon.run()
-    finally:
-        daemon.runner.close()
+        lock = DaemonLock(cfg.state_path)
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    with lock:
+        try:
+            daemon = Daemon(cfg)
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad destination URL
+            log.error("cannot start: %s", exc)
+            return 2
+        try:
+            return daemon.run()
+        finally:
+            daemon.runner.close()
 
 
 def status_main(cfg: Any, as_json: bool = False) -> int:

@@ -128,7 +128,7 @@ class StatusBoard:
 
     def on_transition(self, t: Transition) -> None:
         """Lifecycle observer: a drive changed state."""
-        fields = {"state": t.target}
+        fields: dict[str, Any] = {"state": t.target}
         fields.update({k: v for k, v in t.info.items() if isinstance(v, (str, int, float))})
         self.drive(t.machine, **fields)
 
@@ -630,7 +630,7 @@ class Router(threading.Thread):
             try:
                 event = self.inbox.get(timeout=timeout)
             except queue.Empty:
-                event = ...  # a deadline passed
+                event = ...  # type: ignore[assignment]  # Ellipsis: a deadline passed
             if event is None:
                 return
             now = time.monotonic()

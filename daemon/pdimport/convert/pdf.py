@@ -190,7 +190,7 @@ def pdf_date(text: str) -> _dt.datetime | None:
         return None
     parts = [int(p) if p else d for p, d in zip(match.groups(), (0, 1, 1, 0, 0, 0))]
     try:
-        moment = _dt.datetime(*parts)  # type: ignore[arg-type,misc]  # six ints
+        moment = _dt.datetime(*parts)  # type: ignore[arg-type]  # six ints
     except ValueError:
         return None
     return moment if 1900 <= moment.year <= 9999 else None

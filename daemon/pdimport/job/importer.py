@@ -169,7 +169,7 @@ class Importer:
         writes, fsyncs and journals each file; a :class:`PrescanWorker`
         identifies and scans each spooled file for :meth:`process`.
         """
-        if self.journal.job(job.id).state == JobState.READING:  # crashed mid-read
+        if (self.journal.job(job.id) or job).state == JobState.READING:  # crashed mid-read
             self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
         self.journal.transition(job.id, JobEvent.START_READ)
         done = self.journal.file_map(job.id)
@@ -225,7 +225,8 @@ class Importer:
             self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
         redeliver = job.state in (JobState.WAITING_FOR_DESTINATION, JobState.FAILED,
                                   JobState.PARTIAL)
-        if self.journal.job(job_id).state == JobState.READ:
+        current = self.journal.job(job_id)
+        if current is not None and current.state == JobState.READ:
             self.journal.transition(job.id, JobEvent.INVENTORY)
         inv = self.inventory(job)
         pending = [i for i in inv.instances if i.state == "pending"]
@@ -314,7 +315,7 @@ class Importer:
             by_dest.setdefault(route.dest.key, []).append(route)
             dests[route.dest.key] = route.dest
         for key, routes in by_dest.items():
-            plan.append((dests[key], lambda i, rs=routes: any(r.matches(i) for r in rs)))
+            plan.append((dests[key], _matches_any(routes)))
         return plan
 
     def inventory(self, job: Job) -> Inventory:
@@ -401,12 +402,12 @@ class Importer:
         for path, sha, enc in dicom:
             early = prescanned.get((path, sha))
             ok = early is not None and early.identity.subtype == enc and early.result is not None
-            results.append(early.result if ok else None)
+            results.append(early.result if ok and early is not None else None)
         missing = [i for i, res in enumerate(results) if res is None]
         for start in range(0, len(missing), _SCAN_BATCH):
             batch = missing[start:start + _SCAN_BATCH]
-            for i, res in zip(batch, self._scan_batch([dicom[i] for i in batch])):
-                results[i] = res
+            for i, scanned in zip(batch, self._scan_batch([dicom[i] for i in batch])):
+                results[i] = scanned
         for (path, sha, _enc), res in zip(dicom, results):
             assert res is not None
             self._add_scanned(path, sha, res, inv)
@@ -933,6 +934,11 @@ def _out_of_resources(status: int | None) -> bool:
     return status is not None and status & 0xFF00 == 0xA700
 
 
+def _matches_any(routes: list[Any]) -> Callable[[Instance], bool]:
+    """A filter that admits an instance any of ``routes`` matches."""
+    return lambda inst: any(r.matches(inst) for r in routes)
+
+
 def _settle(instances: list[Instance]) -> None:
     """An instance is sent when every destination it was meant for has it."""
     for inst in instances:
@@ -984,12 +990,12 @@ def wrap_part10(src: Path, dst: Path, header: Header) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomFileLike
     from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = header.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = header.sop_instance_uid
-    meta.TransferSyntaxUID = header.transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(header.transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "PDIMPORT_01"
     with open(dst, "wb") as out, open(src, "rb") as fp:

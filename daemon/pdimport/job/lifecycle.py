@@ -213,7 +213,7 @@ class Lifecycle:
         Each is called with a :class:`Transition` after every transition.
     """
 
-    def __init__(self, name: str, table: Mapping[tuple[str, str], str], initial: str,
+    def __init__(self, name: str, table: Mapping[tuple[Any, Any], str], initial: str,
                  observers: tuple[Observer, ...] | list[Observer] = ()) -> None:
         self.name = name
         self._table = table

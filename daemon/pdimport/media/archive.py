@@ -72,7 +72,7 @@ class _CountingReader(LargeReads):
         self._declared = declared
         self._count = 0
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         try:
             data = self._member.read(min(len(buf), CHUNK))
         except zipfile.BadZipFile as exc:  # includes "Bad CRC-32"

@@ -61,7 +61,7 @@ class _FolderReader(io.RawIOBase):
             out += chunk
         return bytes(out)
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         want = min(len(buf), self._size - self._pos)
         if want <= 0:
             self._check_end()

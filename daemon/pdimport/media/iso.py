@@ -164,7 +164,7 @@ class ExtentReader(LargeReads):
         self._done = 0
         self._checked = False
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         if not self._checked:
             self._check_bounds()
             self._checked = True

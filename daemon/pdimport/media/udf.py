@@ -316,7 +316,7 @@ class UdfStreamReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         if self._done >= self._size:
             return 0
         want = min(len(buf), len(self._buf), self._size - self._done)

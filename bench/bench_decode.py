@@ -108,8 +108,9 @@ def _record(benchmark, syntax: str, peer: str, nbytes: int) -> None:
     benchmark.extra_info.update(syntax=syntax, peer=peer, mb_per_s=round(mbs, 1), files=FILES)
     ref = RESULTS.get((syntax, "dcmtk-1"))
     if ref:
-        benchmark.extra_info["x_dcmtk_1proc"] = round(statistics.median(ref[0]) /
-                                                      statistics.median(seconds), 2)
+        benchmark.extra_info["x_dcmtk_1proc"] = round(
+            statistics.median(ref[0]) / statistics.median(seconds), 2
+        )
 
 
 def _files(corpus, syntax: str) -> list[Path]:
@@ -134,8 +135,9 @@ def test_dcmtk(benchmark, corpus, tmp_path, syntax: str, procs: int) -> None:
     if tool is None or shutil.which(tool) is None:
         pytest.skip(f"dcmtk has no decoder for {syntax}")
     files = _files(corpus, syntax)
-    benchmark.pedantic(_run_cli, args=(lambda s, d: [tool, str(s), str(d)], files, tmp_path,
-                                       procs), rounds=ROUNDS)
+    benchmark.pedantic(
+        _run_cli, args=(lambda s, d: [tool, str(s), str(d)], files, tmp_path, procs), rounds=ROUNDS
+    )
     _record(benchmark, syntax, f"dcmtk-{'1' if procs == 1 else 'N'}", _decoded_bytes(files))
 
 
@@ -145,8 +147,11 @@ def test_gdcmconv(benchmark, corpus, tmp_path, syntax: str, procs: int) -> None:
     if shutil.which("gdcmconv") is None:
         pytest.skip("gdcmconv is not installed")
     files = _files(corpus, syntax)
-    benchmark.pedantic(_run_cli, args=(lambda s, d: ["gdcmconv", "--raw", str(s), str(d)],
-                                       files, tmp_path, procs), rounds=ROUNDS)
+    benchmark.pedantic(
+        _run_cli,
+        args=(lambda s, d: ["gdcmconv", "--raw", str(s), str(d)], files, tmp_path, procs),
+        rounds=ROUNDS,
+    )
     _record(benchmark, syntax, f"gdcmconv-{'1' if procs == 1 else 'N'}", _decoded_bytes(files))
 
 
@@ -245,6 +250,7 @@ def test_rle_kernel(benchmark, corpus, impl: str) -> None:
         run = lambda: [rle.decode_frame(f, 512 * 512, 16, "<") for f in frames]
     else:
         from pydicom.pixels.decoders.rle import _rle_decode_frame
+
         run = lambda: [_rle_decode_frame(f, 512, 512, 1, 16) for f in frames]
     run()  # compile / warm up
     if impl == "numba":  # same pixels as the reference decoder, or it does not count
@@ -272,8 +278,9 @@ def test_ybr_to_rgb_kernel(benchmark, impl: str) -> None:
                     y = arr[i, j, 0] * 1.0
                     cb = arr[i, j, 1] - 128.0
                     cr = arr[i, j, 2] - 128.0
-                    for k, v in enumerate((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr,
-                                           y + 1.772 * cb)):
+                    for k, v in enumerate(
+                        (y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb)
+                    ):
                         out[i, j, k] = min(max(round(v), 0), 255)
             return out
 
@@ -290,14 +297,18 @@ def test_ybr_to_rgb_kernel(benchmark, impl: str) -> None:
 
 def table() -> str:
     """Markdown: MB/s and ratio to dcmtk one-process (or the first peer)."""
-    lines = ["| syntax | peer | median s | MB/s | x dcmtk 1 proc (or first row) | rounds |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| syntax | peer | median s | MB/s | x dcmtk 1 proc (or first row) | rounds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     first: dict[str, float] = {}
     for (syntax, peer), (seconds, nbytes) in sorted(RESULTS.items()):
         med = statistics.median(seconds)
         first.setdefault(syntax, med)
         ref = RESULTS.get((syntax, "dcmtk-1"))
         base = statistics.median(ref[0]) if ref else first[syntax]
-        lines.append(f"| {syntax} | {peer} | {med:.3f} | {nbytes / med / 1e6:.1f} | "
-                     f"{base / med:.2f} | {len(seconds)} |")
+        lines.append(
+            f"| {syntax} | {peer} | {med:.3f} | {nbytes / med / 1e6:.1f} | "
+            f"{base / med:.2f} | {len(seconds)} |"
+        )
     return "\n".join(lines)

@@ -34,16 +34,18 @@ import pytest
 from fixtures_iso import ThrottledMedium, de, read_sequentially
 
 from pdimport.job import importer as pipeline
-from pdimport.media import IsoMedium
 from pdimport.job.importer import Importer
+from pdimport.media import IsoMedium
 from pdimport.settings import defaults
 
 pytestmark = pytest.mark.bench
 
 #: Model seconds per real second. A DVD at 20x would stream 200-440 MB/s,
 #: faster than this machine's disk takes fsync'ed files: 8x keeps it a drive.
-SCALES = {"cd": float(os.environ.get("BENCH_ISO_SCALE", "20")),
-          "dvd": float(os.environ.get("BENCH_ISO_SCALE", "8"))}
+SCALES = {
+    "cd": float(os.environ.get("BENCH_ISO_SCALE", "20")),
+    "dvd": float(os.environ.get("BENCH_ISO_SCALE", "8")),
+}
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PROFILES = {"cd": de.CD_52X, "dvd": de.DVD_16X}
 #: (profile, peer) -> seconds of every round, for the table at the end.
@@ -55,8 +57,7 @@ def _importer(tmp: Path) -> Importer:
     return Importer(defaults().replace(state_dir=str(state)))
 
 
-def _import(image: Path, imp: Importer, profile: de.DriveProfile,
-            scale: float) -> dict[str, Any]:
+def _import(image: Path, imp: Importer, profile: de.DriveProfile, scale: float) -> dict[str, Any]:
     """What ``Importer.run`` does, with the drive model between disc and spool."""
     medium = IsoMedium(str(image), imp.settings)
     try:
@@ -72,13 +73,19 @@ def _record(benchmark: Any, profile: str, peer: str, image: Path) -> None:
     seconds = list(benchmark.stats.stats.data)
     RESULTS[(profile, peer)] = seconds
     model = de.time_to_read_sequentially(image.stat().st_size, PROFILES[profile]) / SCALES[profile]
-    benchmark.extra_info.update(profile=profile, peer=peer, scale=SCALES[profile],
-                                bytes=image.stat().st_size, model_sequential_s=round(model, 3),
-                                ratio_to_model=round(statistics.median(seconds) / model, 3))
+    benchmark.extra_info.update(
+        profile=profile,
+        peer=peer,
+        scale=SCALES[profile],
+        bytes=image.stat().st_size,
+        model_sequential_s=round(model, 3),
+        ratio_to_model=round(statistics.median(seconds) / model, 3),
+    )
     ref = RESULTS.get((profile, "sequential"))
     if ref:
         benchmark.extra_info["ratio_to_sequential"] = round(
-            statistics.median(seconds) / statistics.median(ref), 3)
+            statistics.median(seconds) / statistics.median(ref), 3
+        )
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
@@ -86,25 +93,27 @@ def test_sequential(benchmark, ct_iso: Path, profile: str) -> None:
     def setup():
         return (de.ThrottledPread(str(ct_iso), PROFILES[profile], scale=SCALES[profile]),), {}
 
-    size = benchmark.pedantic(lambda p: read_sequentially(ct_iso, p), setup=setup,
-                              rounds=ROUNDS)
+    size = benchmark.pedantic(lambda p: read_sequentially(ct_iso, p), setup=setup, rounds=ROUNDS)
     assert size == ct_iso.stat().st_size
     _record(benchmark, profile, "sequential", ct_iso)
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 @pytest.mark.parametrize("peer", ["pipelined", "serial"])
-def test_import(benchmark, ct_iso: Path, tmp_path: Path, monkeypatch, profile: str,
-                peer: str) -> None:
+def test_import(
+    benchmark, ct_iso: Path, tmp_path: Path, monkeypatch, profile: str, peer: str
+) -> None:
     if peer == "serial":
         monkeypatch.setattr(pipeline.PrescanWorker, "submit", lambda self, path, sha: None)
 
     def setup():
         return (_importer(tmp_path),), {}
 
-    report = benchmark.pedantic(lambda imp: _import(ct_iso, imp, PROFILES[profile],
-                                                    SCALES[profile]),
-                                setup=setup, rounds=ROUNDS)
+    report = benchmark.pedantic(
+        lambda imp: _import(ct_iso, imp, PROFILES[profile], SCALES[profile]),
+        setup=setup,
+        rounds=ROUNDS,
+    )
     assert report["counts"]["dicom"] >= 1 and not report["hold_reasons"]
     _record(benchmark, profile, peer, ct_iso)
     benchmark.extra_info["scanner"] = _importer(tmp_path).scanner.name
@@ -112,12 +121,16 @@ def test_import(benchmark, ct_iso: Path, tmp_path: Path, monkeypatch, profile: s
 
 def table() -> str:
     """Markdown: median seconds and ratio to ``sequential`` per profile."""
-    lines = ["| drive | model speed-up | peer | median s | x sequential | rounds |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = [
+        "| drive | model speed-up | peer | median s | x sequential | rounds |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for (profile, peer), seconds in sorted(RESULTS.items()):
         ref = RESULTS.get((profile, "sequential"))
         ratio = statistics.median(seconds) / statistics.median(ref) if ref else float("nan")
-        lines.append(f"| {PROFILES[profile].name} | {SCALES[profile]:g}x | {peer} "
-                     f"| {statistics.median(seconds):.3f} "
-                     f"| {ratio:.3f} | {len(seconds)} |")
+        lines.append(
+            f"| {PROFILES[profile].name} | {SCALES[profile]:g}x | {peer} "
+            f"| {statistics.median(seconds):.3f} "
+            f"| {ratio:.3f} | {len(seconds)} |"
+        )
     return "\n".join(lines)

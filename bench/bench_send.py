@@ -59,28 +59,38 @@ def cfg(tmp_path: Path) -> settings_mod.Settings:
 def storescu(url_host_port: tuple[str, str, int], items: list[SendItem], processes: int) -> None:
     """dcmtk storescu, the file list split over `processes` processes."""
     aet, host, port = url_host_port
-    procs = [subprocess.Popen([STORESCU, "-aec", aet, host, str(port)]
-                              + [str(i.path) for i in items[n::processes]],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for n in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [STORESCU, "-aec", aet, host, str(port)] + [str(i.path) for i in items[n::processes]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(processes)
+    ]
     for proc in procs:
         _, err = proc.communicate()
         assert proc.returncode == 0, err.decode(errors="replace")
 
 
-def pdimport_send(url: str, items: list[SendItem], cfg: settings_mod.Settings,
-                  workdir: Path) -> None:
+def pdimport_send(
+    url: str, items: list[SendItem], cfg: settings_mod.Settings, workdir: Path
+) -> None:
     outcomes: list[SendOutcome] = []
     deliver(parse_dest(url), items, cfg, outcomes.append, workdir)
     assert {o.state for o in outcomes} == {"sent"} and len(outcomes) == len(items)
 
 
-def compare(benchmark, scenario: str, items: list[SendItem], reference: tuple[str, object],
-            senders: dict[str, object], reset=lambda: None) -> None:
+def compare(
+    benchmark,
+    scenario: str,
+    items: list[SendItem],
+    reference: tuple[str, object],
+    senders: dict[str, object],
+    reset=lambda: None,
+) -> None:
     """Interleave reference and pdimport rounds; record rows; time the last sender."""
     megabytes = sum(i.size for i in items) / 1e6
-    rows = {name: Row(scenario, name, len(items), megabytes)
-            for name in [reference[0], *senders]}
+    rows = {name: Row(scenario, name, len(items), megabytes) for name in [reference[0], *senders]}
     ROWS.extend(rows.values())
     *others, (timed_name, timed) = senders.items()
 
@@ -103,19 +113,26 @@ def compare(benchmark, scenario: str, items: list[SendItem], reference: tuple[st
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     ref = rows[reference[0]].rate
-    benchmark.extra_info.update({
-        "images": len(items),
-        **{f"{name} images/s": round(row.rate, 1) for name, row in rows.items()},
-        **{f"{name} ratio": round(row.rate / ref, 2) for name, row in rows.items()},
-    })
+    benchmark.extra_info.update(
+        {
+            "images": len(items),
+            **{f"{name} images/s": round(row.rate, 1) for name, row in rows.items()},
+            **{f"{name} ratio": round(row.rate / ref, 2) for name, row in rows.items()},
+        }
+    )
 
 
-def _fixed_counts(url: str, items: list[SendItem], cfg: settings_mod.Settings,
-                  workdir: Path) -> dict[str, object]:
+def _fixed_counts(
+    url: str, items: list[SendItem], cfg: settings_mod.Settings, workdir: Path
+) -> dict[str, object]:
     """pdimport with 1 and 4 associations, to show where the default sits."""
-    return {f"pdimport x{n}": (lambda n=n: pdimport_send(f"{url}?associations={n}", items, cfg,
-                                                         workdir))
-            for n in (1, 4) if n != DEFAULT_ASSOCIATIONS}
+    return {
+        f"pdimport x{n}": (
+            lambda n=n: pdimport_send(f"{url}?associations={n}", items, cfg, workdir)
+        )
+        for n in (1, 4)
+        if n != DEFAULT_ASSOCIATIONS
+    }
 
 
 # ---------------------------------------------------------------- scenarios
@@ -125,11 +142,19 @@ def test_storescp(benchmark, storescp, corpus, cfg, tmp_path, scenario, nodelay)
     items = corpus[:NAGLE_IMAGES] if scenario == "nagle" else corpus
     target = (scp.aet, "127.0.0.1", scp.port)
     pdimport_send(scp.url, items[:64], cfg, tmp_path)  # warm: forkserver, page cache
-    senders = {**_fixed_counts(scp.url, items, cfg, tmp_path),
-               f"pdimport x{DEFAULT_ASSOCIATIONS} (default)":
-               lambda: pdimport_send(scp.url, items, cfg, tmp_path)}
-    compare(benchmark, f"storescp {'TCP_NODELAY=1' if nodelay else 'Debian (Nagle)'}", items,
-            ("storescu x1", lambda: storescu(target, items, 1)), senders)
+    senders = {
+        **_fixed_counts(scp.url, items, cfg, tmp_path),
+        f"pdimport x{DEFAULT_ASSOCIATIONS} (default)": lambda: pdimport_send(
+            scp.url, items, cfg, tmp_path
+        ),
+    }
+    compare(
+        benchmark,
+        f"storescp {'TCP_NODELAY=1' if nodelay else 'Debian (Nagle)'}",
+        items,
+        ("storescu x1", lambda: storescu(target, items, 1)),
+        senders,
+    )
 
 
 def test_orthanc(benchmark, orthanc, corpus, cfg, tmp_path) -> None:
@@ -141,14 +166,22 @@ def test_orthanc(benchmark, orthanc, corpus, cfg, tmp_path) -> None:
         # every send starts from an empty Orthanc.
         for patient in orthanc.get("/patients"):
             req = urllib.request.Request(
-                f"http://127.0.0.1:{orthanc.http_port}/patients/{patient}", method="DELETE")
+                f"http://127.0.0.1:{orthanc.http_port}/patients/{patient}", method="DELETE"
+            )
             with urllib.request.urlopen(req, timeout=60) as rsp:
                 json.load(rsp)
 
     pdimport_send(orthanc.url, items[:64], cfg, tmp_path)
-    compare(benchmark, "Orthanc (Debian)", items,
-            ("storescu x4", lambda: storescu(target, items, 4)),
-            {**_fixed_counts(orthanc.url, items, cfg, tmp_path),
-             f"pdimport x{DEFAULT_ASSOCIATIONS} (default)":
-             lambda: pdimport_send(orthanc.url, items, cfg, tmp_path)},
-            reset=reset)
+    compare(
+        benchmark,
+        "Orthanc (Debian)",
+        items,
+        ("storescu x4", lambda: storescu(target, items, 4)),
+        {
+            **_fixed_counts(orthanc.url, items, cfg, tmp_path),
+            f"pdimport x{DEFAULT_ASSOCIATIONS} (default)": lambda: pdimport_send(
+                orthanc.url, items, cfg, tmp_path
+            ),
+        },
+        reset=reset,
+    )

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures_iso import ct_iso  # noqa: F401 - bench/fixtures_iso.py (ISO bench)
-from fixtures_scan import scan_ct_files, scan_mr_files  # noqa: F401 - bench/fixtures_scan.py
 from fixtures_peers import *
+from fixtures_scan import scan_ct_files, scan_mr_files  # noqa: F401 - bench/fixtures_scan.py
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,9 +29,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
         terminalreporter.write_sep("=", "C-STORE side by side (ratio = images/s ÷ first row)")
         terminalreporter.write_line(table())
-    for name, title in (("bench_iso", "ISO import through the drive model"),
-                        ("bench_decode", "decode throughput side by side"),
-                        ("bench_scan", "header scan side by side (ratio = peer time / numba time)")):
+    for name, title in (
+        ("bench_iso", "ISO import through the drive model"),
+        ("bench_decode", "decode throughput side by side"),
+        ("bench_scan", "header scan side by side (ratio = peer time / numba time)"),
+    ):
         module = sys.modules.get(name)
         if module is not None and module.RESULTS:
             terminalreporter.write_sep("=", title)

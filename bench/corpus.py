@@ -30,8 +30,16 @@ def make_ct_series(folder: Path, count: int, size: int = 512) -> list[SendItem]:
         ds = _ct(study, series, n + 1, pixels.clip(0, 4095).astype(np.uint16), size)
         path = folder / f"IM{n + 1:06d}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        items.append(SendItem(f"bench-{ds.SOPInstanceUID}", path, CTImageStorage,
-                              ds.SOPInstanceUID, ExplicitVRLittleEndian, path.stat().st_size))
+        items.append(
+            SendItem(
+                f"bench-{ds.SOPInstanceUID}",
+                path,
+                CTImageStorage,
+                ds.SOPInstanceUID,
+                ExplicitVRLittleEndian,
+                path.stat().st_size,
+            )
+        )
     return items
 
 

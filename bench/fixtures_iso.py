@@ -37,8 +37,11 @@ def make_ct_iso(work: Path, count: int = ISO_FILES) -> Path:
         path.rename(path.with_suffix(""))  # PS3.10 File IDs: no extension
     subprocess.run(["dcmmkdir", "+r", "+I", "DICOM"], cwd=stage, check=True, capture_output=True)
     image = work / "ct_pdi.iso"
-    subprocess.run(["genisoimage", "-quiet", "-V", "CT_PDI", "-J", "-r", "-o", str(image),
-                    str(stage)], check=True, capture_output=True)
+    subprocess.run(
+        ["genisoimage", "-quiet", "-V", "CT_PDI", "-J", "-r", "-o", str(image), str(stage)],
+        check=True,
+        capture_output=True,
+    )
     return image
 
 

@@ -36,8 +36,12 @@ def _pixels(size: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     body = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.4 * size) ** 2
-    return (np.where(body, 1040, 24) + rng.normal(0, 12, (size, size))).clip(0, 4095).astype(
-        np.uint16).tobytes()
+    return (
+        (np.where(body, 1040, 24) + rng.normal(0, 12, (size, size)))
+        .clip(0, 4095)
+        .astype(np.uint16)
+        .tobytes()
+    )
 
 
 def _item(**kw: object) -> Dataset:
@@ -75,10 +79,23 @@ def _ct(study: str, series: str, frame: str, number: int, pixels: bytes) -> Data
     ds.StudyDescription = "胸部 CT 造影"
     ds.SeriesDescription = "0.625mm STND"
     ds.ManufacturerModelName = "Revolution CT"
-    ds.ReferencedStudySequence = Sequence([_item(ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
-                                                 ReferencedSOPInstanceUID=frame[:-2] + ".9")])
-    ds.ProcedureCodeSequence = Sequence([_item(CodeValue="CT0123", CodingSchemeDesignator="99GE",
-                                               CodeMeaning="CT CHEST WITH CONTRAST")])
+    ds.ReferencedStudySequence = Sequence(
+        [
+            _item(
+                ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
+                ReferencedSOPInstanceUID=frame[:-2] + ".9",
+            )
+        ]
+    )
+    ds.ProcedureCodeSequence = Sequence(
+        [
+            _item(
+                CodeValue="CT0123",
+                CodingSchemeDesignator="99GE",
+                CodeMeaning="CT CHEST WITH CONTRAST",
+            )
+        ]
+    )
     ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
     ds.PatientID, ds.IssuerOfPatientID = "0012345678", "TOKYOGH"
     ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19560412", "M", "068Y"
@@ -90,9 +107,18 @@ def _ct(study: str, series: str, frame: str, number: int, pixels: bytes) -> Data
     ds.RotationDirection, ds.ExposureTime, ds.XRayTubeCurrent = "CW", "500", "285"
     ds.ConvolutionKernel, ds.PatientPosition = "STANDARD", "FFS"
     # nested sequences: an undefined-length one holding a defined-length one
-    inner = _item(CodeValue="113691", CodingSchemeDesignator="DCM", CodeMeaning="IEC Body Dosimetry Phantom")
-    ds.CTExposureSequence = Sequence([_item(ExposureTimeInms=500.0, XRayTubeCurrentInmA=285.0,
-                                            CTDIPhantomTypeCodeSequence=Sequence([inner]))])
+    inner = _item(
+        CodeValue="113691", CodingSchemeDesignator="DCM", CodeMeaning="IEC Body Dosimetry Phantom"
+    )
+    ds.CTExposureSequence = Sequence(
+        [
+            _item(
+                ExposureTimeInms=500.0,
+                XRayTubeCurrentInmA=285.0,
+                CTDIPhantomTypeCodeSequence=Sequence([inner]),
+            )
+        ]
+    )
     ds["CTExposureSequence"].is_undefined_length = True
     ds.CTExposureSequence[0].is_undefined_length_sequence_item = True
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
@@ -102,8 +128,12 @@ def _ct(study: str, series: str, frame: str, number: int, pixels: bytes) -> Data
     _common(ds, number, 512)
     ds.WindowCenter, ds.WindowWidth = "40", "400"
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-    for group, creator, blob in ((0x0009, "GEMS_IDEN_01", 900), (0x0019, "GEMS_ACQU_01", 700),
-                                 (0x0027, "GEMS_IMAG_01", 300), (0x0043, "GEMS_PARM_01", 500)):
+    for group, creator, blob in (
+        (0x0009, "GEMS_IDEN_01", 900),
+        (0x0019, "GEMS_ACQU_01", 700),
+        (0x0027, "GEMS_IMAG_01", 300),
+        (0x0043, "GEMS_PARM_01", 500),
+    ):
         block = ds.private_block(group, creator, create=True)
         block.add_new(0x01, "LO", "CT_LIGHTSPEED")
         block.add_new(0x02, "SS", 3)
@@ -140,7 +170,7 @@ def _mr(study: str, series: str, frame: str, number: int, pixels: bytes) -> Data
     return ds
 
 
-def _write(folder: Path, count: int, make, size: int) -> list[Path]:  # noqa: ANN001
+def _write(folder: Path, count: int, make, size: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = _pixels(size, 7)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -157,7 +187,7 @@ def _write(folder: Path, count: int, make, size: int) -> list[Path]:  # noqa: AN
     return paths
 
 
-def _cached(name: str, count: int, make, size: int) -> list[Path]:  # noqa: ANN001
+def _cached(name: str, count: int, make, size: int) -> list[Path]:
     folder = cache_root() / f"{name}-{count}"
     marker = folder / ".complete"
     if marker.is_file() and marker.read_text() == _VERSION:

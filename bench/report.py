@@ -28,12 +28,16 @@ ROWS: list[Row] = []
 
 def table() -> str:
     """A markdown table: medians, images/s, MB/s, ratio to the scenario's reference."""
-    lines = ["| scenario | sender | median s | images/s | MB/s | × reference | rounds |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| scenario | sender | median s | images/s | MB/s | × reference | rounds |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     reference: dict[str, float] = {}
     for row in ROWS:
         reference.setdefault(row.scenario, row.rate)  # the first row is the reference
-        lines.append(f"| {row.scenario} | {row.sender} | {row.median:.2f} | {row.rate:.0f} | "
-                     f"{row.megabytes / row.median:.0f} | {row.rate / reference[row.scenario]:.2f} "
-                     f"| {len(row.seconds)} |")
+        lines.append(
+            f"| {row.scenario} | {row.sender} | {row.median:.2f} | {row.rate:.0f} | "
+            f"{row.megabytes / row.median:.0f} | {row.rate / reference[row.scenario]:.2f} "
+            f"| {len(row.seconds)} |"
+        )
     return "\n".join(lines)

@@ -65,8 +65,10 @@ def main(total: int) -> int:
         for n in range(total):
             status = assoc.send_c_store(path, msg_id=n % 0xFFFF + 1)
             if "Status" not in status:
-                print(f"reproduced after {n} stores: no status, association aborted="
-                      f"{assoc.is_aborted}; 'unexpected' warnings: {_Unexpected.count}")
+                print(
+                    f"reproduced after {n} stores: no status, association aborted="
+                    f"{assoc.is_aborted}; 'unexpected' warnings: {_Unexpected.count}"
+                )
                 return 0
         assoc.release()
         print(f"not reproduced in {total} stores")

@@ -4,9 +4,9 @@ imported here so every test sees them."""
 import threading
 
 import pytest
-from fixtures_dicom import *  # noqa: F401,F403
-from fixtures_media import *  # noqa: F401,F403
-from fixtures_peers import *  # noqa: F401,F403
+from fixtures_dicom import *
+from fixtures_media import *
+from fixtures_peers import *
 
 
 @pytest.fixture

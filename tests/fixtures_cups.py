@@ -178,19 +178,34 @@ def cups_server(tcp_sink: TcpSink, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     port = free_port()
     (root / "cups-files.conf").write_text(_FILES_CONF.format(root=root))
     (root / "cupsd.conf").write_text(_CUPSD_CONF.format(root=root, port=port))
-    proc = subprocess.Popen(["cupsd", "-f", "-c", str(root / "cupsd.conf"),
-                             "-s", str(root / "cups-files.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["cupsd", "-f", "-c", str(root / "cupsd.conf"), "-s", str(root / "cups-files.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     sock = root / "cups.sock"
     server = CupsServer(root, sock, port, "Label", tcp_sink, proc)
     try:
         _wait_socket(sock, proc)
         monkeypatch.setenv("CUPS_SERVER", str(sock))
-        subprocess.run(["lpadmin", "-p", "Label", "-E", "-v",
-                        f"socket://127.0.0.1:{tcp_sink.port}",
-                        "-m", "drv:///sample.drv/zebra.ppd",
-                        "-o", "PageSize=w288h144"],
-                       check=True, capture_output=True, text=True, timeout=30)
+        subprocess.run(
+            [
+                "lpadmin",
+                "-p",
+                "Label",
+                "-E",
+                "-v",
+                f"socket://127.0.0.1:{tcp_sink.port}",
+                "-m",
+                "drv:///sample.drv/zebra.ppd",
+                "-o",
+                "PageSize=w288h144",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         yield server
     finally:
         proc.terminate()

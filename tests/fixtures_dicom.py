@@ -64,11 +64,11 @@ __all__ = [
     "make_truncated_pixel_data",
     "make_uid_mismatch",
     "make_undefined_ob_no_delimiter",
+    "new_dataset",
     "pydicom_data_dir",
     "pydicom_test_file",
     "pydicom_test_files",
     "write_part10_bytes",
-    "new_dataset",
 ]
 
 
@@ -108,8 +108,14 @@ def fresh_copy(name: str, dst: Path, patient_id: str = "PAT001", **attrs: Any) -
     ds = dcmread(pydicom_test_file(name), force=True)
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
-        ds.file_meta = _file_meta(ds, ImplicitVRLittleEndian if implicit
-                                  else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.file_meta = _file_meta(
+            ds,
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian,
+        )
         ds.preamble = b"\0" * 128
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
@@ -127,8 +133,16 @@ def fresh_copy(name: str, dst: Path, patient_id: str = "PAT001", **attrs: Any) -
 
 
 # ------------------------------------------------------------- synthetic CT
-def _ct_dataset(patient_id: str, patient_name: str, study_uid: str, series_uid: str,
-                number: int, rows: int, cols: int, **attrs: Any) -> Dataset:
+def _ct_dataset(
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    series_uid: str,
+    number: int,
+    rows: int,
+    cols: int,
+    **attrs: Any,
+) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -202,29 +216,73 @@ def _save(ds: Dataset, path: Path, ts: str = ExplicitVRLittleEndian) -> Path:
     return path
 
 
-def make_ct(path: Path, patient_id: str = "PAT001", patient_name: str = "Test^Patient",
-            study_uid: str | None = None, series_uid: str | None = None, number: int = 1,
-            rows: int = 64, cols: int = 64, ts: str = ExplicitVRLittleEndian, **attrs: Any) -> Path:
+def make_ct(
+    path: Path,
+    patient_id: str = "PAT001",
+    patient_name: str = "Test^Patient",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    number: int = 1,
+    rows: int = 64,
+    cols: int = 64,
+    ts: str = ExplicitVRLittleEndian,
+    **attrs: Any,
+) -> Path:
     """One small synthetic CT instance (native pixels) written by pydicom."""
-    ds = _ct_dataset(patient_id, patient_name, study_uid or generate_uid(),
-                     series_uid or generate_uid(), number, rows, cols, **attrs)
+    ds = _ct_dataset(
+        patient_id,
+        patient_name,
+        study_uid or generate_uid(),
+        series_uid or generate_uid(),
+        number,
+        rows,
+        cols,
+        **attrs,
+    )
     return _save(ds, path, ts)
 
 
-def make_ct_series(dst_dir: Path, n: int, patient_id: str = "PAT001",
-                   patient_name: str = "Test^Patient", study_uid: str | None = None,
-                   series_uid: str | None = None, name: str = "IM{:04d}", rows: int = 64,
-                   cols: int = 64, ts: str = ExplicitVRLittleEndian, **attrs: Any) -> list[Path]:
+def make_ct_series(
+    dst_dir: Path,
+    n: int,
+    patient_id: str = "PAT001",
+    patient_name: str = "Test^Patient",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    name: str = "IM{:04d}",
+    rows: int = 64,
+    cols: int = 64,
+    ts: str = ExplicitVRLittleEndian,
+    **attrs: Any,
+) -> list[Path]:
     """``n`` synthetic CT instances of one series in ``dst_dir`` (names from
     the ``name`` pattern, e.g. ``IM0001``: valid PS3.10 File ID components)."""
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
-    return [make_ct(Path(dst_dir) / name.format(i), patient_id, patient_name, study_uid,
-                    series_uid, i, rows, cols, ts, **attrs) for i in range(1, n + 1)]
+    return [
+        make_ct(
+            Path(dst_dir) / name.format(i),
+            patient_id,
+            patient_name,
+            study_uid,
+            series_uid,
+            i,
+            rows,
+            cols,
+            ts,
+            **attrs,
+        )
+        for i in range(1, n + 1)
+    ]
 
 
-def write_part10_bytes(path: Path, body: bytes, ts: str = ExplicitVRLittleEndian,
-                       sop_instance_uid: str = "1.2.3.4", sop_class_uid: str = CTImageStorage) -> Path:
+def write_part10_bytes(
+    path: Path,
+    body: bytes,
+    ts: str = ExplicitVRLittleEndian,
+    sop_instance_uid: str = "1.2.3.4",
+    sop_class_uid: str = CTImageStorage,
+) -> Path:
     """Preamble + DICM + File Meta (written by pydicom) + hand-made body bytes."""
     meta = FileMetaDataset()
     with warnings.catch_warnings():
@@ -244,7 +302,21 @@ def _el(tag: int, vr: bytes, value: bytes, little: bool = True) -> bytes:
     """One explicit VR element (PS3.5 §7.1.2)."""
     order = "<" if little else ">"
     head = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF) + vr
-    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"):
+    if vr in (
+        b"OB",
+        b"OW",
+        b"SQ",
+        b"UN",
+        b"UT",
+        b"UC",
+        b"UR",
+        b"OD",
+        b"OF",
+        b"OL",
+        b"OV",
+        b"SV",
+        b"UV",
+    ):
         return head + b"\0\0" + struct.pack(order + "I", len(value)) + value
     return head + struct.pack(order + "H", len(value)) + value
 
@@ -253,12 +325,14 @@ def _ident_body(sop_uid: str = "1.2.3.4") -> bytes:
     """The start of a minimal explicit VR LE CT dataset."""
     uid = sop_uid.encode() + (b"\0" if len(sop_uid) % 2 else b"")
     cls = CTImageStorage.encode() + (b"\0" if len(CTImageStorage) % 2 else b"")
-    return (_el(0x00080005, b"CS", b"ISO_IR 100")
-            + _el(0x00080016, b"UI", cls)
-            + _el(0x00080018, b"UI", uid)
-            + _el(0x00080060, b"CS", b"CT")
-            + _el(0x00100010, b"PN", b"Test^Broken ")
-            + _el(0x00100020, b"LO", b"BROKEN"))
+    return (
+        _el(0x00080005, b"CS", b"ISO_IR 100")
+        + _el(0x00080016, b"UI", cls)
+        + _el(0x00080018, b"UI", uid)
+        + _el(0x00080060, b"CS", b"CT")
+        + _el(0x00100010, b"PN", b"Test^Broken ")
+        + _el(0x00100020, b"LO", b"BROKEN")
+    )
 
 
 # -------------------------------------------------------------- broken files
@@ -276,7 +350,7 @@ def make_truncated_header(path: Path) -> Path:
     make_ct(path)
     data = Path(path).read_bytes()
     at = data.index(b"\x28\x00\x10\x00US")
-    Path(path).write_bytes(data[:at + 6])
+    Path(path).write_bytes(data[: at + 6])
     return Path(path)
 
 
@@ -296,32 +370,49 @@ def make_noise_dcm(path: Path, size: int = 4096, seed: int = 1234) -> Path:
 
 def make_absurd_length(path: Path) -> Path:
     """D2: a ~300-byte file whose last element declares 0xFFFFFFF0 bytes."""
-    body = _ident_body() + (struct.pack("<HH", 0x0040, 0xA160) + b"UT\0\0"
-                            + struct.pack("<I", 0xFFFFFFF0) + b"x" * 16)
+    body = _ident_body() + (
+        struct.pack("<HH", 0x0040, 0xA160) + b"UT\0\0" + struct.pack("<I", 0xFFFFFFF0) + b"x" * 16
+    )
     return write_part10_bytes(path, body)
 
 
 def make_bad_vr(path: Path) -> Path:
     """D7: an element whose VR bytes are not a VR (after good elements)."""
-    body = _ident_body() + struct.pack("<HH", 0x0020, 0x0013) + b"\x00\x01" + struct.pack("<H", 2) + b"1 "
+    body = (
+        _ident_body()
+        + struct.pack("<HH", 0x0020, 0x0013)
+        + b"\x00\x01"
+        + struct.pack("<H", 2)
+        + b"1 "
+    )
     return write_part10_bytes(path, body)
 
 
 def make_undefined_ob_no_delimiter(path: Path, tail: int = 1 << 16) -> Path:
     """D4: an undefined-length OB (not Pixel Data) and no delimiter, then a tail."""
-    body = _ident_body() + (struct.pack("<HH", 0x0042, 0x0011) + b"OB\0\0"
-                            + struct.pack("<I", 0xFFFFFFFF) + b"\x55" * tail)
+    body = _ident_body() + (
+        struct.pack("<HH", 0x0042, 0x0011)
+        + b"OB\0\0"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + b"\x55" * tail
+    )
     return write_part10_bytes(path, body)
 
 
 def make_encapsulated_no_delimiter(path: Path) -> Path:
     """Encapsulated Pixel Data whose fragments run to EOF with no sequence delimiter."""
     frag = b"\xff\xd8\xff\xe0" + b"\0" * 60
-    body = (_ident_body()
-            + _el(0x00280010, b"US", struct.pack("<H", 8)) + _el(0x00280011, b"US", struct.pack("<H", 8))
-            + struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFFF)
-            + struct.pack("<HHI", 0xFFFE, 0xE000, 0)
-            + struct.pack("<HHI", 0xFFFE, 0xE000, len(frag)) + frag)
+    body = (
+        _ident_body()
+        + _el(0x00280010, b"US", struct.pack("<H", 8))
+        + _el(0x00280011, b"US", struct.pack("<H", 8))
+        + struct.pack("<HH", 0x7FE0, 0x0010)
+        + b"OB\0\0"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, len(frag))
+        + frag
+    )
     return write_part10_bytes(path, body, ts="1.2.840.10008.1.2.4.50")
 
 
@@ -362,8 +453,15 @@ def make_deflated(path: Path) -> Path:
 
 def make_deflate_bomb(path: Path, inflated: int = 64 << 20) -> Path:
     """D11: a small deflated file whose private OB value inflates to ``inflated`` bytes."""
-    head = _ident_body() + (struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 8) + b"BOMBTEST"
-                            + struct.pack("<HH", 0x0009, 0x1000) + b"OB\0\0" + struct.pack("<I", inflated))
+    head = _ident_body() + (
+        struct.pack("<HH", 0x0009, 0x0010)
+        + b"LO"
+        + struct.pack("<H", 8)
+        + b"BOMBTEST"
+        + struct.pack("<HH", 0x0009, 0x1000)
+        + b"OB\0\0"
+        + struct.pack("<I", inflated)
+    )
     z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     out = [z.compress(head)]
     zeros = b"\0" * (1 << 20)
@@ -401,11 +499,14 @@ def make_duplicate_tag(path: Path) -> Path:
 
 def make_pixel_length_mismatch(path: Path) -> Path:
     """D13: Rows × Columns say 64×64×2 bytes, Pixel Data holds half of it."""
-    body = (_ident_body()
-            + _el(0x00280002, b"US", struct.pack("<H", 1))
-            + _el(0x00280010, b"US", struct.pack("<H", 64)) + _el(0x00280011, b"US", struct.pack("<H", 64))
-            + _el(0x00280100, b"US", struct.pack("<H", 16))
-            + _el(0x7FE00010, b"OW", b"\0" * (64 * 64)))
+    body = (
+        _ident_body()
+        + _el(0x00280002, b"US", struct.pack("<H", 1))
+        + _el(0x00280010, b"US", struct.pack("<H", 64))
+        + _el(0x00280011, b"US", struct.pack("<H", 64))
+        + _el(0x00280100, b"US", struct.pack("<H", 16))
+        + _el(0x7FE00010, b"OW", b"\0" * (64 * 64))
+    )
     return write_part10_bytes(path, body)
 
 
@@ -426,8 +527,12 @@ def make_sjis_in_latin1(path: Path) -> Path:
     """C3: Shift-JIS bytes in a file that declares ISO_IR 100."""
     name = "山田^太郎".encode("cp932")
     name += b" " * (len(name) % 2)
-    body = (_el(0x00080005, b"CS", b"ISO_IR 100") + _el(0x00080016, b"UI", CTImageStorage.encode() + b"\0")
-            + _el(0x00080018, b"UI", b"1.2.3.4") + _el(0x00100010, b"PN", name))
+    body = (
+        _el(0x00080005, b"CS", b"ISO_IR 100")
+        + _el(0x00080016, b"UI", CTImageStorage.encode() + b"\0")
+        + _el(0x00080018, b"UI", b"1.2.3.4")
+        + _el(0x00100010, b"PN", name)
+    )
     return write_part10_bytes(path, body)
 
 
@@ -459,8 +564,10 @@ def make_dicomdir(root: Path, n: int = 3, patient_id: str = "DIRPAT") -> Path:
 
 def _record_offsets(dicomdir: Path) -> list[tuple[int, str]]:
     ds = dcmread(dicomdir)
-    return [(int(item.seq_item_tell), str(item.DirectoryRecordType))
-            for item in ds.DirectoryRecordSequence]
+    return [
+        (int(item.seq_item_tell), str(item.DirectoryRecordType))
+        for item in ds.DirectoryRecordSequence
+    ]
 
 
 def _patch_ul(dicomdir: Path, record_offset: int, element: int, value: int) -> None:
@@ -468,7 +575,7 @@ def _patch_ul(dicomdir: Path, record_offset: int, element: int, value: int) -> N
     data = bytearray(dicomdir.read_bytes())
     needle = struct.pack("<HH", 0x0004, element) + b"UL" + struct.pack("<H", 4)
     at = data.index(needle, record_offset)
-    data[at + 8:at + 12] = struct.pack("<I", value)
+    data[at + 8 : at + 12] = struct.pack("<I", value)
     dicomdir.write_bytes(bytes(data))
 
 
@@ -504,9 +611,9 @@ def make_dicomdir_escape(root: Path, file_id: bytes = b"..\\..\\etc\\passwd") ->
     data = bytearray(path.read_bytes())
     needle = struct.pack("<HH", 0x0004, 0x1500) + b"CS"
     at = data.index(needle)
-    length = struct.unpack("<H", data[at + 6:at + 8])[0]
+    length = struct.unpack("<H", data[at + 6 : at + 8])[0]
     assert len(file_id) <= length, "the new File ID must fit in place"
-    data[at + 8:at + 8 + length] = file_id.ljust(length, b" ")
+    data[at + 8 : at + 8 + length] = file_id.ljust(length, b" ")
     path.write_bytes(bytes(data))
     return path
 
@@ -528,4 +635,3 @@ def dicomdir_medium(tmp_path: Path) -> Path:
     root = tmp_path / "medium"
     make_dicomdir(root)
     return root
-

@@ -15,8 +15,8 @@ import stat
 import struct
 import subprocess
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pytest
 
@@ -94,9 +94,16 @@ def medium_digests(medium) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------- ISOs
-def make_iso(src_dir: Path, out_path: Path, tool: str = "genisoimage", udf: bool = False,
-             joliet: bool = True, rockridge: bool = True, volid: str = "PDIMPORT_TEST",
-             extra: Iterable[str] = ()) -> Path:
+def make_iso(
+    src_dir: Path,
+    out_path: Path,
+    tool: str = "genisoimage",
+    udf: bool = False,
+    joliet: bool = True,
+    rockridge: bool = True,
+    volid: str = "PDIMPORT_TEST",
+    extra: Iterable[str] = (),
+) -> Path:
     """Master an image with the real tool: ``genisoimage`` or ``xorriso -as mkisofs``.
 
     Joliet is written with ``-joliet-long`` so names up to 103 characters
@@ -123,11 +130,11 @@ def iso_dir_record_offset(image: Path, parent_extent: int, iso_ident: bytes) -> 
     """Byte offset of the directory record named ``iso_ident`` inside the
     directory at ``parent_extent`` (ECMA-119 §9.1: ident at record offset 33)."""
     data = image.read_bytes()
-    sector = data[parent_extent * 2048:(parent_extent + 1) * 2048]
+    sector = data[parent_extent * 2048 : (parent_extent + 1) * 2048]
     pos = 0
     while pos < len(sector) and sector[pos]:
         length, ident_len = sector[pos], sector[pos + 32]
-        if sector[pos + 33:pos + 33 + ident_len] == iso_ident:
+        if sector[pos + 33 : pos + 33 + ident_len] == iso_ident:
             return parent_extent * 2048 + pos
         pos += length
     raise LookupError(iso_ident)
@@ -160,7 +167,9 @@ def loop_device(image: Path) -> Iterator[str]:
     that is impossible (not root, no loop driver)."""
     if shutil.which("losetup") is None:
         pytest.skip("losetup not installed")
-    proc = subprocess.run(["losetup", "-r", "-f", "--show", str(image)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["losetup", "-r", "-f", "--show", str(image)], capture_output=True, check=False, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"losetup failed (needs root and loop devices): {proc.stderr.strip()}")
     dev = proc.stdout.strip()
@@ -171,19 +180,28 @@ def loop_device(image: Path) -> Iterator[str]:
 
 
 # -------------------------------------------------------------------- zips
-def make_zip(out_path: Path, members: dict[str, bytes] | Iterable[tuple[str, bytes]],
-             compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def make_zip(
+    out_path: Path,
+    members: dict[str, bytes] | Iterable[tuple[str, bytes]],
+    compression: int = zipfile.ZIP_DEFLATED,
+) -> Path:
     """A zip of ``members`` (name -> bytes, or (name, bytes) pairs, so that
     hostile names such as '../../x' or 'C:\\\\x' are written verbatim)."""
     items = members.items() if isinstance(members, dict) else members
     with zipfile.ZipFile(out_path, "w", compression) as zf:
         for name, data in items:
-            zf.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data, compress_type=compression)
+            zf.writestr(
+                zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data, compress_type=compression
+            )
     return out_path
 
 
-def make_zip_symlink(out_path: Path, link_name: str = "evil", target: str = "/etc/passwd",
-                     good: dict[str, bytes] | None = None) -> Path:
+def make_zip_symlink(
+    out_path: Path,
+    link_name: str = "evil",
+    target: str = "/etc/passwd",
+    good: dict[str, bytes] | None = None,
+) -> Path:
     """A zip with a Unix symlink member (mode S_IFLNK in external_attr)."""
     with zipfile.ZipFile(out_path, "w") as zf:
         for name, data in (good or {}).items():
@@ -202,7 +220,7 @@ def _member_offsets(path: Path, name: str) -> tuple[int, int]:
     data = path.read_bytes()
     central = data.find(b"PK\x01\x02")
     needle = name.encode()
-    while central >= 0 and data[central + 46:central + 46 + len(needle)] != needle:
+    while central >= 0 and data[central + 46 : central + 46 + len(needle)] != needle:
         central = data.find(b"PK\x01\x02", central + 4)
     if central < 0:
         raise LookupError(name)
@@ -221,8 +239,12 @@ def make_zip_encrypted_flag(out_path: Path, name: str, good: dict[str, bytes]) -
     return out_path
 
 
-def make_zip_bomb(out_path: Path, name: str = "bomb.bin", size: int = 50 << 20,
-                  good: dict[str, bytes] | None = None) -> Path:
+def make_zip_bomb(
+    out_path: Path,
+    name: str = "bomb.bin",
+    size: int = 50 << 20,
+    good: dict[str, bytes] | None = None,
+) -> Path:
     """``size`` bytes of zeros deflated (ratio ~1000:1), beside good members."""
     with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for member, data in (good or {}).items():

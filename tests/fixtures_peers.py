@@ -110,9 +110,15 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
         pytest.skip("dcmtk storescp not installed")
     procs: list[subprocess.Popen] = []
 
-    def start(accept_all: bool = False, aet: str = "STORESCP",
-              bit_preserving: bool = False, nodelay: bool = False, ignore: bool = False,
-              fork: bool = False, log: Path | None = None) -> Peer:
+    def start(
+        accept_all: bool = False,
+        aet: str = "STORESCP",
+        bit_preserving: bool = False,
+        nodelay: bool = False,
+        ignore: bool = False,
+        fork: bool = False,
+        log: Path | None = None,
+    ) -> Peer:
         port = free_port()
         out_dir = tmp_path / f"storescp-{port}"
         out_dir.mkdir()
@@ -147,8 +153,7 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
 def _popen_logged(args: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
     """Start a peer with stderr to `log` (closed here; the child keeps its copy)."""
     if log is None:
-        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     with open(log, "wb") as stderr:
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
@@ -197,8 +202,9 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
     }
     (root / "config.json").write_text(json.dumps(config))
     with open(root / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen([ORTHANC, str(root / "config.json")], cwd=root, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [ORTHANC, str(root / "config.json")], cwd=root, stdout=log, stderr=subprocess.STDOUT
+        )
         peer.proc = proc
         try:
             _wait_http(peer, proc)
@@ -251,8 +257,9 @@ class ScriptedSCP:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._server = ae.start_server(("127.0.0.1", 0), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
         self.port = self._server.server_address[1]
         return self
 
@@ -334,8 +341,10 @@ def cfg(tmp_path: Path) -> Any:
 
     return settings_mod.defaults().replace(
         state_dir=str(tmp_path / "state"),
-        network__connection_timeout=3.0, network__acse_timeout=5.0,
-        network__dimse_timeout=10.0, network__network_timeout=10.0,
+        network__connection_timeout=3.0,
+        network__acse_timeout=5.0,
+        network__dimse_timeout=10.0,
+        network__network_timeout=10.0,
     )
 
 

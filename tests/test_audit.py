@@ -22,11 +22,15 @@ from pdimport.store.journal import Journal
 
 def five(directory: Path) -> AuditLog:
     log = AuditLog(directory, consent="verbal", facility="Tokyo Central")
-    log.append("medium_inserted", medium={"label": "PDI", "id": "VOL1", "type": "cd",
-                                          "drive": "/dev/sr0"}, job="j1")
+    log.append(
+        "medium_inserted",
+        medium={"label": "PDI", "id": "VOL1", "type": "cd", "drive": "/dev/sr0"},
+        job="j1",
+    )
     log.append("read_completed", job="j1", counts={"files": 3}, manifest_sha256="ab" * 32)
-    log.append("instances_delivered", job="j1", dest_aet="PACS", source_aet="PDIMPORT",
-               counts={"sent": 3})
+    log.append(
+        "instances_delivered", job="j1", dest_aet="PACS", source_aet="PDIMPORT", counts={"sent": 3}
+    )
     log.append("label_printed", job="j1", ok=True)
     log.append("medium_ejected", job="j1", actor="operator:suzuki")
     return log
@@ -48,8 +52,20 @@ def test_records_carry_core_fields_and_chain(tmp_path: Path) -> None:
         assert rec["prev"] == audit._sha(before)
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
     for r in recs:
-        for key in ("time", "event", "actor", "facility", "medium", "source_aet", "dest_aet",
-                    "patients", "consent", "counts", "prev", "hash"):
+        for key in (
+            "time",
+            "event",
+            "actor",
+            "facility",
+            "medium",
+            "source_aet",
+            "dest_aet",
+            "patients",
+            "consent",
+            "counts",
+            "prev",
+            "hash",
+        ):
             assert key in r, key
         assert r["consent"] == "verbal"
     assert recs[0]["medium"]["id"] == "VOL1"
@@ -204,8 +220,8 @@ class SyslogTcp:
                     data += chunk
             while data:
                 length, _, rest = data.partition(b" ")
-                out.append(rest[:int(length)])
-                data = rest[int(length):]
+                out.append(rest[: int(length)])
+                data = rest[int(length) :]
         return out
 
 
@@ -216,8 +232,9 @@ def syslog_peer(request: pytest.FixtureRequest) -> Iterator[tuple[str, object]]:
     peer.sock.close()
 
 
-SYSLOG_RE = re.compile(rb"^<85>1 (\S+) (\S+) pdimport (\d+) DICOM\+RFC3881 - \xef\xbb\xbf(.*)$",
-                       re.DOTALL)
+SYSLOG_RE = re.compile(
+    rb"^<85>1 (\S+) (\S+) pdimport (\d+) DICOM\+RFC3881 - \xef\xbb\xbf(.*)$", re.DOTALL
+)
 
 
 def parse(message: bytes) -> ET.Element:
@@ -235,16 +252,27 @@ def test_ps315_messages_over_syslog(tmp_path: Path, syslog_peer) -> None:
     url, peer = syslog_peer
     report = sample_report("imported")
     node = auditsyslog.Node(aet="PDIMPORT", source_id="pdimport-test", site_id="HOSP")
-    log = AuditLog(tmp_path, calling_aet="PDIMPORT", syslog=auditsyslog.SyslogSender(url),
-                   node=node)
+    log = AuditLog(
+        tmp_path, calling_aet="PDIMPORT", syslog=auditsyslog.SyslogSender(url), node=node
+    )
     # What the pipeline emits for one disc.
-    log.on_event("medium_inserted", {"job": "j1", "source": "/dev/sr0", "kind": "dvd",
-                                     "label": "PDI_20250104", "volume_id": "VOL-42",
-                                     "drive": "bay 2"})
-    log.on_event("read_completed", {"job": "j1", "files": 2,
-                                    "manifest": [("a", "1" * 64), ("b", "2" * 64)]})
-    log.on_event("instances_delivered", {"job": "j1", "dest": "dicom://PACS@127.0.0.1:104",
-                                         "sent": 123})
+    log.on_event(
+        "medium_inserted",
+        {
+            "job": "j1",
+            "source": "/dev/sr0",
+            "kind": "dvd",
+            "label": "PDI_20250104",
+            "volume_id": "VOL-42",
+            "drive": "bay 2",
+        },
+    )
+    log.on_event(
+        "read_completed", {"job": "j1", "files": 2, "manifest": [("a", "1" * 64), ("b", "2" * 64)]}
+    )
+    log.on_event(
+        "instances_delivered", {"job": "j1", "dest": "dicom://PACS@127.0.0.1:104", "sent": 123}
+    )
     log.on_event("job_finished", {"job": "j1", "status": "imported", "report": report})
     imp, xfer = (parse(m) for m in peer.receive(2))
 
@@ -259,10 +287,14 @@ def test_ps315_messages_over_syslog(tmp_path: Path, syslog_peer) -> None:
     assert codes(media, "MediaIdentifier/MediaType") == ["110033"]  # DVD, CID 405
     assert roles["110152"].get("UserID") == "PDIMPORT"
     assert imp.find("AuditSourceIdentification").get("AuditSourceID") == "pdimport-test"
-    objs = {o.get("ParticipantObjectID"): o for o in imp.iterfind("ParticipantObjectIdentification")}
+    objs = {
+        o.get("ParticipantObjectID"): o for o in imp.iterfind("ParticipantObjectIdentification")
+    }
     assert codes(objs["A-0012345"], "ParticipantObjectIDTypeCode") == ["2"]
-    assert objs["A-0012345"].findtext("ParticipantObjectName") == \
-        "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert (
+        objs["A-0012345"].findtext("ParticipantObjectName")
+        == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    )
     assert codes(objs["1.2.3"], "ParticipantObjectIDTypeCode") == ["110180"]
 
     # DICOM Instances Transferred, EventID 110104: we are the source, PACS the destination.
@@ -273,13 +305,18 @@ def test_ps315_messages_over_syslog(tmp_path: Path, syslog_peer) -> None:
     assert parts["110152"].get("UserID") == "PACS"
     assert parts["110152"].get("NetworkAccessPointID") == "127.0.0.1"
     assert parts["110152"].get("NetworkAccessPointTypeCode") == "2"
-    assert {o.get("ParticipantObjectID") for o in xfer.iterfind(
-        "ParticipantObjectIdentification")} == {"A-0012345", "1.2.3", "1.2.4"}
+    assert {
+        o.get("ParticipantObjectID") for o in xfer.iterfind("ParticipantObjectIdentification")
+    } == {"A-0012345", "1.2.3", "1.2.4"}
 
     # And the local log holds the same story, chained.
     recs = list(audit.records(tmp_path))
-    assert [r["event"] for r in recs] == ["medium_inserted", "read_completed",
-                                          "instances_delivered", "job_finished"]
+    assert [r["event"] for r in recs] == [
+        "medium_inserted",
+        "read_completed",
+        "instances_delivered",
+        "job_finished",
+    ]
     assert recs[1]["manifest_sha256"] == audit.manifest_digest([("a", "1" * 64), ("b", "2" * 64)])
     assert recs[2]["dest_aet"] == "PACS" and recs[2]["source_aet"] == "PDIMPORT"
     assert recs[3]["medium"]["id"] == "VOL-42"  # carried from the insert event
@@ -289,8 +326,9 @@ def test_ps315_messages_over_syslog(tmp_path: Path, syslog_peer) -> None:
 
 
 def test_outcome_is_truthful_for_held_jobs() -> None:
-    xml = auditsyslog.import_message(auditsyslog.Node(), {"label": "X", "type": "iso"},
-                                     [], status="held")
+    xml = auditsyslog.import_message(
+        auditsyslog.Node(), {"label": "X", "type": "iso"}, [], status="held"
+    )
     root = ET.fromstring(xml)
     assert root.find("EventIdentification").get("EventOutcomeIndicator") == "4"
     assert codes(root, "ActiveParticipant/MediaIdentifier/MediaType") == ["110032"]  # CD
@@ -319,8 +357,7 @@ def test_observer_uses_journal_for_manifest_and_report(tmp_path: Path) -> None:
     log.on_event("job_finished", {"job": job.id, "status": "imported"})
     journal.close()
     read, done = audit.records(tmp_path / "audit")
-    assert read["manifest_sha256"] == audit.manifest_digest([("DICOMDIR", "c" * 64),
-                                                             ("bad", None)])
+    assert read["manifest_sha256"] == audit.manifest_digest([("DICOMDIR", "c" * 64), ("bad", None)])
     assert read["counts"] == {"files": 2, "read_errors": 1}
     assert done["patients"][0]["local"] == "0098765"
 
@@ -351,7 +388,8 @@ def _state_with_trail(tmp_path: Path, n: int = 5) -> tuple[Path, Journal]:
 
 
 def test_head_follows_every_append_and_intact_trail_passes(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path, journal = _state_with_trail(tmp_path)
     last = json.loads(path.read_bytes().splitlines()[-1])
     assert journal.audit_head(audit.TRAIL) == (5, last["hash"])
@@ -361,8 +399,9 @@ def test_head_follows_every_append_and_intact_trail_passes(
 
 
 @pytest.mark.parametrize("cut", [1, 2])
-def test_records_cut_off_the_end_are_tampering(tmp_path: Path, cut: int,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_records_cut_off_the_end_are_tampering(
+    tmp_path: Path, cut: int, capsys: pytest.CaptureFixture
+) -> None:
     path, journal = _state_with_trail(tmp_path)
     journal.close()
     lines = path.read_bytes().splitlines(keepends=True)
@@ -370,12 +409,14 @@ def test_records_cut_off_the_end_are_tampering(tmp_path: Path, cut: int,
     assert verify(tmp_path / "audit") == (True, None, f"{5 - cut} records intact")
     assert audit.audit_verify_main(tmp_path) == 1
     err = capsys.readouterr().err
-    assert (f"trail is shorter than the journal knows: {5 - cut} records on file, "
-            f"5 in the journal") in err
+    assert (
+        f"trail is shorter than the journal knows: {5 - cut} records on file, 5 in the journal"
+    ) in err
 
 
-def test_deleted_trail_file_is_missing_not_intact(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_deleted_trail_file_is_missing_not_intact(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path, journal = _state_with_trail(tmp_path)
     journal.close()
     path.unlink()
@@ -396,7 +437,8 @@ def test_replaced_last_record_is_not_the_head(tmp_path: Path) -> None:
 
 
 def test_head_behind_by_one_is_a_crash_during_append(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _path, journal = _state_with_trail(tmp_path)
 
     def crash(*_a: object) -> None:

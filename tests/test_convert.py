@@ -20,13 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.sequence import Sequence
 
-from pdimport.policy.classify import classify_dataset
 from pdimport.convert import ConversionError, Limits, PatientContext, convert_file, mark_ai
 from pdimport.convert.context import NEW_STUDY_DESCRIPTION, UTF8
 from pdimport.convert.image import parse_jpeg
 from pdimport.convert.pdf import pdf_info
 from pdimport.convert.text import detect_text
 from pdimport.model import Header
+from pdimport.policy.classify import classify_dataset
 
 NAME_JA = "山田太郎"
 LETTER = f"紹介状\n患者: {NAME_JA} 様\n右肺上葉に結節を認めます。ご高診をお願い申し上げます。\n"
@@ -36,8 +36,13 @@ LETTER = f"紹介状\n患者: {NAME_JA} 様\n右肺上葉に結節を認めま�
 def dciodvfy(path: Path) -> list[str]:
     """Run dciodvfy; fail on any error; return the warning lines."""
     assert shutil.which("dciodvfy"), "dicom3tools dciodvfy is required (DESIGN.md)"
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["dciodvfy", str(path)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
     lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("Error")]
     assert not errors, f"dciodvfy errors for {path.name}:\n" + "\n".join(lines)
@@ -67,12 +72,19 @@ def converted(src: Path, subtype: str, ctx: PatientContext, out: Path, **kw) -> 
 @pytest.fixture
 def ctx() -> PatientContext:
     return PatientContext(
-        PatientName=f"Yamada^Taro={NAME_JA[:2]}^{NAME_JA[2:]}", PatientID="EXT-4711",
-        IssuerOfPatientID="OTHER-HOSP", PatientBirthDate="19600102", PatientSex="M",
+        PatientName=f"Yamada^Taro={NAME_JA[:2]}^{NAME_JA[2:]}",
+        PatientID="EXT-4711",
+        IssuerOfPatientID="OTHER-HOSP",
+        PatientBirthDate="19600102",
+        PatientSex="M",
         SpecificCharacterSet="ISO 2022 IR 6\\ISO 2022 IR 87",
-        StudyInstanceUID="1.2.826.0.1.3680043.8.498.1", StudyDate="20240301",
-        StudyTime="093000", AccessionNumber="A123", ReferringPhysicianName="Sato^Hanako",
-        StudyID="S1", StudyDescription="CT chest",
+        StudyInstanceUID="1.2.826.0.1.3680043.8.498.1",
+        StudyDate="20240301",
+        StudyTime="093000",
+        AccessionNumber="A123",
+        ReferringPhysicianName="Sato^Hanako",
+        StudyID="S1",
+        StudyDescription="CT chest",
     )
 
 
@@ -109,7 +121,9 @@ def minimal_pdf(title: bytes, created: bytes, pad_to_odd: bool = True) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R /Info 4 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
+        len(objects) + 1,
+        xref,
+    )
     if pad_to_odd and len(out) % 2 == 0:
         out += b"\n"
     return bytes(out)
@@ -117,23 +131,37 @@ def minimal_pdf(title: bytes, created: bytes, pad_to_odd: bool = True) -> bytes:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A PNG whose IHDR declares a huge image over a tiny IDAT (a bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # ===================================================================== JPEG
-@pytest.mark.parametrize(("mode", "subsampling", "photometric"), [
-    ("RGB", 2, "YBR_FULL_422"),  # 4:2:0, Pillow's default
-    ("RGB", 1, "YBR_FULL_422"),  # 4:2:2
-    ("RGB", 0, "YBR_FULL_422"),  # 4:4:4: see jpeg_photometric
-    ("L", 0, "MONOCHROME2"),
-])
-def test_jpeg_bitstream_is_encapsulated_unchanged(tmp_path, out, ctx, mode, subsampling,
-                                                  photometric):
+@pytest.mark.parametrize(
+    ("mode", "subsampling", "photometric"),
+    [
+        ("RGB", 2, "YBR_FULL_422"),  # 4:2:0, Pillow's default
+        ("RGB", 1, "YBR_FULL_422"),  # 4:2:2
+        ("RGB", 0, "YBR_FULL_422"),  # 4:4:4: see jpeg_photometric
+        ("L", 0, "MONOCHROME2"),
+    ],
+)
+def test_jpeg_bitstream_is_encapsulated_unchanged(
+    tmp_path, out, ctx, mode, subsampling, photometric
+):
     pixels = smooth_rgb(61, 83)  # odd sizes: the stream length is odd half the time
     img = Image.fromarray(pixels if mode == "RGB" else pixels[..., 0])
     exif = Image.Exif()
@@ -207,7 +235,7 @@ def test_jpeg_declaring_huge_size_refused_without_decoding(tmp_path, out, ctx):
     Image.fromarray(smooth_rgb(8, 8)).save(src)
     data = bytearray(src.read_bytes())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)  # rows, columns
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)  # rows, columns
     src.write_bytes(bytes(data))
     with pytest.raises(ConversionError) as exc:
         convert_file(src, "big.jpg", "jpeg", ctx, out)
@@ -217,8 +245,10 @@ def test_jpeg_declaring_huge_size_refused_without_decoding(tmp_path, out, ctx):
 # ====================================================================== PDF
 def test_pdf_round_trips_byte_identical(tmp_path, out, ctx):
     src = tmp_path / "report.pdf"
-    data = minimal_pdf(b"<FEFF" + "紹介状 Referral".encode("utf-16-be").hex().encode() + b">",
-                       b"(D:20230405060708+09'00')")
+    data = minimal_pdf(
+        b"<FEFF" + "紹介状 Referral".encode("utf-16-be").hex().encode() + b">",
+        b"(D:20230405060708+09'00')",
+    )
     assert len(data) % 2 == 1, "odd length exercises the padding"
     src.write_bytes(data)
 
@@ -261,15 +291,19 @@ def test_not_a_complete_pdf_refused(tmp_path, out, ctx, data):
 
 
 # ========================================================== PNG, BMP, TIFF
-@pytest.mark.parametrize(("name", "subtype", "array", "mode", "photometric"), [
-    ("rgb.png", "png", rng_image((37, 51, 3)), "RGB", "RGB"),
-    ("grey.png", "png", rng_image((40, 33)), "L", "MONOCHROME2"),
-    ("grey16.png", "png", rng_image((21, 19), "uint16"), "I;16", "MONOCHROME2"),
-    ("rgb.bmp", "bmp", rng_image((17, 23, 3), seed=1), "RGB", "RGB"),
-    ("grey.bmp", "bmp", rng_image((17, 23), seed=2), "L", "MONOCHROME2"),
-])
-def test_lossless_images_are_pixel_identical(tmp_path, out, ctx, name, subtype, array, mode,
-                                             photometric):
+@pytest.mark.parametrize(
+    ("name", "subtype", "array", "mode", "photometric"),
+    [
+        ("rgb.png", "png", rng_image((37, 51, 3)), "RGB", "RGB"),
+        ("grey.png", "png", rng_image((40, 33)), "L", "MONOCHROME2"),
+        ("grey16.png", "png", rng_image((21, 19), "uint16"), "I;16", "MONOCHROME2"),
+        ("rgb.bmp", "bmp", rng_image((17, 23, 3), seed=1), "RGB", "RGB"),
+        ("grey.bmp", "bmp", rng_image((17, 23), seed=2), "L", "MONOCHROME2"),
+    ],
+)
+def test_lossless_images_are_pixel_identical(
+    tmp_path, out, ctx, name, subtype, array, mode, photometric
+):
     src = tmp_path / name
     Image.fromarray(array).save(src)
     (ds,) = converted(src, subtype, ctx, out)
@@ -297,8 +331,11 @@ def test_palette_and_alpha_become_rgb(tmp_path, out, ctx):
 
 
 def test_multipage_tiff_one_sc_per_page_in_one_series(tmp_path, out, ctx):
-    pages = [rng_image((30, 40, 3), seed=4), rng_image((50, 20), seed=5),
-             rng_image((10, 12), "uint16", seed=6)]
+    pages = [
+        rng_image((30, 40, 3), seed=4),
+        rng_image((50, 20), seed=5),
+        rng_image((10, 12), "uint16", seed=6),
+    ]
     src = tmp_path / "scan.tif"
     first, *rest = [Image.fromarray(p) for p in pages]
     first.save(src, save_all=True, append_images=rest, compression="tiff_lzw")
@@ -390,8 +427,13 @@ def test_text_renders_japanese_pdf(tmp_path, out, ctx, encoding):
     assert ds.DocumentTitle == src.name
     pdf = tmp_path / "rendered.pdf"
     pdf.write_bytes(ds.EncapsulatedDocument[: ds.EncapsulatedDocumentLength])
-    text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True,
-                          text=True, check=True, timeout=60).stdout
+    text = subprocess.run(
+        ["pdftotext", "-enc", "UTF-8", str(pdf), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     assert NAME_JA in text
     assert "紹介状" in text
     assert "ご高診をお願い申し上げます" in text.replace("\n", "")
@@ -399,10 +441,18 @@ def test_text_renders_japanese_pdf(tmp_path, out, ctx, encoding):
 
 # ================================================================= context
 def _header(study: str, patient: str = "P1") -> Header:
-    return Header(encoding="part10", transfer_syntax="1.2.840.10008.1.2.1",
-                  sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid="1.2.3",
-                  patient_id=patient, patient_name="Doe^Jane", study_uid=study,
-                  study_date="20240101", study_description="CT", accession_number="ACC")
+    return Header(
+        encoding="part10",
+        transfer_syntax="1.2.840.10008.1.2.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid="1.2.3",
+        patient_id=patient,
+        patient_name="Doe^Jane",
+        study_uid=study,
+        study_date="20240101",
+        study_description="CT",
+        accession_number="ACC",
+    )
 
 
 def test_context_joins_the_one_study():
@@ -533,8 +583,9 @@ def test_mark_ai_keeps_prefix_when_description_is_long(tmp_path, out, ctx):
     mark_ai(ds, prefix="[AI]")
     assert ds.SeriesDescription.startswith("[AI] X")
     assert len(ds.SeriesDescription) == 64
-    assert ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].SeriesDescription \
-        == "X" * 64
+    assert (
+        ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].SeriesDescription == "X" * 64
+    )
 
 
 # ============================================================ classification

@@ -8,11 +8,11 @@ import stat
 
 import pytest
 
-from pdimport.policy.group import Instance, group_patients, normalise_name, split_duplicates
-from pdimport.store.journal import Journal
 from pdimport.model import Header
+from pdimport.policy.group import Instance, group_patients, normalise_name, split_duplicates
 from pdimport.problems import Problem
 from pdimport.settings import SettingsError, load
+from pdimport.store.journal import Journal
 from pdimport.store.spool import Spool
 
 
@@ -28,8 +28,15 @@ def test_settings_defaults_file_and_flags(tmp_path):
         cfg.calling_aet = "X"
 
 
-@pytest.mark.parametrize("text", ['nonsense = 1\n', '[network]\ndimse_timeout = -1\n',
-                                  'calling_aet = "WAY_TOO_LONG_AE_TITLE"\n', 'x = [\n'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nonsense = 1\n",
+        "[network]\ndimse_timeout = -1\n",
+        'calling_aet = "WAY_TOO_LONG_AE_TITLE"\n',
+        "x = [\n",
+    ],
+)
 def test_settings_refuse_bad_config(tmp_path, text):
     cfg_file = tmp_path / "bad.toml"
     cfg_file.write_text(text)
@@ -40,8 +47,11 @@ def test_settings_refuse_bad_config(tmp_path, text):
 def test_problem_codes_are_checked():
     with pytest.raises(ValueError):
         Problem("no_such_code")
-    assert Problem("truncated", "a", "b").as_dict() == {"code": "truncated", "path": "a",
-                                                       "detail": "b"}
+    assert Problem("truncated", "a", "b").as_dict() == {
+        "code": "truncated",
+        "path": "a",
+        "detail": "b",
+    }
 
 
 # --------------------------------------------------------------------- spool
@@ -81,8 +91,9 @@ def test_journal_never_downgrades_an_acknowledged_delivery(tmp_path):
     j = Journal(tmp_path / "j.sqlite")
     job = j.create_job("dir:/x", "dir", "/x", "")
     j.record_delivery("dicom://A@h:1", "1.2.3", "ab" * 32, "sent", 0, "", "", job.id)
-    j.record_delivery("dicom://A@h:1", "1.2.3", "ab" * 32, "failed", 0xC000, "store_failed",
-                      "0xC000", job.id)
+    j.record_delivery(
+        "dicom://A@h:1", "1.2.3", "ab" * 32, "failed", 0xC000, "store_failed", "0xC000", job.id
+    )
     d = j.delivery("dicom://A@h:1", "1.2.3", "ab" * 32)
     assert d.state == "sent" and d.status == 0 and d.attempts == 2
     assert j.sent_set("dicom://A@h:1") == {("1.2.3", "ab" * 32)}
@@ -102,10 +113,18 @@ def test_journal_finds_unfinished_job_only(tmp_path):
 
 # ------------------------------------------------------------------ grouping
 def _inst(uid, sha="0" * 64, **h):
-    base = dict(encoding="part10", transfer_syntax="1.2.840.10008.1.2.1",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=uid,
-                patient_id="P1", patient_name="DOE^JOHN", patient_birth_date="19700101",
-                study_uid="1.1", series_uid="1.1.1", modality="CT")
+    base = {
+        "encoding": "part10",
+        "transfer_syntax": "1.2.840.10008.1.2.1",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+        "sop_instance_uid": uid,
+        "patient_id": "P1",
+        "patient_name": "DOE^JOHN",
+        "patient_birth_date": "19700101",
+        "study_uid": "1.1",
+        "series_uid": "1.1.1",
+        "modality": "CT",
+    }
     base.update(h)
     return Instance(path=f"DICOM/{uid}", sha256=sha, header=Header(**base))
 
@@ -119,9 +138,15 @@ def test_one_patient_despite_name_formatting():
     assert [s.modality for s in study.series.values()] == ["CT", "SR"]
 
 
-@pytest.mark.parametrize("change", [{"patient_id": "P2"}, {"patient_name": "ROE^JANE"},
-                                    {"patient_birth_date": "19800101"},
-                                    {"issuer_of_patient_id": "OTHERHOSP"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"patient_id": "P2"},
+        {"patient_name": "ROE^JANE"},
+        {"patient_birth_date": "19800101"},
+        {"issuer_of_patient_id": "OTHERHOSP"},
+    ],
+)
 def test_different_person_is_a_second_patient(change):
     assert len(group_patients([_inst("1"), _inst("2", **change)])) == 2
 

@@ -19,15 +19,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from fixtures_dicom import make_ct_series
 
 ROOT = os.geteuid() == 0
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(not ROOT, reason="needs root (loop devices, udevd)"),
-    pytest.mark.skipif(not shutil.which("losetup") or not shutil.which("genisoimage"),
-                       reason="needs losetup and genisoimage"),
+    pytest.mark.skipif(
+        not shutil.which("losetup") or not shutil.which("genisoimage"),
+        reason="needs losetup and genisoimage",
+    ),
 ]
 
 # Runs the daemon with the appliance settings whether or not the settings
@@ -75,15 +76,30 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def udevd():
     """A running systemd-udevd: reuse one, else start our own child."""
-    running = subprocess.run(["pgrep", "-x", "systemd-udevd"], capture_output=True).returncode == 0
+    running = (
+        subprocess.run(
+            ["pgrep", "-x", "systemd-udevd"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     proc = None
     if not running:
         binary = "/lib/systemd/systemd-udevd"
         if not os.access(binary, os.X_OK):
             pytest.skip("no systemd-udevd")
         proc = subprocess.Popen([binary], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: subprocess.run(["udevadm", "control", "--ping"],
-                                          capture_output=True).returncode == 0, 10, "udevd")
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    ["udevadm", "control", "--ping"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            10,
+            "udevd",
+        )
     subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
     yield
     if proc is not None:
@@ -109,8 +125,10 @@ def make_iso(tmp: Path, name: str, n: int, patient: str) -> Path:
     src = tmp / f"src-{name}"
     make_ct_series(src / "DICOM", n, patient_id=patient)
     iso = tmp / f"{name}.iso"
-    subprocess.run(["genisoimage", "-quiet", "-J", "-R", "-V", name.upper(), "-o", str(iso),
-                    str(src)], check=True)
+    subprocess.run(
+        ["genisoimage", "-quiet", "-J", "-R", "-V", name.upper(), "-o", str(iso), str(src)],
+        check=True,
+    )
     return iso
 
 
@@ -123,7 +141,7 @@ class DaemonProc:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.notify_path)
         self.sock.settimeout(0.5)
-        self.log = open(tmp / "daemon.log", "ab")
+        self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115  open for the daemon's whole life
         self.messages: list[str] = []
         self.cond = threading.Condition()
         self.reader = threading.Thread(target=self._drain, name="notify-reader")
@@ -131,14 +149,17 @@ class DaemonProc:
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, json.dumps(base), json.dumps(extra)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         self.wait_message("READY=1")
 
     def _drain(self) -> None:
         while self.sock.fileno() >= 0:
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -148,8 +169,9 @@ class DaemonProc:
 
     def wait_message(self, wanted: str, timeout: float = 60) -> None:
         with self.cond:
-            ok = self.cond.wait_for(lambda: wanted in self.messages or self.proc.poll()
-                                    is not None, timeout)
+            ok = self.cond.wait_for(
+                lambda: wanted in self.messages or self.proc.poll() is not None, timeout
+            )
         assert ok and wanted in self.messages, f"no {wanted}: {self.messages[-5:]}"
 
     def terminate(self, timeout: float = 20.0) -> tuple[int, float]:
@@ -195,16 +217,18 @@ def deliveries(state: Path) -> list[tuple]:
         db.close()
 
 
-def test_three_images_at_once_are_imported_and_detached(udevd, loops, daemon_factory,
-                                                        tmp_path):
+def test_three_images_at_once_are_imported_and_detached(udevd, loops, daemon_factory, tmp_path):
     names = _free_loops(3)
     images = [make_iso(tmp_path, f"disc{i}", 4 + i, f"PAT{i}") for i in range(3)]
     state, out = tmp_path / "state", tmp_path / "out"
-    d = daemon_factory({"state_dir": str(state), "dest": [f"file://{out}"]},
-                       {"devices": names, "debounce": 0.5, "eject_after": "delivered"})
+    d = daemon_factory(
+        {"state_dir": str(state), "dest": [f"file://{out}"]},
+        {"devices": names, "debounce": 0.5, "eject_after": "delivered"},
+    )
     for name, image in zip(names, images):  # at once: no waiting in between
-        subprocess.run(["losetup", "-r", "--show", f"/dev/{name}", str(image)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["losetup", "-r", "--show", f"/dev/{name}", str(image)], check=True, capture_output=True
+        )
         loops.append(name)
     wait_until(lambda: not any(_attached(n) for n in names), 120, "all loop devices detached")
     wait_until(lambda: len(list(out.glob("*"))) == 4 + 5 + 6, 30, "15 instances delivered")
@@ -221,24 +245,37 @@ def test_three_images_at_once_are_imported_and_detached(udevd, loops, daemon_fac
 
 
 def test_sigterm_mid_read_then_restart_loses_nothing_and_sends_once(
-        udevd, loops, daemon_factory, tmp_path):
+    udevd, loops, daemon_factory, tmp_path
+):
     (name,) = _free_loops(1)
     image = make_iso(tmp_path, "big", 400, "PATBIG")
     state, out = tmp_path / "state", tmp_path / "out"
     base = {"state_dir": str(state), "dest": [f"file://{out}"]}
     extra = {"devices": [name], "debounce": 0.3}
     d = daemon_factory(base, extra)
-    subprocess.run(["losetup", "-r", "--show", f"/dev/{name}", str(image)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["losetup", "-r", "--show", f"/dev/{name}", str(image)], check=True, capture_output=True
+    )
     loops.append(name)
-    wait_until(lambda: (state / "status.json").exists() and status(state)["drives"].get(
-        f"/dev/{name}", {}).get("state") in ("reading", "read", "delivering"), 60, "reading")
+    wait_until(
+        lambda: (
+            (state / "status.json").exists()
+            and status(state)["drives"].get(f"/dev/{name}", {}).get("state")
+            in ("reading", "read", "delivering")
+        ),
+        60,
+        "reading",
+    )
     rc, took = d.terminate()
     assert rc == 0 and took < 20
     assert _attached(name), "interrupted before the read ended: not ejected"
     db = sqlite3.connect(state / "journal.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM jobs WHERE state IN "
-                      "('imported','partial','failed','held')").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('imported','partial','failed','held')"
+        ).fetchone()[0]
+        == 0
+    )
     db.close()
     # Restart: the image is still attached (not ejected), cold plug resumes the job.
     d2 = daemon_factory(base, extra)
@@ -270,18 +307,26 @@ def test_watch_folder_zip_and_iso_across_restart(daemon_factory, tmp_path):
         step = -(-len(blob) // 5)
         for i in range(0, len(blob), step):
             with open(dest, "ab") as fp:
-                fp.write(blob[i:i + step])
+                fp.write(blob[i : i + step])
             time.sleep(0.3)
 
     d = daemon_factory(base, extra)
-    writers = [threading.Thread(target=copy_slowly, args=(zbuf, watch / "pkg.zip")),
-               threading.Thread(target=copy_slowly, args=(iso, watch / "disc.iso"))]
+    writers = [
+        threading.Thread(target=copy_slowly, args=(zbuf, watch / "pkg.zip")),
+        threading.Thread(target=copy_slowly, args=(iso, watch / "disc.iso")),
+    ]
     for w in writers:
         w.start()
     for w in writers:
         w.join()
-    wait_until(lambda: (watch / "done" / "pkg.zip.json").exists()
-               and (watch / "done" / "disc.iso.json").exists(), 60, "both imported")
+    wait_until(
+        lambda: (
+            (watch / "done" / "pkg.zip.json").exists()
+            and (watch / "done" / "disc.iso.json").exists()
+        ),
+        60,
+        "both imported",
+    )
     rc, _ = d.terminate()
     assert rc == 0
     d2 = daemon_factory(base, extra)  # restart: nothing imported again
@@ -308,11 +353,14 @@ def test_outage_pacs_down_then_back_everything_arrives_once(daemon_factory, tmp_
     state, watch, received = tmp_path / "state", tmp_path / "watch", tmp_path / "pacs"
     watch.mkdir()
     received.mkdir()
-    base = {"state_dir": str(state), "dest": [f"dicom://STORESCP@127.0.0.1:{port}"],
-            "network.retries": 1, "network.retry_delay": 0.5,
-            "network.connection_timeout": 2.0}
-    extra = {"devices": [], "watch": str(watch), "watch_settle": 0.5,
-             "retry_max_delay": 2.0}
+    base = {
+        "state_dir": str(state),
+        "dest": [f"dicom://STORESCP@127.0.0.1:{port}"],
+        "network.retries": 1,
+        "network.retry_delay": 0.5,
+        "network.connection_timeout": 2.0,
+    }
+    extra = {"devices": [], "watch": str(watch), "watch_settle": 0.5, "retry_max_delay": 2.0}
     src = watch / "CD_OUTAGE"
     d = daemon_factory(base, extra)
     make_ct_series(tmp_path / "stage" / "DICOM", 8, patient_id="PATOUT")
@@ -321,8 +369,11 @@ def test_outage_pacs_down_then_back_everything_arrives_once(daemon_factory, tmp_
     report = json.loads((watch / "done" / "CD_OUTAGE.json").read_text())
     assert report["delivery"] == "queued"
     assert status(state)["queue"]["retry"] == 1
-    proc = subprocess.Popen([DCMTK_STORESCP, "-aet", "STORESCP", "-od", str(received),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [DCMTK_STORESCP, "-aet", "STORESCP", "-od", str(received), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, proc)
         wait_until(lambda: len(list(received.glob("*"))) == 8, 60, "delivered after outage")

@@ -29,11 +29,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pdimport.transcode import decode as decode_mod
 from pdimport import settings as settings_mod
-from pdimport.transcode.decode import DecodePool, decode_file, decode_many, decoder_for
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import deliver, parse_dest
+from pdimport.transcode import decode as decode_mod
+from pdimport.transcode.decode import DecodePool, decode_file, decode_many, decoder_for
 
 #: name -> (encoder command, dcmtk decoder); None = encoded by pydicom.
 LOSSLESS = {
@@ -50,8 +50,9 @@ def needs(tool: str) -> None:
         pytest.skip(f"{tool} is not installed")
 
 
-def make_ct(path: Path, signed: bool = False, size: int = 96, bits: int = 16,
-            stored: int = 12) -> Path:
+def make_ct(
+    path: Path, signed: bool = False, size: int = 96, bits: int = 16, stored: int = 12
+) -> Path:
     """A small CT slice with noise (so that no codec gets an easy ride)."""
     rng = np.random.default_rng(abs(hash((signed, size, bits))) % 2**32)
     ds = new_dataset()
@@ -63,8 +64,11 @@ def make_ct(path: Path, signed: bool = False, size: int = 96, bits: int = 16,
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
     yy, xx = np.mgrid[:size, :size]
-    body = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.4) ** 2,
-                    (lo + hi) // 2 + 400, lo + 24)
+    body = np.where(
+        (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.4) ** 2,
+        (lo + hi) // 2 + 400,
+        lo + 24,
+    )
     pixels = (body + rng.normal(0, 12, (size, size))).clip(lo, hi)
     dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(bits, signed)]
     ds.PixelData = pixels.astype(dtype).tobytes()
@@ -100,13 +104,15 @@ def pixels(path: Path) -> np.ndarray:
 # -------------------------------------------------------------- identity
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("name", list(LOSSLESS))
-def test_lossless_decode_is_pixel_identical_to_dcmtk(tmp_path: Path, name: str,
-                                                     signed: bool) -> None:
+def test_lossless_decode_is_pixel_identical_to_dcmtk(
+    tmp_path: Path, name: str, signed: bool
+) -> None:
     raw = make_ct(tmp_path / "raw.dcm", signed=signed)
     src = encode(raw, name, tmp_path / f"{name}.dcm")
     ref = reference_decode(name, src, tmp_path / "ref.dcm")
-    [(_, ok, detail)] = list(decode_many([(src, tmp_path / "ours.dcm")],
-                                            ExplicitVRLittleEndian, workers=1))
+    [(_, ok, detail)] = list(
+        decode_many([(src, tmp_path / "ours.dcm")], ExplicitVRLittleEndian, workers=1)
+    )
     assert ok, detail
     ours = dcmread(tmp_path / "ours.dcm")
     assert ours.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
@@ -119,8 +125,12 @@ def test_lossless_decode_is_pixel_identical_to_dcmtk(tmp_path: Path, name: str,
 def test_every_lossless_syntax_uses_a_measured_decoder(tmp_path: Path) -> None:
     # The preference table must name a plugin that is installed here, or the
     # pool silently falls back to pydicom's choice (possibly 6x slower).
-    for uid in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-                "1.2.840.10008.1.2.4.90"):
+    for uid in (
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+    ):
         assert decoder_for(uid), uid
 
 
@@ -148,8 +158,11 @@ def test_lossy_source_keeps_lossy_marking(tmp_path: Path) -> None:
 def test_lossy_marking_added_when_the_source_lacks_it(tmp_path: Path) -> None:
     src = _jpeg_baseline(tmp_path)
     ds = dcmread(src)
-    for keyword in ("LossyImageCompression", "LossyImageCompressionMethod",
-                    "LossyImageCompressionRatio"):
+    for keyword in (
+        "LossyImageCompression",
+        "LossyImageCompressionMethod",
+        "LossyImageCompressionRatio",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     ds.save_as(tmp_path / "unmarked.dcm")
@@ -179,8 +192,9 @@ def rle_series(tmp_path: Path) -> list[Path]:
     return out
 
 
-def test_worker_crash_fails_one_item_and_the_others_succeed(tmp_path: Path,
-                                                            rle_series: list[Path]) -> None:
+def test_worker_crash_fails_one_item_and_the_others_succeed(
+    tmp_path: Path, rle_series: list[Path]
+) -> None:
     crash = tmp_path / "CRASH.dcm"
     shutil.copy(rle_series[0], crash)
     sources = [rle_series[0], crash, *rle_series[1:], crash, rle_series[1]]
@@ -204,8 +218,9 @@ def hang_on_marker(src: str, dst: str, target_ts: str) -> str:
     return decode_file(src, dst, target_ts)
 
 
-def test_a_decode_that_never_ends_is_stopped_and_fails_alone(tmp_path: Path,
-                                                              rle_series: list[Path]) -> None:
+def test_a_decode_that_never_ends_is_stopped_and_fails_alone(
+    tmp_path: Path, rle_series: list[Path]
+) -> None:
     hang = tmp_path / "HANG.dcm"
     shutil.copy(rle_series[0], hang)
     sources = [rle_series[0], hang, *rle_series[1:4]]
@@ -227,16 +242,20 @@ def hog_on_marker(src: str, dst: str, target_ts: str) -> str:
     return decode_file(src, dst, target_ts)
 
 
-def test_a_decode_that_asks_for_too_much_memory_fails_alone(tmp_path: Path,
-                                                             rle_series: list[Path]) -> None:
+def test_a_decode_that_asks_for_too_much_memory_fails_alone(
+    tmp_path: Path, rle_series: list[Path]
+) -> None:
     hog = tmp_path / "HOG.dcm"
     shutil.copy(rle_series[0], hog)
     sources = [rle_series[0], hog, rle_series[1]]
     items = [(src, tmp_path / "out" / f"{n}.dcm", n) for n, src in enumerate(sources)]
     with DecodePool(workers=1, decode=hog_on_marker, memory=3 << 30) as pool:
         results = list(pool.map(items, ExplicitVRLittleEndian))
-    assert [(r.ok, r.item[0]) for r in results] == [(True, sources[0]), (False, hog),
-                                                    (True, sources[2])]
+    assert [(r.ok, r.item[0]) for r in results] == [
+        (True, sources[0]),
+        (False, hog),
+        (True, sources[2]),
+    ]
     assert "MemoryError" in results[1].detail
 
 
@@ -247,15 +266,21 @@ def test_corrupt_input_is_a_per_item_failure(tmp_path: Path, rle_series: list[Pa
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(os.urandom(5000))
     sources = [rle_series[1], broken, garbage, rle_series[2]]
-    results = list(decode_many([(s, tmp_path / f"o{n}.dcm") for n, s in enumerate(sources)],
-                               ExplicitVRLittleEndian, workers=2))
+    results = list(
+        decode_many(
+            [(s, tmp_path / f"o{n}.dcm") for n, s in enumerate(sources)],
+            ExplicitVRLittleEndian,
+            workers=2,
+        )
+    )
     assert [ok for _, ok, _ in results] == [True, False, False, True]
     assert all(detail for _, _, detail in results)
     assert not (tmp_path / "o1.dcm").exists() and not (tmp_path / "o2.dcm").exists()
 
 
-def test_lookahead_is_bounded_whatever_the_series_size(tmp_path: Path,
-                                                       rle_series: list[Path]) -> None:
+def test_lookahead_is_bounded_whatever_the_series_size(
+    tmp_path: Path, rle_series: list[Path]
+) -> None:
     taken = 0
 
     def items():
@@ -276,8 +301,9 @@ def test_lookahead_is_bounded_whatever_the_series_size(tmp_path: Path,
 
 
 def test_unsupported_target_is_refused(tmp_path: Path, rle_series: list[Path]) -> None:
-    [(_, ok, detail)] = list(decode_many([(rle_series[0], tmp_path / "x.dcm")],
-                                         "1.2.840.10008.1.2.4.50", workers=1))
+    [(_, ok, detail)] = list(
+        decode_many([(rle_series[0], tmp_path / "x.dcm")], "1.2.840.10008.1.2.4.50", workers=1)
+    )
     assert not ok and "uncompressed" in detail
 
 
@@ -293,14 +319,20 @@ def spooled_rle(tmp_path: Path, n: int) -> tuple[SendItem, np.ndarray]:
     path = tmp_path / "spool" / f"{n}.dcm"
     path.parent.mkdir(exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
-    item = SendItem(key=f"key-{n}", path=path, sop_class_uid=str(ds.SOPClassUID),
-                    sop_instance_uid=str(ds.SOPInstanceUID), transfer_syntax=RLELossless,
-                    size=path.stat().st_size)
+    item = SendItem(
+        key=f"key-{n}",
+        path=path,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax=RLELossless,
+        size=path.stat().st_size,
+    )
     return item, pixels_in
 
 
 def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
-        storescp, tmp_path: Path, monkeypatch) -> None:
+    storescp, tmp_path: Path, monkeypatch
+) -> None:
     scp = storescp()  # default configuration: uncompressed syntaxes only
     series = [spooled_rle(tmp_path, n) for n in range(24)]
     items = [item for item, _ in series]
@@ -315,6 +347,7 @@ def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
             for job in jobs:
                 pooled.append(str(job[0]))
                 yield job
+
         return real_decode_many(noted(), target_ts, *args, **kwargs)
 
     monkeypatch.setattr(decode_mod, "decode_many", observed)
@@ -328,7 +361,8 @@ def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
     bad = by_key.pop(corrupt.key)
     assert (bad.state, bad.code) == ("failed", "decode_failed") and bad.detail
     assert {(o.state, o.transfer_syntax) for o in by_key.values()} == {
-        ("sent", ExplicitVRLittleEndian)}
+        ("sent", ExplicitVRLittleEndian)
+    }
     received = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, scp.files())}
     assert set(received) == {i.sop_instance_uid for i in items if i is not corrupt}
     for item, pixels_in in series:
@@ -338,8 +372,9 @@ def test_compressed_series_to_uncompressed_storescp_goes_through_the_pool(
             assert np.array_equal(ds.pixel_array, pixels_in)
 
 
-def test_even_one_conversion_is_decoded_out_of_process(storescp, tmp_path: Path,
-                                                       monkeypatch) -> None:
+def test_even_one_conversion_is_decoded_out_of_process(
+    storescp, tmp_path: Path, monkeypatch
+) -> None:
     """A codec that crashes on one file fails that file (decode_failed); the
     sending process, the daemon, lives on and sends the rest."""
     scp = storescp()
@@ -348,8 +383,9 @@ def test_even_one_conversion_is_decoded_out_of_process(storescp, tmp_path: Path,
     items[0].path.rename(crash)
     items[0] = dataclasses.replace(items[0], path=crash)
     real_pool = decode_mod.DecodePool
-    monkeypatch.setattr(decode_mod, "DecodePool",
-                        lambda *a, **kw: real_pool(*a, decode=crash_on_marker, **kw))
+    monkeypatch.setattr(
+        decode_mod, "DecodePool", lambda *a, **kw: real_pool(*a, decode=crash_on_marker, **kw)
+    )
     outcomes: list[SendOutcome] = []
     cfg = settings_mod.defaults().replace(state_dir=str(tmp_path / "state"))
     deliver(parse_dest(scp.url), items, cfg, outcomes.append, tmp_path / "work")
@@ -358,5 +394,3 @@ def test_even_one_conversion_is_decoded_out_of_process(storescp, tmp_path: Path,
     assert (bad.state, bad.code) == ("failed", "decode_failed") and "SIGSEGV" in bad.detail
     assert by_key[items[1].key].state == "sent"
     assert len(scp.files()) == 1
-
-

@@ -11,9 +11,21 @@ from pydicom import dcmread
 
 def test_demo_imports_the_sample_disc_through_the_watch_folder(tmp_path):
     state = tmp_path / "state"
-    done = subprocess.run([sys.executable, "-m", "pdimport", "demo", "--once",
-                           "--state-dir", str(state)],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdimport",
+            "demo",
+            "--once",
+            "--state-dir",
+            str(state),
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "IMPORTED" in done.stdout
     received = [p for p in (state / "demo" / "pacs").iterdir() if p.is_file()]

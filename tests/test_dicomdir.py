@@ -42,8 +42,9 @@ def _read_within(path: Path, seconds: float = 10.0, settings=None) -> DicomdirIn
 @pytest.mark.skipif(shutil.which("dcmmkdir") is None, reason="dcmtk dcmmkdir not installed")
 def test_dcmmkdir_dicomdir(tmp_path: Path):
     files = make_ct_series(tmp_path / "DICOM", 4, patient_id="MKDIR1", patient_name="Mk^Dir")
-    subprocess.run(["dcmmkdir", "+r", "DICOM"], cwd=tmp_path, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["dcmmkdir", "+r", "DICOM"], cwd=tmp_path, check=True, capture_output=True, timeout=60
+    )
     dicomdir = tmp_path / "DICOMDIR"
     assert identify("DICOMDIR", dicomdir).kind == "dicomdir"
     index = _read_within(dicomdir)
@@ -88,9 +89,11 @@ def test_inconsistent_item_length_is_invalid():
 
 
 # ----------------------------------------------------------------- loops
-@pytest.mark.parametrize("maker", [make_dicomdir_self_loop, make_dicomdir_lower_cycle,
-                                   make_dicomdir_dangling],
-                         ids=["self_loop", "lower_cycle", "dangling"])
+@pytest.mark.parametrize(
+    "maker",
+    [make_dicomdir_self_loop, make_dicomdir_lower_cycle, make_dicomdir_dangling],
+    ids=["self_loop", "lower_cycle", "dangling"],
+)
 def test_broken_record_tree_ends_fast_and_invalid(tmp_path: Path, maker):
     path = maker(tmp_path / "medium")
     index = _read_within(path, seconds=5)
@@ -121,24 +124,48 @@ def test_escaping_file_id_is_refused(tmp_path: Path):
     assert all(".." not in f.file_id for f in index.files)
 
 
-@pytest.mark.parametrize("parts", [
-    [], [""], ["DICOM", ""], [".."], ["DICOM", "..", "..", "etc"], ["."], ["/etc", "passwd"],
-    ["C:", "WINDOWS"], ["A/B"], ["IM\0001"], ["IM\n1"], ["..;1"],
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],
+        [""],
+        ["DICOM", ""],
+        [".."],
+        ["DICOM", "..", "..", "etc"],
+        ["."],
+        ["/etc", "passwd"],
+        ["C:", "WINDOWS"],
+        ["A/B"],
+        ["IM\0001"],
+        ["IM\n1"],
+        ["..;1"],
+    ],
+)
 def test_unsafe_file_ids(parts):
     assert unsafe_file_id(parts)
 
 
-@pytest.mark.parametrize("parts", [["DICOM", "IM0001"], ["dicom", "im_0001.dcm"],
-                                   ["PT000000", "ST000000", "SE000000", "IM000000"]])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ["DICOM", "IM0001"],
+        ["dicom", "im_0001.dcm"],
+        ["PT000000", "ST000000", "SE000000", "IM000000"],
+    ],
+)
 def test_ordinary_file_ids(parts):
     assert unsafe_file_id(parts) == ""
 
 
 # --------------------------------------------------------------- matching
 def test_match_path_like_real_discs():
-    medium = ["DICOM/PAT1/IM0001;1", "dicom/pat1/im0002.", "Disc/DICOM/IM0003", "DICOM/IM0004",
-              "dicom/im0004"]
+    medium = [
+        "DICOM/PAT1/IM0001;1",
+        "dicom/pat1/im0002.",
+        "Disc/DICOM/IM0003",
+        "DICOM/IM0004",
+        "dicom/im0004",
+    ]
     assert match_path("DICOM/PAT1/IM0001", medium) == "DICOM/PAT1/IM0001;1"
     assert match_path("DICOM/PAT1/IM0002", medium) == "dicom/pat1/im0002."
     assert match_path("DICOM/IM0003", medium, base="Disc") == "Disc/DICOM/IM0003"

@@ -60,8 +60,11 @@ def test_eject_unlocks_then_ejects(devnode):
     fake = FakeDrive(locked=True)
     result = drives.eject_optical(devnode, ioctl=fake, retries=3, delay=0)
     assert result.ok and result.attempts == 1
-    assert fake.calls == [(drives.CDROM_CLEAR_OPTIONS, drives.CDO_LOCK),
-                          (drives.CDROM_LOCKDOOR, 0), (drives.CDROMEJECT, 0)]
+    assert fake.calls == [
+        (drives.CDROM_CLEAR_OPTIONS, drives.CDO_LOCK),
+        (drives.CDROM_LOCKDOOR, 0),
+        (drives.CDROMEJECT, 0),
+    ]
     assert drives.drive_status(devnode, ioctl=fake) == drives.CDS_TRAY_OPEN
 
 
@@ -116,8 +119,10 @@ def test_lock_tray_and_status(devnode):
     fake = FakeDrive(locked=False)
     assert drives.lock_tray(devnode, True, ioctl=fake).ok
     assert fake.locked
-    assert fake.calls[:2] == [(drives.CDROM_CLEAR_OPTIONS, drives.CDO_LOCK),
-                              (drives.CDROM_LOCKDOOR, 1)]
+    assert fake.calls[:2] == [
+        (drives.CDROM_CLEAR_OPTIONS, drives.CDO_LOCK),
+        (drives.CDROM_LOCKDOOR, 1),
+    ]
     assert drives.drive_status(devnode, ioctl=fake) == drives.CDS_DISC_OK
     assert drives.drive_status(devnode + ".missing", ioctl=fake) == -1
 
@@ -152,8 +157,10 @@ def test_usb_mount_failure_is_reported(tmp_path):
     assert not target.exists()
 
 
-@pytest.mark.skipif(subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip()
-                    != "0", reason="mount needs root")
+@pytest.mark.skipif(
+    subprocess.run(["id", "-u"], capture_output=True, check=False, text=True).stdout.strip() != "0",
+    reason="mount needs root",
+)
 def test_real_mount_of_missing_device_fails_cleanly(tmp_path):
     result = drives.mount_readonly(str(tmp_path / "nodev"), tmp_path / "mnt" / "x", "vfat")
     assert not result.ok
@@ -173,8 +180,8 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     """The daemon's optical path: confirm, lock, read, deliver, unlock+eject,
     all through the fake ioctl; the pipeline is a stub."""
     from pdimport.appliance import daemon as dmod
-    from pdimport.job import lifecycle as lc
     from pdimport.appliance.udev import MediaEvent
+    from pdimport.job import lifecycle as lc
 
     fake = FakeDrive(locked=False)
     node = tmp_path / "sr0"
@@ -196,8 +203,7 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
 
     class StubApp:
         # Table defaults for every declared setting (an undeclared name raises).
-        cfg = type("C", (), {"state_path": tmp_path,
-                             "get": lambda self, k: declared(k).default})()
+        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "delivered"
@@ -209,22 +215,22 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     worker = dmod.DriveWorker(event, StubApp())
     worker.lifecycle.subscribe(lambda t: transitions.append(t.target))
     worker.handle(event)
-    assert transitions == [lc.INSERTED, lc.READING, lc.READ, lc.DELIVERING, lc.EJECTING,
-                           lc.EMPTY]
+    assert transitions == [lc.INSERTED, lc.READING, lc.READ, lc.DELIVERING, lc.EJECTING, lc.EMPTY]
     # the label is printed before the eject, and both leave an audit record
     events = [r["event"] for r in records(tmp_path / "audit")]
     assert events == ["label_printed", "medium_ejected"]
     assert fake.tray_open and not fake.locked
     # the tray then reports "no media": the drive stays empty
-    worker.handle(MediaEvent(devnode=str(node), kernel="sr0", kind="no-media", bus="optical",
-                             diskseq=8))
+    worker.handle(
+        MediaEvent(devnode=str(node), kernel="sr0", kind="no-media", bus="optical", diskseq=8)
+    )
     assert worker.lifecycle.state == lc.EMPTY
 
 
 def test_drive_worker_reports_a_stuck_tray(tmp_path):
     from pdimport.appliance import daemon as dmod
-    from pdimport.job import lifecycle as lc
     from pdimport.appliance.udev import MediaEvent
+    from pdimport.job import lifecycle as lc
 
     fake = FakeDrive(locked=True, unlock_works=False)
     node = tmp_path / "sr1"
@@ -232,8 +238,7 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
 
     class StubApp:
         # Table defaults for every declared setting (an undeclared name raises).
-        cfg = type("C", (), {"state_path": tmp_path,
-                             "get": lambda self, k: declared(k).default})()
+        cfg = type("C", (), {"state_path": tmp_path, "get": lambda self, k: declared(k).default})()
         ioctl = fake
         stop = threading.Event()
         eject_after = "read"

@@ -33,10 +33,19 @@ def _write(tmp_path: Path, data: bytes, name: str = "f") -> Path:
 
 
 # ------------------------------------------------------------------- DICOM
-@pytest.mark.parametrize("display", [
-    "DICOM/IM_0001", "DICOM/00000001", "DICOM/PA000001/ST000001/SE000001/IM000001",
-    "IMAGES/CT.DCM", "x/y/slice.dic", "noext", "DICOM/I0001;1", "report.pdf",
-])
+@pytest.mark.parametrize(
+    "display",
+    [
+        "DICOM/IM_0001",
+        "DICOM/00000001",
+        "DICOM/PA000001/ST000001/SE000001/IM000001",
+        "IMAGES/CT.DCM",
+        "x/y/slice.dic",
+        "noext",
+        "DICOM/I0001;1",
+        "report.pdf",
+    ],
+)
 def test_dicom_is_known_by_its_bytes_whatever_the_name(tmp_path: Path, display: str):
     path = make_ct(tmp_path / "spooled")
     ident = identify(display, path)
@@ -69,17 +78,20 @@ def test_pydicom_dicomdirs_are_dicomdirs():
 
 
 # ----------------------------------------------------------- other content
-@pytest.mark.parametrize("data, display, subtype", [
-    (PDF, "REPORT/BEFUND.PDF", "pdf"),
-    (b"\r\n" + PDF, "doc", "pdf"),
-    (JPEG, "PHOTOS/IMG_0001.JPG", "jpeg"),
-    (PNG, "scan.png", "png"),
-    (TIFF_LE, "A.TIF", "tiff"),
-    (TIFF_BE, "B.TIFF", "tiff"),
-    (BMP, "C.BMP", "bmp"),
-    (TEXT, "NOTES/BEFUND.TXT", "txt"),
-    ("所見なし\r\n".encode("cp932") * 10, "NOTES/JP.txt", "txt"),
-])
+@pytest.mark.parametrize(
+    "data, display, subtype",
+    [
+        (PDF, "REPORT/BEFUND.PDF", "pdf"),
+        (b"\r\n" + PDF, "doc", "pdf"),
+        (JPEG, "PHOTOS/IMG_0001.JPG", "jpeg"),
+        (PNG, "scan.png", "png"),
+        (TIFF_LE, "A.TIF", "tiff"),
+        (TIFF_BE, "B.TIFF", "tiff"),
+        (BMP, "C.BMP", "bmp"),
+        (TEXT, "NOTES/BEFUND.TXT", "txt"),
+        ("所見なし\r\n".encode("cp932") * 10, "NOTES/JP.txt", "txt"),
+    ],
+)
 def test_other_content_by_magic(tmp_path: Path, data: bytes, display: str, subtype: str):
     ident = identify(display, _write(tmp_path, data))
     assert (ident.kind, ident.subtype) == ("other_content", subtype)
@@ -95,37 +107,42 @@ def test_bm_without_a_bitmap_header_is_not_bmp():
 
 
 # ------------------------------------------------------------------ ignored
-@pytest.mark.parametrize("display, subtype", [
-    ("VIEWER/VIEWER.EXE", "viewer"),
-    ("Viewer.exe", "viewer"),
-    ("bin/libdcm.so", "viewer"),
-    ("Program/Qt5Core.dll", "viewer"),
-    ("tools/setup.msi", "viewer"),
-    ("jre/lib/rt.jar", "viewer"),
-    ("Mac/Viewer.app/Contents/Info.plist", "viewer"),
-    ("DICOMViewer/help/manual.pdf", "viewer"),
-    ("DICOMViewer/config.xml", "viewer"),
-    ("drivers/x.inf", "viewer"),
-    ("AUTORUN.INF", "autorun"),
-    ("autorun.inf;1", "autorun"),
-    ("run.bat", "autorun"),
-    ("AUTORUN.EXE", "autorun"),
-    ("IHE_PDI/INDEX.HTM", "ihe_pdi_web"),
-    ("IHE_PDI/STUDY1/IMG1.JPG", "ihe_pdi_web"),
-    ("INDEX.HTM", "ihe_pdi_web"),
-    ("index.html", "ihe_pdi_web"),
-    (".DS_Store", "os_junk"),
-    ("DICOM/Thumbs.db", "os_junk"),
-    ("desktop.ini", "os_junk"),
-    ("DICOM/._IM0001", "os_junk"),
-    ("__MACOSX/DICOM/._IM0001", "os_junk"),
-    ("System Volume Information/IndexerVolumeGuid", "os_junk"),
-    ("$RECYCLE.BIN/S-1-5/desktop.ini", "os_junk"),
-    ("README.TXT", "pdi_info"),
-    ("README.TXT;1", "pdi_info"),
-])
+@pytest.mark.parametrize(
+    "display, subtype",
+    [
+        ("VIEWER/VIEWER.EXE", "viewer"),
+        ("Viewer.exe", "viewer"),
+        ("bin/libdcm.so", "viewer"),
+        ("Program/Qt5Core.dll", "viewer"),
+        ("tools/setup.msi", "viewer"),
+        ("jre/lib/rt.jar", "viewer"),
+        ("Mac/Viewer.app/Contents/Info.plist", "viewer"),
+        ("DICOMViewer/help/manual.pdf", "viewer"),
+        ("DICOMViewer/config.xml", "viewer"),
+        ("drivers/x.inf", "viewer"),
+        ("AUTORUN.INF", "autorun"),
+        ("autorun.inf;1", "autorun"),
+        ("run.bat", "autorun"),
+        ("AUTORUN.EXE", "autorun"),
+        ("IHE_PDI/INDEX.HTM", "ihe_pdi_web"),
+        ("IHE_PDI/STUDY1/IMG1.JPG", "ihe_pdi_web"),
+        ("INDEX.HTM", "ihe_pdi_web"),
+        ("index.html", "ihe_pdi_web"),
+        (".DS_Store", "os_junk"),
+        ("DICOM/Thumbs.db", "os_junk"),
+        ("desktop.ini", "os_junk"),
+        ("DICOM/._IM0001", "os_junk"),
+        ("__MACOSX/DICOM/._IM0001", "os_junk"),
+        ("System Volume Information/IndexerVolumeGuid", "os_junk"),
+        ("$RECYCLE.BIN/S-1-5/desktop.ini", "os_junk"),
+        ("README.TXT", "pdi_info"),
+        ("README.TXT;1", "pdi_info"),
+    ],
+)
 def test_ignored_files(tmp_path: Path, display: str, subtype: str):
-    ident = identify(display, _write(tmp_path, PDF if display.endswith(".pdf") else b"MZ\x90\x00junk"))
+    ident = identify(
+        display, _write(tmp_path, PDF if display.endswith(".pdf") else b"MZ\x90\x00junk")
+    )
     assert (ident.kind, ident.subtype) == ("ignored", subtype)
 
 

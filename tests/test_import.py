@@ -18,8 +18,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fixtures_dicom import (fresh_copy, make_ct_series, make_dicomdir_escape,
-                            make_dicomdir_self_loop, make_empty, make_noise_dcm, make_raw)
+from fixtures_dicom import (
+    fresh_copy,
+    make_ct_series,
+    make_dicomdir_escape,
+    make_dicomdir_self_loop,
+    make_empty,
+    make_noise_dcm,
+    make_raw,
+)
 from fixtures_media import make_iso
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
@@ -27,17 +34,21 @@ from test_scan import BROKEN
 
 from pdimport.cli import main
 
-PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-       b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
 
 
 # ------------------------------------------------------------------ helpers
-def build_pdi(root: Path, n: int = 5, patient_id: str = "PDI001", extras: bool = True,
-              dicomdir: bool = True) -> list[Path]:
+def build_pdi(
+    root: Path, n: int = 5, patient_id: str = "PDI001", extras: bool = True, dicomdir: bool = True
+) -> list[Path]:
     """An IHE PDI layout: DICOM/ST1/SE1/IM*, a DICOMDIR by dcmmkdir, and
     what real discs carry beside the images."""
-    series = make_ct_series(root / "DICOM" / "ST1" / "SE1", n, patient_id=patient_id,
-                            name="IM{:04d}")
+    series = make_ct_series(
+        root / "DICOM" / "ST1" / "SE1", n, patient_id=patient_id, name="IM{:04d}"
+    )
     if dicomdir:
         subprocess.run(["dcmmkdir", "+r", "DICOM"], cwd=root, check=True, capture_output=True)
         assert (root / "DICOMDIR").is_file()
@@ -91,8 +102,12 @@ def test_iso_with_dicomdir_into_storescp(tmp_path, state, storescp, capsys):
     rc, rep = run_cli(capsys, "import", str(iso), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 0, rep["problems"]
     assert rep["status"] == "imported"
-    assert rep["source"] == {"kind": "iso", "path": str(iso), "label": "REFERRAL",
-                             "facility": rep["source"]["facility"]}
+    assert rep["source"] == {
+        "kind": "iso",
+        "path": str(iso),
+        "label": "REFERRAL",
+        "facility": rep["source"]["facility"],
+    }
     # the PDF report beside the images arrives too, as Encapsulated PDF
     [converted] = rep["converted"]
     assert converted["path"] == "REPORT/REPORT.PDF"
@@ -119,11 +134,13 @@ def test_same_import_again_sends_nothing(tmp_path, state, receiver, capsys):
     build_pdi(tmp_path / "disc", n=4, extras=False)
     recv = receiver()
     url = f"dicom://{recv.aet}@127.0.0.1:{recv.port}"
-    rc, first = run_cli(capsys, "import", str(tmp_path / "disc"), "--dest", url,
-                        "--state-dir", str(state))
+    rc, first = run_cli(
+        capsys, "import", str(tmp_path / "disc"), "--dest", url, "--state-dir", str(state)
+    )
     assert rc == 0 and len(recv.received) == 4
-    rc, second = run_cli(capsys, "import", str(tmp_path / "disc"), "--dest", url,
-                         "--state-dir", str(state))
+    rc, second = run_cli(
+        capsys, "import", str(tmp_path / "disc"), "--dest", url, "--state-dir", str(state)
+    )
     assert rc == 0 and second["status"] == "imported"
     assert second["job"] != first["job"]
     assert len(recv.received) == 4  # nothing was sent again
@@ -161,13 +178,18 @@ def test_orthanc_end_to_end(tmp_path, state, orthanc, capsys):
 # --------------------------------------------------------- real-world encodings
 def test_datasets_without_preamble_or_meta_get_file_meta(tmp_path, state, storescp, capsys):
     disc = tmp_path / "old"
-    paths = [make_raw(disc / f"IMG{i}", enc, PatientID="RAW")
-             for i, enc in enumerate(["implicit_le", "explicit_le", "explicit_be"])]
+    paths = [
+        make_raw(disc / f"IMG{i}", enc, PatientID="RAW")
+        for i, enc in enumerate(["implicit_le", "explicit_le", "explicit_be"])
+    ]
     scp = storescp()
     rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 0, rep["problems"]
-    assert {i["encoding"] for i in rep["instances"]} == {"implicit_le", "explicit_le",
-                                                          "explicit_be"}
+    assert {i["encoding"] for i in rep["instances"]} == {
+        "implicit_le",
+        "explicit_le",
+        "explicit_be",
+    }
     received = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in scp.files()}
     for path in paths:
         original = dcmread(path, force=True)
@@ -181,21 +203,29 @@ def test_datasets_without_preamble_or_meta_get_file_meta(tmp_path, state, stores
 def test_compressed_objects(tmp_path, state, storescp, capsys, accept_all):
     disc = tmp_path / "disc"
     disc.mkdir()
-    files = {name: fresh_copy(name, disc / name.replace(".dcm", "").upper()[:8],
-                              patient_id="CMP1", PatientName="Comp^Ressed",
-                              PatientBirthDate="19600101")
-             for name in ("JPEG2000.dcm", "MR_small_RLE.dcm")}
+    files = {
+        name: fresh_copy(
+            name,
+            disc / name.replace(".dcm", "").upper()[:8],
+            patient_id="CMP1",
+            PatientName="Comp^Ressed",
+            PatientBirthDate="19600101",
+        )
+        for name in ("JPEG2000.dcm", "MR_small_RLE.dcm")
+    }
     scp = storescp(accept_all=accept_all)
     rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 0, rep["problems"]
     got = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in scp.files()}
     assert len(got) == 2
-    for name, path in files.items():
+    for path in files.values():
         src = dcmread(path)
         ts = got[str(src.SOPInstanceUID)].file_meta.TransferSyntaxUID
         if accept_all:
-            assert ts == src.file_meta.TransferSyntaxUID in (JPEG2000Lossless, RLELossless) or \
-                ts == src.file_meta.TransferSyntaxUID
+            assert (
+                ts == src.file_meta.TransferSyntaxUID in (JPEG2000Lossless, RLELossless)
+                or ts == src.file_meta.TransferSyntaxUID
+            )
         else:
             assert ts == ExplicitVRLittleEndian
     # the decoded copies were removed once the delivery was over
@@ -207,8 +237,14 @@ def test_remove_converted_takes_every_copy_of_the_keys_and_nothing_else(tmp_path
     from pdimport.send.link import converted_path, remove_converted
 
     def item(key: str) -> SendItem:
-        return SendItem(key=key, path=tmp_path / key, sop_class_uid="1.2", sop_instance_uid="1.3",
-                        transfer_syntax=JPEG2000Lossless, size=1)
+        return SendItem(
+            key=key,
+            path=tmp_path / key,
+            sop_class_uid="1.2",
+            sop_instance_uid="1.3",
+            transfer_syntax=JPEG2000Lossless,
+            size=1,
+        )
 
     work = tmp_path / "work"
     work.mkdir()
@@ -220,7 +256,8 @@ def test_remove_converted_takes_every_copy_of_the_keys_and_nothing_else(tmp_path
     (work / f".{partial[:32]}.k3j2.tmp").write_bytes(b"half")  # a killed decode's leftover
     assert remove_converted(work, [mine.key]) == 3
     assert sorted(p.name for p in work.iterdir()) == sorted(
-        converted_path(work, other, ts).name for ts in (ExplicitVRLittleEndian, "1.2.840.10008.1.2"))
+        converted_path(work, other, ts).name for ts in (ExplicitVRLittleEndian, "1.2.840.10008.1.2")
+    )
 
 
 # ------------------------------------------------------------------- the checks
@@ -242,8 +279,9 @@ def test_same_id_different_birth_date_is_two_patients(tmp_path, state, storescp,
     disc = tmp_path / "disc"
     make_ct_series(disc / "A", 1, patient_id="SAME", PatientBirthDate="19500101")
     make_ct_series(disc / "B", 1, patient_id="SAME", PatientBirthDate="19800101")
-    rc, rep = run_cli(capsys, "import", str(disc), "--dest", storescp().url,
-                      "--state-dir", str(state))
+    rc, rep = run_cli(
+        capsys, "import", str(disc), "--dest", storescp().url, "--state-dir", str(state)
+    )
     assert rc == 1 and rep["hold_reasons"] == ["multi_patient"]
 
 
@@ -284,10 +322,10 @@ BAD_INPUTS = [(name, maker, code) for name, maker, code in BROKEN] + [
 ]
 
 
-@pytest.mark.parametrize("maker, code", [b[1:] for b in BAD_INPUTS],
-                         ids=[b[0] for b in BAD_INPUTS])
-def test_broken_file_is_a_problem_and_the_rest_arrives(tmp_path, state, storescp, capsys,
-                                                        maker, code):
+@pytest.mark.parametrize("maker, code", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_broken_file_is_a_problem_and_the_rest_arrives(
+    tmp_path, state, storescp, capsys, maker, code
+):
     disc = tmp_path / "disc"
     good = make_ct_series(disc / "GOOD", 3, patient_id="BRK")
     (disc / "BAD").mkdir()
@@ -315,8 +353,9 @@ def test_dicomdir_names_a_missing_file(tmp_path, state, storescp, capsys):
 def test_files_the_dicomdir_does_not_name_are_imported(tmp_path, state, storescp, capsys):
     stage = tmp_path / "stage"
     series = build_pdi(stage, n=2, extras=False)
-    extra = make_ct_series(stage / "LATER", 1, patient_id="PDI001",
-                           study_uid=str(dcmread(series[0]).StudyInstanceUID))
+    extra = make_ct_series(
+        stage / "LATER", 1, patient_id="PDI001", study_uid=str(dcmread(series[0]).StudyInstanceUID)
+    )
     scp = storescp()
     rc, rep = run_cli(capsys, "import", str(stage), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 0, rep["problems"]
@@ -340,7 +379,7 @@ def test_self_looping_dicomdir_still_imports_everything(tmp_path, state, storesc
     make_dicomdir_self_loop(root)
     dicom_files = [p for p in root.rglob("*") if p.is_file() and p.name != "DICOMDIR"]
     scp = storescp()
-    rc, rep = run_cli(capsys, "import", str(root), "--dest", scp.url, "--state-dir", str(state))
+    _rc, rep = run_cli(capsys, "import", str(root), "--dest", scp.url, "--state-dir", str(state))
     assert problems(rep, "dicomdir_invalid")
     assert sop_uids(scp.files()) == sop_uids(dicom_files)
 
@@ -361,35 +400,51 @@ def test_scan_fallbacks_are_counted_in_the_report(tmp_path, state, capsys):
     rc, rep = run_cli(capsys, "scan", str(disc), "--state-dir", str(state), "--scanner", "numba")
     assert rc == 0 and rep["counts"]["dicom"] == 3
     assert rep["counts"]["scan_fallbacks"] == 1 and rep["scan_fallbacks"] == {"trailing": 1}
-    rc, rep = run_cli(capsys, "scan", str(disc), "--state-dir", str(tmp_path / "s2"),
-                      "--scanner", "pydicom")
+    rc, rep = run_cli(
+        capsys, "scan", str(disc), "--state-dir", str(tmp_path / "s2"), "--scanner", "pydicom"
+    )
     assert rc == 0 and rep["counts"]["scan_fallbacks"] == 0
 
 
 def test_unusable_medium_exits_2(tmp_path, state, capsys):
     bad = tmp_path / "garbage.iso"
     bad.write_bytes(os.urandom(70_000))
-    rc, rep = run_cli(capsys, "import", str(bad), "--dest", f"file://{tmp_path}/out",
-                      "--state-dir", str(state))
+    rc, rep = run_cli(
+        capsys, "import", str(bad), "--dest", f"file://{tmp_path}/out", "--state-dir", str(state)
+    )
     assert rc == 2 and rep["status"] == "failed"
     assert rep["problems"][0]["code"] == "unreadable_medium"
 
 
-@pytest.mark.parametrize("args", [["import", "x"], ["import", "x", "--dest", "http://pacs"],
-                                  ["import", "x", "--dest", "dicom://WAY_TOO_LONG_AE_TITLE@h:1"],
-                                  ["nonsense"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["import", "x"],
+        ["import", "x", "--dest", "http://pacs"],
+        ["import", "x", "--dest", "dicom://WAY_TOO_LONG_AE_TITLE@h:1"],
+        ["nonsense"],
+    ],
+)
 def test_usage_errors_exit_64(args, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main([*args, "--state-dir", str(tmp_path)] if args[0] != "nonsense"
-                              else args))
+        raise SystemExit(
+            main([*args, "--state-dir", str(tmp_path)] if args[0] != "nonsense" else args)
+        )
     assert exc.value.code == 64
 
 
 def test_file_destination(tmp_path, state, capsys):
     series = build_pdi(tmp_path / "disc", n=3, extras=False)
     out = tmp_path / "out"
-    rc, rep = run_cli(capsys, "import", str(tmp_path / "disc"), "--dest", f"file://{out}",
-                      "--state-dir", str(state))
+    rc, _rep = run_cli(
+        capsys,
+        "import",
+        str(tmp_path / "disc"),
+        "--dest",
+        f"file://{out}",
+        "--state-dir",
+        str(state),
+    )
     assert rc == 0
     assert sop_uids(out.glob("*.dcm")) == sop_uids(series)
 
@@ -399,8 +454,17 @@ def test_sigkill_mid_send_then_restart_delivers_each_instance_once(tmp_path, sto
     series = make_ct_series(tmp_path / "disc" / "S", 200, patient_id="KILL", rows=256, cols=256)
     scp = storescp()
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "pdimport", "import", str(tmp_path / "disc"), "--dest", scp.url,
-           "--state-dir", str(state)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pdimport",
+        "import",
+        str(tmp_path / "disc"),
+        "--dest",
+        scp.url,
+        "--state-dir",
+        str(state),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(scp.files()) < 40:
@@ -411,7 +475,9 @@ def test_sigkill_mid_send_then_restart_delivers_each_instance_once(tmp_path, sto
     proc.wait()
     before = len(scp.files())
     assert before < 200, "killed too late to test anything"
-    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cmd + ["--json"], capture_output=True, check=False, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     # The restart finished the same job, from the spool and the journal.

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 1, 5, 14, 3)
 JOB = "20250105-140312-ab12cd34"
 
-needs_poppler = pytest.mark.skipif(not shutil.which("pdftotext") or not shutil.which("pdftoppm"),
-                                   reason="needs poppler-utils")
+needs_poppler = pytest.mark.skipif(
+    not shutil.which("pdftotext") or not shutil.which("pdftoppm"), reason="needs poppler-utils"
+)
 
 
 def japanese_name() -> str:
@@ -39,30 +40,64 @@ def japanese_name() -> str:
 
 def sample_report(status: str = "imported") -> dict:
     return {
-        "job": JOB, "mode": "import",
-        "source": {"kind": "device", "path": "/dev/sr0", "label": "PDI_20250104",
-                   "facility": "東京中央病院 Tokyo Central Hospital"},
-        "status": status, "hold_reasons": [],
+        "job": JOB,
+        "mode": "import",
+        "source": {
+            "kind": "device",
+            "path": "/dev/sr0",
+            "label": "PDI_20250104",
+            "facility": "東京中央病院 Tokyo Central Hospital",
+        },
+        "status": status,
+        "hold_reasons": [],
         "flags": {"multi_patient": False, "rt": True, "ai": True, "other_content": True},
-        "patients": [{
-            "id": "A-0012345", "issuer": "", "name": japanese_name(), "birth_date": "19700101",
-            "sex": "M", "local_id": "0098765",
-            "studies": [
-                {"uid": "1.2.3", "date": "20241220", "description": "CT 胸部",
-                 "series": [{"uid": "1.2.3.1", "modality": "CT", "instances": 120},
-                            {"uid": "1.2.3.2", "modality": "SR", "instances": 1}]},
-                {"uid": "1.2.4", "date": "20241221", "description": "RT Plan",
-                 "series": [{"uid": "1.2.4.1", "modality": "RTPLAN", "instances": 1},
-                            {"uid": "1.2.4.2", "modality": "RTSTRUCT", "instances": 1}]}]}],
-        "counts": {"files": 131, "dicom": 123, "other_content": 2, "converted": 2, "sent": 123,
-                   "failed": 0, "skipped": 0, "held": 0},
-        "instances": [], "problems": [],
+        "patients": [
+            {
+                "id": "A-0012345",
+                "issuer": "",
+                "name": japanese_name(),
+                "birth_date": "19700101",
+                "sex": "M",
+                "local_id": "0098765",
+                "studies": [
+                    {
+                        "uid": "1.2.3",
+                        "date": "20241220",
+                        "description": "CT 胸部",
+                        "series": [
+                            {"uid": "1.2.3.1", "modality": "CT", "instances": 120},
+                            {"uid": "1.2.3.2", "modality": "SR", "instances": 1},
+                        ],
+                    },
+                    {
+                        "uid": "1.2.4",
+                        "date": "20241221",
+                        "description": "RT Plan",
+                        "series": [
+                            {"uid": "1.2.4.1", "modality": "RTPLAN", "instances": 1},
+                            {"uid": "1.2.4.2", "modality": "RTSTRUCT", "instances": 1},
+                        ],
+                    },
+                ],
+            }
+        ],
+        "counts": {
+            "files": 131,
+            "dicom": 123,
+            "other_content": 2,
+            "converted": 2,
+            "sent": 123,
+            "failed": 0,
+            "skipped": 0,
+            "held": 0,
+        },
+        "instances": [],
+        "problems": [],
     }
 
 
 def pdftext(pdf: Path) -> str:
-    res = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
-                         check=True)
+    res = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, check=True)
     return res.stdout.decode("utf-8")
 
 
@@ -73,13 +108,19 @@ def test_person_name_groups_split_on_equals() -> None:
     assert alpha == "Yamada, Tarou"
     assert label.format_person_name("DOE^JOHN") == ("DOE, JOHN", "")
     assert label.format_person_name("=山田^太郎") == ("山田 太郎", "")
-    assert label.format_person_name({"Alphabetic": "Yamada^Tarou",
-                                     "Ideographic": "山田^太郎"}) == ("山田 太郎", "Yamada, Tarou")
+    assert label.format_person_name({"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}) == (
+        "山田 太郎",
+        "Yamada, Tarou",
+    )
 
 
 def test_status_words_per_status() -> None:
-    for status, words in (("imported", "取込完了  IMPORTED"), ("held", "要確認  CHECK"),
-                          ("partial", "要確認  CHECK"), ("failed", "失敗  FAILED")):
+    for status, words in (
+        ("imported", "取込完了  IMPORTED"),
+        ("held", "要確認  CHECK"),
+        ("partial", "要確認  CHECK"),
+        ("failed", "失敗  FAILED"),
+    ):
         lines = label.label_content(sample_report(status), now=NOW)
         assert lines[0].text == words and lines[0].style == "band"
 
@@ -98,9 +139,11 @@ def test_reasons_in_plain_words() -> None:
     r = sample_report("held")
     r["hold_reasons"] = ["multi_patient", "no_local_patient", "ai_held"]
     r["patients"].append(copy.deepcopy(r["patients"][0]) | {"id": "B-2"})
-    r["problems"] = [{"code": "truncated", "path": "a", "detail": ""},
-                     {"code": "not_dicom", "path": "b", "detail": ""},
-                     {"code": "not_dicom", "path": "b", "detail": "twice, one file"}]
+    r["problems"] = [
+        {"code": "truncated", "path": "a", "detail": ""},
+        {"code": "not_dicom", "path": "b", "detail": ""},
+        {"code": "not_dicom", "path": "b", "detail": "twice, one file"},
+    ]
     words = label.reasons(r)
     assert ("1枚に複数の患者 (2名)", "2 patients on the disc") in words
     assert ("当院の患者と一致しません", "no matching local patient") in words
@@ -161,7 +204,9 @@ def test_page_sizes(tmp_path: Path) -> None:
     r = sample_report()
     for size, width_mm, height_mm in (("4x2", 101.6, 50.8), ("62mm", 62.0, None)):
         pdf = label.render_label(r, size, tmp_path / f"{size}.pdf")
-        info = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True).stdout
+        info = subprocess.run(
+            ["pdfinfo", str(pdf)], check=True, capture_output=True, text=True
+        ).stdout
         w, h = [float(v) for v in info.split("Page size:")[1].split("pts")[0].split("x")]
         assert abs(w / label.MM - width_mm) < 0.1
         if height_mm:
@@ -187,7 +232,9 @@ def test_qr_code_encodes_job_id(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if not zbar:
         pytest.skip("zbarimg not installed: QR drawn but not decoded")
-    out = subprocess.run([zbar, "--raw", "-q", str(png)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [zbar, "--raw", "-q", str(png)], check=True, capture_output=True, text=True
+    ).stdout
     assert out.strip() == JOB
 
 

@@ -20,7 +20,8 @@ def test_every_legal_drive_transition(pair):
     assert machine.fire(event, job="j1") == lc.TRANSITIONS[pair]
     assert machine.state == lc.TRANSITIONS[pair]
     assert [(t.machine, t.event, t.source, t.target, dict(t.info)) for t in seen] == [
-        ("/dev/sr0", event, state, lc.TRANSITIONS[pair], {"job": "j1"})]
+        ("/dev/sr0", event, state, lc.TRANSITIONS[pair], {"job": "j1"})
+    ]
 
 
 ILLEGAL = sorted(set(itertools.product(lc.DRIVE_STATES, lc.DRIVE_EVENTS)) - set(lc.TRANSITIONS))
@@ -97,8 +98,7 @@ def test_every_legal_job_transition(pair):
     assert machine.fire(pair[1]) == lc.JOB_TRANSITIONS[pair]
 
 
-JOB_ILLEGAL = sorted(set(itertools.product(lc.JOB_STATES, lc.JOB_EVENTS))
-                     - set(lc.JOB_TRANSITIONS))
+JOB_ILLEGAL = sorted(set(itertools.product(lc.JOB_STATES, lc.JOB_EVENTS)) - set(lc.JOB_TRANSITIONS))
 
 
 @pytest.mark.parametrize("pair", JOB_ILLEGAL, ids=lambda p: f"{p[0]}-{p[1]}")
@@ -111,15 +111,24 @@ def test_every_illegal_job_pair_raises(pair):
 
 def test_waiting_job_retries_until_done():
     machine = lc.job_lifecycle("job-2")
-    for event in ("start_read", "read_done", "inventory", "deliver", "wait", "retry", "wait",
-                  "retry", "delivered"):
+    for event in (
+        "start_read",
+        "read_done",
+        "inventory",
+        "deliver",
+        "wait",
+        "retry",
+        "wait",
+        "retry",
+        "delivered",
+    ):
         machine.fire(event)
     assert machine.state == "imported"
 
 
 # ---------------------------------------------- job outcome: waiting for the PACS
-from pdimport.appliance.daemon import backoff, job_outcome  # noqa: E402
-from pdimport.job.importer import _out_of_resources  # noqa: E402
+from pdimport.appliance.daemon import backoff, job_outcome
+from pdimport.job.importer import _out_of_resources
 
 
 def test_outcome_follows_the_typed_status():
@@ -152,6 +161,7 @@ def test_journal_records_each_transition(tmp_path):
     with pytest.raises(IllegalTransition):
         j.transition(job.id, "hold")
     assert len(j.job_events(job.id)) == len(path)  # nothing written
+
 
 def test_backoff_doubles_up_to_the_cap():
     assert [backoff(n, 2.0, 30.0) for n in range(6)] == [2, 4, 8, 16, 30, 30]

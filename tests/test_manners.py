@@ -10,16 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures_dicom import make_ct_series
+
 from pdimport import cli, settings
 from pdimport.appliance.daemon import daemon_main
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pdimport", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pdimport", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 LOG_PROBE = r"""
@@ -33,9 +39,14 @@ logging.getLogger("pdimport.job.importer").debug("debug detail")
 
 
 def probe_logs(command: str, verbose: int = 0, **env: str) -> str:
-    out = subprocess.run([sys.executable, "-c", LOG_PROBE, command, str(verbose)],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **env}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LOG_PROBE, command, str(verbose)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=True,
+    )
     return out.stderr
 
 
@@ -85,8 +96,7 @@ def test_second_daemon_on_one_state_dir_exits(tmp_path):
     DaemonLock(tmp_path).release()  # free again once the first let go
 
 
-@pytest.mark.parametrize("command", [["jobs"], ["report", "JOB"], ["status"],
-                                     ["audit", "verify"]])
+@pytest.mark.parametrize("command", [["jobs"], ["report", "JOB"], ["status"], ["audit", "verify"]])
 def test_read_only_commands_never_create_a_state_dir(tmp_path, command):
     missing = tmp_path / "typo"
     res = run(*command, "--state-dir", str(missing))
@@ -104,8 +114,14 @@ def test_jobs_on_an_empty_state_dir_creates_no_journal(tmp_path):
 
 def test_missing_source_is_a_usage_error_and_journals_nothing(tmp_path):
     state = tmp_path / "state"
-    res = run("import", str(tmp_path / "no-such.iso"), "--dest", f"file://{tmp_path}/out",
-              "--state-dir", str(state))
+    res = run(
+        "import",
+        str(tmp_path / "no-such.iso"),
+        "--dest",
+        f"file://{tmp_path}/out",
+        "--state-dir",
+        str(state),
+    )
     assert res.returncode == cli.EXIT_USAGE
     assert "no such source" in res.stderr and "Traceback" not in res.stderr
     assert not (state / "journal.sqlite").exists()
@@ -114,8 +130,14 @@ def test_missing_source_is_a_usage_error_and_journals_nothing(tmp_path):
 def test_unknown_host_is_one_line_without_traceback(tmp_path):
     src = tmp_path / "disc"
     make_ct_series(src, 2)
-    res = run("import", str(src), "--dest", "dicom://PACS@no-such-host.invalid:11112",
-              "--state-dir", str(tmp_path / "state"))
+    res = run(
+        "import",
+        str(src),
+        "--dest",
+        "dicom://PACS@no-such-host.invalid:11112",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert res.returncode in (1, 2)
     out = res.stdout + res.stderr
     assert "Traceback" not in out
@@ -125,15 +147,20 @@ def test_unknown_host_is_one_line_without_traceback(tmp_path):
 def test_output_into_a_closed_pipe_is_quiet(tmp_path):
     # `true` has exited before the interpreter has started: the first write
     # meets a closed pipe (EPIPE), as `pdimport jobs | head` does past a page.
-    shell = f"{sys.executable} -m pdimport settings --state-dir {tmp_path} | true; " \
-            "echo ${PIPESTATUS[0]}"
-    res = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    shell = (
+        f"{sys.executable} -m pdimport settings --state-dir {tmp_path} | true; "
+        "echo ${PIPESTATUS[0]}"
+    )
+    res = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, check=False, text=True, timeout=60
+    )
     assert res.stdout.strip() == str(cli.EXIT_PIPE)
     assert "BrokenPipeError" not in res.stderr and "Traceback" not in res.stderr
 
 
 def test_repository_has_no_binaries():
     root = Path(__file__).resolve().parents[1]
-    tracked = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True,
-                             text=True, check=False).stdout.split()
+    tracked = subprocess.run(
+        ["git", "-C", str(root), "ls-files"], capture_output=True, text=True, check=False
+    ).stdout.split()
     assert not [f for f in tracked if f.endswith((".whl", ".so", ".tar.gz"))]

@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from fixtures_media import (
     LONG_NAME,
     SAMPLE_FILES,
@@ -30,7 +29,15 @@ from fixtures_media import (
     sha256,
     tree_digests,
 )
-from pdimport.media import (FolderMedium, IsoMedium, MediumOpenError, ZipMedium, detect_kind, open_medium)
+
+from pdimport.media import (
+    FolderMedium,
+    IsoMedium,
+    MediumOpenError,
+    ZipMedium,
+    detect_kind,
+    open_medium,
+)
 from pdimport.media.archive import _CountingReader
 from pdimport.media.iso import ExtentReader, _direct_pread
 from pdimport.model import MediumReadError
@@ -54,11 +61,17 @@ def test_folder_walk_nested_symlink_and_fifo(sample_tree, media_settings):
     (sample_tree / "DICOM" / "dirlink").symlink_to(sample_tree / "DICOM" / "Study One")
     medium = open_medium(str(sample_tree), media_settings)
     assert isinstance(medium, FolderMedium) and medium.kind == "dir"
-    assert codes(medium) == {"link": "link_ignored", "pipe": "link_ignored",
-                             "DICOM/dirlink": "link_ignored"}
+    assert codes(medium) == {
+        "link": "link_ignored",
+        "pipe": "link_ignored",
+        "DICOM/dirlink": "link_ignored",
+    }
     # the linked directory is not walked: each file appears once
-    assert medium_digests(medium) == tree_digests(sample_tree) == {
-        k: sha256(v) for k, v in SAMPLE_FILES.items()}
+    assert (
+        medium_digests(medium)
+        == tree_digests(sample_tree)
+        == {k: sha256(v) for k, v in SAMPLE_FILES.items()}
+    )
     assert [e.order for e in medium.entries()] == list(range(len(SAMPLE_FILES)))
 
 
@@ -109,10 +122,10 @@ def test_folder_missing_source_is_unreadable_medium(tmp_path, media_settings):
 
 # --------------------------------------------------------------------- ISO
 ISO_VARIANTS = {
-    "genisoimage-joliet-rr": (dict(tool="genisoimage"), "rr"),
-    "genisoimage-udf": (dict(tool="genisoimage", udf=True), "udf"),
-    "xorriso": (dict(tool="xorriso"), "rr"),
-    "genisoimage-joliet-only": (dict(tool="genisoimage", rockridge=False), "joliet"),
+    "genisoimage-joliet-rr": ({"tool": "genisoimage"}, "rr"),
+    "genisoimage-udf": ({"tool": "genisoimage", "udf": True}, "udf"),
+    "xorriso": ({"tool": "xorriso"}, "rr"),
+    "genisoimage-joliet-only": ({"tool": "genisoimage", "rockridge": False}, "joliet"),
 }
 
 
@@ -196,9 +209,8 @@ def test_iso_read_error_is_unreadable_sector_with_lbas(sample_tree, tmp_path, me
     try:
         big = next(e for e in medium.entries() if e.path.endswith(LONG_NAME))
         bad = {big.order + 3, big.order + 7}
-        with pytest.raises(MediumReadError) as exc:
-            with medium.open(big, pread=FlakyDisc(bad)) as fp:
-                fp.read()
+        with pytest.raises(MediumReadError) as exc, medium.open(big, pread=FlakyDisc(bad)) as fp:
+            fp.read()
         assert exc.value.code == "unreadable_sector"
         assert f"{big.order + 3}, {big.order + 7}" in exc.value.detail
         # a sector that reads on retry gives byte-identical data
@@ -213,8 +225,12 @@ def test_iso_read_error_is_unreadable_sector_with_lbas(sample_tree, tmp_path, me
 def test_iso_hostile_rock_ridge_names(tmp_path, media_settings):
     src = tmp_path / "src"
     src.mkdir()
-    files = {b"\x83e\x83X\x83g.dcm": b"sjis", b"L" * 240 + b".dcm": b"long",
-             b"evilname01": b"evil", b"ok.dcm": b"ok"}
+    files = {
+        b"\x83e\x83X\x83g.dcm": b"sjis",
+        b"L" * 240 + b".dcm": b"long",
+        b"evilname01": b"evil",
+        b"ok.dcm": b"ok",
+    }
     for raw, data in files.items():
         with open(os.path.join(os.fsencode(src), raw), "wb") as fp:
             fp.write(data)
@@ -228,7 +244,7 @@ def test_iso_hostile_rock_ridge_names(tmp_path, media_settings):
         assert paths.pop("ok.dcm") == b"ok"
         assert paths.pop("\ufffde\ufffdX\ufffdg.dcm") == b"sjis"
         assert paths.pop(".._..__etc") == b"evil"  # '/' and NUL neutralised: one component
-        (long_name, data), = paths.items()
+        ((long_name, data),) = paths.items()
         assert data == b"long" and long_name.startswith("LLLL") and len(long_name) <= 255
         for path in [e.path for e in medium.entries()]:
             assert ".." not in path.split("/") and "\x00" not in path
@@ -280,9 +296,15 @@ def test_block_device_via_loop(sample_tree, tmp_path, media_settings):
             extents = medium._extents[big.path]
             direct = os.open(dev, os.O_RDONLY | os.O_DIRECT)
             try:
-                raw = ExtentReader(medium._fd, big.path, extents, medium._size,
-                                   pread=FlakyDisc({big.order + 2}), sector_fd=direct,
-                                   sector_pread=_direct_pread)
+                raw = ExtentReader(
+                    medium._fd,
+                    big.path,
+                    extents,
+                    medium._size,
+                    pread=FlakyDisc({big.order + 2}),
+                    sector_fd=direct,
+                    sector_pread=_direct_pread,
+                )
                 assert io.BufferedReader(raw).read() == SAMPLE_FILES[f"DICOM/Study One/{LONG_NAME}"]
             finally:
                 os.close(direct)
@@ -345,7 +367,9 @@ def test_zip_size_caps(tmp_path, media_settings):
 
 
 def test_zip_crc_error(tmp_path, media_settings):
-    path = make_zip(tmp_path / "crc.zip", {**GOOD, "bad.dcm": b"B" * 4000}, compression=zipfile.ZIP_STORED)
+    path = make_zip(
+        tmp_path / "crc.zip", {**GOOD, "bad.dcm": b"B" * 4000}, compression=zipfile.ZIP_STORED
+    )
     corrupt_zip_member(path, "bad.dcm")
     medium = ZipMedium(str(path), media_settings)
     assert medium.problems == []  # the header alone looks fine
@@ -375,7 +399,7 @@ def test_zip_corrupt_central_directory(tmp_path, media_settings):
     path = make_zip(tmp_path / "cd.zip", GOOD)
     data = bytearray(path.read_bytes())
     central = data.find(b"PK\x01\x02")
-    data[central:central + 4] = b"XXXX"
+    data[central : central + 4] = b"XXXX"
     path.write_bytes(bytes(data))
     with pytest.raises(MediumOpenError) as exc:
         open_medium(str(path), media_settings)
@@ -388,7 +412,9 @@ def test_kind_detected_by_content_not_name(sample_tree, tmp_path, media_settings
     assert detect_kind(str(iso_named_zip)) == "iso"
     assert detect_kind(str(zip_named_iso)) == "zip"
     medium = open_medium(str(zip_named_iso), media_settings)
-    assert medium.kind == "zip" and medium_digests(medium) == {k: sha256(v) for k, v in GOOD.items()}
+    assert medium.kind == "zip" and medium_digests(medium) == {
+        k: sha256(v) for k, v in GOOD.items()
+    }
 
 
 def test_unknown_kind(tmp_path, media_settings):

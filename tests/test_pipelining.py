@@ -18,9 +18,9 @@ from fixtures_dicom import make_ct_series, make_noise_dcm, make_truncated_header
 from fixtures_media import make_iso
 
 from pdimport.job import importer as pipeline
+from pdimport.job.importer import PRESCANS, Importer
 from pdimport.media import open_medium
 from pdimport.model import MediumReadError
-from pdimport.job.importer import PRESCANS, Importer
 from pdimport.settings import defaults
 
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
@@ -87,8 +87,7 @@ def disc(tmp_path: Path) -> Path:
 def importer(tmp_path: Path, name: str) -> Importer:
     # Other Content conversion mints new UIDs on every run (and scans its
     # output): off, so that two runs of one medium can be compared.
-    return Importer(defaults().replace(state_dir=str(tmp_path / name),
-                                       convert_other_content=False))
+    return Importer(defaults().replace(state_dir=str(tmp_path / name), convert_other_content=False))
 
 
 def images(report: dict) -> int:
@@ -158,8 +157,7 @@ def test_iso_pipelined_equals_serial(disc: Path, tmp_path: Path, monkeypatch) ->
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["same-process", "after-restart"])
-def test_interrupted_read_resumes(disc: Path, tmp_path: Path, monkeypatch,
-                                  restart: bool) -> None:
+def test_interrupted_read_resumes(disc: Path, tmp_path: Path, monkeypatch, restart: bool) -> None:
     reference = run_serial(importer(tmp_path, "ref"), str(disc), monkeypatch)
     imp = importer(tmp_path, "state")
     medium = open_medium(str(disc), imp.settings)
@@ -185,8 +183,7 @@ def test_interrupted_read_resumes(disc: Path, tmp_path: Path, monkeypatch,
     assert comparable(resumed) == comparable(reference)
 
 
-def test_read_error_mid_file_is_a_problem_and_the_rest_is_read(disc: Path,
-                                                               tmp_path: Path) -> None:
+def test_read_error_mid_file_is_a_problem_and_the_rest_is_read(disc: Path, tmp_path: Path) -> None:
     imp = importer(tmp_path, "state")
     medium = open_medium(str(disc), imp.settings)
     bad = next(e for e in medium.entries() if e.path.endswith("IM0003"))
@@ -223,5 +220,6 @@ def test_read_error_mid_file_is_a_problem_and_the_rest_is_read(disc: Path,
     assert list(imp.spool.root.joinpath("tmp").glob("in-*")) == []  # no partial file kept
     report = imp.process(job.id, []).report
     assert images(report) == 11
-    assert any(p["code"] == "unreadable_sector" and p["path"] == bad.path
-               for p in report["problems"])
+    assert any(
+        p["code"] == "unreadable_sector" and p["path"] == bad.path for p in report["problems"]
+    )

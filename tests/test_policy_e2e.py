@@ -24,11 +24,18 @@ from pdimport.cli import main
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-RT_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.481.3",
-              "1.2.840.10008.5.1.4.1.1.481.5"}
+RT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.481.2",
+    "1.2.840.10008.5.1.4.1.1.481.3",
+    "1.2.840.10008.5.1.4.1.1.481.5",
+}
 #: The CT's patient (fixtures_dicom._ct_dataset defaults).
-PATIENT = {"PatientName": "Test^Patient", "IssuerOfPatientID": "TESTHOSP",
-           "PatientBirthDate": "19700101", "PatientSex": "O"}
+PATIENT = {
+    "PatientName": "Test^Patient",
+    "IssuerOfPatientID": "TESTHOSP",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "O",
+}
 
 
 @pytest.fixture
@@ -63,8 +70,9 @@ def write_other_content(root: Path) -> dict[str, Path]:
 
     def picture(size, colour, mode="RGB"):
         img = Image.new(mode, size, colour)
-        ImageDraw.Draw(img).rectangle([4, 4, size[0] // 2, size[1] // 2],
-                                      fill=(255, 255, 255) if mode == "RGB" else 255)
+        ImageDraw.Draw(img).rectangle(
+            [4, 4, size[0] // 2, size[1] // 2], fill=(255, 255, 255) if mode == "RGB" else 255
+        )
         return img
 
     picture((96, 64), (200, 30, 30)).save(docs / "PHOTO1.JPG", "JPEG", quality=85)
@@ -78,11 +86,19 @@ def write_other_content(root: Path) -> dict[str, Path]:
 def ai_secondary_capture(path: Path, study_uid: str, patient_id: str = "POL001") -> Path:
     """A CAD heat map as products send it: Secondary Capture, DERIVED\\SECONDARY,
     the product named in Manufacturer."""
-    return make_ct(path, patient_id=patient_id, study_uid=study_uid, series_uid=generate_uid(),
-                   SOPClassUID=SecondaryCaptureImageStorage,
-                   ImageType=["DERIVED", "SECONDARY"], Modality="OT", Manufacturer="Lunit",
-                   ManufacturerModelName="INSIGHT CXR", SeriesDescription="Abnormality map",
-                   SeriesNumber="77")
+    return make_ct(
+        path,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=generate_uid(),
+        SOPClassUID=SecondaryCaptureImageStorage,
+        ImageType=["DERIVED", "SECONDARY"],
+        Modality="OT",
+        Manufacturer="Lunit",
+        ManufacturerModelName="INSIGHT CXR",
+        SeriesDescription="Abnormality map",
+        SeriesNumber="77",
+    )
 
 
 def highdicom_seg(path: Path, source: Path) -> Path:
@@ -95,20 +111,31 @@ def highdicom_seg(path: Path, source: Path) -> Path:
     mask = np.zeros((1, ct.Rows, ct.Columns), dtype=bool)
     mask[0, 10:30, 12:40] = True
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="LesionNet", family=codes.cid7162.ArtificialIntelligence, version="1.0")
+        name="LesionNet", family=codes.cid7162.ArtificialIntelligence, version="1.0"
+    )
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="lesion",
+        segment_number=1,
+        segment_label="lesion",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
+        algorithm_identification=algorithm,
+    )
     seg = hd.seg.Segmentation(
-        source_images=[ct], pixel_array=mask,
+        source_images=[ct],
+        pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment], series_instance_uid=generate_uid(), series_number=78,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="LesionNet Inc.",
-        manufacturer_model_name="LesionNet", software_versions="1.0",
-        device_serial_number="0001", series_description="Lesion segmentation")
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=78,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="LesionNet Inc.",
+        manufacturer_model_name="LesionNet",
+        software_versions="1.0",
+        device_serial_number="0001",
+        series_description="Lesion segmentation",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return path
@@ -131,8 +158,9 @@ def uids_of(paths) -> set[str]:
 def dciodvfy_errors(path: str) -> list[str]:
     """dicom3tools' verdict on one file: its Error (and Abort) lines."""
     assert shutil.which("dciodvfy"), "dicom3tools dciodvfy is required"
-    proc = subprocess.run(["dciodvfy", "-new", path], check=False, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["dciodvfy", "-new", path], check=False, capture_output=True, text=True, timeout=60
+    )
     lines = (proc.stdout + proc.stderr).splitlines()
     return [ln for ln in lines if ln.startswith(("Error", "Abort"))]
 
@@ -163,8 +191,12 @@ def test_other_content_joins_the_study(tmp_path, state, storescp, capsys):
     for entry in conv:
         per_file.setdefault(entry["path"], []).append(entry)
     assert {p: len(v) for p, v in per_file.items()} == {
-        "DOCS/LETTER.PDF": 1, "DOCS/PHOTO1.JPG": 1, "DOCS/PHOTO2.JPG": 1,
-        "DOCS/CHART.PNG": 1, "DOCS/SCAN.TIF": 3}
+        "DOCS/LETTER.PDF": 1,
+        "DOCS/PHOTO1.JPG": 1,
+        "DOCS/PHOTO2.JPG": 1,
+        "DOCS/CHART.PNG": 1,
+        "DOCS/SCAN.TIF": 3,
+    }
     assert rep["counts"]["converted"] == 7
     assert rep["flags"]["other_content"] is True
     assert not problems(rep, "unsupported_content")
@@ -187,8 +219,7 @@ def test_other_content_joins_the_study(tmp_path, state, storescp, capsys):
         errors = dciodvfy_errors(str(ds.filename))
         assert not errors, (name, errors)
         assert by_uid(rep)[entry["sop_instance_uid"]]["state"] == "sent"
-    assert got[per_file["DOCS/LETTER.PDF"][0]["sop_instance_uid"]].SOPClassUID == \
-        ENCAPSULATED_PDF
+    assert got[per_file["DOCS/LETTER.PDF"][0]["sop_instance_uid"]].SOPClassUID == ENCAPSULATED_PDF
 
     # JPEG -> SC: the bitstream is the file, byte for byte
     for name in ("PHOTO1.JPG", "PHOTO2.JPG"):
@@ -215,9 +246,16 @@ def test_other_content_joins_the_study(tmp_path, state, storescp, capsys):
 
 # ---------------------------------------------------------------- 2. RT set
 def rt_set(disc: Path, study_uid: str, patient_id: str = "POL001") -> list[Path]:
-    return [fresh_copy(name, disc / "RT" / name.split(".")[0].upper(), patient_id=patient_id,
-                       StudyInstanceUID=study_uid, **PATIENT)
-            for name in ("rtstruct.dcm", "rtplan.dcm", "rtdose.dcm")]
+    return [
+        fresh_copy(
+            name,
+            disc / "RT" / name.split(".")[0].upper(),
+            patient_id=patient_id,
+            StudyInstanceUID=study_uid,
+            **PATIENT,
+        )
+        for name in ("rtstruct.dcm", "rtplan.dcm", "rtdose.dcm")
+    ]
 
 
 def test_rt_set_default_destination_and_rt_route(tmp_path, state, storescp, capsys):
@@ -228,8 +266,17 @@ def test_rt_set_default_destination_and_rt_route(tmp_path, state, storescp, caps
         ds = dcmread(path)
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     pacs, tps = storescp(aet="PACS"), storescp(aet="TPS")
-    rc, rep = run_cli(capsys, "import", str(disc), "--dest", pacs.url, "--route",
-                      f"rt={tps.url}", "--state-dir", str(state))
+    rc, rep = run_cli(
+        capsys,
+        "import",
+        str(disc),
+        "--dest",
+        pacs.url,
+        "--route",
+        f"rt={tps.url}",
+        "--state-dir",
+        str(state),
+    )
     assert rc == 0, rep["problems"]
     assert not problems(rep, "uid_mismatch")
     assert rep["flags"]["rt"] is True
@@ -257,8 +304,17 @@ def test_bad_route_is_a_usage_error(tmp_path, state, capsys):
     disc = tmp_path / "disc"
     ct_study(disc, n=1)
     rc = main(
-        ["import", str(disc), "--dest", "dicom://PACS@127.0.0.1:1", "--route",
-         "scans=dicom://X@127.0.0.1:2", "--state-dir", str(state)])
+        [
+            "import",
+            str(disc),
+            "--dest",
+            "dicom://PACS@127.0.0.1:1",
+            "--route",
+            "scans=dicom://X@127.0.0.1:2",
+            "--state-dir",
+            str(state),
+        ]
+    )
     assert rc == 64
     assert "route" in capsys.readouterr().err
 
@@ -266,8 +322,10 @@ def test_bad_route_is_a_usage_error(tmp_path, state, capsys):
 # ------------------------------------------------------------ 3. AI marked
 def ai_medium(disc: Path, with_pdf: bool = True) -> tuple[list[Path], list[Path], str]:
     series, study_uid = ct_study(disc)
-    ai = [ai_secondary_capture(disc / "DICOM" / "ST1" / "SE2" / "IM0001", study_uid),
-          highdicom_seg(disc / "DICOM" / "ST1" / "SE3" / "IM0001", series[0])]
+    ai = [
+        ai_secondary_capture(disc / "DICOM" / "ST1" / "SE2" / "IM0001", study_uid),
+        highdicom_seg(disc / "DICOM" / "ST1" / "SE3" / "IM0001", series[0]),
+    ]
     if with_pdf:
         write_pdf(disc / "DOCS" / "LETTER.PDF")
     return series, ai, study_uid
@@ -313,8 +371,9 @@ def test_ai_hold_holds_everything(tmp_path, state, storescp, capsys):
     disc = tmp_path / "disc"
     ai_medium(disc)
     scp = storescp()
-    rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--ai", "hold",
-                      "--state-dir", str(state))
+    rc, rep = run_cli(
+        capsys, "import", str(disc), "--dest", scp.url, "--ai", "hold", "--state-dir", str(state)
+    )
     assert rc == 1
     assert rep["status"] == "held"
     assert "ai_content" in rep["hold_reasons"]
@@ -331,8 +390,9 @@ def test_ai_skip_sends_the_rest(tmp_path, state, storescp, capsys):
     series, ai, study_uid = ai_medium(disc)
     ai_uids = uids_of(ai)
     scp = storescp()
-    rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--ai", "skip",
-                      "--state-dir", str(state))
+    rc, rep = run_cli(
+        capsys, "import", str(disc), "--dest", scp.url, "--ai", "skip", "--state-dir", str(state)
+    )
     assert rc == 0, rep["problems"]
     assert rep["flags"]["ai"] is True  # the report says AI content was present
     assert rep["hold_reasons"] == []
@@ -341,8 +401,13 @@ def test_ai_skip_sends_the_rest(tmp_path, state, storescp, capsys):
         assert insts[uid]["kind"] == "ai"
         assert insts[uid]["state"] == "skipped"
         assert "destinations" not in insts[uid]
-        spooled = state / "spool" / insts[uid]["sha256"][:2] / insts[uid]["sha256"][2:4] \
+        spooled = (
+            state
+            / "spool"
+            / insts[uid]["sha256"][:2]
+            / insts[uid]["sha256"][2:4]
             / insts[uid]["sha256"]
+        )
         assert spooled.is_file()  # kept in the spool
         assert dcmread(spooled).SOPInstanceUID == uid
     assert rep["counts"]["skipped"] == len(ai_uids)

@@ -15,8 +15,10 @@ from test_label import JOB, needs_poppler, sample_report
 from pdimport.label import printer
 from pdimport.label.printer import PrintResult, print_label
 
-ZPL_RE = re.compile(rb"^\^XA\^PW(\d+)\^LL(\d+)\^LH0,0\^FO0,0\^GFA,(\d+),(\d+),(\d+),"
-                    rb"([0-9A-F]+)\^FS\^XZ\n$")
+ZPL_RE = re.compile(
+    rb"^\^XA\^PW(\d+)\^LL(\d+)\^LH0,0\^FO0,0\^GFA,(\d+),(\d+),(\d+),"
+    rb"([0-9A-F]+)\^FS\^XZ\n$"
+)
 
 
 def check_zpl(job: bytes) -> tuple[int, int, bytes]:
@@ -35,8 +37,12 @@ def check_zpl(job: bytes) -> tuple[int, int, bytes]:
 
 @needs_poppler
 def test_cups_prints_through_real_cupsd(cups_server: CupsServer) -> None:
-    settings = {"printer.backend": "cups", "printer.target": cups_server.queue,
-                "printer.size": "4x2", "printer.timeout": 30.0}
+    settings = {
+        "printer.backend": "cups",
+        "printer.target": cups_server.queue,
+        "printer.size": "4x2",
+        "printer.timeout": 30.0,
+    }
     result = print_label(sample_report(), settings, drive="bay 1")
     assert result.ok, (result, cups_server.log()[-3000:])
     assert result.detail.startswith("request id is Label-")
@@ -47,16 +53,21 @@ def test_cups_prints_through_real_cupsd(cups_server: CupsServer) -> None:
 
 
 def test_cups_unknown_queue_is_a_value(cups_server: CupsServer) -> None:
-    result = print_label(sample_report(), {"printer.backend": "cups",
-                                           "printer.target": "NoSuchQueue"})
+    result = print_label(
+        sample_report(), {"printer.backend": "cups", "printer.target": "NoSuchQueue"}
+    )
     assert not result.ok and "NoSuchQueue" in result.detail
 
 
 @needs_poppler
 @pytest.mark.parametrize("size,dpi", [("62mm", 203), ("4x2", 300)])
 def test_zpl_to_tcp_sink(tcp_sink: TcpSink, size: str, dpi: int) -> None:
-    settings = {"printer.backend": "zpl", "printer.target": f"tcp://127.0.0.1:{tcp_sink.port}",
-                "printer.size": size, "printer.dpi": dpi}
+    settings = {
+        "printer.backend": "zpl",
+        "printer.target": f"tcp://127.0.0.1:{tcp_sink.port}",
+        "printer.size": size,
+        "printer.dpi": dpi,
+    }
     result = print_label(sample_report(), settings)
     assert result.ok, result
     (job,) = tcp_sink.wait(1)
@@ -86,17 +97,23 @@ def test_zpl_graphic_field_matches_bitmap() -> None:
 
 def test_connection_refused_returns_failure_without_raising() -> None:
     port = free_port()  # nothing listens there
-    result = print_label(sample_report(), {"printer.backend": "zpl",
-                                           "printer.target": f"tcp://127.0.0.1:{port}",
-                                           "printer.timeout": 3.0})
+    result = print_label(
+        sample_report(),
+        {
+            "printer.backend": "zpl",
+            "printer.target": f"tcp://127.0.0.1:{port}",
+            "printer.timeout": 3.0,
+        },
+    )
     assert isinstance(result, PrintResult)
     assert result.ok is False
     assert "refused" in result.detail.lower()
 
 
 def test_unwritable_device_and_bad_backend_are_values(tmp_path: Path) -> None:
-    result = print_label(sample_report(), {"printer.backend": "zpl",
-                                           "printer.target": "/dev/nonexistent-lp9"})
+    result = print_label(
+        sample_report(), {"printer.backend": "zpl", "printer.target": "/dev/nonexistent-lp9"}
+    )
     assert not result.ok and "nonexistent-lp9" in result.detail
     result = print_label(sample_report(), {"printer.backend": "laser"})
     assert not result.ok and "unknown printer.backend" in result.detail
@@ -109,17 +126,23 @@ def test_render_failure_is_a_value(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         raise RuntimeError("reportlab exploded")
 
     monkeypatch.setattr(printer.label_mod, "render_label", boom)
-    result = print_label(sample_report(), {"printer.backend": "file",
-                                           "printer.target": str(tmp_path)})
+    result = print_label(
+        sample_report(), {"printer.backend": "file", "printer.target": str(tmp_path)}
+    )
     assert not result.ok and "reportlab exploded" in result.detail
 
 
 @needs_poppler
 @pytest.mark.parametrize("fmt", ["pdf", "png"])
 def test_file_backend(tmp_path: Path, fmt: str) -> None:
-    result = print_label(sample_report(), {"printer.backend": "file",
-                                           "printer.target": str(tmp_path / "labels"),
-                                           "printer.format": fmt})
+    result = print_label(
+        sample_report(),
+        {
+            "printer.backend": "file",
+            "printer.target": str(tmp_path / "labels"),
+            "printer.format": fmt,
+        },
+    )
     assert result.ok
     out = Path(result.path)
     assert out == tmp_path / "labels" / f"{JOB}.{fmt}"
@@ -140,7 +163,9 @@ def test_label_main_renders_stored_report(tmp_path: Path) -> None:
     journal.close()
     out = tmp_path / "reprint.pdf"
     assert printer.label_main(tmp_path, job.id, out) == 0
-    text = subprocess.run(["pdftotext", str(out), "-"], check=True, capture_output=True).stdout.decode()
+    text = subprocess.run(
+        ["pdftotext", str(out), "-"], check=True, capture_output=True
+    ).stdout.decode()
     assert job.id in text
     assert printer.label_main(tmp_path, "no-such-job", out) == 2
     ok, _, _ = verify(tmp_path / "audit")  # the reprint was audited
@@ -176,8 +201,11 @@ def test_lp_missing_is_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
         raise FileNotFoundError(2, "No such file or directory", "lp")
 
     monkeypatch.setattr(printer.subprocess, "run", no_lp)
-    monkeypatch.setattr(printer.label_mod, "render_label", lambda r, s, out, *a, **k:
-                        (out.write_bytes(b"%PDF-1.4"), out)[1])
+    monkeypatch.setattr(
+        printer.label_mod,
+        "render_label",
+        lambda r, s, out, *a, **k: (out.write_bytes(b"%PDF-1.4"), out)[1],
+    )
     result = print_label(sample_report(), {"printer.backend": "cups", "printer.target": "Q"})
     assert not result.ok and "No such file" in result.detail
     assert isinstance(subprocess.run, object)

@@ -73,8 +73,11 @@ def _oracle(path: Path) -> dict[str, str]:
         warnings.simplefilter("ignore")
         ds = dcmread(path, force=True, stop_before_pixels=True)
         out = {}
-        for field, keyword in {**HEADER_KEYWORDS, "sop_class_uid": "SOPClassUID",
-                               "sop_instance_uid": "SOPInstanceUID"}.items():
+        for field, keyword in {
+            **HEADER_KEYWORDS,
+            "sop_class_uid": "SOPClassUID",
+            "sop_instance_uid": "SOPInstanceUID",
+        }.items():
             value = ds[keyword].value if keyword in ds else None
             if value is None:
                 out[field] = ""
@@ -130,8 +133,10 @@ def test_every_pydicom_test_file_scans_or_is_a_problem():
         if isinstance(result, Problem):
             assert result.code in PROBLEM_CODES
             # 'unparsable' from a Python programming error is a bug in us
-            assert not result.detail.startswith(("AttributeError", "TypeError", "NameError")), \
-                (path.name, result.detail)
+            assert not result.detail.startswith(("AttributeError", "TypeError", "NameError")), (
+                path.name,
+                result.detail,
+            )
             continue
         headers += 1
         oracle = _oracle(path)
@@ -240,7 +245,7 @@ def test_synthetic_ct_equals_pydicom(tmp_path: Path):
     assert header.image_type == "ORIGINAL\\PRIMARY\\AXIAL"
     assert header.encoding == "part10"
     data = path.read_bytes()
-    assert data[header.pixel_data_offset:header.pixel_data_offset + 4] == b"\xe0\x7f\x10\x00"
+    assert data[header.pixel_data_offset : header.pixel_data_offset + 4] == b"\xe0\x7f\x10\x00"
     assert header.warnings == []
 
 
@@ -282,9 +287,14 @@ def test_raw_datasets_are_detected_and_scanned(tmp_path: Path, encoding: str):
     assert header.encoding == encoding
     assert header.dataset_offset == 0
     assert header.patient_name == "Raw^Dataset"
-    assert header.transfer_syntax == {"implicit_le": "1.2.840.10008.1.2",
-                                      "explicit_le": "1.2.840.10008.1.2.1",
-                                      "explicit_be": "1.2.840.10008.1.2.2"}[encoding]
+    assert (
+        header.transfer_syntax
+        == {
+            "implicit_le": "1.2.840.10008.1.2",
+            "explicit_le": "1.2.840.10008.1.2.1",
+            "explicit_be": "1.2.840.10008.1.2.2",
+        }[encoding]
+    )
 
 
 def test_japanese_pn_decoded_in_full(tmp_path: Path):
@@ -310,8 +320,9 @@ def test_latin1_names_are_not_suspect():
 def test_batch_continues_after_a_bad_file(tmp_path: Path):
     bad = make_truncated_header(tmp_path / "bad")
     good = make_ct(tmp_path / "good")
-    results = get_scanner("pydicom").scan([bad, tmp_path / "missing", good],
-                                          ["part10", "part10", "part10"])
+    results = get_scanner("pydicom").scan(
+        [bad, tmp_path / "missing", good], ["part10", "part10", "part10"]
+    )
     assert isinstance(results[0], Problem) and results[0].code == "truncated"
     assert isinstance(results[1], Problem)
     assert isinstance(results[2], Header)
@@ -323,8 +334,11 @@ def _el(tag: int, vr: bytes, value: bytes) -> bytes:
 
 
 def test_unsorted_unique_tags_warn_only(tmp_path: Path):
-    body = (_el(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + _el(0x00100020, b"LO", b"ID")
-            + _el(0x00080018, b"UI", b"1.2.3.4\0"))
+    body = (
+        _el(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0")
+        + _el(0x00100020, b"LO", b"ID")
+        + _el(0x00080018, b"UI", b"1.2.3.4\0")
+    )
     path = write_part10_bytes(tmp_path / "IM0001", body, sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
     result = walk(path, "part10")
     assert "tag_unsorted" in result.warnings
@@ -356,15 +370,30 @@ def test_meta_without_preamble_is_read(tmp_path: Path):
 
 
 def test_detect_encoding_rejects_other_formats():
-    for prefix in (b"%PDF-1.4\n" + b" " * 200, b"\x89PNG\r\n\x1a\n" + b"\0" * 200,
-                   b"\xff\xd8\xff\xe0" + b"\0" * 200, b"Hello, world\n" * 20, b"", b"\0" * 300):
+    for prefix in (
+        b"%PDF-1.4\n" + b" " * 200,
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 200,
+        b"\xff\xd8\xff\xe0" + b"\0" * 200,
+        b"Hello, world\n" * 20,
+        b"",
+        b"\0" * 300,
+    ):
         assert detect_encoding(prefix) is None
 
 
-@pytest.mark.parametrize("ok, uid", [
-    (True, "1.2.840.10008.1.2"), (True, "2.25.12345"), (False, ""), (False, "1..2"),
-    (False, "1.2."), (False, "1.2.a"), (False, "../../etc"), (False, "1." + "2" * 63),
-])
+@pytest.mark.parametrize(
+    "ok, uid",
+    [
+        (True, "1.2.840.10008.1.2"),
+        (True, "2.25.12345"),
+        (False, ""),
+        (False, "1..2"),
+        (False, "1.2."),
+        (False, "1.2.a"),
+        (False, "../../etc"),
+        (False, "1." + "2" * 63),
+    ],
+)
 def test_uid_syntax(ok: bool, uid: str):
     assert uid_ok(uid) is ok
 
@@ -383,7 +412,7 @@ def test_mutated_files_only_ever_give_file_problems(tmp_path: Path):
             at = rnd.randrange(132, len(mutant))
             mutant[at] = rnd.getrandbits(8)
         if i % 3 == 0:
-            mutant = mutant[:rnd.randrange(100, len(mutant))]
+            mutant = mutant[: rnd.randrange(100, len(mutant))]
         target.write_bytes(bytes(mutant))
         enc = detect_encoding(bytes(mutant[:4096]))
         if enc is None:
@@ -395,5 +424,7 @@ def test_mutated_files_only_ever_give_file_problems(tmp_path: Path):
         result = scanner.scan([target], [enc])[0]
         assert isinstance(result, (Header, Problem))
         if isinstance(result, Problem):
-            assert not result.detail.startswith(("AttributeError", "TypeError", "NameError")), result
+            assert not result.detail.startswith(("AttributeError", "TypeError", "NameError")), (
+                result
+            )
     assert time.monotonic() - start < 30

@@ -37,19 +37,29 @@ from pdimport.scan.walker import detect_encoding
 pytest.importorskip("numba")
 
 EXAMPLES = int(os.environ.get("PDIMPORT_FUZZ_EXAMPLES", "10000"))
-_LENGTHS = (0, 1, 2, 3, 4, 7, 8, 0x7F, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFF0,
-            0xFFFFFFFF)
+_LENGTHS = (0, 1, 2, 3, 4, 7, 8, 0x7F, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFF0, 0xFFFFFFFF)
 
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[bytes, str]]:
     """Small real files of every encoding the fast path walks."""
     d = tmp_path_factory.mktemp("seeds")
-    paths = [make_ct(d / "ct", rows=8, cols=8), make_japanese_pn(d / "jp"),
-             make_nested(d / "nested", 5), make_raw(d / "raw_impl", "implicit_le"),
-             make_raw(d / "raw_be", "explicit_be")]
-    for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm", "rtplan.dcm",
-                 "JPEG2000.dcm", "chrH31.dcm", "test-SR.dcm", "rtstruct.dcm"):
+    paths = [
+        make_ct(d / "ct", rows=8, cols=8),
+        make_japanese_pn(d / "jp"),
+        make_nested(d / "nested", 5),
+        make_raw(d / "raw_impl", "implicit_le"),
+        make_raw(d / "raw_be", "explicit_be"),
+    ]
+    for name in (
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "rtplan.dcm",
+        "JPEG2000.dcm",
+        "chrH31.dcm",
+        "test-SR.dcm",
+        "rtstruct.dcm",
+    ):
         paths.append(pydicom_test_file(name))
     out = []
     for p in paths:
@@ -71,14 +81,14 @@ def _mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
         elif kind == 2:  # insert bytes
             buf[at:at] = bytes([value & 0xFF]) * (1 + (value >> 8) % 16)
         elif kind == 3:  # delete bytes
-            del buf[at:at + 1 + (value >> 8) % 16]
+            del buf[at : at + 1 + (value >> 8) % 16]
         elif kind == 4:  # a 16-bit length field (short explicit VR header: offset 6)
             start = _header_near(buf, at)
-            buf[start + 6:start + 8] = struct.pack("<H", _LENGTHS[value % len(_LENGTHS)] & 0xFFFF)
+            buf[start + 6 : start + 8] = struct.pack("<H", _LENGTHS[value % len(_LENGTHS)] & 0xFFFF)
         else:  # a 32-bit length field (long VR: offset 8; implicit/items: offset 4)
             start = _header_near(buf, at)
             off = 8 if value & 1 else 4
-            buf[start + off:start + off + 4] = struct.pack("<I", _LENGTHS[value % len(_LENGTHS)])
+            buf[start + off : start + off + 4] = struct.pack("<I", _LENGTHS[value % len(_LENGTHS)])
     return bytes(buf)
 
 
@@ -91,8 +101,11 @@ def _header_near(buf: bytearray, at: int) -> int:
     return at
 
 
-_OPS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1 << 20), st.integers(0, 1 << 16)),
-                min_size=1, max_size=4)
+_OPS = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 1 << 20), st.integers(0, 1 << 16)),
+    min_size=1,
+    max_size=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +115,16 @@ def scanners() -> tuple[NumbaScanner, PydicomScanner]:
     return fast, PydicomScanner()
 
 
-def _hold_to_oracle(result, reason: str, mutant: bytes, enc: str, ref: PydicomScanner,
-                    target: Path, stats: dict[str, int], ops) -> None:
+def _hold_to_oracle(
+    result,
+    reason: str,
+    mutant: bytes,
+    enc: str,
+    ref: PydicomScanner,
+    target: Path,
+    stats: dict[str, int],
+    ops,
+) -> None:
     """A fast answer must be the oracle's answer (the same Header, or a
     Problem with the same code); a declined file must say why."""
     if result is None:
@@ -124,8 +145,12 @@ def test_mutants_never_give_a_wrong_value(seeds, scanners, tmp_path: Path):
     target = tmp_path / "mutant"
     stats = {"fast": 0, "declined": 0}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(seed=st.integers(0, len(seeds) - 1), ops=_OPS)
     def check(seed: int, ops: list[tuple[int, int, int]]) -> None:
         data, enc = seeds[seed]
@@ -151,8 +176,12 @@ def test_deflated_mutants_never_give_a_wrong_value(scanners, tmp_path: Path):
     target = tmp_path / "mutant"
     stats = {"fast": 0, "declined": 0}
 
-    @settings(max_examples=max(EXAMPLES // 5, 100), deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=max(EXAMPLES // 5, 100),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(ops=_OPS)
     def check(ops: list[tuple[int, int, int]]) -> None:
         z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)

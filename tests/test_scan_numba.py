@@ -241,7 +241,7 @@ def test_value_memo_is_per_character_set(tmp_path: Path, fast: NumbaScanner):
     for p in (a, b):
         data = bytearray(p.read_bytes())
         at = data.index(b"Test^Patient")
-        data[at:at + 12] = name.ljust(12, b" ")[:12]
+        data[at : at + 12] = name.ljust(12, b" ")[:12]
         p.write_bytes(bytes(data))
     _compare(fast, [a, b, a], ["part10"] * 3)
 
@@ -258,7 +258,9 @@ def test_plain_ui_fast_path_equals_pydicom(raw: bytes, implicit: bool):
     vr = 0 if implicit else (ord("U") << 8) | ord("I")
     tpl = _Template()
     tpl.implicit = implicit
-    assert scanner._field(0x00080018, vr, raw, tpl) == scanner._decode_slow(0x00080018, vr, raw, tpl)
+    assert scanner._field(0x00080018, vr, raw, tpl) == scanner._decode_slow(
+        0x00080018, vr, raw, tpl
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -268,7 +270,9 @@ def test_plain_is_fast_path_equals_pydicom(raw: bytes, implicit: bool):
     vr = 0 if implicit else (ord("I") << 8) | ord("S")
     tpl = _Template()
     tpl.implicit = implicit
-    assert scanner._field(0x00200013, vr, raw, tpl) == scanner._decode_slow(0x00200013, vr, raw, tpl)
+    assert scanner._field(0x00200013, vr, raw, tpl) == scanner._decode_slow(
+        0x00200013, vr, raw, tpl
+    )
 
 
 def test_explicit_lengths_are_checked_against_items(tmp_path: Path, fast: NumbaScanner):
@@ -276,8 +280,8 @@ def test_explicit_lengths_are_checked_against_items(tmp_path: Path, fast: NumbaS
     path = fresh_copy("rtplan.dcm", tmp_path)
     data = bytearray(path.read_bytes())
     at = data.index(struct.pack("<HH", 0xFFFE, 0xE000)) + 4
-    (length,) = struct.unpack("<I", data[at:at + 4])
+    (length,) = struct.unpack("<I", data[at : at + 4])
     if length != 0xFFFFFFFF:
-        data[at:at + 4] = struct.pack("<I", max(length - 4, 0))
+        data[at : at + 4] = struct.pack("<I", max(length - 4, 0))
     path.write_bytes(bytes(data))
     _compare(fast, [path], ["part10"])

@@ -35,8 +35,9 @@ PRIVATE_ROOT = "1.2.826.0.1.3680043.10.1011"
 
 
 # ----------------------------------------------------------------- helpers
-def make_item(tmp_path: Path, name: str, sop_class: str | None = None,
-              drop_lossy: bool = False) -> SendItem:
+def make_item(
+    tmp_path: Path, name: str, sop_class: str | None = None, drop_lossy: bool = False
+) -> SendItem:
     """A pydicom test file with a fresh SOP Instance UID, saved as in a spool."""
     ds = pydicom.dcmread(get_testdata_file(name, download=False))
     ds.SOPInstanceUID = generate_uid()
@@ -49,14 +50,19 @@ def make_item(tmp_path: Path, name: str, sop_class: str | None = None,
     path = tmp_path / "spool" / f"{ds.SOPInstanceUID}.dcm"
     path.parent.mkdir(exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return SendItem(key=f"key-{ds.SOPInstanceUID}", path=path, sop_class_uid=str(ds.SOPClassUID),
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                    size=path.stat().st_size)
+    return SendItem(
+        key=f"key-{ds.SOPInstanceUID}",
+        path=path,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        size=path.stat().st_size,
+    )
 
 
-def run(url: str, items: list[SendItem], cfg: settings_mod.Settings,
-        tmp_path: Path) -> dict[str, SendOutcome]:
+def run(
+    url: str, items: list[SendItem], cfg: settings_mod.Settings, tmp_path: Path
+) -> dict[str, SendOutcome]:
     outcomes: list[SendOutcome] = []
     deliver(parse_dest(url), items, cfg, outcomes.append, tmp_path / "work")
     assert sorted(o.key for o in outcomes) == sorted(i.key for i in items), "one outcome each"
@@ -91,19 +97,22 @@ def test_parse_file_dest(tmp_path: Path) -> None:
     assert dest.key == f"file://{tmp_path}/pacs"
 
 
-@pytest.mark.parametrize("url", [
-    "dicom://TOO_LONG_AE_TITLE_X@host:104",  # 17 characters
-    "dicom://@host:104",
-    "dicom://A\\B@host:104",
-    "dicom://PACS@host:0",
-    "dicom://PACS@host:70000",
-    "dicom://PACS@host",
-    "dicom://PACS@ho st:104",
-    "file://relative/path",
-    "file:///",
-    "http://pacs/",
-    "",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "dicom://TOO_LONG_AE_TITLE_X@host:104",  # 17 characters
+        "dicom://@host:104",
+        "dicom://A\\B@host:104",
+        "dicom://PACS@host:0",
+        "dicom://PACS@host:70000",
+        "dicom://PACS@host",
+        "dicom://PACS@ho st:104",
+        "file://relative/path",
+        "file:///",
+        "http://pacs/",
+        "",
+    ],
+)
 def test_parse_dest_refuses(url: str) -> None:
     with pytest.raises(ValueError, match="destination|AE title|port"):
         parse_dest(url)
@@ -115,39 +124,61 @@ def test_plan_offers_present_and_fallback_syntaxes(tmp_path: Path) -> None:
     (batch,) = plan_batches(items)
     pairs = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in batch.contexts}
     sc, ct = items[0].sop_class_uid, items[1].sop_class_uid
-    assert pairs == {(sc, "1.2.840.10008.1.2.4.50"), (sc, "1.2.840.10008.1.2.1"),
-                     (sc, "1.2.840.10008.1.2"), (ct, "1.2.840.10008.1.2.1"),
-                     (ct, "1.2.840.10008.1.2")}
+    assert pairs == {
+        (sc, "1.2.840.10008.1.2.4.50"),
+        (sc, "1.2.840.10008.1.2.1"),
+        (sc, "1.2.840.10008.1.2"),
+        (ct, "1.2.840.10008.1.2.1"),
+        (ct, "1.2.840.10008.1.2"),
+    }
 
 
 def test_plan_splits_above_128_contexts(tmp_path: Path) -> None:
     base = make_item(tmp_path, CT)
-    items = [SendItem(f"k{n}", base.path, f"{PRIVATE_ROOT}.{n}", f"1.2.3.{n}",
-                      "1.2.840.10008.1.2.4.50") for n in range(130)]
+    items = [
+        SendItem(f"k{n}", base.path, f"{PRIVATE_ROOT}.{n}", f"1.2.3.{n}", "1.2.840.10008.1.2.4.50")
+        for n in range(130)
+    ]
     batches = plan_batches(items)
     assert len(batches) == 4  # 3 contexts per class, 42 classes per association
     assert all(len(b.contexts) <= MAX_CONTEXTS for b in batches)
     assert [i.key for b in batches for i in b.items] == [i.key for i in items]
 
 
-@pytest.mark.parametrize("status, state, code", [
-    (0x0000, "sent", ""), (0x0001, "sent", "store_warning"), (0xB000, "sent", "store_warning"),
-    (0xB007, "sent", "store_warning"), (0xA700, "retry", "store_failed"),
-    (0xA7FF, "retry", "store_failed"), (0x0210, "retry", "store_failed"),
-    (0x0213, "retry", "store_failed"), (0xA900, "failed", "store_failed"),
-    (0xC000, "failed", "store_failed"), (0x0122, "failed", "store_failed"),
-    (0x0211, "failed", "store_failed"),
-])
+@pytest.mark.parametrize(
+    "status, state, code",
+    [
+        (0x0000, "sent", ""),
+        (0x0001, "sent", "store_warning"),
+        (0xB000, "sent", "store_warning"),
+        (0xB007, "sent", "store_warning"),
+        (0xA700, "retry", "store_failed"),
+        (0xA7FF, "retry", "store_failed"),
+        (0x0210, "retry", "store_failed"),
+        (0x0213, "retry", "store_failed"),
+        (0xA900, "failed", "store_failed"),
+        (0xC000, "failed", "store_failed"),
+        (0x0122, "failed", "store_failed"),
+        (0x0211, "failed", "store_failed"),
+    ],
+)
 def test_classify_status(status: int, state: str, code: str) -> None:
     assert classify_status(status) == (state, code)
 
 
 # ------------------------------------------------------- dcmtk storescp
-@pytest.mark.parametrize("name, drop_lossy, lossy", [
-    (JPEG_LOSSY, False, True), (JPEG_LOSSY, True, True), (J2K, False, True), (RLE, False, False),
-])
-def test_compressed_is_decoded_for_uncompressed_storescp(storescp, cfg, tmp_path, name,
-                                                         drop_lossy, lossy) -> None:
+@pytest.mark.parametrize(
+    "name, drop_lossy, lossy",
+    [
+        (JPEG_LOSSY, False, True),
+        (JPEG_LOSSY, True, True),
+        (J2K, False, True),
+        (RLE, False, False),
+    ],
+)
+def test_compressed_is_decoded_for_uncompressed_storescp(
+    storescp, cfg, tmp_path, name, drop_lossy, lossy
+) -> None:
     scp = storescp()
     item = make_item(tmp_path, name, drop_lossy=drop_lossy)
     original = item.path.read_bytes()
@@ -220,11 +251,14 @@ def test_unknown_sop_class_is_no_presentation_context(storescp, cfg, tmp_path) -
 
 
 # ----------------------------------------------------- status and faults
-@pytest.mark.parametrize("status, state, code", [
-    (0xA700, "retry", "store_failed"),
-    (0xC000, "failed", "store_failed"),
-    (0xB000, "sent", "store_warning"),
-])
+@pytest.mark.parametrize(
+    "status, state, code",
+    [
+        (0xA700, "retry", "store_failed"),
+        (0xC000, "failed", "store_failed"),
+        (0xB000, "sent", "store_warning"),
+    ],
+)
 def test_scripted_status(scripted_scp, cfg, tmp_path, status, state, code) -> None:
     scp = scripted_scp(status=status)
     item = make_item(tmp_path, CT)
@@ -257,8 +291,9 @@ def test_a_send_worker_stuck_on_one_item_is_stopped(silent_scp, cfg, tmp_path) -
     (batch,) = plan_batches(items)
     net = NetSettings.of(cfg.replace(network__dimse_timeout=300.0))
     outcomes: list[SendOutcome] = []
-    send_parallel(parse_dest(scp.url), batch, net, outcomes.append, tmp_path / "work", 2,
-                  item_timeout=2.0)
+    send_parallel(
+        parse_dest(scp.url), batch, net, outcomes.append, tmp_path / "work", 2, item_timeout=2.0
+    )
     by_key = {o.key: o for o in outcomes}
     assert sorted(by_key) == sorted(i.key for i in items), "one outcome each"
     assert (by_key[stuck.key].state, by_key[stuck.key].code) == ("unknown", "outcome_unknown")
@@ -280,8 +315,7 @@ def _count_connections(scp) -> list[object]:
     return opened
 
 
-def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path,
-                                                     caplog) -> None:
+def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path, caplog) -> None:
     scp = scripted_scp()
     scp._server.ae.require_called_aet = True  # A-ASSOCIATE-RJ result 1, reason 7
     opened = _count_connections(scp)
@@ -294,8 +328,7 @@ def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path
     assert scp.stored == []
 
 
-def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg,
-                                                              tmp_path) -> None:
+def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg, tmp_path) -> None:
     from pdimport.send.pool import send_parallel
     from pdimport.send.scu import NetSettings
 
@@ -304,8 +337,14 @@ def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg,
     items = [make_item(tmp_path, CT) for _ in range(4)]
     (batch,) = plan_batches(items)
     outcomes: list[SendOutcome] = []
-    down = send_parallel(parse_dest(f"dicom://WRONG@127.0.0.1:{scp.port}"), batch,
-                         NetSettings.of(cfg), outcomes.append, tmp_path / "work", 2)
+    down = send_parallel(
+        parse_dest(f"dicom://WRONG@127.0.0.1:{scp.port}"),
+        batch,
+        NetSettings.of(cfg),
+        outcomes.append,
+        tmp_path / "work",
+        2,
+    )
     assert down is not None and down.state == "failed"
     assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
     assert {(o.state, o.code) for o in outcomes} == {("failed", "association_rejected")}
@@ -344,8 +383,9 @@ def test_unknown_host_is_a_configuration_failure(cfg, tmp_path, caplog) -> None:
     (out,) = outs.values()
     # A name that does not exist will not exist on the next try either.
     assert (out.state, out.code) == ("failed", "association_failed")
-    assert out.detail == ("no-such-host.invalid:104: name does not resolve "
-                          "(check the destination URL)")
+    assert out.detail == (
+        "no-such-host.invalid:104: name does not resolve (check the destination URL)"
+    )
     assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
 
 
@@ -394,8 +434,12 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
     monkeypatch.setattr(compat_mod, "_quickack", counting_quickack)
     scp = storescp()
     base = make_item(tmp_path, CT)
-    items = [SendItem(f"k{n}", base.path, base.sop_class_uid, base.sop_instance_uid,
-                      base.transfer_syntax) for n in range(30)]
+    items = [
+        SendItem(
+            f"k{n}", base.path, base.sop_class_uid, base.sop_instance_uid, base.transfer_syntax
+        )
+        for n in range(30)
+    ]
     outs = run(scp.url, items, cfg, tmp_path)
     assert {o.state for o in outs.values()} == {"sent"}
     assert calls["recv"] > 30 and calls["quickack"] == calls["recv"]
@@ -438,8 +482,13 @@ def test_receiver_round_trip_and_immediate_outcomes(receiver, cfg, tmp_path) -> 
         # Reported before the next C-STORE goes out: journal-before-next.
         seen.append(len(recv.received))
 
-    deliver(parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}"), items, cfg, on_outcome,
-            tmp_path / "work")
+    deliver(
+        parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}"),
+        items,
+        cfg,
+        on_outcome,
+        tmp_path / "work",
+    )
     assert seen == [1, 2, 3, 4]
     got = received_by_uid(recv.received)
     for item in items:
@@ -461,21 +510,29 @@ def test_more_than_128_contexts_use_several_associations(receiver, cfg, tmp_path
 # ------------------------------------------------------------ file dest
 def test_file_destination(tmp_path, cfg) -> None:
     items = [make_item(tmp_path, CT), make_item(tmp_path, RLE)]
-    weird = SendItem("weird", items[0].path, items[0].sop_class_uid, "../../etc/passwd",
-                     items[0].transfer_syntax)
+    weird = SendItem(
+        "weird", items[0].path, items[0].sop_class_uid, "../../etc/passwd", items[0].transfer_syntax
+    )
     url = f"file://{tmp_path}/out"
     outs = run(url, items + [weird], cfg, tmp_path)
     assert {o.state for o in outs.values()} == {"sent"}
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert sorted(f"{i.sop_instance_uid}.dcm" for i in items) == [n for n in names
-                                                                 if n[0].isdigit() and "." in n[:-4]]
+    assert sorted(f"{i.sop_instance_uid}.dcm" for i in items) == [
+        n for n in names if n[0].isdigit() and "." in n[:-4]
+    ]
     assert len(names) == 3 and not any(n.startswith(".") for n in names)
-    assert (tmp_path / "out" / f"{items[0].sop_instance_uid}.dcm").read_bytes() == \
-        items[0].path.read_bytes()
+    assert (tmp_path / "out" / f"{items[0].sop_instance_uid}.dcm").read_bytes() == items[
+        0
+    ].path.read_bytes()
     # A resend of the same bytes is idempotent; other bytes under the UID conflict.
     assert run(url, items[:1], cfg, tmp_path)[items[0].key].state == "sent"
-    clash = SendItem("clash", items[1].path, items[1].sop_class_uid, items[0].sop_instance_uid,
-                     items[1].transfer_syntax)
+    clash = SendItem(
+        "clash",
+        items[1].path,
+        items[1].sop_class_uid,
+        items[0].sop_instance_uid,
+        items[1].transfer_syntax,
+    )
     out = run(url, [clash], cfg, tmp_path)["clash"]
     assert (out.state, out.code) == ("failed", "uid_conflict")
 
@@ -494,8 +551,9 @@ def test_dcmdump_reads_converted_file(storescp, cfg, tmp_path) -> None:
     item = make_item(tmp_path, J2K)
     run(scp.url, [item], cfg, tmp_path)
     (path,) = scp.files()
-    dump = subprocess.run(["dcmdump", "-M", "+P", "0002,0010", str(path)], capture_output=True,
-                          text=True, check=True).stdout
+    dump = subprocess.run(
+        ["dcmdump", "-M", "+P", "0002,0010", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     assert "=LittleEndianExplicit" in dump
 
 
@@ -503,13 +561,15 @@ def test_dcmdump_reads_converted_file(storescp, cfg, tmp_path) -> None:
 def _python(code: str) -> subprocess.CompletedProcess:
     import sys
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_compat_refuses_an_unverified_pynetdicom() -> None:
-    done = _python("import pynetdicom; pynetdicom.__version__ = '9.9.9'\n"
-                   "import pdimport.send.compat")
+    done = _python(
+        "import pynetdicom; pynetdicom.__version__ = '9.9.9'\nimport pdimport.send.compat"
+    )
     assert done.returncode != 0
     assert "ImportError" in done.stderr and "verified on pynetdicom 3.0.4" in done.stderr
     assert "not 9.9.9" in done.stderr
@@ -522,6 +582,7 @@ def test_importing_the_send_layer_sets_no_pynetdicom_global() -> None:
         "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
         "from pdimport import settings\n"
         "pdimport.send.dicom.make_ae(settings.defaults())\n"
-        "print(_config.STORE_SEND_CHUNKED_DATASET)\n")
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]

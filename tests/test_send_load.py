@@ -42,8 +42,14 @@ def write_ct(path: Path, size: int = 64) -> SendItem:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.PixelData = np.full((size, size), 1000, dtype=np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
-    return SendItem(f"key-{ds.SOPInstanceUID}", path, CTImageStorage, ds.SOPInstanceUID,
-                    ExplicitVRLittleEndian, path.stat().st_size)
+    return SendItem(
+        f"key-{ds.SOPInstanceUID}",
+        path,
+        CTImageStorage,
+        ds.SOPInstanceUID,
+        ExplicitVRLittleEndian,
+        path.stat().st_size,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[SendItem]:
     return [write_ct(folder / f"IM{n:05d}.dcm") for n in range(LOAD)]
 
 
-def timed_run(url: str, items: list[SendItem], cfg: settings_mod.Settings,
-              workdir: Path) -> tuple[dict[str, SendOutcome], float]:
+def timed_run(
+    url: str, items: list[SendItem], cfg: settings_mod.Settings, workdir: Path
+) -> tuple[dict[str, SendOutcome], float]:
     """Deliver; the outcomes by key and the longest gap between two outcomes."""
     outcomes: list[SendOutcome] = []
     stamps = [time.monotonic()]
@@ -88,12 +95,18 @@ def test_5000_stores_without_abort_or_stall(storescp, cfg, corpus, tmp_path, ass
 
 
 # ---------------------------------------------------------------- sockets
-@pytest.mark.parametrize("query, nodelay, quickack", [
-    ("", 1, True), ("?nodelay=0", 0, True), ("?quickack=0", 1, False),
-    ("?nodelay=0&quickack=0", 0, False),
-])
-def test_socket_options_per_destination(receiver, cfg, tmp_path, monkeypatch, query, nodelay,
-                                        quickack) -> None:
+@pytest.mark.parametrize(
+    "query, nodelay, quickack",
+    [
+        ("", 1, True),
+        ("?nodelay=0", 0, True),
+        ("?quickack=0", 1, False),
+        ("?nodelay=0&quickack=0", 0, False),
+    ],
+)
+def test_socket_options_per_destination(
+    receiver, cfg, tmp_path, monkeypatch, query, nodelay, quickack
+) -> None:
     recv = receiver()
     dest = parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}{query}")
     calls = []
@@ -120,8 +133,9 @@ def test_destination_options_are_not_part_of_the_key() -> None:
 
 def test_small_deliveries_use_one_association(cfg, tmp_path) -> None:
     dest = DicomDest("PACS", "h", 104, associations=4)
-    items = [SendItem(f"k{n}", tmp_path, "1.2", f"1.2.{n}", "1.2.840.10008.1.2.1")
-             for n in range(100)]
+    items = [
+        SendItem(f"k{n}", tmp_path, "1.2", f"1.2.{n}", "1.2.840.10008.1.2.1") for n in range(100)
+    ]
     assert association_count(dest, cfg, items[:63]) == 1
     assert association_count(dest, cfg, items) == 1
     assert association_count(DicomDest("PACS", "h", 104), cfg, items * 3) == 4  # default
@@ -134,8 +148,9 @@ def test_store_rq_command_set_matches_pynetdicom() -> None:
     msg = C_STORE_RQ()
     msg.primitive_to_message(req)
     msg.command_set.CommandDataSetType = 0x0001
-    assert wire.encode_store_rq(CTImageStorage, "1.2.3.45", 7) == encode(msg.command_set,
-                                                                         True, True)
+    assert wire.encode_store_rq(CTImageStorage, "1.2.3.45", 7) == encode(
+        msg.command_set, True, True
+    )
 
 
 def test_pdu_fragments_respect_peer_maximum() -> None:
@@ -159,8 +174,9 @@ def test_lost_response_is_resent_once(silent_scp, cfg, tmp_path) -> None:
     resent = outs[items[2].key]
     assert resent.status == 0 and RESENT in resent.detail
     assert all(RESENT not in outs[i.key].detail for i in items if i is not items[2])
-    assert scp.stored == [i.sop_instance_uid for i in items[:3]] + \
-        [i.sop_instance_uid for i in items[2:]]  # the third twice, in order
+    assert scp.stored == [i.sop_instance_uid for i in items[:3]] + [
+        i.sop_instance_uid for i in items[2:]
+    ]  # the third twice, in order
 
 
 def test_peer_that_stays_silent_is_unknown_after_one_resend(silent_scp, cfg, tmp_path) -> None:

@@ -31,26 +31,48 @@ def test_every_flag_in_the_table_is_generated_for_its_commands() -> None:
 
 def test_existing_flags_keep_working(tmp_path: Path) -> None:
     p = cli.build_parser()
-    args = p.parse_args(["import", "a", "b", "--dest", "file:///x", "--dest", "file:///y",
-                         "--calling-aet", "ME", "--scanner", "pydicom", "--ai", "hold",
-                         "--route", "rt=file:///z", "--state-dir", str(tmp_path)])
+    args = p.parse_args(
+        [
+            "import",
+            "a",
+            "b",
+            "--dest",
+            "file:///x",
+            "--dest",
+            "file:///y",
+            "--calling-aet",
+            "ME",
+            "--scanner",
+            "pydicom",
+            "--ai",
+            "hold",
+            "--route",
+            "rt=file:///z",
+            "--state-dir",
+            str(tmp_path),
+        ]
+    )
     cfg = cli._settings(args)
     assert args.sources == ["a", "b"]
     assert cfg.dest == ["file:///x", "file:///y"] and cfg.calling_aet == "ME"
     assert cfg.scanner == "pydicom" and cfg.get("ai.policy") == "hold"
     assert cfg.route == ["rt=file:///z"] and cfg.state_dir == str(tmp_path)
-    args = p.parse_args(["daemon", "--devices", "sr*", "loop*", "--eject-after", "read",
-                         "--watch", str(tmp_path)])
+    args = p.parse_args(
+        ["daemon", "--devices", "sr*", "loop*", "--eject-after", "read", "--watch", str(tmp_path)]
+    )
     cfg = cli._settings(args)
     assert cfg.devices == ["sr*", "loop*"] and cfg.eject_after == "read"
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["import", "x", "--ai", "maybe"], "--ai"),
-    (["scan", "x", "--scanner", "fast"], "--scanner"),
-    (["daemon", "--eject-after", "never"], "--eject-after"),
-    (["import", "x", "--calling-aet", "WAY_TOO_LONG_AE_TITLE"], "--calling-aet"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["import", "x", "--ai", "maybe"], "--ai"),
+        (["scan", "x", "--scanner", "fast"], "--scanner"),
+        (["daemon", "--eject-after", "never"], "--eject-after"),
+        (["import", "x", "--calling-aet", "WAY_TOO_LONG_AE_TITLE"], "--calling-aet"),
+    ],
+)
 def test_bad_flag_value_names_the_flag_and_exits_64(argv, flag, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -59,25 +81,49 @@ def test_bad_flag_value_names_the_flag_and_exits_64(argv, flag, capsys) -> None:
     assert len(err.splitlines()) == 1 and flag in err and "expected" in err
 
 
-@pytest.mark.parametrize("text,needles", [
-    ('[network]\ndimse_timeout = "fast"\n',
-     ['network.dimse_timeout = "fast"', "expected a number > 0"]),
-    ("[network]\nassociations = 40\n",
-     ["network.associations = 40", "expected an integer from 1 to 32"]),
-    ('[printer]\nbackend = "laser"\n',
-     ['printer.backend = "laser"', 'one of "none", "zpl", "cups", "file"']),
-    ("convert_other_content = 1\n", ["convert_other_content = 1", "true or false"]),
-    ("[network]\ndimse_timout = 3\n",
-     ["unknown setting 'network.dimse_timout'", "did you mean 'network.dimse_timeout'"]),
-    ("[netwrk]\ndimse_timeout = 3\n", ["did you mean 'network.dimse_timeout'"]),
-    ('state_dir = "/x"\n\nwatch = = 1\nscanner = "auto"\n', ["TOML syntax error", "line 3"]),
-])
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        (
+            '[network]\ndimse_timeout = "fast"\n',
+            ['network.dimse_timeout = "fast"', "expected a number > 0"],
+        ),
+        (
+            "[network]\nassociations = 40\n",
+            ["network.associations = 40", "expected an integer from 1 to 32"],
+        ),
+        (
+            '[printer]\nbackend = "laser"\n',
+            ['printer.backend = "laser"', 'one of "none", "zpl", "cups", "file"'],
+        ),
+        ("convert_other_content = 1\n", ["convert_other_content = 1", "true or false"]),
+        (
+            "[network]\ndimse_timout = 3\n",
+            ["unknown setting 'network.dimse_timout'", "did you mean 'network.dimse_timeout'"],
+        ),
+        ("[netwrk]\ndimse_timeout = 3\n", ["did you mean 'network.dimse_timeout'"]),
+        ('state_dir = "/x"\n\nwatch = = 1\nscanner = "auto"\n', ["TOML syntax error", "line 3"]),
+    ],
+)
 def test_config_errors_name_key_value_allowed_and_file(tmp_path, text, needles) -> None:
     cfg_file = tmp_path / "pdimport.toml"
     cfg_file.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "pdimport", "jobs", "--config", str(cfg_file),
-                           "--state-dir", str(tmp_path / "state")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdimport",
+            "jobs",
+            "--config",
+            str(cfg_file),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 64, proc
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -89,8 +135,9 @@ def test_config_errors_name_key_value_allowed_and_file(tmp_path, text, needles) 
 def test_flag_beats_file_beats_default(tmp_path) -> None:
     cfg_file = tmp_path / "pdimport.toml"
     cfg_file.write_text('calling_aet = "FILE"\nscanner = "numba"\n[network]\nretries = 7\n')
-    args = cli.build_parser().parse_args(["import", "x", "--config", str(cfg_file),
-                                          "--calling-aet", "FLAG"])
+    args = cli.build_parser().parse_args(
+        ["import", "x", "--config", str(cfg_file), "--calling-aet", "FLAG"]
+    )
     cfg = cli._settings(args)
     assert cfg.calling_aet == "FLAG"  # flag over file
     assert cfg.scanner == "numba" and cfg.get("network.retries") == 7  # file over default
@@ -110,9 +157,18 @@ def test_undeclared_names_raise() -> None:
 
 
 def test_daemon_reads_only_declared_settings() -> None:
-    for name in ("devices", "watch", "eject_after", "debounce", "watch_settle",
-                 "retry_max_delay", "stop_timeout", "eject_retries", "network.retry_delay",
-                 "network.associations"):
+    for name in (
+        "devices",
+        "watch",
+        "eject_after",
+        "debounce",
+        "watch_settle",
+        "retry_max_delay",
+        "stop_timeout",
+        "eject_retries",
+        "network.retry_delay",
+        "network.associations",
+    ):
         settings.declared(name)
 
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from pdimport.job.importer import SpoolWriter
 from pdimport.store import fsutil
 from pdimport.store import spool as spool_mod
 from pdimport.store.journal import Journal
-from pdimport.job.importer import SpoolWriter
 from pdimport.store.spool import Spool
 
 
@@ -33,8 +33,9 @@ def parts(tmp_path: Path):
 
     sp.commit = counting_commit  # type: ignore[method-assign]
     writer = SpoolWriter(sp, journal, "job", lambda path, sha: handed.append((path, sha)))
-    return SimpleNamespace(spool=sp, journal=journal, handed=handed, commits=commits,
-                           writer=writer, tmp=tmp_path)
+    return SimpleNamespace(
+        spool=sp, journal=journal, handed=handed, commits=commits, writer=writer, tmp=tmp_path
+    )
 
 
 def _entry(name: str, data: bytes) -> SimpleNamespace:
@@ -103,7 +104,10 @@ def test_a_failed_file_between_good_ones_keeps_the_order(parts) -> None:
     parts.writer.close()
     records = parts.journal.files("job")
     assert [(r.path, r.state, r.code) for r in records] == [
-        ("A", "read", ""), ("BAD", "error", "unreadable_sector"), ("C", "read", "")]
+        ("A", "read", ""),
+        ("BAD", "error", "unreadable_sector"),
+        ("C", "read", ""),
+    ]
 
 
 def test_commit_without_syncfs_fsyncs_each_file(tmp_path: Path, monkeypatch) -> None:

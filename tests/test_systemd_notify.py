@@ -45,8 +45,9 @@ def test_messages_arrive_as_datagrams(notify_socket):
 
 def test_watchdog_only_while_all_workers_live(notify_socket):
     path, sock = notify_socket
-    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000",
-                  "WATCHDOG_PID": str(os.getpid())})
+    n = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert n.watchdog_interval() == pytest.approx(2.0)
     assert n.watchdog(lambda: True)
     assert recv(sock) == ["WATCHDOG=1"]
@@ -58,8 +59,7 @@ def test_watchdog_only_while_all_workers_live(notify_socket):
 
 
 def test_watchdog_of_another_pid_is_not_ours():
-    n = Notifier({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "4000000",
-                  "WATCHDOG_PID": "1"})
+    n = Notifier({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"})
     assert n.watchdog_interval() is None
 
 

@@ -15,23 +15,50 @@ pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 
 def sr0(diskseq, **props):
-    base = {"ACTION": "change", "SUBSYSTEM": "block", "DEVNAME": "/dev/sr0", "DEVTYPE": "disk",
-            "ID_CDROM": "1", "ID_CDROM_DVD": "1", "ID_BUS": "ata", "DISKSEQ": str(diskseq)}
+    base = {
+        "ACTION": "change",
+        "SUBSYSTEM": "block",
+        "DEVNAME": "/dev/sr0",
+        "DEVTYPE": "disk",
+        "ID_CDROM": "1",
+        "ID_CDROM_DVD": "1",
+        "ID_BUS": "ata",
+        "DISKSEQ": str(diskseq),
+    }
     base.update(props)
     return base
 
 
-DVD_DATA = dict(DISK_MEDIA_CHANGE="1", ID_CDROM_MEDIA="1", ID_CDROM_MEDIA_DVD="1",
-                ID_CDROM_MEDIA_STATE="complete", ID_CDROM_MEDIA_SESSION_COUNT="1",
-                ID_CDROM_MEDIA_TRACK_COUNT="1", ID_CDROM_MEDIA_TRACK_COUNT_DATA="1")
+DVD_DATA = {
+    "DISK_MEDIA_CHANGE": "1",
+    "ID_CDROM_MEDIA": "1",
+    "ID_CDROM_MEDIA_DVD": "1",
+    "ID_CDROM_MEDIA_STATE": "complete",
+    "ID_CDROM_MEDIA_SESSION_COUNT": "1",
+    "ID_CDROM_MEDIA_TRACK_COUNT": "1",
+    "ID_CDROM_MEDIA_TRACK_COUNT_DATA": "1",
+}
 
 
 def test_insert_with_fs_type_is_data():
-    props = sr0(6, **DVD_DATA, ID_FS_TYPE="iso9660", ID_FS_LABEL="IMPORT_JR",
-                ID_FS_VERSION="Joliet Extension")
+    props = sr0(
+        6,
+        **DVD_DATA,
+        ID_FS_TYPE="iso9660",
+        ID_FS_LABEL="IMPORT_JR",
+        ID_FS_VERSION="Joliet Extension",
+    )
     ev = classify(props, PATTERNS)
-    assert ev == MediaEvent(devnode="/dev/sr0", kernel="sr0", kind="data", bus="optical",
-                            diskseq=6, fs_type="iso9660", label="IMPORT_JR", action="change")
+    assert ev == MediaEvent(
+        devnode="/dev/sr0",
+        kernel="sr0",
+        kind="data",
+        bus="optical",
+        diskseq=6,
+        fs_type="iso9660",
+        label="IMPORT_JR",
+        action="change",
+    )
 
 
 def test_insert_without_fs_type_is_still_data():
@@ -53,10 +80,20 @@ def test_tray_opened_is_no_media():
 
 def test_blank_and_audio():
     blank = sr0(3, ID_CDROM_MEDIA="1", ID_CDROM_MEDIA_CD_R="1", ID_CDROM_MEDIA_STATE="blank")
-    audio = sr0(4, ID_CDROM_MEDIA="1", ID_CDROM_MEDIA_CD="1", ID_CDROM_MEDIA_STATE="complete",
-                ID_CDROM_MEDIA_TRACK_COUNT="12", ID_CDROM_MEDIA_TRACK_COUNT_AUDIO="12")
-    mixed = sr0(5, ID_CDROM_MEDIA="1", ID_CDROM_MEDIA_TRACK_COUNT_AUDIO="11",
-                ID_CDROM_MEDIA_TRACK_COUNT_DATA="1")
+    audio = sr0(
+        4,
+        ID_CDROM_MEDIA="1",
+        ID_CDROM_MEDIA_CD="1",
+        ID_CDROM_MEDIA_STATE="complete",
+        ID_CDROM_MEDIA_TRACK_COUNT="12",
+        ID_CDROM_MEDIA_TRACK_COUNT_AUDIO="12",
+    )
+    mixed = sr0(
+        5,
+        ID_CDROM_MEDIA="1",
+        ID_CDROM_MEDIA_TRACK_COUNT_AUDIO="11",
+        ID_CDROM_MEDIA_TRACK_COUNT_DATA="1",
+    )
     assert classify_optical(blank) == udev.BLANK
     assert classify_optical(audio) == udev.AUDIO
     assert classify_optical(mixed) == udev.DATA  # enhanced CD: the data track is read
@@ -67,17 +104,30 @@ def test_optical_remove_action():
 
 
 def usb(name, devtype, **props):
-    base = {"ACTION": "add", "SUBSYSTEM": "block", "DEVNAME": f"/dev/{name}",
-            "DEVTYPE": devtype, "ID_BUS": "usb", "ID_USB_DRIVER": "usb-storage",
-            "DISKSEQ": "13"}
+    base = {
+        "ACTION": "add",
+        "SUBSYSTEM": "block",
+        "DEVNAME": f"/dev/{name}",
+        "DEVTYPE": devtype,
+        "ID_BUS": "usb",
+        "ID_USB_DRIVER": "usb-storage",
+        "DISKSEQ": "13",
+    }
     base.update(props)
     return base
 
 
 def test_usb_partitions_with_fs_are_data_the_disk_is_not():
     disk = usb("sda", "disk", ID_PART_TABLE_TYPE="dos", ID_PART_TABLE_UUID="353fd478")
-    part = usb("sda1", "partition", PARTN="1", ID_FS_TYPE="vfat", ID_FS_LABEL="STICKFAT",
-               ID_FS_VERSION="FAT16", ID_FS_USAGE="filesystem")
+    part = usb(
+        "sda1",
+        "partition",
+        PARTN="1",
+        ID_FS_TYPE="vfat",
+        ID_FS_LABEL="STICKFAT",
+        ID_FS_VERSION="FAT16",
+        ID_FS_USAGE="filesystem",
+    )
     assert classify(disk, PATTERNS) is None
     ev = classify(part, PATTERNS)
     assert (ev.kind, ev.bus, ev.fs_type, ev.label) == ("data", "usb", "vfat", "STICKFAT")
@@ -90,20 +140,33 @@ def test_usb_superfloppy_and_removal():
 
 
 def test_non_usb_disk_is_never_ours():
-    system = {"ACTION": "add", "SUBSYSTEM": "block", "DEVNAME": "/dev/sda", "DEVTYPE": "disk",
-              "ID_BUS": "ata", "ID_FS_TYPE": "ext4"}
+    system = {
+        "ACTION": "add",
+        "SUBSYSTEM": "block",
+        "DEVNAME": "/dev/sda",
+        "DEVTYPE": "disk",
+        "ID_BUS": "ata",
+        "ID_FS_TYPE": "ext4",
+    }
     assert classify(system, PATTERNS) is None
     assert classify(system, ["*"]) is None
 
 
 def test_swap_partition_on_usb_is_not_imported():
-    assert classify(usb("sdc1", "partition", ID_FS_TYPE="swap", ID_FS_USAGE="other"),
-                    PATTERNS) is None
+    assert (
+        classify(usb("sdc1", "partition", ID_FS_TYPE="swap", ID_FS_USAGE="other"), PATTERNS) is None
+    )
 
 
 def loop(diskseq, size, **props):
-    base = {"ACTION": "change", "SUBSYSTEM": "block", "DEVNAME": "/dev/loop0",
-            "DEVTYPE": "disk", "DISKSEQ": str(diskseq), udev.SIZE_KEY: str(size)}
+    base = {
+        "ACTION": "change",
+        "SUBSYSTEM": "block",
+        "DEVNAME": "/dev/loop0",
+        "DEVTYPE": "disk",
+        "DISKSEQ": str(diskseq),
+        udev.SIZE_KEY: str(size),
+    }
     base.update(props)
     return base
 
@@ -118,14 +181,14 @@ def test_loop_devices_follow_the_configured_globs():
     # losetup -d: DISK_MEDIA_CHANGE=1 SYSTEMD_READY=0, size 0
     detached = loop(15, 0, DISK_MEDIA_CHANGE="1", SYSTEMD_READY="0")
     assert classify(detached, ["loop*"]).kind == udev.NO_MEDIA
-    assert classify(loop(15, 4096, DEVNAME="/dev/loop0p1", DEVTYPE="partition"),
-                    ["loop*"]) is None
+    assert classify(loop(15, 4096, DEVNAME="/dev/loop0p1", DEVTYPE="partition"), ["loop*"]) is None
     assert classify(loop(15, 4096), ["loop1"]) is None
 
 
 def ev(diskseq, kind=udev.DATA, devnode="/dev/sr0", fs=""):
-    return MediaEvent(devnode=devnode, kernel=devnode[5:], kind=kind, bus="optical",
-                      diskseq=diskseq, fs_type=fs)
+    return MediaEvent(
+        devnode=devnode, kernel=devnode[5:], kind=kind, bus="optical", diskseq=diskseq, fs_type=fs
+    )
 
 
 def test_debounce_one_insertion_with_two_diskseqs():

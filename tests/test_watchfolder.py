@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pdimport.appliance.watchfolder import (WatchFolder, WatchLedger, WatchResult, candidate_name, ledger_key, open_for_writing, signature)
+from pdimport.appliance.watchfolder import (
+    WatchFolder,
+    WatchLedger,
+    WatchResult,
+    candidate_name,
+    ledger_key,
+    open_for_writing,
+    signature,
+)
 
 SETTLE = 1.0
 
@@ -43,8 +51,13 @@ class StubImport:
         with self.cond:
             self.calls.append((path.name, signature(path)))
             self.cond.notify_all()
-        return WatchResult(self.outcome, {"status": "imported" if self.outcome == "done"
-                                          else "failed", "source": {"path": str(path)}})
+        return WatchResult(
+            self.outcome,
+            {
+                "status": "imported" if self.outcome == "done" else "failed",
+                "source": {"path": str(path)},
+            },
+        )
 
     def wait_for(self, n, timeout=20.0):
         with self.cond:
@@ -88,15 +101,15 @@ def zip_bytes(n_files=20, size=20_000) -> bytes:
 def copy_slowly(data: bytes, dest: Path, chunks=6, pause=0.3, reopen=True):
     """Like a slow network copy: chunk, (close, reopen), pause."""
     step = -(-len(data) // chunks)
-    fp = open(dest, "wb")
+    fp = open(dest, "wb")  # noqa: SIM115  reopened across iterations
     try:
         for i in range(0, len(data), step):
-            fp.write(data[i:i + step])
+            fp.write(data[i : i + step])
             fp.flush()
             if reopen:
                 fp.close()
                 time.sleep(pause)
-                fp = open(dest, "ab")
+                fp = open(dest, "ab")  # noqa: SIM115  reopened across iterations
             else:
                 time.sleep(pause)
     finally:
@@ -114,15 +127,21 @@ def test_zip_and_folder_copied_in_chunks_are_imported_once_complete(folder, tmp_
     wf = folder(stub)
     watch = tmp_path / "watch"
     data = zip_bytes()
-    writers = [threading.Thread(target=copy_slowly, args=(data, watch / "study.zip")),
-               threading.Thread(target=copy_folder_slowly, args=(watch / "CD_2024",))]
+    writers = [
+        threading.Thread(target=copy_slowly, args=(data, watch / "study.zip")),
+        threading.Thread(target=copy_folder_slowly, args=(watch / "CD_2024",)),
+    ]
     for w in writers:
         w.start()
     for w in writers:
         w.join()
     stub.wait_for(2)
-    wait_until(lambda: (watch / "done" / "study.zip.json").exists()
-               and (watch / "done" / "CD_2024.json").exists())
+    wait_until(
+        lambda: (
+            (watch / "done" / "study.zip.json").exists()
+            and (watch / "done" / "CD_2024.json").exists()
+        )
+    )
     time.sleep(SETTLE * 2)  # nothing more may come
     names = sorted(name for name, _ in stub.calls)
     assert names == ["CD_2024", "study.zip"]
@@ -188,8 +207,12 @@ def test_restart_never_imports_twice(folder, tmp_path):
     (watch / "b.zip").write_bytes(zip_bytes(3))
     # A previous run imported a.zip and crashed before moving it.
     ledger = WatchLedger(tmp_path / "state" / "watch.sqlite")
-    ledger.set(ledger_key("a.zip", signature(watch / "a.zip")), "a.zip", "done",
-               {"status": "imported", "job": "old"})
+    ledger.set(
+        ledger_key("a.zip", signature(watch / "a.zip")),
+        "a.zip",
+        "done",
+        {"status": "imported", "job": "old"},
+    )
     # ... and was stopped in the middle of b.zip.
     ledger.set(ledger_key("b.zip", signature(watch / "b.zip")), "b.zip", "importing")
     ledger.close()
@@ -211,7 +234,6 @@ def test_interrupted_import_stays_and_resumes(folder, tmp_path):
     def stop_midway(path):
         calls.append(path.name)
         interrupted.set()
-        return None
 
     wf = folder(stop_midway)
     watch = tmp_path / "watch"
@@ -237,7 +259,11 @@ def test_same_name_again_later_is_a_new_package(folder, tmp_path):
     stub.wait_for(2)
     wait_until((watch / "done" / "d-2.zip.json").exists)
     assert sorted(p.name for p in (watch / "done").iterdir()) == [
-        "d-2.zip", "d-2.zip.json", "d.zip", "d.zip.json"]
+        "d-2.zip",
+        "d-2.zip.json",
+        "d.zip",
+        "d.zip.json",
+    ]
 
 
 def test_candidate_names(tmp_path):

@@ -59,12 +59,21 @@ def _add_setting(p: argparse.ArgumentParser, setting: Setting) -> None:
     assert setting.flag is not None
     help_text = f"{setting.doc} (setting {setting.name}; default {setting.default!r})"
     if setting.type is bool and not setting.multiple:
-        p.add_argument(setting.flag, dest=setting.dest, default=None, help=help_text,
-                       action=argparse.BooleanOptionalAction)
+        p.add_argument(
+            setting.flag,
+            dest=setting.dest,
+            default=None,
+            help=help_text,
+            action=argparse.BooleanOptionalAction,
+        )
         return
     item = _flag_type(setting) if not setting.multiple else _item_type(setting)
-    kwargs: dict[str, Any] = {"dest": setting.dest, "default": None, "type": item,
-                              "help": help_text}
+    kwargs: dict[str, Any] = {
+        "dest": setting.dest,
+        "default": None,
+        "type": item,
+        "help": help_text,
+    }
     if setting.choices is not None:
         kwargs["metavar"] = "{" + ",".join(str(c) for c in setting.choices) + "}"
     elif setting.metavar:
@@ -106,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import media now")
     _common(p, "import")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder, .iso/.img image, .zip package or block device")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="folder, .iso/.img image, .zip package or block device",
+    )
 
     p = sub.add_parser("scan", help="inventory a medium; sends nothing")
     _common(p, "scan")
@@ -143,11 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settings", help="every setting with its type, default and meaning")
     _common(p, "settings")
 
-    p = sub.add_parser("demo", help="run the appliance on embedded defaults: a local stand-in "
-                       "PACS, a watch folder, and a sample disc dropped into it")
+    p = sub.add_parser(
+        "demo",
+        help="run the appliance on embedded defaults: a local stand-in "
+        "PACS, a watch folder, and a sample disc dropped into it",
+    )
     _common(p, "demo")
-    p.add_argument("--once", action="store_true",
-                   help="stop after the sample disc is imported instead of running on")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="stop after the sample disc is imported instead of running on",
+    )
     return parser
 
 
@@ -165,10 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pdimport: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    handler = {"import": cmd_import, "scan": cmd_scan, "jobs": cmd_jobs,
-               "report": cmd_report, "demo": cmd_demo, "daemon": cmd_daemon,
-               "status": cmd_status, "label": cmd_label,
-               "audit": cmd_audit, "settings": cmd_settings}[args.command]
+    handler = {
+        "import": cmd_import,
+        "scan": cmd_scan,
+        "jobs": cmd_jobs,
+        "report": cmd_report,
+        "demo": cmd_demo,
+        "daemon": cmd_daemon,
+        "status": cmd_status,
+        "label": cmd_label,
+        "audit": cmd_audit,
+        "settings": cmd_settings,
+    }[args.command]
     try:
         if args.command in READ_ONLY_COMMANDS:
             _require_state_dir(cfg.state_path)
@@ -244,7 +271,9 @@ def _require_sources(sources: Sequence[str]) -> None:
     """A source that does not exist is a usage error (64), not a failed job."""
     for source in sources:
         if not os.path.exists(source):
-            raise ValueError(f"no such source: {source} (a folder, .iso/.img, .zip or block device)")
+            raise ValueError(
+                f"no such source: {source} (a folder, .iso/.img, .zip or block device)"
+            )
 
 
 def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
@@ -270,9 +299,23 @@ def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
         finally:
             journal.close()
     if args.json:
-        print(json.dumps([{"job": j.id, "state": j.state, "source": j.source_path,
-                           "kind": j.source_kind, "label": j.label, "mode": j.mode,
-                           "created": j.created} for j in jobs], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "job": j.id,
+                        "state": j.state,
+                        "source": j.source_path,
+                        "kind": j.source_kind,
+                        "label": j.label,
+                        "mode": j.mode,
+                        "created": j.created,
+                    }
+                    for j in jobs
+                ],
+                indent=2,
+            )
+        )
     else:
         for j in jobs:
             print(f"{j.id}  {j.state:9} {j.mode:6} {j.source_kind:6} {j.source_path}")
@@ -351,8 +394,9 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
     pacs_dir = demo / "pacs"
     receiver = Receiver(pacs_dir, aet="DEMOPACS")
     receiver.start()
-    cfg = cfg.replace(dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"], watch=str(watch),
-                      watch_settle=1.0)
+    cfg = cfg.replace(
+        dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"], watch=str(watch), watch_settle=1.0
+    )
     appliance = Daemon(cfg)
     result: dict[str, Any] = {}
 
@@ -378,9 +422,11 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
             time.sleep(0.2)
 
     threading.Thread(target=feed, name="demo-feed", daemon=True).start()
-    print(f"pdimport appliance running: watch folder {watch}, stand-in PACS "
-          f"DEMOPACS@127.0.0.1:{receiver.port}" + ("" if args.once else "  (Ctrl-C stops it)"),
-          flush=True)
+    print(
+        f"pdimport appliance running: watch folder {watch}, stand-in PACS "
+        f"DEMOPACS@127.0.0.1:{receiver.port}" + ("" if args.once else "  (Ctrl-C stops it)"),
+        flush=True,
+    )
     try:
         rc = appliance.run()
     finally:

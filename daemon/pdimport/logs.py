@@ -49,5 +49,7 @@ def configure(command: str, verbose: int = 0) -> int:
     root.setLevel(level)
     logging.getLogger("pdimport").setLevel(level)
     for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+        )
     return level

@@ -6,9 +6,10 @@ plain values; none of them holds a socket, a device or a database handle.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 from pdimport.problems import CodedError, Problem
 

@@ -20,55 +20,109 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "unreadable_sector": ("error", "a read error (EIO or short read) inside the file's data"),
     "truncated_extent": ("error", "the file's extent runs past the end of the medium"),
     "unsafe_path": ("error", "an entry name escapes the medium root (.., absolute, drive letter)"),
-    "link_ignored": ("warning", "a symbolic/hard link or special file on the medium was not followed"),
+    "link_ignored": (
+        "warning",
+        "a symbolic/hard link or special file on the medium was not followed",
+    ),
     "too_large": ("error", "an entry or the whole medium exceeds the configured size cap"),
     "zip_bomb": ("error", "an archive entry's expansion ratio or total size exceeds the cap"),
     "archive_encrypted": ("error", "an archive entry is encrypted"),
-    "archive_corrupt": ("error", "an archive entry is corrupt (CRC error, bad header, unsupported method)"),
-    "unreadable_directory": ("error", "a directory on the medium could not be listed; the files below it are missing"),
+    "archive_corrupt": (
+        "error",
+        "an archive entry is corrupt (CRC error, bad header, unsupported method)",
+    ),
+    "unreadable_directory": (
+        "error",
+        "a directory on the medium could not be listed; the files below it are missing",
+    ),
     "nesting_limit": ("error", "an archive or image nested inside another medium is not opened"),
     # --- DICOMDIR ---------------------------------------------------------
-    "dicomdir_invalid": ("warning", "the DICOMDIR is unreadable or loops; the files were found by a directory walk"),
+    "dicomdir_invalid": (
+        "warning",
+        "the DICOMDIR is unreadable or loops; the files were found by a directory walk",
+    ),
     "dicomdir_unsafe_path": ("error", "a DICOMDIR File ID escapes the medium root and was refused"),
     "missing_file": ("error", "a file named in the DICOMDIR is absent from the medium"),
     "unindexed_file": ("warning", "a DICOM file not named in the DICOMDIR (still imported)"),
     # --- single files -----------------------------------------------------
     "empty_file": ("error", "the file is empty"),
     "not_dicom": ("error", "the file is not DICOM although its name or place says it should be"),
-    "truncated": ("error", "the file ends inside an element (declared length exceeds the bytes left)"),
+    "truncated": (
+        "error",
+        "the file ends inside an element (declared length exceeds the bytes left)",
+    ),
     "length_exceeds_file": ("error", "an element declares a length larger than the whole file"),
     "bad_vr": ("error", "an element has a value representation that is not two upper-case letters"),
-    "undefined_length_misuse": ("error", "an undefined length on an element that cannot have one, or no delimiter"),
+    "undefined_length_misuse": (
+        "error",
+        "an undefined length on an element that cannot have one, or no delimiter",
+    ),
     "nesting_too_deep": ("error", "sequences nested deeper than the configured limit"),
     "tag_order": ("error", "data elements are not in ascending tag order"),
-    "ts_mismatch": ("error", "the body is not encoded in the transfer syntax its file meta declares"),
+    "ts_mismatch": (
+        "error",
+        "the body is not encoded in the transfer syntax its file meta declares",
+    ),
     "bad_file_meta": ("error", "the file meta information is malformed or incomplete"),
     "deflate_bomb": ("error", "a deflated dataset inflates beyond the cap"),
-    "missing_attribute": ("error", "a required identifying attribute (SOP Class/Instance UID) is absent"),
+    "missing_attribute": (
+        "error",
+        "a required identifying attribute (SOP Class/Instance UID) is absent",
+    ),
     "invalid_uid": ("error", "a UID is syntactically invalid"),
-    "uid_mismatch": ("error", "File Meta Media Storage SOP Instance UID differs from SOP Instance UID"),
-    "pixel_length_mismatch": ("error", "native Pixel Data length disagrees with Rows x Columns x Frames"),
+    "uid_mismatch": (
+        "error",
+        "File Meta Media Storage SOP Instance UID differs from SOP Instance UID",
+    ),
+    "pixel_length_mismatch": (
+        "error",
+        "native Pixel Data length disagrees with Rows x Columns x Frames",
+    ),
     "unparsable": ("error", "the reference parser refused the file"),
     "trailing_data": ("warning", "bytes after the last element were ignored"),
     "charset_suspect": ("warning", "text values do not decode in the declared character set"),
-    "bad_structure": ("error", "an item or delimiter where the encoding forbids it, or an element overrunning its item"),
-    "tag_unsorted": ("warning", "top-level data elements are unique but not in ascending order; forwarded unchanged"),
-    "pixel_length_excess": ("warning", "native Pixel Data is longer than its geometry needs (extra bytes kept)"),
+    "bad_structure": (
+        "error",
+        "an item or delimiter where the encoding forbids it, or an element overrunning its item",
+    ),
+    "tag_unsorted": (
+        "warning",
+        "top-level data elements are unique but not in ascending order; forwarded unchanged",
+    ),
+    "pixel_length_excess": (
+        "warning",
+        "native Pixel Data is longer than its geometry needs (extra bytes kept)",
+    ),
     # --- content classification -------------------------------------------
     "unsupported_content": ("warning", "a file of a kind pdimport does not import"),
     # --- grouping and policy -----------------------------------------------
     "multi_patient": ("error", "more than one patient on one medium"),
-    "uid_conflict": ("error", "the same SOP Instance UID with different content; the later copy is kept, not sent"),
+    "uid_conflict": (
+        "error",
+        "the same SOP Instance UID with different content; the later copy is kept, not sent",
+    ),
     # --- delivery ---------------------------------------------------------
     "association_rejected": ("error", "the destination rejected the association"),
-    "association_failed": ("error", "the destination could not be reached or aborted the association"),
-    "no_presentation_context": ("error", "the destination accepts neither this SOP class nor any usable transfer syntax"),
-    "decode_failed": ("error", "the object had to be decompressed for the destination and could not be"),
+    "association_failed": (
+        "error",
+        "the destination could not be reached or aborted the association",
+    ),
+    "no_presentation_context": (
+        "error",
+        "the destination accepts neither this SOP class nor any usable transfer syntax",
+    ),
+    "decode_failed": (
+        "error",
+        "the object had to be decompressed for the destination and could not be",
+    ),
     "store_failed": ("error", "the destination answered a C-STORE with a failure status"),
     "store_warning": ("warning", "the destination stored the object with a warning status"),
     "outcome_unknown": ("warning", "no C-STORE response arrived; the object will be sent again"),
     "write_failed": ("error", "writing to a file destination failed"),
-    "internal_error": ("error", "an unexpected error in pdimport itself; the rest of the medium went on"),
+    "internal_error": (
+        "error",
+        "an unexpected error in pdimport itself; the rest of the medium went on",
+    ),
 }
 
 

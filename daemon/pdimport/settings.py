@@ -30,8 +30,7 @@ class UndeclaredSetting(LookupError):
 
 
 #: Subcommands that take the flag of a setting with ``commands=ALL``.
-ALL = ("import", "scan", "jobs", "report", "daemon", "status", "label", "audit", "settings",
-       "demo")
+ALL = ("import", "scan", "jobs", "report", "daemon", "status", "label", "audit", "settings", "demo")
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,9 @@ class Setting:
         if self.choices is not None:
             text = "one of " + ", ".join(json.dumps(c) for c in self.choices)
         else:
-            text = {str: "a string", int: "an integer", float: "a number",
-                    bool: "true or false"}[self.type]
+            text = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[
+                self.type
+            ]
             lo = _fmt(self.min) if self.min is not None else None
             hi = _fmt(self.max) if self.max is not None else None
             if self.type is str:
@@ -126,52 +126,163 @@ _SEND = ("import", "daemon")
 _DAEMON = ("daemon",)
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("state_dir", str, "/var/lib/pdimport", "journal, spool, reports and audit trail",
-            flag="--state-dir", commands=ALL, metavar="DIR", min=1),
-    Setting("dest", str, [], "default destinations: dicom://AET@host:port or file:///path "
-            "(flag repeatable)", flag="--dest", commands=_SEND, multiple=True, metavar="URL"),
-    Setting("calling_aet", str, "PDIMPORT", "our AE title when we call a destination",
-            flag="--calling-aet", commands=_SEND, metavar="AET",
-            validate=lambda v: 0 < len(v.strip()) <= 16, allowed="1 to 16 characters"),
+    Setting(
+        "state_dir",
+        str,
+        "/var/lib/pdimport",
+        "journal, spool, reports and audit trail",
+        flag="--state-dir",
+        commands=ALL,
+        metavar="DIR",
+        min=1,
+    ),
+    Setting(
+        "dest",
+        str,
+        [],
+        "default destinations: dicom://AET@host:port or file:///path (flag repeatable)",
+        flag="--dest",
+        commands=_SEND,
+        multiple=True,
+        metavar="URL",
+    ),
+    Setting(
+        "calling_aet",
+        str,
+        "PDIMPORT",
+        "our AE title when we call a destination",
+        flag="--calling-aet",
+        commands=_SEND,
+        metavar="AET",
+        validate=lambda v: 0 < len(v.strip()) <= 16,
+        allowed="1 to 16 characters",
+    ),
     # the appliance (pdimport daemon)
-    Setting("devices", str, ["sr*", "sd*"], "kernel names of block devices watched, e.g. "
-            "'sr*' 'loop*'; sd* only ever matches USB (ID_BUS=usb)", flag="--devices",
-            commands=_DAEMON, multiple=True, nargs="+", metavar="GLOB", min=1),
-    Setting("watch", str, "", "watch folder for ISO/zip/folder packages (empty = off)",
-            flag="--watch", commands=_DAEMON, metavar="DIR"),
-    Setting("eject_after", str, "delivered", "when the disc comes out: read | delivered",
-            flag="--eject-after", commands=_DAEMON, choices=("read", "delivered")),
-    Setting("debounce", float, 1.5, "seconds with no newer udev event before a disc is read",
-            min=0, min_open=True),
-    Setting("watch_settle", float, 5.0, "seconds a dropped package must stay unchanged",
-            min=0, min_open=True),
-    Setting("retry_max_delay", float, 300.0, "longest back-off while a destination is down",
-            min=0, min_open=True),
-    Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", min=0,
-            min_open=True),
+    Setting(
+        "devices",
+        str,
+        ["sr*", "sd*"],
+        "kernel names of block devices watched, e.g. "
+        "'sr*' 'loop*'; sd* only ever matches USB (ID_BUS=usb)",
+        flag="--devices",
+        commands=_DAEMON,
+        multiple=True,
+        nargs="+",
+        metavar="GLOB",
+        min=1,
+    ),
+    Setting(
+        "watch",
+        str,
+        "",
+        "watch folder for ISO/zip/folder packages (empty = off)",
+        flag="--watch",
+        commands=_DAEMON,
+        metavar="DIR",
+    ),
+    Setting(
+        "eject_after",
+        str,
+        "delivered",
+        "when the disc comes out: read | delivered",
+        flag="--eject-after",
+        commands=_DAEMON,
+        choices=("read", "delivered"),
+    ),
+    Setting(
+        "debounce",
+        float,
+        1.5,
+        "seconds with no newer udev event before a disc is read",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "watch_settle",
+        float,
+        5.0,
+        "seconds a dropped package must stay unchanged",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "retry_max_delay",
+        float,
+        300.0,
+        "longest back-off while a destination is down",
+        min=0,
+        min_open=True,
+    ),
+    Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", min=0, min_open=True),
     Setting("eject_retries", int, 5, "attempts to eject an optical tray", min=1),
     # policy: AI results, Other Content, routes (issue 5)
-    Setting("ai.policy", str, "mark", "AI results: mark (prefix and send), hold the job, or "
-            "skip them", flag="--ai", commands=_IMPORT, choices=("mark", "hold", "skip")),
-    Setting("ai.prefix", str, "[AI]", "prefix put on SeriesDescription of AI results",
-            validate=lambda v: 0 < len(v.strip()) <= 16, allowed="1 to 16 characters"),
-    Setting("ai.patterns", str, [], "regular expressions naming AI products/keywords "
-            "(empty = the built-in list)", multiple=True),
+    Setting(
+        "ai.policy",
+        str,
+        "mark",
+        "AI results: mark (prefix and send), hold the job, or skip them",
+        flag="--ai",
+        commands=_IMPORT,
+        choices=("mark", "hold", "skip"),
+    ),
+    Setting(
+        "ai.prefix",
+        str,
+        "[AI]",
+        "prefix put on SeriesDescription of AI results",
+        validate=lambda v: 0 < len(v.strip()) <= 16,
+        allowed="1 to 16 characters",
+    ),
+    Setting(
+        "ai.patterns",
+        str,
+        [],
+        "regular expressions naming AI products/keywords (empty = the built-in list)",
+        multiple=True,
+    ),
     Setting("convert_other_content", bool, True, "turn PDF/JPEG/PNG/TIFF/BMP/text into DICOM"),
-    Setting("route", str, [], "KIND[:MODALITY]=URL: also send KIND (image, rt, ai, document, "
-            "sr, other) there, e.g. rt=dicom://TPS@host:104 (flag repeatable)", flag="--route",
-            commands=_IMPORT, multiple=True, metavar="KIND=URL"),
+    Setting(
+        "route",
+        str,
+        [],
+        "KIND[:MODALITY]=URL: also send KIND (image, rt, ai, document, "
+        "sr, other) there, e.g. rt=dicom://TPS@host:104 (flag repeatable)",
+        flag="--route",
+        commands=_IMPORT,
+        multiple=True,
+        metavar="KIND=URL",
+    ),
     # label printer
-    Setting("printer.backend", str, "none", "label printer back-end",
-            choices=("none", "zpl", "cups", "file")),
-    Setting("printer.target", str, "", "zpl: tcp://host:9100 or /dev/usb/lp0; cups: queue "
-            "name; file: folder"),
-    Setting("printer.size", str, "62mm", "label stock: 62mm (continuous) or 4x2 inches",
-            choices=("62mm", "4x2")),
+    Setting(
+        "printer.backend",
+        str,
+        "none",
+        "label printer back-end",
+        choices=("none", "zpl", "cups", "file"),
+    ),
+    Setting(
+        "printer.target",
+        str,
+        "",
+        "zpl: tcp://host:9100 or /dev/usb/lp0; cups: queue name; file: folder",
+    ),
+    Setting(
+        "printer.size",
+        str,
+        "62mm",
+        "label stock: 62mm (continuous) or 4x2 inches",
+        choices=("62mm", "4x2"),
+    ),
     Setting("printer.dpi", int, 203, "ZPL print-head resolution", choices=(203, 300, 600)),
     Setting("printer.format", str, "pdf", "file back-end output", choices=("pdf", "png")),
-    Setting("printer.timeout", float, 10.0, "printer connection / lp timeout, seconds",
-            min=0, min_open=True),
+    Setting(
+        "printer.timeout",
+        float,
+        10.0,
+        "printer connection / lp timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
     Setting("printer.cups_options", str, "", "extra lp -o options, space-separated"),
     # audit trail
     Setting("audit.consent", str, "unknown", "the consent field written into every audit record"),
@@ -179,36 +290,75 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit.site_id", str, "", "AuditEnterpriseSiteID in PS3.15 messages"),
     Setting("audit.facility", str, "", "this site's name, recorded as the importing facility"),
     # network
-    Setting("network.connection_timeout", float, 10.0, "TCP connect timeout, seconds",
-            min=0, min_open=True),
-    Setting("network.acse_timeout", float, 30.0, "association negotiation timeout, seconds",
-            min=0, min_open=True),
-    Setting("network.dimse_timeout", float, 60.0, "wait for one C-STORE response, seconds",
-            min=0, min_open=True),
-    Setting("network.network_timeout", float, 60.0, "idle network timeout, seconds",
-            min=0, min_open=True),
+    Setting(
+        "network.connection_timeout",
+        float,
+        10.0,
+        "TCP connect timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.acse_timeout",
+        float,
+        30.0,
+        "association negotiation timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.dimse_timeout",
+        float,
+        60.0,
+        "wait for one C-STORE response, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.network_timeout",
+        float,
+        60.0,
+        "idle network timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
     Setting("network.max_pdu", int, 0, "maximum PDU we receive (0 = unlimited)", min=0),
-    Setting("network.associations", int, 4, "parallel associations (one worker process each) "
-            "per destination, for deliveries of at least 64 instances or 64 MB; a "
-            "destination's ?associations=N overrides", min=1, max=32),
+    Setting(
+        "network.associations",
+        int,
+        4,
+        "parallel associations (one worker process each) "
+        "per destination, for deliveries of at least 64 instances or 64 MB; a "
+        "destination's ?associations=N overrides",
+        min=1,
+        max=32,
+    ),
     Setting("network.retries", int, 3, "attempts per delivery run before the job waits", min=1),
-    Setting("network.retry_delay", float, 2.0, "first back-off between attempts, seconds",
-            min=0),
+    Setting("network.retry_delay", float, 2.0, "first back-off between attempts, seconds", min=0),
     # reading limits (hostile media)
     Setting("limits.max_file_size", int, 8 << 30, "largest single file accepted, bytes", min=1),
-    Setting("limits.max_medium_size", int, 128 << 30, "largest total a medium may expand to, "
-            "bytes", min=1),
+    Setting(
+        "limits.max_medium_size",
+        int,
+        128 << 30,
+        "largest total a medium may expand to, bytes",
+        min=1,
+    ),
     Setting("limits.max_files", int, 500_000, "most entries a medium may hold", min=1),
     Setting("limits.max_zip_ratio", int, 200, "largest compression ratio of a zip entry", min=1),
-    Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)",
-            min=1),
-    Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes",
-            min=1),
-    Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked",
-            min=1),
+    Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)", min=1),
+    Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes", min=1),
+    Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked", min=1),
     # scanning
-    Setting("scanner", str, "auto", "header scanner", flag="--scanner",
-            commands=("import", "scan"), choices=("auto", "pydicom", "numba")),
+    Setting(
+        "scanner",
+        str,
+        "auto",
+        "header scanner",
+        flag="--scanner",
+        commands=("import", "scan"),
+        choices=("auto", "pydicom", "numba"),
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -287,10 +437,14 @@ def _one(setting: Setting, v: Any, text_ok: bool) -> Any:
     if not isinstance(v, t) or (t is not bool and isinstance(v, bool)):
         raise ValueError(setting.expected())
     size: Any = len(v) if isinstance(v, str) else v
-    ok = (setting.choices is None or v in setting.choices) and (
-        setting.min is None or (size > setting.min if setting.min_open else size >= setting.min)
-    ) and (setting.max is None or size <= setting.max) and (
-        setting.validate is None or setting.validate(v))
+    ok = (
+        (setting.choices is None or v in setting.choices)
+        and (
+            setting.min is None or (size > setting.min if setting.min_open else size >= setting.min)
+        )
+        and (setting.max is None or size <= setting.max)
+        and (setting.validate is None or setting.validate(v))
+    )
     if not ok or (t is float and math.isnan(size)):  # NaN
         raise ValueError(setting.expected())
     return v
@@ -369,13 +523,13 @@ def read_file(config_file: str | Path) -> dict[str, Any]:
         try:
             values[name] = check(_BY_NAME[name], value)
         except ValueError as exc:
-            raise SettingsError(f"{config_file}: {name} = {_show(value)}: expected {exc}") \
-                from None
+            raise SettingsError(f"{config_file}: {name} = {_show(value)}: expected {exc}") from None
     return values
 
 
-def load(config_file: str | Path | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Settings:
+def load(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
     """Defaults, then the TOML file, then command-line overrides (None or [] = unset).
 
     Raises
@@ -427,8 +581,20 @@ def describe() -> str:
 
 def as_records(cfg: Settings | None = None) -> list[dict[str, Any]]:
     """The table as JSON-ready records (``pdimport settings --json``)."""
-    return [{"name": s.name, "type": s.type.__name__, "multiple": s.multiple,
-             "default": s.default, "flag": s.flag, "commands": list(s.commands),
-             "choices": list(s.choices) if s.choices is not None else None,
-             "min": s.min, "max": s.max, "allowed": s.expected(), "doc": s.doc,
-             **({"value": cfg.get(s.name)} if cfg is not None else {})} for s in SETTINGS]
+    return [
+        {
+            "name": s.name,
+            "type": s.type.__name__,
+            "multiple": s.multiple,
+            "default": s.default,
+            "flag": s.flag,
+            "commands": list(s.commands),
+            "choices": list(s.choices) if s.choices is not None else None,
+            "min": s.min,
+            "max": s.max,
+            "allowed": s.expected(),
+            "doc": s.doc,
+            **({"value": cfg.get(s.name)} if cfg is not None else {}),
+        }
+        for s in SETTINGS
+    ]

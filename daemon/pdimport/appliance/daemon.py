@@ -30,18 +30,27 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Self
 
-from pdimport.appliance import drives
-from pdimport.appliance import udev
-from pdimport.store.fsutil import atomic_write
-from pdimport.job.lifecycle import EJECTING, EMPTY, FAILED, INSERTED, READ, READING, Transition, drive_lifecycle
+from pdimport.appliance import drives, udev
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
 from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
+from pdimport.job.lifecycle import (
+    EJECTING,
+    EMPTY,
+    FAILED,
+    INSERTED,
+    READ,
+    READING,
+    Transition,
+    drive_lifecycle,
+)
+from pdimport.store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +89,9 @@ class Interrupted(BaseException):
 def job_outcome(report: dict[str, Any]) -> str:
     """``done`` | ``waiting`` (for the PACS) | ``held`` | ``failed``, from the
     report's typed status (no more reading of problem text)."""
-    return {"imported": "done", "waiting_for_destination": "waiting",
-            "held": "held"}.get(report.get("status", ""), "failed")
+    return {"imported": "done", "waiting_for_destination": "waiting", "held": "held"}.get(
+        report.get("status", ""), "failed"
+    )
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -133,17 +143,22 @@ class StatusBoard:
         self.drive(t.machine, **fields)
 
     def _trim(self) -> None:
-        finished = [k for k, v in self._jobs.items()
-                    if v.get("state") in ("done", "held", "failed")]
-        for key in finished[:-self._KEEP_FINISHED]:
+        finished = [
+            k for k, v in self._jobs.items() if v.get("state") in ("done", "held", "failed")
+        ]
+        for key in finished[: -self._KEEP_FINISHED]:
             del self._jobs[key]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"pid": os.getpid(), "started": self._started, "updated": time.time(),
-                    "drives": json.loads(json.dumps(self._drives)),
-                    "jobs": json.loads(json.dumps(self._jobs)),
-                    "queue": dict(self._queues)}
+            return {
+                "pid": os.getpid(),
+                "started": self._started,
+                "updated": time.time(),
+                "drives": json.loads(json.dumps(self._drives)),
+                "jobs": json.loads(json.dumps(self._jobs)),
+                "queue": dict(self._queues),
+            }
 
     def line(self, snap: dict[str, Any] | None = None) -> str:
         return status_line(snap or self.snapshot())
@@ -157,14 +172,20 @@ class StatusBoard:
 
 def status_line(snap: dict[str, Any]) -> str:
     """One line for ``STATUS=``: drives, jobs, queue."""
-    drives_part = ", ".join(f"{os.path.basename(d)} {v.get('state', '?')}"
-                            for d, v in sorted(snap.get("drives", {}).items())) or "none"
+    drives_part = (
+        ", ".join(
+            f"{os.path.basename(d)} {v.get('state', '?')}"
+            for d, v in sorted(snap.get("drives", {}).items())
+        )
+        or "none"
+    )
     states: dict[str, int] = {}
     for job in snap.get("jobs", {}).values():
         states[job.get("state", "?")] = states.get(job.get("state", "?"), 0) + 1
     active = sum(n for s, n in states.items() if s not in ("done", "held", "failed"))
     jobs_part = f"{active} active" + "".join(
-        f", {n} {s}" for s, n in sorted(states.items()) if s in ("waiting", "held", "failed"))
+        f", {n} {s}" for s, n in sorted(states.items()) if s in ("waiting", "held", "failed")
+    )
     queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
     return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
 
@@ -189,10 +210,10 @@ class _CancellableStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fp, name)
 
-    def __enter__(self) -> "_CancellableStream":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._fp.close()
 
 
@@ -221,8 +242,8 @@ class JobRunner:
     """
 
     def __init__(self, cfg: Any, board: StatusBoard, stop: threading.Event) -> None:
-        from pdimport.store.journal import Journal
         from pdimport.send import parse_dest
+        from pdimport.store.journal import Journal
         from pdimport.store.spool import Spool
 
         self.cfg = cfg
@@ -244,16 +265,24 @@ class JobRunner:
 
         imp = getattr(self._local, "importer", None)
         if imp is None:
-            imp = Importer(self.cfg, journal=self.journal, spool=self.spool,
-                           on_event=self._on_event, audit=self.audit)
+            imp = Importer(
+                self.cfg,
+                journal=self.journal,
+                spool=self.spool,
+                on_event=self._on_event,
+                audit=self.audit,
+            )
             self._local.importer = imp
         return imp
 
     def _on_event(self, name: str, fields: dict[str, Any]) -> None:
         job = fields.get("job")
         if job:
-            self.board.job(job, event=name, **{k: v for k, v in fields.items()
-                                               if k in ("source", "status", "label")})
+            self.board.job(
+                job,
+                event=name,
+                **{k: v for k, v in fields.items() if k in ("source", "status", "label")},
+            )
 
     @contextmanager
     def _job_lock(self, job_id: str) -> Iterator[None]:
@@ -264,8 +293,9 @@ class JobRunner:
         with lock:
             yield
 
-    def read(self, source: str, on_job: Callable[[Any], None] | None = None
-             ) -> tuple[Any | None, dict[str, Any] | None]:
+    def read(
+        self, source: str, on_job: Callable[[Any], None] | None = None
+    ) -> tuple[Any | None, dict[str, Any] | None]:
         """Phase 1. Returns ``(job, None)``, or ``(None, report)`` when unusable.
 
         Raises
@@ -302,8 +332,12 @@ class JobRunner:
         with self._job_lock(job_id):
             result = self.importer().process(job_id, self.destinations)
         outcome = job_outcome(result.report)
-        self.board.job(job_id, state=outcome, status=result.report.get("status"),
-                       counts=result.report.get("counts", {}))
+        self.board.job(
+            job_id,
+            state=outcome,
+            status=result.report.get("status"),
+            counts=result.report.get("counts", {}),
+        )
         log.info("job %s: %s (%s)", job_id, outcome, result.report.get("status"))
         return outcome, result.report
 
@@ -311,8 +345,11 @@ class JobRunner:
         """Jobs fully read but not finished (interrupted in phase 2)."""
         from pdimport.store.journal import FINAL_STATES
 
-        return [j.id for j in self.journal.jobs(10_000)
-                if j.read_complete and j.state not in FINAL_STATES and j.mode == "import"]
+        return [
+            j.id
+            for j in self.journal.jobs(10_000)
+            if j.read_complete and j.state not in FINAL_STATES and j.mode == "import"
+        ]
 
     def close(self) -> None:
         self.journal.close()
@@ -326,8 +363,15 @@ class DeliveryRetrier(threading.Thread):
     a waiting job as partial/failed, a final state).
     """
 
-    def __init__(self, path: Path, runner: JobRunner, base: float, cap: float,
-                 stop: threading.Event, on_change: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        runner: JobRunner,
+        base: float,
+        cap: float,
+        stop: threading.Event,
+        on_change: Callable[[int], None],
+    ) -> None:
         super().__init__(name="delivery-retry", daemon=True)
         self._runner = runner
         self._base, self._cap = base, cap
@@ -336,21 +380,29 @@ class DeliveryRetrier(threading.Thread):
         self._cond = threading.Condition()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS waiting (job_id TEXT PRIMARY KEY, "
-                         "attempts INTEGER NOT NULL, due REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS waiting (job_id TEXT PRIMARY KEY, "
+            "attempts INTEGER NOT NULL, due REAL NOT NULL)"
+        )
 
     def submit(self, job_id: str, now: bool = False) -> None:
         """Queue ``job_id``: at once (``now``) or after the next back-off step."""
         with self._cond:
-            row = self._db.execute("SELECT attempts FROM waiting WHERE job_id=?",
-                                   (job_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT attempts FROM waiting WHERE job_id=?", (job_id,)
+            ).fetchone()
             attempts = row[0] + 1 if row else 0
             due = time.time() + (0.0 if now else backoff(attempts, self._base, self._cap))
-            self._db.execute("INSERT OR REPLACE INTO waiting VALUES (?,?,?)",
-                             (job_id, attempts, due))
+            self._db.execute(
+                "INSERT OR REPLACE INTO waiting VALUES (?,?,?)", (job_id, attempts, due)
+            )
             self._cond.notify()
-        log.info("job %s waits for delivery (attempt %d in %.1f s)", job_id, attempts + 1,
-                 max(0.0, due - time.time()))
+        log.info(
+            "job %s waits for delivery (attempt %d in %.1f s)",
+            job_id,
+            attempts + 1,
+            max(0.0, due - time.time()),
+        )
         self._on_change(self.size())
 
     def forget(self, job_id: str) -> None:
@@ -373,7 +425,7 @@ class DeliveryRetrier(threading.Thread):
                 continue
             try:
                 outcome, _ = self._runner.deliver(job_id)
-            except Exception:  # noqa: BLE001 - keep the job; try again later
+            except Exception:
                 log.exception("retry of job %s failed", job_id)
                 outcome = "waiting"
             if self._stop_event.is_set() and outcome == "waiting":
@@ -386,7 +438,8 @@ class DeliveryRetrier(threading.Thread):
     def _next_due(self) -> str | None:
         with self._cond:
             row = self._db.execute(
-                "SELECT job_id, due FROM waiting ORDER BY due LIMIT 1").fetchone()
+                "SELECT job_id, due FROM waiting ORDER BY due LIMIT 1"
+            ).fetchone()
             if row is None:
                 self._cond.wait()
                 return None
@@ -405,7 +458,7 @@ class DeliveryRetrier(threading.Thread):
 class DriveWorker(threading.Thread):
     """One drive: its lifecycle, its reads, its eject. Owns its state alone."""
 
-    def __init__(self, event: udev.MediaEvent, app: "Daemon") -> None:
+    def __init__(self, event: udev.MediaEvent, app: Daemon) -> None:
         super().__init__(name=f"drive:{event.kernel}", daemon=True)
         self.devnode = event.devnode
         self.kernel = event.kernel
@@ -425,11 +478,10 @@ class DriveWorker(threading.Thread):
             try:
                 self.handle(event)
             except Interrupted:
-                log.info("%s: stopped mid-read; the job resumes at the next start",
-                         self.devnode)
+                log.info("%s: stopped mid-read; the job resumes at the next start", self.devnode)
                 return
-            except Exception as exc:  # noqa: BLE001 - the drive survives any one medium
-                log.exception("%s: %s", self.devnode, exc)
+            except Exception as exc:
+                log.exception("%s: %s", self.devnode, exc)  # noqa: TRY401  the message line alone names the cause in journald
                 self._fail(f"internal error: {exc}")
 
     def handle(self, event: udev.MediaEvent) -> None:
@@ -462,8 +514,14 @@ class DriveWorker(threading.Thread):
             log.warning("%s: new medium while %s; ignored", self.devnode, self.lifecycle.state)
             return
         self.eject_requested.clear()
-        self.lifecycle.fire("insert", diskseq=event.diskseq or 0, label=event.label,
-                            kind=event.kind, job="", detail="")
+        self.lifecycle.fire(
+            "insert",
+            diskseq=event.diskseq or 0,
+            label=event.label,
+            kind=event.kind,
+            job="",
+            detail="",
+        )
         if event.kind in (udev.BLANK, udev.AUDIO):
             self._unreadable_disc(event)
             return
@@ -514,7 +572,8 @@ class DriveWorker(threading.Thread):
         self.lifecycle.fire("start_read")
         try:
             job, report = self.app.runner.read(
-                source, on_job=lambda j: self.app.board.drive(self.devnode, job=j.id))
+                source, on_job=lambda j: self.app.board.drive(self.devnode, job=j.id)
+            )
         finally:
             if self._mounted is not None and self.app.stop.is_set():
                 drives.unmount(self._mounted)
@@ -544,7 +603,7 @@ class DriveWorker(threading.Thread):
         report = None
         try:
             outcome, report = self.app.runner.deliver(job_id)
-        except Exception:  # noqa: BLE001 - the spool holds it; the retry worker goes on
+        except Exception:
             log.exception("%s: delivery of %s failed", self.devnode, job_id)
             outcome = "waiting"
         if outcome == "waiting":
@@ -556,9 +615,12 @@ class DriveWorker(threading.Thread):
 
     def _audit(self, event: str, **fields: Any) -> None:
         try:
-            self.app.runner.audit.append(event, drive=self.devnode,
-                                         job=self.app.board.snapshot()["drives"]
-                                         .get(self.devnode, {}).get("job"), **fields)
+            self.app.runner.audit.append(
+                event,
+                drive=self.devnode,
+                job=self.app.board.snapshot()["drives"].get(self.devnode, {}).get("job"),
+                **fields,
+            )
         except OSError:
             log.exception("%s: audit record %s failed", self.devnode, event)
 
@@ -572,8 +634,13 @@ class DriveWorker(threading.Thread):
         result = print_label(report, self.app.cfg, drive=self.devnode)
         self.app.board.drive(self.devnode, label=result.as_dict())
         try:
-            self.app.runner.audit.append("label_printed", job=report.get("job"),
-                                         drive=self.devnode, ok=result.ok, detail=result.detail)
+            self.app.runner.audit.append(
+                "label_printed",
+                job=report.get("job"),
+                drive=self.devnode,
+                ok=result.ok,
+                detail=result.detail,
+            )
         except OSError:
             log.exception("%s: audit record of the label failed", self.devnode)
 
@@ -581,9 +648,12 @@ class DriveWorker(threading.Thread):
         """Eject by bus; the lifecycle is in ``ejecting``."""
         self.eject_requested.clear()
         if self.bus == "optical":
-            result = drives.eject_optical(self.devnode, ioctl=self.app.ioctl,
-                                          retries=int(_setting(self.app.cfg, "eject_retries")),
-                                          stop=self.app.stop)
+            result = drives.eject_optical(
+                self.devnode,
+                ioctl=self.app.ioctl,
+                retries=int(_setting(self.app.cfg, "eject_retries")),
+                stop=self.app.stop,
+            )
         elif self.bus == "loop":
             result = drives.detach_loop(self.devnode)
         else:
@@ -617,7 +687,7 @@ def _first_problem(report: dict[str, Any] | None) -> str:
 class Router(threading.Thread):
     """Debounces udev events and hands each settled one to its drive worker."""
 
-    def __init__(self, app: "Daemon", quiet: float) -> None:
+    def __init__(self, app: Daemon, quiet: float) -> None:
         super().__init__(name="router", daemon=True)
         self.app = app
         self.inbox: queue.SimpleQueue[udev.MediaEvent | None] = queue.SimpleQueue()
@@ -669,10 +739,13 @@ class Daemon:
         self._workers_lock = threading.Lock()
         self.runner = JobRunner(cfg, self.board, self.stop)
         self.retrier = DeliveryRetrier(
-            cfg.state_path / "retry.sqlite", self.runner,
+            cfg.state_path / "retry.sqlite",
+            self.runner,
             float(_setting(cfg, "network.retry_delay", 2.0)),
-            float(_setting(cfg, "retry_max_delay")), self.stop,
-            lambda n: self.board.queue("retry", n))
+            float(_setting(cfg, "retry_max_delay")),
+            self.stop,
+            lambda n: self.board.queue("retry", n),
+        )
         self.router = Router(self, float(_setting(cfg, "debounce")))
         self.udev: udev.UdevSource | None = None
         self.watch: WatchFolder | None = None
@@ -684,7 +757,7 @@ class Daemon:
             self._install_signals()
         try:
             self._start()
-        except Exception as exc:  # noqa: BLE001 - report, then leave cleanly
+        except Exception as exc:
             log.exception("daemon start failed")
             self.notifier.notify(f"STATUS=start failed: {exc}")
             self._shutdown()
@@ -719,9 +792,13 @@ class Daemon:
         watch_dir = _setting(self.cfg, "watch")
         if watch_dir:
             self._watch_ledger = WatchLedger(self.cfg.state_path / "watch.sqlite")
-            self.watch = WatchFolder(Path(watch_dir), self._watch_import, self._watch_ledger,
-                                     float(_setting(self.cfg, "watch_settle")),
-                                     on_change=self._watch_changed)
+            self.watch = WatchFolder(
+                Path(watch_dir),
+                self._watch_import,
+                self._watch_ledger,
+                float(_setting(self.cfg, "watch_settle")),
+                on_change=self._watch_changed,
+            )
             self.watch.start()
 
     def _recover(self) -> None:
@@ -828,14 +905,23 @@ class Daemon:
         """A disc with nothing to import still leaves a report."""
         reports = self.cfg.state_path / "reports"
         reports.mkdir(parents=True, exist_ok=True)
-        doc = {"job": None, "source": {"kind": "device", "path": event.devnode,
-                                       "label": event.label},
-               "status": "failed", "counts": {},
-               "problems": [{"code": "blank_medium" if what == "blank disc" else "audio_cd",
-                             "path": event.devnode,
-                             "detail": what}]}
-        _write_atomic(reports / f"{kernel}-{event.diskseq or 0}.json",
-                      json.dumps(doc, indent=1, ensure_ascii=False))
+        doc = {
+            "job": None,
+            "source": {"kind": "device", "path": event.devnode, "label": event.label},
+            "status": "failed",
+            "counts": {},
+            "problems": [
+                {
+                    "code": "blank_medium" if what == "blank disc" else "audio_cd",
+                    "path": event.devnode,
+                    "detail": what,
+                }
+            ],
+        }
+        _write_atomic(
+            reports / f"{kernel}-{event.diskseq or 0}.json",
+            json.dumps(doc, indent=1, ensure_ascii=False),
+        )
 
 
 # ------------------------------------------------------------- entry points
@@ -879,11 +965,14 @@ def status_main(cfg: Any, as_json: bool = False) -> int:
     if snap is None:
         print(f"pdimport daemon: not running (no {path})")
         return 3
-    print(f"pdimport daemon: {'running, pid %d' % snap['pid'] if running else 'not running'}")
+    state = f"running, pid {snap['pid']}" if running else "not running"
+    print(f"pdimport daemon: {state}")
     print(status_line(snap))
     for devnode, drive in sorted(snap.get("drives", {}).items()):
-        print(f"  {devnode:14} {drive.get('state', '?'):11} {drive.get('job', '')} "
-              f"{drive.get('detail', '')}".rstrip())
+        print(
+            f"  {devnode:14} {drive.get('state', '?'):11} {drive.get('job', '')} "
+            f"{drive.get('detail', '')}".rstrip()
+        )
     for job_id, job in sorted(snap.get("jobs", {}).items()):
         print(f"  job {job_id} {job.get('state', '?')} {job.get('source', '')}".rstrip())
     return 0 if running else 3

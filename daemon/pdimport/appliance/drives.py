@@ -23,9 +23,9 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,13 @@ def _clear_lock_option(fd: int, ioctl: Ioctl) -> None:
         log.debug("CDROM_CLEAR_OPTIONS CDO_LOCK: %s", exc)
 
 
-def eject_optical(devnode: str, ioctl: Ioctl = fcntl.ioctl, retries: int = 5,
-                  delay: float = 1.0, stop: threading.Event | None = None) -> ControlResult:
+def eject_optical(
+    devnode: str,
+    ioctl: Ioctl = fcntl.ioctl,
+    retries: int = 5,
+    delay: float = 1.0,
+    stop: threading.Event | None = None,
+) -> ControlResult:
     """Unlock and eject, checking the return value; retry, then report.
 
     Parameters
@@ -187,8 +192,9 @@ def detach_loop(devnode: str, ioctl: Ioctl = fcntl.ioctl) -> ControlResult:
 def _losetup_detach(devnode: str, first_error: str) -> ControlResult:
     if not shutil.which("losetup"):
         return ControlResult(False, detail=first_error)
-    proc = subprocess.run(["losetup", "-d", devnode], capture_output=True, text=True,
-                          timeout=30, check=False)
+    proc = subprocess.run(
+        ["losetup", "-d", devnode], capture_output=True, text=True, timeout=30, check=False
+    )
     if proc.returncode == 0:
         return ControlResult(True, detail=f"losetup -d after {first_error}")
     return ControlResult(False, detail=f"{first_error}; losetup: {proc.stderr.strip()}")
@@ -200,9 +206,12 @@ def mount_point(state_dir: Path, kernel: str) -> Path:
     return Path(state_dir) / "mnt" / kernel
 
 
-def mount_readonly(devnode: str, target: Path, fs_type: str = "",
-                   runner: Callable[..., subprocess.CompletedProcess] = subprocess.run
-                   ) -> ControlResult:
+def mount_readonly(
+    devnode: str,
+    target: Path,
+    fs_type: str = "",
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> ControlResult:
     """Mount read-only with ``nosuid,nodev,noexec``: a stick is hostile input.
 
     A kernel without the filesystem (vfat here) is a reported failure.
@@ -222,9 +231,9 @@ def mount_readonly(devnode: str, target: Path, fs_type: str = "",
     return ControlResult(True)
 
 
-def unmount(target: Path,
-            runner: Callable[..., subprocess.CompletedProcess] = subprocess.run
-            ) -> ControlResult:
+def unmount(
+    target: Path, runner: Callable[..., subprocess.CompletedProcess] = subprocess.run
+) -> ControlResult:
     """Unmount; lazily when the stick is already gone (EIO would block umount)."""
     if not os.path.ismount(target):
         _rmdir(target)
@@ -262,13 +271,18 @@ def udisks_running(run_dir: Path = Path("/run/udisks2")) -> bool:
     return run_dir.is_dir() and shutil.which("udisksctl") is not None
 
 
-def power_off_usb(disk_devnode: str,
-                  runner: Callable[..., subprocess.CompletedProcess] = subprocess.run
-                  ) -> ControlResult:
+def power_off_usb(
+    disk_devnode: str, runner: Callable[..., subprocess.CompletedProcess] = subprocess.run
+) -> ControlResult:
     """Power the stick off through udisks2 (syncs, spins down, LED goes off)."""
     try:
-        proc = runner(["udisksctl", "power-off", "--no-user-interaction", "-b", disk_devnode],
-                      capture_output=True, text=True, timeout=60, check=False)
+        proc = runner(
+            ["udisksctl", "power-off", "--no-user-interaction", "-b", disk_devnode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return ControlResult(False, detail=str(exc))
     if proc.returncode != 0:

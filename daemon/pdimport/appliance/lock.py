@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Self
 
 #: EX_TEMPFAIL (sysexits.h): try again once the other daemon has stopped.
 EXIT_LOCKED = 75
@@ -55,7 +56,7 @@ class DaemonLock:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> DaemonLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class Notifier:
                     # Non-blocking: a manager that stops reading (its queue is
                     # only ~10 datagrams deep) must never stall a worker thread.
                     self._sock = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                        | socket.SOCK_NONBLOCK)
+                        socket.AF_UNIX,
+                        socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                    )
                 self._sock.sendto(payload, _address(self.socket_name))
             return True
         except OSError as exc:

@@ -24,15 +24,22 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 # Kinds of a classified event.
 DATA, BLANK, AUDIO, NO_MEDIA, EJECT_BUTTON, REMOVED = (
-    "data", "blank", "audio-cd", "no-media", "eject-button", "removed")
+    "data",
+    "blank",
+    "audio-cd",
+    "no-media",
+    "eject-button",
+    "removed",
+)
 #: Kinds that describe a medium (one per DISKSEQ is enough).
 MEDIUM_KINDS = frozenset({DATA, BLANK, AUDIO})
 
@@ -70,8 +77,9 @@ def classify_optical(props: Mapping[str, str]) -> str:
         return NO_MEDIA
     if props.get("ID_CDROM_MEDIA_STATE") == "blank":
         return BLANK
-    if (props.get("ID_CDROM_MEDIA_TRACK_COUNT_AUDIO")
-            and not props.get("ID_CDROM_MEDIA_TRACK_COUNT_DATA")):
+    if props.get("ID_CDROM_MEDIA_TRACK_COUNT_AUDIO") and not props.get(
+        "ID_CDROM_MEDIA_TRACK_COUNT_DATA"
+    ):
         return AUDIO
     return DATA
 
@@ -117,9 +125,14 @@ def classify(props: Mapping[str, str], patterns: Iterable[str]) -> MediaEvent | 
     if not kernel or not matches(kernel, patterns):
         return None
     action = props.get("ACTION", "change")
-    common: dict[str, Any] = dict(devnode=props["DEVNAME"], kernel=kernel, diskseq=_diskseq(props),
-                  fs_type=props.get("ID_FS_TYPE", ""), label=props.get("ID_FS_LABEL", ""),
-                  action=action)
+    common: dict[str, Any] = {
+        "devnode": props["DEVNAME"],
+        "kernel": kernel,
+        "diskseq": _diskseq(props),
+        "fs_type": props.get("ID_FS_TYPE", ""),
+        "label": props.get("ID_FS_LABEL", ""),
+        "action": action,
+    }
     if props.get("ID_CDROM") == "1":
         kind = REMOVED if action == "remove" else classify_optical(props)
         return MediaEvent(kind=kind, bus="optical", **common)
@@ -179,8 +192,11 @@ class Debouncer:
                 self._pending.pop(event.devnode, None)
                 self._released.pop(event.devnode, None)
             return [event]
-        if (event.kind in MEDIUM_KINDS and event.diskseq is not None
-                and self._released.get(event.devnode) == event.diskseq):
+        if (
+            event.kind in MEDIUM_KINDS
+            and event.diskseq is not None
+            and self._released.get(event.devnode) == event.diskseq
+        ):
             # The same medium instance again; keep its richer properties only
             # if it is still pending (nothing to do once released).
             return []
@@ -213,8 +229,11 @@ class Debouncer:
 
 
 def _older(event: MediaEvent, pending: MediaEvent) -> bool:
-    return (event.diskseq is not None and pending.diskseq is not None
-            and event.diskseq < pending.diskseq)
+    return (
+        event.diskseq is not None
+        and pending.diskseq is not None
+        and event.diskseq < pending.diskseq
+    )
 
 
 # ----------------------------------------------------------- sysfs knob
@@ -241,8 +260,13 @@ def ensure_media_polling(param: Path = POLL_PARAM, msecs: int = POLL_MSECS) -> s
     try:
         param.write_text(f"{msecs}\n")
     except OSError as exc:
-        log.warning("in-kernel media polling is off (%s = 0) and cannot be set (%s): "
-                    "inserted discs will not be noticed; set it to %d", param, exc, msecs)
+        log.warning(
+            "in-kernel media polling is off (%s = 0) and cannot be set (%s): "
+            "inserted discs will not be noticed; set it to %d",
+            param,
+            exc,
+            msecs,
+        )
         return "off"
     log.info("in-kernel media polling was off; set %s = %d", param, msecs)
     return "set"
@@ -290,8 +314,9 @@ class UdevSource:
         """Start listening first, then enumerate, so nothing falls between."""
         import pyudev
 
-        self._observer = pyudev.MonitorObserver(self._monitor, callback=self._on_device,
-                                                name="udev-monitor")
+        self._observer = pyudev.MonitorObserver(
+            self._monitor, callback=self._on_device, name="udev-monitor"
+        )
         self._observer.daemon = True
         self._observer.start()
         for event in self.coldplug():
@@ -311,12 +336,17 @@ class UdevSource:
     def _on_device(self, device: Any) -> None:
         try:
             event = classify(device_properties(device), self.patterns)
-        except Exception:  # noqa: BLE001 - one odd device never stops the monitor
+        except Exception:
             log.exception("cannot classify udev event of %s", device)
             return
         if event is not None:
-            log.debug("udev %s %s diskseq=%s -> %s", event.action, event.devnode,
-                      event.diskseq, event.kind)
+            log.debug(
+                "udev %s %s diskseq=%s -> %s",
+                event.action,
+                event.devnode,
+                event.diskseq,
+                event.kind,
+            )
             self._sink(event)
 
     def is_alive(self) -> bool:

@@ -30,9 +30,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pdimport.store.fsutil import write_bytes
 
@@ -148,18 +149,21 @@ class WatchLedger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS watched (key TEXT PRIMARY KEY, name TEXT NOT NULL, "
-            "state TEXT NOT NULL, report TEXT, time REAL NOT NULL)")
+            "state TEXT NOT NULL, report TEXT, time REAL NOT NULL)"
+        )
 
     def get(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
         with self._lock:
-            row = self._db.execute("SELECT state, report FROM watched WHERE key=?",
-                                   (key,)).fetchone()
+            row = self._db.execute(
+                "SELECT state, report FROM watched WHERE key=?", (key,)
+            ).fetchone()
         if row is None:
             return None
         return row[0], (json.loads(row[1]) if row[1] else None)
@@ -168,8 +172,14 @@ class WatchLedger:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO watched VALUES (?,?,?,?,?)",
-                (key, name, state, json.dumps(report, ensure_ascii=False) if report else None,
-                 time.time()))
+                (
+                    key,
+                    name,
+                    state,
+                    json.dumps(report, ensure_ascii=False) if report else None,
+                    time.time(),
+                ),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -204,8 +214,14 @@ class WatchFolder:
         Called with no argument when the number of waiting entries changes.
     """
 
-    def __init__(self, root: Path, import_fn: ImportFn, ledger: WatchLedger,
-                 settle: float = 5.0, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        import_fn: ImportFn,
+        ledger: WatchLedger,
+        settle: float = 5.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.settle = settle
         self._import = import_fn
@@ -241,8 +257,7 @@ class WatchFolder:
             self._thread.join(timeout)
 
     def is_alive(self) -> bool:
-        return (self._thread.is_alive() and self._observer is not None
-                and self._observer.is_alive())
+        return self._thread.is_alive() and self._observer is not None and self._observer.is_alive()
 
     def pending(self) -> int:
         return len(self._candidates) + (1 if self.current else 0)
@@ -334,11 +349,16 @@ class WatchFolder:
     def _run_import(self, path: Path) -> WatchResult | None:
         try:
             return self._import(path)
-        except Exception as exc:  # noqa: BLE001 - one bad package never stops the folder
+        except Exception as exc:
             log.exception("watch folder: import of %s failed", path)
-            return WatchResult(FAILED, {"status": "failed", "source": {"path": str(path)},
-                                        "problems": [{"code": "internal_error", "path": "",
-                                                      "detail": str(exc)}]})
+            return WatchResult(
+                FAILED,
+                {
+                    "status": "failed",
+                    "source": {"path": str(path)},
+                    "problems": [{"code": "internal_error", "path": "", "detail": str(exc)}],
+                },
+            )
 
     def _finish(self, path: Path, outcome: str, report: dict[str, Any]) -> None:
         dest_dir = self.root / (DONE if outcome == DONE else FAILED)

@@ -24,15 +24,27 @@ from pdimport.convert.pdf import convert_pdf
 from pdimport.convert.text import convert_text
 
 __all__ = [
-    "SUBTYPES", "ConversionError", "Limits", "PatientContext", "convert_file", "mark_ai",
+    "SUBTYPES",
+    "ConversionError",
+    "Limits",
+    "PatientContext",
+    "convert_file",
+    "mark_ai",
 ]
 
 #: Identity subtypes of ``other_content`` that are converted.
 SUBTYPES = ("pdf", "jpeg", "png", "bmp", "tiff", "txt")
 
 
-def convert_file(path: Path, display_name: str, subtype: str, ctx: PatientContext,
-                 out_dir: Path, *, limits: Limits = DEFAULT_LIMITS) -> list[Path]:
+def convert_file(
+    path: Path,
+    display_name: str,
+    subtype: str,
+    ctx: PatientContext,
+    out_dir: Path,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Path]:
     """Convert one Other Content file; returns the Part 10 files written.
 
     Parameters

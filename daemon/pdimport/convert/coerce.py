@@ -39,9 +39,15 @@ def marked_description(current: str, prefix: str = DEFAULT_PREFIX) -> str:
     return clip(marked, "LO")[:_SERIES_DESCRIPTION_MAX]
 
 
-def mark_ai(ds: Dataset, prefix: str = DEFAULT_PREFIX, reason: str = DEFAULT_REASON,
-            system: str = SYSTEM_NAME, *, source: str | None = None,
-            now: _dt.datetime | None = None) -> bool:
+def mark_ai(
+    ds: Dataset,
+    prefix: str = DEFAULT_PREFIX,
+    reason: str = DEFAULT_REASON,
+    system: str = SYSTEM_NAME,
+    *,
+    source: str | None = None,
+    now: _dt.datetime | None = None,
+) -> bool:
     """Prefix SeriesDescription and record the change (PS3.3 C.12.1.1.9).
 
     Appends one Original Attributes Sequence item holding
@@ -74,7 +80,8 @@ def mark_ai(ds: Dataset, prefix: str = DEFAULT_PREFIX, reason: str = DEFAULT_REA
     item.AttributeModificationDateTime = moment
     item.ModifyingSystem = clip(system, "LO")
     item.SourceOfPreviousValues = clip(
-        str(ds.get("InstitutionName", "")) if source is None else source, "LO")
+        str(ds.get("InstitutionName", "")) if source is None else source, "LO"
+    )
     item.ReasonForTheAttributeModification = REASON
     item.ModifiedAttributesSequence = Sequence([modified])
 

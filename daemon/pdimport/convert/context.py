@@ -17,9 +17,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from pydicom import config as _pydicom_config
 from pydicom.charset import convert_encodings, decode_bytes, encode_string
@@ -28,9 +28,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
-from pdimport.store.fsutil import atomic_write
 from pdimport.model import Header
 from pdimport.problems import FileProblem
+from pdimport.store.fsutil import atomic_write
 
 #: StudyDescription of the study made when the medium has no single study.
 NEW_STUDY_DESCRIPTION = "Documents from external media"
@@ -120,10 +120,18 @@ class PatientContext:
         if not self.StudyInstanceUID:
             raise ValueError("PatientContext needs a StudyInstanceUID (use new_study())")
         checks = {
-            "PatientName": "PN", "PatientID": "LO", "IssuerOfPatientID": "LO",
-            "PatientBirthDate": "DA", "PatientSex": "CS", "StudyInstanceUID": "UI",
-            "StudyDate": "DA", "StudyTime": "TM", "AccessionNumber": "SH",
-            "ReferringPhysicianName": "PN", "StudyID": "SH", "StudyDescription": "LO",
+            "PatientName": "PN",
+            "PatientID": "LO",
+            "IssuerOfPatientID": "LO",
+            "PatientBirthDate": "DA",
+            "PatientSex": "CS",
+            "StudyInstanceUID": "UI",
+            "StudyDate": "DA",
+            "StudyTime": "TM",
+            "AccessionNumber": "SH",
+            "ReferringPhysicianName": "PN",
+            "StudyID": "SH",
+            "StudyDescription": "LO",
         }
         for keyword, vr in checks.items():
             value = getattr(self, keyword)
@@ -136,13 +144,15 @@ class PatientContext:
 
     # ---------------------------------------------------------- construction
     @classmethod
-    def from_dataset(cls, ds: Dataset, *, single_study: bool = True,
-                     series_by_kind: bool = False) -> PatientContext:
+    def from_dataset(
+        cls, ds: Dataset, *, single_study: bool = True, series_by_kind: bool = False
+    ) -> PatientContext:
         """Context from one instance of the medium's patient.
 
         ``single_study`` says whether the medium holds exactly one study; when
         False the context names a new study (:data:`NEW_STUDY_DESCRIPTION`).
         """
+
         def get(keyword: str) -> str:
             value = ds.get(keyword, "")
             return "" if value is None else str(value)
@@ -155,27 +165,32 @@ class PatientContext:
         return cls._make(values, study, charset, single_study, series_by_kind)
 
     @classmethod
-    def from_header(cls, header: Header, *, single_study: bool = True,
-                    series_by_kind: bool = False) -> PatientContext:
+    def from_header(
+        cls, header: Header, *, single_study: bool = True, series_by_kind: bool = False
+    ) -> PatientContext:
         """Context from a scanner :class:`~pdimport.model.Header`."""
         values = {
-            "PatientName": header.patient_name, "PatientID": header.patient_id,
+            "PatientName": header.patient_name,
+            "PatientID": header.patient_id,
             "IssuerOfPatientID": header.issuer_of_patient_id,
-            "PatientBirthDate": header.patient_birth_date, "PatientSex": header.patient_sex,
+            "PatientBirthDate": header.patient_birth_date,
+            "PatientSex": header.patient_sex,
         }
         study = {
-            "StudyInstanceUID": header.study_uid, "StudyDate": header.study_date,
-            "StudyTime": header.study_time, "AccessionNumber": header.accession_number,
+            "StudyInstanceUID": header.study_uid,
+            "StudyDate": header.study_date,
+            "StudyTime": header.study_time,
+            "AccessionNumber": header.accession_number,
             "StudyDescription": header.study_description,
             "ReferringPhysicianName": header.extra.get("ReferringPhysicianName", ""),
             "StudyID": header.extra.get("StudyID", ""),
         }
-        return cls._make(values, study, header.specific_character_set, single_study,
-                         series_by_kind)
+        return cls._make(values, study, header.specific_character_set, single_study, series_by_kind)
 
     @classmethod
-    def from_headers(cls, headers: Iterable[Header], *,
-                     series_by_kind: bool = False) -> PatientContext:
+    def from_headers(
+        cls, headers: Iterable[Header], *, series_by_kind: bool = False
+    ) -> PatientContext:
         """Context for a whole medium: one patient, its study when there is one.
 
         Raises ``ValueError`` for no headers or more than one patient: the
@@ -189,18 +204,28 @@ class PatientContext:
             raise ValueError(f"{len(patients)} patients on the medium; convert nothing")
         studies = {h.study_uid for h in headers if h.study_uid}
         first = next(h for h in headers if not studies or h.study_uid in studies)
-        return cls.from_header(first, single_study=len(studies) == 1,
-                               series_by_kind=series_by_kind)
+        return cls.from_header(first, single_study=len(studies) == 1, series_by_kind=series_by_kind)
 
     @classmethod
-    def _make(cls, patient: dict[str, str], study: dict[str, str], charset: str,
-              single_study: bool, series_by_kind: bool) -> PatientContext:
+    def _make(
+        cls,
+        patient: dict[str, str],
+        study: dict[str, str],
+        charset: str,
+        single_study: bool,
+        series_by_kind: bool,
+    ) -> PatientContext:
         # Values read from a disc are trimmed of the padding some writers leave.
         patient = {k: v.strip() for k, v in patient.items()}
         new_study = not single_study or not study.get("StudyInstanceUID")
         study = _new_study() if new_study else {k: v.strip() for k, v in study.items()}
-        return cls(**patient, **study, SpecificCharacterSet=charset.strip(),
-                   new_study=new_study, series_by_kind=series_by_kind)
+        return cls(
+            **patient,
+            **study,
+            SpecificCharacterSet=charset.strip(),
+            new_study=new_study,
+            series_by_kind=series_by_kind,
+        )
 
     # ------------------------------------------------------------ series
     def series_for(self, kind: str, display_name: str) -> tuple[str, int, str, int]:
@@ -217,18 +242,25 @@ class PatientContext:
                 description = f"{kind.upper()} from external media"
             else:
                 description = f"{kind.upper()}: {base_name(display_name)}"
-            series = _Series(generate_uid(), FIRST_SERIES_NUMBER + len(self._series),
-                             clip(description, "LO"))
+            series = _Series(
+                generate_uid(), FIRST_SERIES_NUMBER + len(self._series), clip(description, "LO")
+            )
             self._series[key] = series
         number = series.next_instance
         series.next_instance += 1
         return series.SeriesInstanceUID, series.SeriesNumber, series.SeriesDescription, number
 
 
-_PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
-                 "PatientSex")
-_STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
-               "ReferringPhysicianName", "StudyID", "StudyDescription")
+_PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+_STUDY_KEYS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDescription",
+)
 
 
 def _new_study() -> dict[str, str]:
@@ -236,9 +268,13 @@ def _new_study() -> dict[str, str]:
     # ContentDate, and an empty StudyDate sorts badly in most PACS.
     now = _dt.datetime.now()
     return {
-        "StudyInstanceUID": generate_uid(), "StudyDate": now.strftime("%Y%m%d"),
-        "StudyTime": now.strftime("%H%M%S"), "AccessionNumber": "",
-        "ReferringPhysicianName": "", "StudyID": "", "StudyDescription": NEW_STUDY_DESCRIPTION,
+        "StudyInstanceUID": generate_uid(),
+        "StudyDate": now.strftime("%Y%m%d"),
+        "StudyTime": now.strftime("%H%M%S"),
+        "AccessionNumber": "",
+        "ReferringPhysicianName": "",
+        "StudyID": "",
+        "StudyDescription": NEW_STUDY_DESCRIPTION,
     }
 
 
@@ -308,8 +344,15 @@ def choose_character_set(source: str, texts: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------- modules
-def common_modules(ctx: PatientContext, *, kind: str, display_name: str, modality: str,
-                   sop_class_uid: str, content: _dt.datetime) -> Dataset:
+def common_modules(
+    ctx: PatientContext,
+    *,
+    kind: str,
+    display_name: str,
+    modality: str,
+    sop_class_uid: str,
+    content: _dt.datetime,
+) -> Dataset:
     """Patient, General Study, series, SC Equipment and SOP Common attributes.
 
     The series attributes satisfy both the General Series Module (C.7.3.1,
@@ -363,8 +406,25 @@ def _text_values(ds: Dataset) -> Iterable[str]:
 
 
 _TEXT_VRS = frozenset(
-    ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-     "UI", "UR", "UT")
+    (
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    )
 )
 
 
@@ -389,8 +449,7 @@ def finish(ds: Dataset, ctx: PatientContext) -> None:
                 raise ConversionError("internal_error", f"{elem.keyword}: {exc}") from None
 
 
-def write_part10(ds: Dataset, out_dir: Path, transfer_syntax: str = ExplicitVRLittleEndian
-                 ) -> Path:
+def write_part10(ds: Dataset, out_dir: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """Write ``ds`` as a Part 10 file named after its SOP Instance UID.
 
     Written to a temporary name in ``out_dir`` and renamed, so a crash never

@@ -31,7 +31,20 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, clip, common_modules, da_tm, file_datetime, finish, read_capped, write_part10)
+from pdimport.convert.context import (
+    DEFAULT_LIMITS,
+    ConversionError,
+    Limits,
+    PatientContext,
+    base_name,
+    clip,
+    common_modules,
+    da_tm,
+    file_datetime,
+    finish,
+    read_capped,
+    write_part10,
+)
 
 #: Pillow format names accepted for each Other Content subtype.
 PILLOW_FORMATS = {"png": {"PNG"}, "bmp": {"BMP", "DIB"}, "tiff": {"TIFF"}}
@@ -68,7 +81,7 @@ def parse_jpeg(data: bytes) -> JpegFrame:
         raise ConversionError("decode_failed", "no JPEG SOI marker")
     i, frame, adobe, jfif = 2, None, None, False
     while True:
-        while i < len(data) and data[i] == 0xFF and data[i + 1:i + 2] == b"\xff":
+        while i < len(data) and data[i] == 0xFF and data[i + 1 : i + 2] == b"\xff":
             i += 1  # fill bytes (B.1.1.2)
         if i + 4 > len(data) or data[i] != 0xFF:
             raise ConversionError("decode_failed", f"bad JPEG marker at offset {i}")
@@ -76,8 +89,8 @@ def parse_jpeg(data: bytes) -> JpegFrame:
         if marker in _STANDALONE:
             i += 2
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        segment = data[i + 4:i + 2 + length]
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        segment = data[i + 4 : i + 2 + length]
         if length < 2 or len(segment) != length - 2:
             raise ConversionError("decode_failed", f"JPEG segment 0x{marker:02X} truncated")
         if marker in _SOF:
@@ -97,15 +110,20 @@ def parse_jpeg(data: bytes) -> JpegFrame:
     # (maker notes, second images) are common and kept as they are.
     if data.rfind(b"\xff\xd9") <= i:
         raise ConversionError("decode_failed", "JPEG has no EOI marker: truncated")
-    return JpegFrame(frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6],
-                     adobe, jfif)
+    return JpegFrame(
+        frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6], adobe, jfif
+    )
 
 
 def _sof(marker: int, seg: bytes) -> tuple:
     if len(seg) < 6:
         raise ConversionError("decode_failed", "JPEG frame header truncated")
-    precision, rows, cols, count = seg[0], int.from_bytes(seg[1:3], "big"), \
-        int.from_bytes(seg[3:5], "big"), seg[5]
+    precision, rows, cols, count = (
+        seg[0],
+        int.from_bytes(seg[1:3], "big"),
+        int.from_bytes(seg[3:5], "big"),
+        seg[5],
+    )
     if len(seg) < 6 + 3 * count or count == 0:
         raise ConversionError("decode_failed", "JPEG frame header truncated")
     ids = tuple(seg[6 + 3 * k] for k in range(count))
@@ -127,10 +145,12 @@ def jpeg_photometric(frame: JpegFrame) -> str:
     if frame.components == 1:
         return "MONOCHROME2"
     if frame.components != 3:
-        raise ConversionError("unsupported_content",
-                              f"JPEG with {frame.components} components (CMYK/YCCK)")
+        raise ConversionError(
+            "unsupported_content", f"JPEG with {frame.components} components (CMYK/YCCK)"
+        )
     if frame.adobe_transform == 0 or (
-        frame.component_ids == (0x52, 0x47, 0x42) and not frame.jfif
+        frame.component_ids == (0x52, 0x47, 0x42)
+        and not frame.jfif
         and frame.adobe_transform is None
     ):
         return "RGB"
@@ -154,8 +174,13 @@ def jpeg_transfer_syntax(frame: JpegFrame) -> str | None:
     return None
 
 
-def convert_jpeg(path: Path, display_name: str, ctx: PatientContext, out_dir: Path,
-                 limits: Limits = DEFAULT_LIMITS) -> list[Path]:
+def convert_jpeg(
+    path: Path,
+    display_name: str,
+    ctx: PatientContext,
+    out_dir: Path,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Path]:
     """Encapsulate one JPEG file unchanged as a Secondary Capture image.
 
     A progressive JPEG (SOF2, common from web and messaging apps) has no
@@ -169,15 +194,18 @@ def convert_jpeg(path: Path, display_name: str, ctx: PatientContext, out_dir: Pa
     syntax = jpeg_transfer_syntax(frame)
     if syntax is None:
         if frame.sof == 0xC2:
-            return _convert_decoded(path, display_name, "jpeg", {"JPEG"}, ctx, out_dir,
-                                    limits, lossy=True)
-        raise ConversionError("unsupported_content",
-                              f"JPEG process SOF{frame.sof - 0xC0} not transferable")
+            return _convert_decoded(
+                path, display_name, "jpeg", {"JPEG"}, ctx, out_dir, limits, lossy=True
+            )
+        raise ConversionError(
+            "unsupported_content", f"JPEG process SOF{frame.sof - 0xC0} not transferable"
+        )
     photometric = jpeg_photometric(frame)
     content = exif_datetime(path) or file_datetime(path)
     ds = _sc_base(ctx, "jpeg", display_name, content, comment=base_name(display_name))
-    _set_image_pixel(ds, frame.rows, frame.columns, frame.components, photometric,
-                     bits_stored=frame.precision)
+    _set_image_pixel(
+        ds, frame.rows, frame.columns, frame.components, photometric, bits_stored=frame.precision
+    )
     ds.LossyImageCompression = "01"  # the source is already lossy (C.7.6.1.1.5)
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ratio = frame.rows * frame.columns * frame.components * ds.BitsAllocated / 8 / len(data)
@@ -192,16 +220,31 @@ def convert_jpeg(path: Path, display_name: str, ctx: PatientContext, out_dir: Pa
 
 
 # ============================================================= PNG/BMP/TIFF
-def convert_raster(path: Path, display_name: str, subtype: str, ctx: PatientContext,
-                   out_dir: Path, limits: Limits = DEFAULT_LIMITS) -> list[Path]:
+def convert_raster(
+    path: Path,
+    display_name: str,
+    subtype: str,
+    ctx: PatientContext,
+    out_dir: Path,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Path]:
     """PNG, BMP or TIFF (every page) -> native-pixel Secondary Capture images."""
-    return _convert_decoded(path, display_name, subtype, PILLOW_FORMATS[subtype], ctx,
-                            out_dir, limits, lossy=False)
+    return _convert_decoded(
+        path, display_name, subtype, PILLOW_FORMATS[subtype], ctx, out_dir, limits, lossy=False
+    )
 
 
-def _convert_decoded(path: Path, display_name: str, kind: str, formats: set[str],
-                     ctx: PatientContext, out_dir: Path, limits: Limits, *, lossy: bool
-                     ) -> list[Path]:
+def _convert_decoded(
+    path: Path,
+    display_name: str,
+    kind: str,
+    formats: set[str],
+    ctx: PatientContext,
+    out_dir: Path,
+    limits: Limits,
+    *,
+    lossy: bool,
+) -> list[Path]:
     with _open_image(path, formats) as img:
         pages = getattr(img, "n_frames", 1)
         if pages > limits.max_pages:
@@ -236,8 +279,9 @@ def _open_image(path: Path, formats: set[str]) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ConversionError("too_large", f"decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ConversionError("decode_failed", f"not a readable {'/'.join(sorted(formats))}"
-                                  f" image: {exc}") from None
+            raise ConversionError(
+                "decode_failed", f"not a readable {'/'.join(sorted(formats))} image: {exc}"
+            ) from None
     return img
 
 
@@ -248,8 +292,10 @@ def _check_size(columns: int, rows: int, limits: Limits) -> None:
     if rows > 0xFFFF or columns > 0xFFFF:  # Rows/Columns are US (PS3.5 6.2)
         raise ConversionError("too_large", f"{columns}x{rows} pixels does not fit Rows/Columns")
     if rows * columns > limits.max_pixels:
-        raise ConversionError("too_large", f"decompression bomb: {columns}x{rows} pixels "
-                              f"exceeds the cap of {limits.max_pixels}")
+        raise ConversionError(
+            "too_large",
+            f"decompression bomb: {columns}x{rows} pixels exceeds the cap of {limits.max_pixels}",
+        )
 
 
 def _page_is_lossy(img: Image.Image) -> bool:
@@ -300,11 +346,18 @@ def _photometric(mode: str) -> str:
 
 
 # ================================================================ builders
-def _sc_base(ctx: PatientContext, kind: str, display_name: str, content: _dt.datetime, *,
-             comment: str) -> Dataset:
+def _sc_base(
+    ctx: PatientContext, kind: str, display_name: str, content: _dt.datetime, *, comment: str
+) -> Dataset:
     """Modules of the SC Image IOD (A.8.1) other than Image Pixel."""
-    ds = common_modules(ctx, kind=kind, display_name=display_name, modality="OT",
-                        sop_class_uid=SecondaryCaptureImageStorage, content=content)
+    ds = common_modules(
+        ctx,
+        kind=kind,
+        display_name=display_name,
+        modality="OT",
+        sop_class_uid=SecondaryCaptureImageStorage,
+        content=content,
+    )
     # General Series (C.7.3.1): Laterality is 2C on a paired body part; what
     # a photo or scan shows is unknown, so it is present and empty.
     ds.Laterality = ""
@@ -316,8 +369,9 @@ def _sc_base(ctx: PatientContext, kind: str, display_name: str, content: _dt.dat
     return ds
 
 
-def _set_image_pixel(ds: Dataset, rows: int, columns: int, samples: int, photometric: str,
-                     *, bits_stored: int) -> None:
+def _set_image_pixel(
+    ds: Dataset, rows: int, columns: int, samples: int, photometric: str, *, bits_stored: int
+) -> None:
     """Image Pixel Module (C.7.6.3) description of unsigned pixels."""
     ds.SamplesPerPixel = samples
     ds.PhotometricInterpretation = photometric
@@ -334,10 +388,8 @@ def _set_image_pixel(ds: Dataset, rows: int, columns: int, samples: int, photome
 def _set_native_pixels(ds: Dataset, pixels: np.ndarray, photometric: str) -> None:
     samples = 1 if pixels.ndim == 2 else pixels.shape[2]
     bits = pixels.dtype.itemsize * 8
-    _set_image_pixel(ds, pixels.shape[0], pixels.shape[1], samples, photometric,
-                     bits_stored=bits)
-    raw = np.ascontiguousarray(pixels).astype("<u2" if bits == 16 else "u1",
-                                              copy=False).tobytes()
+    _set_image_pixel(ds, pixels.shape[0], pixels.shape[1], samples, photometric, bits_stored=bits)
+    raw = np.ascontiguousarray(pixels).astype("<u2" if bits == 16 else "u1", copy=False).tobytes()
     if len(raw) % 2:
         raw += b"\x00"  # values are even length (PS3.5 7.1.1)
     ds.add_new(0x7FE00010, "OW" if bits == 16 else "OB", raw)

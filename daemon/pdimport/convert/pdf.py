@@ -15,14 +15,32 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import EncapsulatedPDFStorage
 
-from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, clip, common_modules, empty_sequence, file_datetime, finish, read_capped, write_part10)
+from pdimport.convert.context import (
+    DEFAULT_LIMITS,
+    ConversionError,
+    Limits,
+    PatientContext,
+    base_name,
+    clip,
+    common_modules,
+    empty_sequence,
+    file_datetime,
+    finish,
+    read_capped,
+    write_part10,
+)
 
 PDF_MIME = "application/pdf"
 _HEADER_WINDOW = 1024  # PDF readers accept %PDF- anywhere in the first 1 KiB
 
 
-def convert_pdf(path: Path, display_name: str, ctx: PatientContext, out_dir: Path,
-                limits: Limits = DEFAULT_LIMITS) -> list[Path]:
+def convert_pdf(
+    path: Path,
+    display_name: str,
+    ctx: PatientContext,
+    out_dir: Path,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Path]:
     """Encapsulate one PDF file; returns the one Part 10 file written.
 
     DocumentTitle comes from the Info dictionary's /Title, else the file name;
@@ -32,8 +50,12 @@ def convert_pdf(path: Path, display_name: str, ctx: PatientContext, out_dir: Pat
     check_pdf(data)
     title, created = pdf_info(data)
     ds = build_encapsulated_pdf(
-        data, ctx, kind="pdf", display_name=display_name,
-        title=title or base_name(display_name), content=created or file_datetime(path),
+        data,
+        ctx,
+        kind="pdf",
+        display_name=display_name,
+        title=title or base_name(display_name),
+        content=created or file_datetime(path),
     )
     return [write_part10(ds, out_dir)]
 
@@ -51,8 +73,15 @@ def check_pdf(data: bytes) -> None:
         raise ConversionError("decode_failed", "no %%EOF marker: truncated PDF")
 
 
-def build_encapsulated_pdf(pdf: bytes, ctx: PatientContext, *, kind: str, display_name: str,
-                           title: str, content: _dt.datetime) -> Dataset:
+def build_encapsulated_pdf(
+    pdf: bytes,
+    ctx: PatientContext,
+    *,
+    kind: str,
+    display_name: str,
+    title: str,
+    content: _dt.datetime,
+) -> Dataset:
     """Build an Encapsulated PDF dataset (PS3.3 A.45.1).
 
     Modules: Patient, General Study, Encapsulated Document Series (C.24.1),
@@ -61,8 +90,14 @@ def build_encapsulated_pdf(pdf: bytes, ctx: PatientContext, *, kind: str, displa
     readers ignore after %%EOF; EncapsulatedDocumentLength keeps the real
     length so the original bytes can be recovered exactly.
     """
-    ds = common_modules(ctx, kind=kind, display_name=display_name, modality="DOC",
-                        sop_class_uid=EncapsulatedPDFStorage, content=content)
+    ds = common_modules(
+        ctx,
+        kind=kind,
+        display_name=display_name,
+        modality="DOC",
+        sop_class_uid=EncapsulatedPDFStorage,
+        content=content,
+    )
     # Encapsulated Document Module (C.24.2)
     ds.AcquisitionDateTime = ""
     # A referral report names the patient on every page.
@@ -115,22 +150,30 @@ def _info_body(data: bytes) -> bytes | None:
     return bodies[-1] if bodies else None
 
 
-_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b",
-            ord("f"): b"\f", ord("("): b"(", ord(")"): b")", ord("\\"): b"\\"}
+_ESCAPES = {
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("("): b"(",
+    ord(")"): b")",
+    ord("\\"): b"\\",
+}
 
 
 def _pdf_string(buf: bytes, pos: int) -> bytes | None:
     """A literal ``(...)`` or hex ``<...>`` string starting at ``pos`` (7.3.4)."""
-    if buf[pos:pos + 1] == b"<" and buf[pos:pos + 2] != b"<<":
+    if buf[pos : pos + 1] == b"<" and buf[pos : pos + 2] != b"<<":
         end = buf.find(b">", pos)
         if end < 0:
             return None
-        digits = re.sub(rb"\s", b"", buf[pos + 1:end])
+        digits = re.sub(rb"\s", b"", buf[pos + 1 : end])
         try:
             return bytes.fromhex((digits + b"0" * (len(digits) % 2)).decode("ascii"))
         except ValueError:
             return None
-    if buf[pos:pos + 1] != b"(":
+    if buf[pos : pos + 1] != b"(":
         return None
     return _literal(buf, pos + 1)
 
@@ -147,11 +190,11 @@ def _literal(buf: bytes, i: int) -> bytes | None:
             if nxt in _ESCAPES:
                 out += _ESCAPES[nxt]
             elif 0x30 <= nxt <= 0x37:
-                octal = re.match(rb"[0-7]{1,3}", buf[i:i + 3]).group()  # type: ignore[union-attr]  # buf[i] is 0-7
+                octal = re.match(rb"[0-7]{1,3}", buf[i : i + 3]).group()  # type: ignore[union-attr]  # buf[i] is 0-7
                 out.append(int(octal, 8) & 0xFF)
                 i += len(octal) - 1
             elif nxt in b"\r\n":  # line continuation
-                if nxt == 0x0D and buf[i + 1:i + 2] == b"\n":
+                if nxt == 0x0D and buf[i + 1 : i + 2] == b"\n":
                     i += 1
             else:
                 out.append(nxt)

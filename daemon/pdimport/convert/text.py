@@ -11,10 +11,20 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pdimport.convert.context import (DEFAULT_LIMITS, ConversionError, Limits, PatientContext, base_name, file_datetime, read_capped, write_part10)
+from pdimport.convert.context import (
+    DEFAULT_LIMITS,
+    ConversionError,
+    Limits,
+    PatientContext,
+    base_name,
+    file_datetime,
+    read_capped,
+    write_part10,
+)
 from pdimport.convert.pdf import build_encapsulated_pdf
 
 #: Fonts tried in order. reportlab embeds TrueType outlines only, so the
@@ -33,8 +43,11 @@ _PAGE_W, _PAGE_H = 595.27, 841.89  # A4 in points
 _MARGIN, _FONT_SIZE, _LEADING = 50.0, 10.0, 14.0
 _TAB = 4
 
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
-         (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 #: Japanese legacy encodings tried after UTF-8; cp932 is Shift_JIS as Windows
 #: writes it (NEC/IBM extensions such as circled numbers).
 _JAPANESE = ("cp932", "euc_jp")
@@ -71,8 +84,9 @@ def detect_text(data: bytes) -> tuple[str, str]:
         except UnicodeDecodeError:
             continue
     if not candidates:
-        raise ConversionError("decode_failed",
-                              "text is not UTF-8, Shift_JIS, EUC-JP or ISO-2022-JP")
+        raise ConversionError(
+            "decode_failed", "text is not UTF-8, Shift_JIS, EUC-JP or ISO-2022-JP"
+        )
     _, _, name = max(candidates)
     return data.decode(name), "shift_jis" if name == "cp932" else name
 
@@ -97,8 +111,11 @@ def japanese_score(text: str) -> float:
         code = ord(ch)
         if 0x3040 <= code <= 0x30FF or 0x4E00 <= code <= 0x9FFF or 0x3000 <= code <= 0x303F:
             score += 1
-        elif (0xFF61 <= code <= 0xFF9F or 0xE000 <= code <= 0xF8FF
-              or (code < 0x20 and ch not in "\t\r\n\f")):
+        elif (
+            0xFF61 <= code <= 0xFF9F
+            or 0xE000 <= code <= 0xF8FF
+            or (code < 0x20 and ch not in "\t\r\n\f")
+        ):
             score -= 2
         elif 0x80 <= code <= 0x2FFF:
             score -= 0.5
@@ -124,8 +141,9 @@ def japanese_font() -> str:
         except (TTFError, OSError):
             continue
         return _FONT_NAME
-    raise ConversionError("internal_error",
-                          "no Japanese TrueType font (install fonts-ipaexfont-gothic)")
+    raise ConversionError(
+        "internal_error", "no Japanese TrueType font (install fonts-ipaexfont-gothic)"
+    )
 
 
 def wrap_lines(text: str, width: float, measure: Callable[[str], float]) -> list[str]:
@@ -215,13 +233,19 @@ def _draw_page(pdf: Any, font: str, lines: list[str], header: str) -> None:
 
 
 # ================================================================ conversion
-def convert_text(path: Path, display_name: str, ctx: PatientContext, out_dir: Path,
-                 limits: Limits = DEFAULT_LIMITS) -> list[Path]:
+def convert_text(
+    path: Path,
+    display_name: str,
+    ctx: PatientContext,
+    out_dir: Path,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Path]:
     """Render one text file as an Encapsulated PDF; DocumentTitle is its name."""
     data = read_capped(path, limits.max_text_bytes)
     text, _encoding = detect_text(data)
     name = base_name(display_name)
     pdf = render_pdf(text, name, limits)
-    ds = build_encapsulated_pdf(pdf, ctx, kind="txt", display_name=display_name, title=name,
-                                content=file_datetime(path))
+    ds = build_encapsulated_pdf(
+        pdf, ctx, kind="txt", display_name=display_name, title=name, content=file_datetime(path)
+    )
     return [write_part10(ds, out_dir)]

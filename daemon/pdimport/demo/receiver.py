@@ -50,9 +50,15 @@ class Receiver:
         The C-STORE status to answer (0x0000; tests may ask for others).
     """
 
-    def __init__(self, out_dir: str | Path, aet: str = "PDIRECV", host: str = "127.0.0.1",
-                 port: int = 0, extra_sop_classes: Iterable[str] = (),
-                 status: int = 0x0000) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        aet: str = "PDIRECV",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_sop_classes: Iterable[str] = (),
+        status: int = 0x0000,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.aet = aet
         self.host = host
@@ -81,8 +87,7 @@ class Receiver:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = ae.start_server((self.host, self.port), block=False,
-                                 evt_handlers=handlers)  # type: ignore[arg-type]  # evt constants are typed as plain tuples
+        server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)  # type: ignore[arg-type]  # evt constants are typed as plain tuples
         assert server is not None  # block=False returns the server
         self._server = server
         self.port = server.server_address[1]

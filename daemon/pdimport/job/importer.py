@@ -31,19 +31,20 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from pdimport.policy import rules as policy
 from pdimport.job import report as report_mod
+from pdimport.job.lifecycle import JobEvent, JobState
+from pdimport.model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
+from pdimport.policy import rules as policy
 from pdimport.policy.classify import classify
 from pdimport.policy.group import Instance, group_patients, split_duplicates
-from pdimport.job.lifecycle import JobEvent, JobState
-from pdimport.store.journal import Job, Journal
-from pdimport.model import Header, Identity, MediumReadError, SendItem, SendOutcome, iter_chunks
 from pdimport.problems import Problem
 from pdimport.settings import Settings
+from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ _PRESCAN_MAX_JOBS = 16
 
 
 #: The report status of a delivery, as the event that ends it.
-_FINISH = {JobState.IMPORTED: JobEvent.DELIVERED, JobState.PARTIAL: JobEvent.PARTIAL,
-           JobState.WAITING_FOR_DESTINATION: JobEvent.WAIT, JobState.FAILED: JobEvent.FAIL}
+_FINISH = {
+    JobState.IMPORTED: JobEvent.DELIVERED,
+    JobState.PARTIAL: JobEvent.PARTIAL,
+    JobState.WAITING_FOR_DESTINATION: JobEvent.WAIT,
+    JobState.FAILED: JobEvent.FAIL,
+}
 
 
 def _reason(problems: list[dict[str, Any]]) -> str:
@@ -110,10 +115,14 @@ class Inventory:
 class Importer:
     """Runs jobs against one state directory (journal + spool)."""
 
-    def __init__(self, settings: Settings, journal: Journal | None = None,
-                 spool: Spool | None = None,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 audit: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal | None = None,
+        spool: Spool | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        audit: Any = None,
+    ) -> None:
         self.settings = settings
         state = settings.state_path
         state.mkdir(parents=True, exist_ok=True)
@@ -128,6 +137,7 @@ class Importer:
         # only reported done once its record is on disk (fsync'ed).
         self.audit = audit or AuditLog.from_settings(state, settings, journal=self.journal)
         from pdimport.scan import get_scanner
+
         self.scanner = get_scanner(settings.scanner, limits=settings)
 
     # ------------------------------------------------------------ public
@@ -156,8 +166,9 @@ class Importer:
             log.info("resuming job %s for %s", job.id, source)
             return job
         job = self.journal.create_job(key, medium.kind, source, medium.label or "", mode)
-        self._event("medium_inserted", job=job.id, source=source, kind=medium.kind,
-                    label=medium.label)
+        self._event(
+            "medium_inserted", job=job.id, source=source, kind=medium.kind, label=medium.label
+        )
         return job
 
     # ------------------------------------------------------------ phase 1
@@ -182,8 +193,12 @@ class Importer:
         try:
             for seq, entry in enumerate(entries):
                 rec = done.get(entry.path)
-                if rec and rec.state == "read" and rec.sha256 and self.spool.has(rec.sha256,
-                                                                                 entry.size):
+                if (
+                    rec
+                    and rec.state == "read"
+                    and rec.sha256
+                    and self.spool.has(rec.sha256, entry.size)
+                ):
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
                     continue
                 self._read_entry(medium, seq, entry, writer)
@@ -197,7 +212,8 @@ class Importer:
             finally:
                 scanner.close(drain=finished and writer.error is None)
         self.journal.replace_job_problems(
-            job.id, iter([(p.code, p.path, p.detail) for p in medium.problems]))
+            job.id, iter([(p.code, p.path, p.detail) for p in medium.problems])
+        )
         self.journal.transition(job.id, JobEvent.READ_DONE, files=len(entries))
         self._event("read_completed", job=job.id, files=len(entries))
 
@@ -223,8 +239,11 @@ class Importer:
         assert job is not None
         if job.state in (JobState.INVENTORIED, JobState.DELIVERING):  # stopped in phase 2
             self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
-        redeliver = job.state in (JobState.WAITING_FOR_DESTINATION, JobState.FAILED,
-                                  JobState.PARTIAL)
+        redeliver = job.state in (
+            JobState.WAITING_FOR_DESTINATION,
+            JobState.FAILED,
+            JobState.PARTIAL,
+        )
         current = self.journal.job(job_id)
         if current is not None and current.state == JobState.READ:
             self.journal.transition(job.id, JobEvent.INVENTORY)
@@ -251,8 +270,14 @@ class Importer:
         elif mode != "scan":
             self._apply_policy(job, inv, pending, ai_policy)
             patients = group_patients([i for i in inv.instances if i.state == "pending"])
-            self.journal.transition(job.id, JobEvent.RELEASE if job.state == JobState.HELD
-                                    else JobEvent.RETRY if redeliver else JobEvent.DELIVER)
+            self.journal.transition(
+                job.id,
+                JobEvent.RELEASE
+                if job.state == JobState.HELD
+                else JobEvent.RETRY
+                if redeliver
+                else JobEvent.DELIVER,
+            )
             for dest, select in self._routes(destinations):
                 self.deliver(job, dest, inv, select)
             _settle(inv.instances)
@@ -261,15 +286,14 @@ class Importer:
         if mode == "scan":
             self.journal.transition(job.id, JobEvent.SCANNED)
         elif not hold_reasons:
-            self.journal.transition(job.id, _FINISH[report["status"]],
-                                    _reason(report["problems"]))
-        (self.reports_dir / f"{job.id}.json").write_text(
-            report_mod.dumps(report), encoding="utf-8")
+            self.journal.transition(job.id, _FINISH[report["status"]], _reason(report["problems"]))
+        (self.reports_dir / f"{job.id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
         self._event("job_finished", job=job.id, status=report["status"], report=report)
         return JobResult(job.id, report)
 
-    def _apply_policy(self, job: Job, inv: Inventory, pending: list[Instance],
-                      ai_policy: str) -> None:
+    def _apply_policy(
+        self, job: Job, inv: Inventory, pending: list[Instance], ai_policy: str
+    ) -> None:
         """AI marking or skipping, and Other Content conversion (issue 5)."""
         store = policy.DerivedStore(self.spool, self.journal)
         ai = [i for i in pending if i.kind == "ai"]
@@ -279,16 +303,27 @@ class Importer:
                 inst.detail = "AI result kept in the spool, not sent (policy skip)"
         elif ai:
             prefix = self.settings.get("ai.prefix")
-            inv.problems.extend(policy.mark_ai_instances(
-                ai, prefix, store,
-                lambda i: self._event("coercion", job=job.id, path=i.path,
-                                      sop_instance_uid=i.uid, attribute="SeriesDescription",
-                                      prefix=prefix)))
+            inv.problems.extend(
+                policy.mark_ai_instances(
+                    ai,
+                    prefix,
+                    store,
+                    lambda i: self._event(
+                        "coercion",
+                        job=job.id,
+                        path=i.path,
+                        sop_instance_uid=i.uid,
+                        attribute="SeriesDescription",
+                        prefix=prefix,
+                    ),
+                )
+            )
         if inv.other_content and self.settings.get("convert_other_content"):
             for inst in pending:
                 inst.header.extra.setdefault("_sha256", inst.send_sha256)
             new, converted, problems = policy.convert_other_content(
-                inv.other_content, [i.header for i in pending], store, self._scan_one)
+                inv.other_content, [i.header for i in pending], store, self._scan_one
+            )
             inv.instances.extend(new)
             inv.converted.extend(converted)
             inv.problems.extend(problems)
@@ -305,7 +340,8 @@ class Importer:
         from pdimport.send import parse_dest
 
         plan: list[tuple[Any, Callable[[Instance], bool]]] = [
-            (d, lambda i: True) for d in destinations]
+            (d, lambda i: True) for d in destinations
+        ]
         defaults = {d.key for d in destinations}
         by_dest: dict[str, list[policy.Route]] = {}
         dests: dict[str, Any] = {}
@@ -332,7 +368,8 @@ class Importer:
         # DICOMDIRs first: what they name tells identification which files
         # must be DICOM (a non-DICOM file named by one is broken, not unknown).
         indexes = self._read_dicomdirs(
-            [f for f in readable if f.path.rsplit("/", 1)[-1].upper() == "DICOMDIR"], inv)
+            [f for f in readable if f.path.rsplit("/", 1)[-1].upper() == "DICOMDIR"], inv
+        )
         named = self._crosscheck_dicomdirs(indexes, all_paths, inv)
         context = medium_context(all_paths, named)
         dicom: list[tuple[str, str, str]] = []  # (path, sha, encoding)
@@ -348,10 +385,9 @@ class Importer:
             else:
                 try:
                     ident = identify(f.path, self.spool.path(f.sha256), context)
-                except Exception as exc:  # noqa: BLE001 - a bad file never stops the job
+                except Exception as exc:
                     log.exception("identify failed on %s", f.path)
-                    ident = Identity("broken", problem=Problem("internal_error", f.path,
-                                                               str(exc)))
+                    ident = Identity("broken", problem=Problem("internal_error", f.path, str(exc)))
             if ident.kind == "dicomdir":  # a DICOMDIR under another name
                 late = self._read_dicomdirs([f], inv)
                 named |= self._crosscheck_dicomdirs(late, all_paths, inv)
@@ -362,22 +398,30 @@ class Importer:
         if indexes:
             for inst in inv.instances:
                 if inst.path not in named:
-                    inv.problems.append(Problem("unindexed_file", inst.path,
-                                                "not named in the DICOMDIR; imported anyway"))
-        unique, identical, conflicts = split_duplicates(inv.instances)
+                    inv.problems.append(
+                        Problem(
+                            "unindexed_file",
+                            inst.path,
+                            "not named in the DICOMDIR; imported anyway",
+                        )
+                    )
+        _unique, identical, conflicts = split_duplicates(inv.instances)
         for dup in identical:
             dup.state = "skipped"
             dup.detail = "identical copy of an instance already on this medium"
         for dup in conflicts:
             dup.state = "conflict"
-            inv.problems.append(Problem("uid_conflict", dup.path,
-                                        f"SOP Instance UID {dup.uid} also at another path "
-                                        "with different content"))
+            inv.problems.append(
+                Problem(
+                    "uid_conflict",
+                    dup.path,
+                    f"SOP Instance UID {dup.uid} also at another path with different content",
+                )
+            )
         return inv
 
     @staticmethod
-    def _file_identity(path: str, sha: str, ident: Identity, inv: Inventory,
-                       dicom: list) -> None:
+    def _file_identity(path: str, sha: str, ident: Identity, inv: Inventory, dicom: list) -> None:
         if ident.kind == "dicom":
             dicom.append((path, sha, ident.subtype))
         elif ident.kind == "other_content":
@@ -390,8 +434,12 @@ class Importer:
         else:
             inv.problems.append(Problem("unsupported_content", path, ident.kind))
 
-    def _scan(self, dicom: list[tuple[str, str, str]], inv: Inventory,
-              prescanned: dict[tuple[str, str], Prescan] | None = None) -> None:
+    def _scan(
+        self,
+        dicom: list[tuple[str, str, str]],
+        inv: Inventory,
+        prescanned: dict[tuple[str, str], Prescan] | None = None,
+    ) -> None:
         """Turn scan results into instances and problems, in file order.
 
         Files the scan worker already did (same path, content and encoding)
@@ -405,7 +453,7 @@ class Importer:
             results.append(early.result if ok and early is not None else None)
         missing = [i for i, res in enumerate(results) if res is None]
         for start in range(0, len(missing), _SCAN_BATCH):
-            batch = missing[start:start + _SCAN_BATCH]
+            batch = missing[start : start + _SCAN_BATCH]
             for i, scanned in zip(batch, self._scan_batch([dicom[i] for i in batch])):
                 results[i] = scanned
         for (path, sha, _enc), res in zip(dicom, results):
@@ -416,7 +464,7 @@ class Importer:
         paths = [self.spool.path(sha) for _, sha, _ in batch]
         try:
             return self.scanner.scan(paths, [enc for _, _, enc in batch])
-        except Exception as exc:  # noqa: BLE001 - scanner bug: record per file
+        except Exception as exc:
             log.exception("scanner failed on a batch")
             return [Problem("internal_error", "", str(exc))] * len(batch)
 
@@ -432,7 +480,7 @@ class Importer:
         inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
         try:
             inst.send_sha256 = self._sendable(sha, res)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("could not prepare %s", path)
             inv.problems.append(Problem("internal_error", path, str(exc)))
             return
@@ -459,18 +507,18 @@ class Importer:
         for f in files:
             try:
                 index = read_dicomdir(self.spool.path(f.sha256), self.settings)
-            except Exception as exc:  # noqa: BLE001 - the directory walk still finds the files
+            except Exception as exc:
                 log.exception("DICOMDIR %s", f.path)
                 inv.problems.append(Problem("dicomdir_invalid", f.path, str(exc)))
                 continue
-            inv.problems.extend(Problem(p.code, p.path or f.path, p.detail)
-                                for p in index.problems)
+            inv.problems.extend(Problem(p.code, p.path or f.path, p.detail) for p in index.problems)
             indexes[f.path] = index
         return indexes
 
     @staticmethod
-    def _crosscheck_dicomdirs(indexes: dict[str, Any], medium_paths: list[str],
-                              inv: Inventory) -> set[str]:
+    def _crosscheck_dicomdirs(
+        indexes: dict[str, Any], medium_paths: list[str], inv: Inventory
+    ) -> set[str]:
         """Match every File ID to a file on the medium; report the absent
         ones as ``missing_file``. Returns the medium paths the DICOMDIRs name."""
         from pdimport.scan.dicomdir import match_path
@@ -482,15 +530,21 @@ class Importer:
                 found = match_path(ref.path, medium_paths, base=base)
                 if found is None:
                     rel = f"{base}/{ref.path}" if base else ref.path
-                    inv.problems.append(Problem("missing_file", rel,
-                                                f"named in {path} but not on the medium"))
+                    inv.problems.append(
+                        Problem("missing_file", rel, f"named in {path} but not on the medium")
+                    )
                 else:
                     named.add(found)
         return named
 
     # ------------------------------------------------------------ delivery
-    def deliver(self, job: Job, dest: Any, inv: Inventory,
-                select: Callable[[Instance], bool] = lambda i: True) -> None:
+    def deliver(
+        self,
+        job: Job,
+        dest: Any,
+        inv: Inventory,
+        select: Callable[[Instance], bool] = lambda i: True,
+    ) -> None:
         """Send every pending instance ``select`` picks to one destination,
         with retries; the outcome of each is journaled as it arrives."""
         from pdimport.send import deliver as send_to
@@ -506,17 +560,22 @@ class Importer:
                 continue
             if self._historic_conflict(dest.key, inst):
                 inst.dest_states[dest.key] = "conflict"
-                inv.problems.append(Problem(
-                    "uid_conflict", inst.path,
-                    f"{dest.key} already holds SOP Instance UID {inst.uid} with other content"))
+                inv.problems.append(
+                    Problem(
+                        "uid_conflict",
+                        inst.path,
+                        f"{dest.key} already holds SOP Instance UID {inst.uid} with other content",
+                    )
+                )
                 continue
             todo[inst.sha256 + inst.uid] = inst
         outcomes: dict[str, SendOutcome] = {}
 
         def on_outcome(out: SendOutcome) -> None:
             inst = todo[out.key]
-            self.journal.record_delivery(dest.key, inst.uid, inst.sha256, out.state, out.status,
-                                         out.code, out.detail, job.id)
+            self.journal.record_delivery(
+                dest.key, inst.uid, inst.sha256, out.state, out.status, out.code, out.detail, job.id
+            )
             outcomes[out.key] = out
 
         workdir = self.settings.state_path / "work"
@@ -530,17 +589,29 @@ class Importer:
             # it sends the same bytes, a later one converts again
             remove_converted(workdir, todo)
         self._apply_outcomes(dest, todo, outcomes, inv)
-        self._event("instances_delivered", job=job.id, dest=dest.key,
-                    dest_aet=getattr(dest, "aet", ""),
-                    sent=sum(1 for o in outcomes.values() if o.state == "sent"),
-                    failed=sum(1 for o in outcomes.values() if o.state != "sent"),
-                    already_sent=sum(1 for i in inv.instances
-                                     if i.dest_states.get(dest.key) == "sent"
-                                     and i.previously_sent))
+        self._event(
+            "instances_delivered",
+            job=job.id,
+            dest=dest.key,
+            dest_aet=getattr(dest, "aet", ""),
+            sent=sum(1 for o in outcomes.values() if o.state == "sent"),
+            failed=sum(1 for o in outcomes.values() if o.state != "sent"),
+            already_sent=sum(
+                1
+                for i in inv.instances
+                if i.dest_states.get(dest.key) == "sent" and i.previously_sent
+            ),
+        )
 
-    def _attempts(self, dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome],
-                  on_outcome: Callable[[SendOutcome], None], workdir: Path,
-                  send_to: Callable[..., Any]) -> None:
+    def _attempts(
+        self,
+        dest: Any,
+        todo: dict[str, Instance],
+        outcomes: dict[str, SendOutcome],
+        on_outcome: Callable[[SendOutcome], None],
+        workdir: Path,
+        send_to: Callable[..., Any],
+    ) -> None:
         """Up to ``network.retries`` attempts, with growing pauses, until
         every instance has an outcome that is not worth retrying."""
         attempts = int(self.settings.get("network.retries"))
@@ -552,38 +623,49 @@ class Importer:
                 break
             try:
                 send_to(dest, items, self.settings, on_outcome, workdir)
-            except Exception as exc:  # noqa: BLE001 - a sender bug must not lose the job
+            except Exception as exc:
                 log.exception("delivery to %s failed", dest.key)
                 for key in pending:
-                    outcomes.setdefault(key, SendOutcome(key, "retry", code="internal_error",
-                                                         detail=str(exc)))
-            pending = [k for k in pending
-                       if k not in outcomes or outcomes[k].state in ("retry", "unknown")]
+                    outcomes.setdefault(
+                        key, SendOutcome(key, "retry", code="internal_error", detail=str(exc))
+                    )
+            pending = [
+                k for k in pending if k not in outcomes or outcomes[k].state in ("retry", "unknown")
+            ]
             if not pending or attempt == attempts - 1:
                 break
             for key in pending:
                 outcomes.pop(key, None)
-            time.sleep(delay * (2 ** attempt))
+            time.sleep(delay * (2**attempt))
 
     def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
-        return any(d.state == "sent" and d.sha256 != inst.sha256
-                   for d in self.journal.deliveries_for_uid(dest_key, inst.uid))
+        return any(
+            d.state == "sent" and d.sha256 != inst.sha256
+            for d in self.journal.deliveries_for_uid(dest_key, inst.uid)
+        )
 
     def _item(self, key: str, inst: Instance) -> SendItem:
         path = self.spool.path(inst.send_sha256)
-        return SendItem(key=key, path=path, sop_class_uid=inst.header.sop_class_uid,
-                        sop_instance_uid=inst.uid, transfer_syntax=inst.header.transfer_syntax,
-                        size=path.stat().st_size)
+        return SendItem(
+            key=key,
+            path=path,
+            sop_class_uid=inst.header.sop_class_uid,
+            sop_instance_uid=inst.uid,
+            transfer_syntax=inst.header.transfer_syntax,
+            size=path.stat().st_size,
+        )
 
     @staticmethod
-    def _apply_outcomes(dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome],
-                        inv: Inventory) -> None:
+    def _apply_outcomes(
+        dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome], inv: Inventory
+    ) -> None:
         for key, inst in todo.items():
             out = outcomes.get(key)
             if out is None:
                 inst.dest_states[dest.key] = "failed"
-                inv.problems.append(Problem("association_failed", inst.path,
-                                            f"{dest.key}: not attempted"))
+                inv.problems.append(
+                    Problem("association_failed", inst.path, f"{dest.key}: not attempted")
+                )
                 continue
             if out.state == "sent":
                 inst.dest_states[dest.key] = "sent"
@@ -593,16 +675,21 @@ class Importer:
             inst.dest_states[dest.key] = "failed"
             if out.state in ("retry", "unknown") or _out_of_resources(out.status):
                 inv.transient.add(inst.path)
-            code = out.code or ("outcome_unknown" if out.state == "unknown"
-                                else "association_failed" if out.state == "retry"
-                                else "store_failed")
+            code = out.code or (
+                "outcome_unknown"
+                if out.state == "unknown"
+                else "association_failed"
+                if out.state == "retry"
+                else "store_failed"
+            )
             inv.problems.append(Problem(code, inst.path, f"{dest.key}: {out.detail}".rstrip(": ")))
 
     # ------------------------------------------------------------ helpers
     def unusable(self, source: str, code: str, detail: str, mode: str = "import") -> JobResult:
         """Record a medium that could not be opened at all as a failed job."""
-        job = self.journal.create_job(f"unusable:{source}:{time.time()}", "unknown", source, "",
-                                      mode)
+        job = self.journal.create_job(
+            f"unusable:{source}:{time.time()}", "unknown", source, "", mode
+        )
         inv = Inventory(problems=[Problem(code, source, detail)])
         report = report_mod.build(job, inv, [], [], mode, failed=True)
         self.journal.save_report(job.id, report)
@@ -616,7 +703,7 @@ class Importer:
             return
         try:
             self._on_event(name, fields)
-        except Exception:  # noqa: BLE001 - observers never break an import
+        except Exception:
             log.exception("event subscriber failed on %s", name)
 
     def close(self) -> None:
@@ -664,8 +751,9 @@ class SpoolWriter(threading.Thread):
         journaled (the scan worker's ``submit``).
     """
 
-    def __init__(self, spool: Spool, journal: Journal, job_id: str,
-                 on_spooled: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, spool: Spool, journal: Journal, job_id: str, on_spooled: Callable[[str, str], None]
+    ) -> None:
         super().__init__(name="spool-writer", daemon=True)
         self._spool = spool
         self._journal = journal
@@ -709,7 +797,7 @@ class SpoolWriter(threading.Thread):
     def run(self) -> None:
         try:
             self._serve()
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+        except BaseException as exc:
             log.exception("spool writer failed")
             self.error = exc
             self._spool.discard([st for _, _, st in self._group])
@@ -720,8 +808,11 @@ class SpoolWriter(threading.Thread):
         """The next message. Before waiting for it, the staged group is
         committed if the reader is behind (nothing queued: a slow drive, or
         one retrying a sector inside a file for minutes) or the group is full."""
-        if self._group and (self._queue.empty() or len(self._group) >= _GROUP_FILES
-                            or self._group_bytes >= _GROUP_BYTES):
+        if self._group and (
+            self._queue.empty()
+            or len(self._group) >= _GROUP_FILES
+            or self._group_bytes >= _GROUP_BYTES
+        ):
             self._commit_group()
         return self._queue.get()
 
@@ -734,10 +825,9 @@ class SpoolWriter(threading.Thread):
             if msg[0] == "spooled":
                 self._commit_group()  # keep the hand-on order
                 self._on_spooled(msg[1], msg[2])
-            elif msg[0] == "begin":
-                if not self._write_entry(msg[1], msg[2]):
-                    self._commit_group()
-                    return
+            elif msg[0] == "begin" and not self._write_entry(msg[1], msg[2]):
+                self._commit_group()
+                return
 
     def _write_entry(self, seq: int, entry: Any) -> bool:
         """Stage one entry; False when the read was abandoned meanwhile."""
@@ -746,11 +836,15 @@ class SpoolWriter(threading.Thread):
         except _Abandoned:
             return False
         except (_EntryFailed, OSError) as exc:
-            code, detail = ((exc.code, exc.detail) if isinstance(exc, _EntryFailed)
-                            else ("unreadable_sector", str(exc)))
+            code, detail = (
+                (exc.code, exc.detail)
+                if isinstance(exc, _EntryFailed)
+                else ("unreadable_sector", str(exc))
+            )
             self._commit_group()  # the journal keeps the read order
-            self._journal.record_file(self._job_id, seq, entry.path, entry.size, None, "error",
-                                      code, detail)
+            self._journal.record_file(
+                self._job_id, seq, entry.path, entry.size, None, "error", code, detail
+            )
             return True
         self._group.append((seq, entry, staged))
         self._group_bytes += staged.size
@@ -762,8 +856,10 @@ class SpoolWriter(threading.Thread):
             return
         group, self._group, self._group_bytes = self._group, [], 0
         self._spool.commit([st for _, _, st in group])  # on error it removes what it did not move
-        self._journal.record_files(self._job_id, [
-            (seq, entry.path, st.size, st.sha256, "read", "", "") for seq, entry, st in group])
+        self._journal.record_files(
+            self._job_id,
+            [(seq, entry.path, st.size, st.sha256, "read", "", "") for seq, entry, st in group],
+        )
         for _, entry, st in group:
             self._on_spooled(entry.path, st.sha256)
 
@@ -860,8 +956,7 @@ class PrescanWorker(threading.Thread):
 
     _STOP = object()
 
-    def __init__(self, scanner: Any, spool: Spool,
-                 table: dict[tuple[str, str], Prescan]) -> None:
+    def __init__(self, scanner: Any, spool: Spool, table: dict[tuple[str, str], Prescan]) -> None:
         super().__init__(name="prescan", daemon=True)
         self._scanner = scanner
         self._spool = spool
@@ -890,7 +985,7 @@ class PrescanWorker(threading.Thread):
             batch, stop = self._next_batch()
             try:
                 self._scan_batch(batch)
-            except Exception:  # noqa: BLE001 - phase 2 scans these files again
+            except Exception:
                 log.exception("scan during read failed on a batch of %d", len(batch))
             if stop:
                 return
@@ -945,8 +1040,9 @@ def _settle(instances: list[Instance]) -> None:
         if inst.state != "pending" or not inst.dest_states:
             continue
         states = set(inst.dest_states.values())
-        inst.state = "sent" if states == {"sent"} else \
-            "conflict" if "conflict" in states else "failed"
+        inst.state = (
+            "sent" if states == {"sent"} else "conflict" if "conflict" in states else "failed"
+        )
 
 
 def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:

@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,19 @@ EMPTY, INSERTED, READING, READ = "empty", "inserted", "reading", "read"
 DELIVERING, EJECTING, FAILED = "delivering", "ejecting", "failed"
 
 DRIVE_STATES = (EMPTY, INSERTED, READING, READ, DELIVERING, EJECTING, FAILED)
-DRIVE_EVENTS = ("insert", "start_read", "read_done", "read_failed", "deliver", "delivered",
-                "eject", "ejected", "removed", "fail", "reset")
+DRIVE_EVENTS = (
+    "insert",
+    "start_read",
+    "read_done",
+    "read_failed",
+    "deliver",
+    "delivered",
+    "eject",
+    "ejected",
+    "removed",
+    "fail",
+    "reset",
+)
 
 #: ``(state, event) -> next state`` of one drive.
 TRANSITIONS: Mapping[tuple[str, str], str] = {
@@ -82,6 +94,7 @@ TRANSITIONS: Mapping[tuple[str, str], str] = {
     (FAILED, "reset"): EMPTY,
     (FAILED, "fail"): FAILED,
 }
+
 
 # -------------------------------------------------------------------- job
 class JobState(StrEnum):
@@ -124,12 +137,22 @@ class JobEvent(StrEnum):
 
 #: A job in one of these states is finished for now: only a person
 #: (release, discard) or the retry worker moves it on.
-FINAL_JOB_STATES = frozenset({JobState.IMPORTED, JobState.HELD, JobState.PARTIAL,
-                              JobState.FAILED, JobState.DISCARDED, JobState.SCANNED})
+FINAL_JOB_STATES = frozenset(
+    {
+        JobState.IMPORTED,
+        JobState.HELD,
+        JobState.PARTIAL,
+        JobState.FAILED,
+        JobState.DISCARDED,
+        JobState.SCANNED,
+    }
+)
 
 #: States written by older versions, as they read now.
-LEGACY_JOB_STATES: Mapping[str, JobState] = {"done": JobState.IMPORTED,
-                                             "waiting": JobState.WAITING_FOR_DESTINATION}
+LEGACY_JOB_STATES: Mapping[str, JobState] = {
+    "done": JobState.IMPORTED,
+    "waiting": JobState.WAITING_FOR_DESTINATION,
+}
 
 _S, _E = JobState, JobEvent
 #: ``(state, event) -> next state`` of one job: the only place its state changes.
@@ -213,8 +236,13 @@ class Lifecycle:
         Each is called with a :class:`Transition` after every transition.
     """
 
-    def __init__(self, name: str, table: Mapping[tuple[Any, Any], str], initial: str,
-                 observers: tuple[Observer, ...] | list[Observer] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: Mapping[tuple[Any, Any], str],
+        initial: str,
+        observers: tuple[Observer, ...] | list[Observer] = (),
+    ) -> None:
         self.name = name
         self._table = table
         self._state = initial
@@ -256,17 +284,21 @@ class Lifecycle:
         for observer in list(self._observers):
             try:
                 observer(transition)
-            except Exception:  # noqa: BLE001 - a notification never breaks the worker
+            except Exception:
                 log.exception("lifecycle observer %r failed on %s", observer, transition)
 
 
-def drive_lifecycle(devnode: str, observers: tuple[Observer, ...] | list[Observer] = ()
-                    ) -> Lifecycle:
+def drive_lifecycle(
+    devnode: str, observers: tuple[Observer, ...] | list[Observer] = ()
+) -> Lifecycle:
     """A new drive lifecycle, starting ``empty``."""
     return Lifecycle(devnode, TRANSITIONS, EMPTY, observers)
 
 
-def job_lifecycle(job_id: str, initial: str = JobState.QUEUED,
-                  observers: tuple[Observer, ...] | list[Observer] = ()) -> Lifecycle:
+def job_lifecycle(
+    job_id: str,
+    initial: str = JobState.QUEUED,
+    observers: tuple[Observer, ...] | list[Observer] = (),
+) -> Lifecycle:
     """A new job lifecycle."""
     return Lifecycle(job_id, JOB_TRANSITIONS, initial, observers)

@@ -10,12 +10,19 @@ from typing import TYPE_CHECKING, Any
 from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
+    from pdimport.job.importer import Inventory
     from pdimport.policy.group import Patient
     from pdimport.store.journal import Job
-    from pdimport.job.importer import Inventory
 
-_EXIT = {"imported": 0, "scanned": 0, "held": 1, "partial": 1, "waiting_for_destination": 1,
-         "discarded": 1, "failed": 2}
+_EXIT = {
+    "imported": 0,
+    "scanned": 0,
+    "held": 1,
+    "partial": 1,
+    "waiting_for_destination": 1,
+    "discarded": 1,
+    "failed": 2,
+}
 
 
 def exit_code(status: str) -> int:
@@ -24,7 +31,7 @@ def exit_code(status: str) -> int:
     return _EXIT.get(status, 2)
 
 
-def status_of(inv: "Inventory", hold_reasons: list[str], mode: str, failed: bool) -> str:
+def status_of(inv: Inventory, hold_reasons: list[str], mode: str, failed: bool) -> str:
     if failed:
         return "failed"
     if hold_reasons:
@@ -49,8 +56,14 @@ def status_of(inv: "Inventory", hold_reasons: list[str], mode: str, failed: bool
     return "imported"
 
 
-def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons: list[str],
-          mode: str, failed: bool = False) -> dict[str, Any]:
+def build(
+    job: Job,
+    inv: Inventory,
+    patients: list[Patient],
+    hold_reasons: list[str],
+    mode: str,
+    failed: bool = False,
+) -> dict[str, Any]:
     status = status_of(inv, hold_reasons, mode, failed)
     counts = {
         "files": inv.files,
@@ -71,8 +84,12 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
     return {
         "job": job.id,
         "mode": mode,
-        "source": {"kind": job.source_kind, "path": job.source_path, "label": job.label,
-                   "facility": _facility(inv)},
+        "source": {
+            "kind": job.source_kind,
+            "path": job.source_path,
+            "label": job.label,
+            "facility": _facility(inv),
+        },
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
         "hold_reasons": hold_reasons,
@@ -93,22 +110,38 @@ def build(job: "Job", inv: "Inventory", patients: list["Patient"], hold_reasons:
     }
 
 
-def _patient(p: "Patient") -> dict[str, Any]:
+def _patient(p: Patient) -> dict[str, Any]:
     return {
-        "id": p.id, "issuer": p.issuer, "name": p.name, "birth_date": p.birth_date,
-        "sex": p.sex, "local_id": p.local_id,
-        "studies": [{
-            "uid": st.uid, "date": st.date, "description": st.description,
-            "accession": st.accession,
-            "series": [{"uid": se.uid, "modality": se.modality, "number": se.number,
-                        "description": se.description, "instances": len(se.instances),
-                        "sent": sum(1 for i in se.instances if i.state == "sent")}
-                       for se in st.series.values()],
-        } for st in p.studies.values()],
+        "id": p.id,
+        "issuer": p.issuer,
+        "name": p.name,
+        "birth_date": p.birth_date,
+        "sex": p.sex,
+        "local_id": p.local_id,
+        "studies": [
+            {
+                "uid": st.uid,
+                "date": st.date,
+                "description": st.description,
+                "accession": st.accession,
+                "series": [
+                    {
+                        "uid": se.uid,
+                        "modality": se.modality,
+                        "number": se.number,
+                        "description": se.description,
+                        "instances": len(se.instances),
+                        "sent": sum(1 for i in se.instances if i.state == "sent"),
+                    }
+                    for se in st.series.values()
+                ],
+            }
+            for st in p.studies.values()
+        ],
     }
 
 
-def _facility(inv: "Inventory") -> str:
+def _facility(inv: Inventory) -> str:
     """The sending institution, as the instances name it (most common value)."""
     names: dict[str, int] = {}
     for inst in inv.instances:
@@ -154,18 +187,22 @@ def summary(report: dict[str, Any]) -> str:
         + (f" ({', '.join(report['hold_reasons'])})" if report["hold_reasons"] else ""),
         f"  source  {report['source']['kind']} {report['source']['path']}"
         + (f" [{report['source']['label']}]" if report["source"]["label"] else ""),
-        f"  files {c['files']}, DICOM {c['dicom']}, sent {c['sent']}"
-        f" (already there {c['already_sent']}), failed {c['failed']}, held {c['held']},"
-        f" other content {c['other_content']}, problems {c['problems']}",
+        (
+            f"  files {c['files']}, DICOM {c['dicom']}, sent {c['sent']}"
+            f" (already there {c['already_sent']}), failed {c['failed']}, held {c['held']},"
+            f" other content {c['other_content']}, problems {c['problems']}"
+        ),
     ]
     fallbacks = report.get("scan_fallbacks") or {}
     if fallbacks:
-        lines.append(f"  header scan: {sum(fallbacks.values())} file(s) read by the pydicom path ("
-                     + ", ".join(f"{k} {v}" for k, v in fallbacks.items()) + ")")
+        lines.append(
+            f"  header scan: {sum(fallbacks.values())} file(s) read by the pydicom path ("
+            + ", ".join(f"{k} {v}" for k, v in fallbacks.items())
+            + ")"
+        )
     for p in report["patients"]:
         n = sum(se["instances"] for st in p["studies"] for se in st["series"])
-        lines.append(f"  patient {p['id']} {p['name']}: {len(p['studies'])} studies, "
-                     f"{n} instances")
+        lines.append(f"  patient {p['id']} {p['name']}: {len(p['studies'])} studies, {n} instances")
     for prob in report["problems"][:20]:
         lines.append(f"  ! {prob['code']}: {prob['path']} {prob['detail']}".rstrip())
     if len(report["problems"]) > 20:

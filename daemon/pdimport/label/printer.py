@@ -112,8 +112,9 @@ def config_from(settings: Mapping[str, Any] | Any) -> PrinterConfig:
     )
 
 
-def print_label(report: dict[str, Any], settings: Mapping[str, Any] | Any,
-                drive: str = "") -> PrintResult:
+def print_label(
+    report: dict[str, Any], settings: Mapping[str, Any] | Any, drive: str = ""
+) -> PrintResult:
     """Render and print the status label of one job with the configured back-end.
 
     Parameters
@@ -136,8 +137,12 @@ def print_label(report: dict[str, Any], settings: Mapping[str, Any] | Any,
     cfg = config_from(settings)
     handler = _HANDLERS.get(cfg.backend)
     if handler is None:
-        return PrintResult(False, f"unknown printer.backend {cfg.backend!r}; "
-                                  f"choose one of {', '.join(BACKENDS)}", cfg.backend, cfg.target)
+        return PrintResult(
+            False,
+            f"unknown printer.backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}",
+            cfg.backend,
+            cfg.target,
+        )
     try:
         result = handler(report, cfg, drive)
     except (PrinterError, label_mod.LabelError, OSError, subprocess.SubprocessError) as exc:
@@ -146,8 +151,9 @@ def print_label(report: dict[str, Any], settings: Mapping[str, Any] | Any,
         log.exception("label printing failed unexpectedly")
         result = PrintResult(False, f"internal error: {exc!r}", cfg.backend, cfg.target)
     log_fn = log.info if result.ok else log.warning
-    log_fn("label for job %s: %s (%s %s)", report.get("job"), result.detail, cfg.backend,
-           cfg.target)
+    log_fn(
+        "label for job %s: %s (%s %s)", report.get("job"), result.detail, cfg.backend, cfg.target
+    )
     return result
 
 
@@ -183,12 +189,19 @@ def _print_cups(report: dict[str, Any], cfg: PrinterConfig, drive: str) -> Print
         args = ["lp", "-d", cfg.target, "-t", f"pdimport {report.get('job', '')}"]
         for opt in cfg.cups_options.split():
             args += ["-o", opt]
-        res = subprocess.run([*args, str(pdf)], capture_output=True, text=True,
-                             timeout=cfg.timeout, check=False, env=os.environ.copy())
+        res = subprocess.run(
+            [*args, str(pdf)],
+            capture_output=True,
+            text=True,
+            timeout=cfg.timeout,
+            check=False,
+            env=os.environ.copy(),
+        )
         nbytes = pdf.stat().st_size
     if res.returncode != 0:
-        raise PrinterError(f"lp -d {cfg.target} failed ({res.returncode}): "
-                           f"{(res.stderr or res.stdout).strip()}")
+        raise PrinterError(
+            f"lp -d {cfg.target} failed ({res.returncode}): {(res.stderr or res.stdout).strip()}"
+        )
     return PrintResult(True, res.stdout.strip() or "queued", "cups", cfg.target, "", nbytes)
 
 
@@ -212,20 +225,20 @@ def parse_pbm(data: bytes) -> tuple[int, int, bytes]:
     tokens: list[bytes] = []
     pos = 0
     while len(tokens) < 3:
-        while pos < len(data) and data[pos:pos + 1].isspace():
+        while pos < len(data) and data[pos : pos + 1].isspace():
             pos += 1
-        if data[pos:pos + 1] == b"#":
+        if data[pos : pos + 1] == b"#":
             pos = data.index(b"\n", pos) + 1
             continue
         end = pos
-        while end < len(data) and not data[end:end + 1].isspace():
+        while end < len(data) and not data[end : end + 1].isspace():
             end += 1
         tokens.append(data[pos:end])
         pos = end
     if tokens[0] != b"P4":
         raise PrinterError("rasteriser did not produce a binary PBM")
     width, height = int(tokens[1]), int(tokens[2])
-    bits = data[pos + 1:]  # exactly one whitespace byte after the height
+    bits = data[pos + 1 :]  # exactly one whitespace byte after the height
     if len(bits) < ((width + 7) // 8) * height:
         raise PrinterError("PBM bitmap is shorter than its header says")
     return width, height, bits
@@ -279,13 +292,12 @@ def _write_device(path: Path, data: bytes) -> None:
     try:
         # O_APPEND without O_CREAT for character devices: a typo in the
         # target must not silently create a regular file in /dev.
-        flags = os.O_WRONLY | (os.O_APPEND | os.O_CREAT if not str(path).startswith("/dev/")
-                               else 0)
+        flags = os.O_WRONLY | (os.O_APPEND | os.O_CREAT if not str(path).startswith("/dev/") else 0)
         fd = os.open(path, flags, 0o644)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
     except OSError as exc:
@@ -329,8 +341,11 @@ def label_main(cfg_state_dir: Any, job_id: str, out: Path | None = None) -> int:
     if out is None and settings is not None and config_from(settings).backend != "none":
         result = print_label(report, settings, drive=str(report.get("source", {}).get("drive", "")))
     else:
-        result = _render_to(report, out or state / "labels" / f"{_safe(job_id)}.pdf",
-                            config_from(settings or {}).size)
+        result = _render_to(
+            report,
+            out or state / "labels" / f"{_safe(job_id)}.pdf",
+            config_from(settings or {}).size,
+        )
     _audit_label(state, report, result, settings)
     print(("printed: " if result.ok else "FAILED: ") + result.detail, flush=True)
     return 0 if result.ok else 1
@@ -352,8 +367,7 @@ def _render_to(report: dict[str, Any], out: Path, size: str) -> PrintResult:
         label_mod.render_label(report, size, out, fmt)
     except (label_mod.LabelError, OSError) as exc:
         return PrintResult(False, str(exc), "file", str(out))
-    return PrintResult(True, f"written to {out}", "file", str(out), str(out),
-                       out.stat().st_size)
+    return PrintResult(True, f"written to {out}", "file", str(out), str(out), out.stat().st_size)
 
 
 def _audit_label(state: Path, report: dict[str, Any], result: PrintResult, settings: Any) -> None:
@@ -361,7 +375,13 @@ def _audit_label(state: Path, report: dict[str, Any], result: PrintResult, setti
 
     try:
         AuditLog.from_settings(state, settings).append(
-            "label_printed", job=report.get("job"), actor=operator_name(), reprint=True,
-            ok=result.ok, detail=result.detail, printer=result.backend)
+            "label_printed",
+            job=report.get("job"),
+            actor=operator_name(),
+            reprint=True,
+            ok=result.ok,
+            detail=result.detail,
+            printer=result.backend,
+        )
     except OSError as exc:
         log.warning("could not record the reprint in the audit log: %s", exc)

@@ -114,14 +114,36 @@ REASON_WORDS: dict[str, tuple[str, str]] = {
 }
 
 #: Problem codes that mean "a file on the medium could not be read or used".
-UNREADABLE_CODES = frozenset({
-    "unreadable_sector", "truncated_extent", "unsafe_path", "too_large", "zip_bomb",
-    "archive_encrypted", "archive_corrupt", "unreadable_directory", "dicomdir_unsafe_path",
-    "missing_file", "empty_file", "not_dicom", "truncated", "length_exceeds_file", "bad_vr",
-    "undefined_length_misuse", "nesting_too_deep", "tag_order", "ts_mismatch", "bad_file_meta",
-    "deflate_bomb", "missing_attribute", "invalid_uid", "uid_mismatch", "pixel_length_mismatch",
-    "unparsable",
-})
+UNREADABLE_CODES = frozenset(
+    {
+        "unreadable_sector",
+        "truncated_extent",
+        "unsafe_path",
+        "too_large",
+        "zip_bomb",
+        "archive_encrypted",
+        "archive_corrupt",
+        "unreadable_directory",
+        "dicomdir_unsafe_path",
+        "missing_file",
+        "empty_file",
+        "not_dicom",
+        "truncated",
+        "length_exceeds_file",
+        "bad_vr",
+        "undefined_length_misuse",
+        "nesting_too_deep",
+        "tag_order",
+        "ts_mismatch",
+        "bad_file_meta",
+        "deflate_bomb",
+        "missing_attribute",
+        "invalid_uid",
+        "uid_mismatch",
+        "pixel_length_mismatch",
+        "unparsable",
+    }
+)
 UNREACHABLE_CODES = frozenset({"association_rejected", "association_failed"})
 
 SEX_WORDS = {"M": "男 M", "F": "女 F", "O": "他 O"}
@@ -171,8 +193,11 @@ def format_person_name(value: Any) -> tuple[str, str]:
 
 def _pn_groups(value: Any) -> tuple[str, str, str]:
     if isinstance(value, dict):  # DICOM JSON model, PS3.18 F.2.2
-        return (str(value.get("Alphabetic", "")), str(value.get("Ideographic", "")),
-                str(value.get("Phonetic", "")))
+        return (
+            str(value.get("Alphabetic", "")),
+            str(value.get("Ideographic", "")),
+            str(value.get("Phonetic", "")),
+        )
     groups = (str(value or "").split("=") + ["", "", ""])[:3]
     return groups[0], groups[1], groups[2]
 
@@ -195,8 +220,12 @@ def format_date(value: Any) -> str:
     return s
 
 
-def label_content(report: dict[str, Any], drive: str = "",
-                  now: datetime | None = None, max_studies: int | None = None) -> list[Line]:
+def label_content(
+    report: dict[str, Any],
+    drive: str = "",
+    now: datetime | None = None,
+    max_studies: int | None = None,
+) -> list[Line]:
     """The label's lines, top to bottom, for one JSON report (pure).
 
     Parameters
@@ -211,10 +240,13 @@ def label_content(report: dict[str, Any], drive: str = "",
         Show at most this many studies (per label), then "+N more".
     """
     ja, en, sub_ja, sub_en = STATUS_WORDS.get(label_status(report), UNKNOWN_STATUS)
-    lines = [Line(f"{ja}  {en}", 20.0, "band", wrap=False, kind="status"),
-             Line(f"{sub_ja} / {sub_en}", 7.5, kind="substatus")]
-    lines += [Line(f"・{r_ja} / {r_en}", 7.5, wrap=True, kind="reason")
-              for r_ja, r_en in reasons(report)]
+    lines = [
+        Line(f"{ja}  {en}", 20.0, "band", wrap=False, kind="status"),
+        Line(f"{sub_ja} / {sub_en}", 7.5, kind="substatus"),
+    ]
+    lines += [
+        Line(f"・{r_ja} / {r_en}", 7.5, wrap=True, kind="reason") for r_ja, r_en in reasons(report)
+    ]
     lines += _patient_lines(report, max_studies)
     tags = markers(report)
     if tags:
@@ -247,8 +279,11 @@ def reasons(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("unreadable_medium", "unreadable_medium" in codes, 0),
         ("unreadable", unreadable_count(report) > 0, unreadable_count(report)),
         ("pacs_unreachable", bool(codes & UNREACHABLE_CODES), 0),
-        ("refused", counts.get("failed", 0) > 0 and not codes & UNREACHABLE_CODES,
-         counts.get("failed", 0)),
+        (
+            "refused",
+            counts.get("failed", 0) > 0 and not codes & UNREACHABLE_CODES,
+            counts.get("failed", 0),
+        ),
         ("uid_conflict", counts.get("conflict", 0) > 0, counts.get("conflict", 0)),
     ]
     out += [_reason(code, n) for code, on, n in derived if on]
@@ -272,8 +307,9 @@ def _unique(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def unreadable_count(report: dict[str, Any]) -> int:
     """Distinct files with a read/parse error problem (not delivery errors)."""
-    paths = {p.get("path", "") for p in report.get("problems") or []
-             if p.get("code") in UNREADABLE_CODES}
+    paths = {
+        p.get("path", "") for p in report.get("problems") or [] if p.get("code") in UNREADABLE_CODES
+    }
     return len(paths)
 
 
@@ -295,8 +331,11 @@ def counts_line(report: dict[str, Any]) -> str:
     """Delivered, held, refused and unreadable counts, in both languages."""
     c = report.get("counts") or {}
     parts = [f"送信 sent {c.get('sent', 0)}/{c.get('dicom', 0)}"]
-    for key, ja, en in (("held", "保留", "held"), ("failed", "拒否", "refused"),
-                        ("conflict", "UID重複", "conflict")):
+    for key, ja, en in (
+        ("held", "保留", "held"),
+        ("failed", "拒否", "refused"),
+        ("conflict", "UID重複", "conflict"),
+    ):
         if c.get(key):
             parts.append(f"{ja} {en} {c[key]}")
     unreadable = unreadable_count(report)
@@ -323,8 +362,9 @@ def _patient_lines(report: dict[str, Any], max_studies: int | None) -> list[Line
             shown += 1
     total = sum(len(p.get("studies") or []) for p in patients)
     if total > shown:
-        lines.append(Line(f"他 {total - shown} 検査 / +{total - shown} more studies", 6.5,
-                          kind="more"))
+        lines.append(
+            Line(f"他 {total - shown} 検査 / +{total - shown} more studies", 6.5, kind="more")
+        )
     return lines
 
 
@@ -395,12 +435,20 @@ def _footer_lines(report: dict[str, Any], drive: str, now: datetime | None) -> l
     volume = source.get("label") or ""
     first = f"施設 From: {facility or '不明 unknown'}"
     where = drive or source.get("drive") or ""
-    second = "  ".join(x for x in (
-        f"ドライブ {where}" if where else "",
-        f"ディスク {volume}" if volume else "",
-        when.strftime("%Y-%m-%d %H:%M")) if x)
-    return [Line(first, 6.5, kind="facility"), Line(second, 6.5, kind="where"),
-            Line(f"Job {report.get('job') or '-'}", 6.5, kind="job")]
+    second = "  ".join(
+        x
+        for x in (
+            f"ドライブ {where}" if where else "",
+            f"ディスク {volume}" if volume else "",
+            when.strftime("%Y-%m-%d %H:%M"),
+        )
+        if x
+    )
+    return [
+        Line(first, 6.5, kind="facility"),
+        Line(second, 6.5, kind="where"),
+        Line(f"Job {report.get('job') or '-'}", 6.5, kind="job"),
+    ]
 
 
 def _report_time(report: dict[str, Any]) -> datetime | None:
@@ -439,16 +487,23 @@ def find_cjk_font() -> str:
         if _register(path):
             _font_path = path
             return path
-    raise LabelError("no Japanese TrueType font found: install fonts-ipaexfont-gothic "
-                     "(or set PDIMPORT_LABEL_FONT to a .ttf file)")
+    raise LabelError(
+        "no Japanese TrueType font found: install fonts-ipaexfont-gothic "
+        "(or set PDIMPORT_LABEL_FONT to a .ttf file)"
+    )
 
 
 def _font_candidates() -> list[str]:
     found = [os.environ.get("PDIMPORT_LABEL_FONT", ""), *FONT_CANDIDATES]
     if shutil.which("fc-match"):
         try:
-            res = subprocess.run(["fc-match", "-f", "%{file}\n", "sans:lang=ja"],
-                                 capture_output=True, text=True, timeout=10, check=False)
+            res = subprocess.run(
+                ["fc-match", "-f", "%{file}\n", "sans:lang=ja"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
             found += res.stdout.split()
         except (OSError, subprocess.SubprocessError):
             pass
@@ -460,8 +515,11 @@ def _register(path: str) -> bool:
     from reportlab.pdfbase.ttfonts import TTFError, TTFont
 
     try:
-        font = TTFont(FONT_NAME, path, subfontIndex=0) if path.endswith(".ttc") \
+        font = (
+            TTFont(FONT_NAME, path, subfontIndex=0)
+            if path.endswith(".ttc")
             else TTFont(FONT_NAME, path)
+        )
         pdfmetrics.registerFont(font)
     except (TTFError, OSError, ValueError) as exc:  # CFF-flavoured OpenType is refused
         log.debug("font %s not usable: %s", path, exc)
@@ -561,8 +619,15 @@ def layout(lines: Sequence[Line], size: LabelSize, scale: float = 1.0) -> Layout
     return Layout(placed, bottom, scale, qr_top or m, size.qr * scale)
 
 
-def _rows(line: Line, fs: float, size: LabelSize, y: float, lead: float,
-          qr_top: float | None, qr_bottom: float | None) -> list[Placed]:
+def _rows(
+    line: Line,
+    fs: float,
+    size: LabelSize,
+    y: float,
+    lead: float,
+    qr_top: float | None,
+    qr_bottom: float | None,
+) -> list[Placed]:
     m = size.margin
     full = size.width - 2 * m
 
@@ -575,15 +640,14 @@ def _rows(line: Line, fs: float, size: LabelSize, y: float, lead: float,
         while text:
             row = _wrap(text, fs, avail(row_y))[0]
             out.append(Placed(replace(line, text=row), m, row_y + lead * 0.8, avail(row_y), fs))
-            text = text[len(row):].lstrip()
+            text = text[len(row) :].lstrip()
             row_y += lead
         return out
     text, fitted = _fit(line.text, fs, avail(y) - (4 * fs if line.style == "tags" else 0))
     return [Placed(replace(line, text=text), m, y + lead * 0.8, avail(y), fitted)]
 
 
-def fit_lines(report: dict[str, Any], size: LabelSize, drive: str,
-              now: datetime | None) -> Layout:
+def fit_lines(report: dict[str, Any], size: LabelSize, drive: str, now: datetime | None) -> Layout:
     """Choose the layout: continuous labels grow; fixed ones shrink the type,
     then show fewer studies, until everything fits."""
     n_studies = sum(len(p.get("studies") or []) for p in report.get("patients") or [])
@@ -602,9 +666,16 @@ def fit_lines(report: dict[str, Any], size: LabelSize, drive: str,
 
 
 # --------------------------------------------------------------------------- drawing
-def render_label(report: dict[str, Any], size: str = "62mm", out: Path | None = None,
-                 fmt: str = "pdf", drive: str = "", *, now: datetime | None = None,
-                 dpi: int = 300) -> Path:
+def render_label(
+    report: dict[str, Any],
+    size: str = "62mm",
+    out: Path | None = None,
+    fmt: str = "pdf",
+    drive: str = "",
+    *,
+    now: datetime | None = None,
+    dpi: int = 300,
+) -> Path:
     """Render the status label of a job to a PDF or PNG file.
 
     Parameters
@@ -641,8 +712,9 @@ def render_label(report: dict[str, Any], size: str = "62mm", out: Path | None = 
     return out
 
 
-def draw_pdf(report: dict[str, Any], size: LabelSize, out: Path, drive: str,
-             now: datetime | None) -> Path:
+def draw_pdf(
+    report: dict[str, Any], size: LabelSize, out: Path, drive: str, now: datetime | None
+) -> Path:
     """Draw the label with reportlab on a page of the label's size."""
     from reportlab.pdfgen.canvas import Canvas
 
@@ -653,8 +725,13 @@ def draw_pdf(report: dict[str, Any], size: LabelSize, out: Path, drive: str,
     c.setAuthor("pdimport")
     for p in lay.placed:
         _draw_line(c, p, lay.height, size)
-    _draw_qr(c, str(report.get("job") or ""), size.width - size.margin - lay.qr_side,
-             lay.height - lay.qr_top - lay.qr_side, lay.qr_side)
+    _draw_qr(
+        c,
+        str(report.get("job") or ""),
+        size.width - size.margin - lay.qr_side,
+        lay.height - lay.qr_top - lay.qr_side,
+        lay.qr_side,
+    )
     c.showPage()
     c.save()
     return out
@@ -718,8 +795,9 @@ def rasterise(pdf: Path, out: Path, dpi: int, mono: bool) -> Path:
     # dir, then move, so any ``out`` name works.
     with tempfile.TemporaryDirectory(prefix="pdimport-raster-") as tmp:
         stem = Path(tmp) / "page"
-        res = subprocess.run([*args, str(pdf), str(stem)], capture_output=True, text=True,
-                             timeout=60, check=False)
+        res = subprocess.run(
+            [*args, str(pdf), str(stem)], capture_output=True, text=True, timeout=60, check=False
+        )
         produced = stem.with_suffix(".pbm" if mono else ".png")
         if res.returncode != 0 or not produced.exists():
             raise LabelError(f"pdftoppm failed ({res.returncode}): {res.stderr.strip()}")

@@ -81,7 +81,7 @@ class SizeBudget:
     total: int = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SizeBudget":
+    def from_settings(cls, settings: Settings) -> SizeBudget:
         return cls(
             max_file_size=settings.get("limits.max_file_size"),
             max_files=settings.get("limits.max_files"),
@@ -99,11 +99,17 @@ class SizeBudget:
             human-readable reason.
         """
         if size > self.max_file_size:
-            return "max_file_size", f"{size} bytes exceeds limits.max_file_size={self.max_file_size}"
+            return (
+                "max_file_size",
+                f"{size} bytes exceeds limits.max_file_size={self.max_file_size}",
+            )
         if self.files + 1 > self.max_files:
             return "max_files", f"more than limits.max_files={self.max_files} entries"
         if self.total + size > self.max_medium_size:
-            return "max_medium_size", f"medium expands beyond limits.max_medium_size={self.max_medium_size}"
+            return (
+                "max_medium_size",
+                f"medium expands beyond limits.max_medium_size={self.max_medium_size}",
+            )
         self.files += 1
         self.total += size
         return "", ""
@@ -121,10 +127,10 @@ def unique_label(path: str, taken: set[str]) -> str:
 
 
 # Sub-modules import the names above from this package.
-from pdimport.media.archive import ZipMedium  # noqa: E402
-from pdimport.media.folder import FolderMedium  # noqa: E402
-from pdimport.media.iso import IsoMedium  # noqa: E402
-from pdimport.media.udf import UdfMedium  # noqa: E402
+from pdimport.media.archive import ZipMedium
+from pdimport.media.folder import FolderMedium
+from pdimport.media.iso import IsoMedium
+from pdimport.media.udf import UdfMedium
 
 __all__ = [
     "FolderMedium",
@@ -259,4 +265,6 @@ def open_medium(source: str, settings: Settings) -> Medium:
         return _open_sector_medium(source, settings, kind)
     if kind == "zip":
         return ZipMedium(source, settings)
-    raise MediumOpenError("unreadable_medium", f"{source}: not a folder, ISO/UDF image, device or zip")
+    raise MediumOpenError(
+        "unreadable_medium", f"{source}: not a folder, ISO/UDF image, device or zip"
+    )

@@ -16,10 +16,10 @@ import zipfile
 import zlib
 from typing import IO, BinaryIO
 
+from pdimport.media import LargeReads, MediumOpenError, SizeBudget, unique_label
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings
-from pdimport.media import LargeReads, MediumOpenError, SizeBudget, unique_label
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ class _CountingReader(LargeReads):
             raise MediumReadError("archive_corrupt", f"{self._label}: {exc}") from exc
         self._count += len(data)
         if self._count > self._declared:
-            raise MediumReadError("zip_bomb", f"{self._label}: yields more than the declared "
-                                  f"{self._declared} bytes")
+            raise MediumReadError(
+                "zip_bomb", f"{self._label}: yields more than the declared {self._declared} bytes"
+            )
         buf[: len(data)] = data
         return len(data)
 
@@ -137,7 +138,9 @@ class ZipMedium:
                 # too many members is just too large.
                 code = {"": "", "max_files": "too_large"}.get(limit, "zip_bomb")
             if code:
-                self.problems.append(Problem(code, display_path(info.filename) or info.filename, why))
+                self.problems.append(
+                    Problem(code, display_path(info.filename) or info.filename, why)
+                )
                 continue
             label = unique_label(display_path(info.filename), taken)
             self._infos[label] = info
@@ -156,7 +159,10 @@ class ZipMedium:
         if info.file_size > RATIO_MIN_SIZE:
             ratio = info.file_size / max(info.compress_size, 1)
             if ratio > self._max_ratio:
-                return "zip_bomb", f"compression ratio {ratio:.0f} exceeds limits.max_zip_ratio={self._max_ratio}"
+                return (
+                    "zip_bomb",
+                    f"compression ratio {ratio:.0f} exceeds limits.max_zip_ratio={self._max_ratio}",
+                )
         return "", ""
 
     # ----------------------------------------------------------- Medium API

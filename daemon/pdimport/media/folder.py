@@ -16,10 +16,10 @@ import os
 import stat
 from typing import BinaryIO
 
+from pdimport.media import MediumOpenError, SizeBudget, unique_label
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings
-from pdimport.media import MediumOpenError, SizeBudget, unique_label
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class _FolderReader(io.RawIOBase):
             ) from exc
         if not data:
             raise MediumReadError(
-                "truncated", f"{self._label}: ended at {self._pos} of {self._size} bytes while reading"
+                "truncated",
+                f"{self._label}: ended at {self._pos} of {self._size} bytes while reading",
             )
         buf[: len(data)] = data
         self._pos += len(data)
@@ -119,7 +120,9 @@ class FolderMedium:
         try:
             found = self._walk()
         except OSError as exc:
-            raise MediumOpenError("unreadable_medium", f"{self.path}: {exc.strerror or exc}") from exc
+            raise MediumOpenError(
+                "unreadable_medium", f"{self.path}: {exc.strerror or exc}"
+            ) from exc
         # Sorting by the raw path components makes the order independent of
         # scandir's (filesystem-dependent) order.
         found.sort(key=lambda item: item[0])
@@ -157,7 +160,9 @@ class FolderMedium:
             self.problems.append(Problem("unreadable_directory", label, exc.strerror or str(exc)))
             return []
 
-    def _classify(self, dirent: os.DirEntry, child: tuple[bytes, ...], stack: list, found: list) -> None:
+    def _classify(
+        self, dirent: os.DirEntry, child: tuple[bytes, ...], stack: list, found: list
+    ) -> None:
         label = "/".join(display_name(p) for p in child)
         try:
             st = dirent.stat(follow_symlinks=False)
@@ -171,7 +176,9 @@ class FolderMedium:
         elif stat.S_ISREG(st.st_mode):
             found.append((child, st.st_size))
         else:
-            self.problems.append(Problem("link_ignored", label, "special file (fifo, device or socket)"))
+            self.problems.append(
+                Problem("link_ignored", label, "special file (fifo, device or socket)")
+            )
 
     # ----------------------------------------------------------- Medium API
     def entries(self) -> list[MediumEntry]:

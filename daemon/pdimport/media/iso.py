@@ -19,17 +19,18 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from pdimport.media import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.folder import display_name
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings
-from pdimport.media import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
-from pdimport.media.folder import display_name
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,16 @@ class ExtentReader(LargeReads):
         How ``sector_fd`` is read; ``pread`` when None.
     """
 
-    def __init__(self, fd: int, label: str, extents: Extents, end: int, pread: Pread = os.pread,
-                 sector_fd: int | None = None, sector_pread: Pread | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        label: str,
+        extents: Extents,
+        end: int,
+        pread: Pread = os.pread,
+        sector_fd: int | None = None,
+        sector_pread: Pread | None = None,
+    ) -> None:
         super().__init__()
         self._fd = fd
         self._label = label
@@ -185,8 +194,10 @@ class ExtentReader(LargeReads):
         """Refuse extents beyond the medium end before yielding any byte (I3)."""
         total = sum(length for _, length in self._extents.runs)
         if total < self._extents.size:
-            raise MediumReadError("truncated_extent", f"{self._label}: extents hold {total} of "
-                                  f"{self._extents.size} bytes")
+            raise MediumReadError(
+                "truncated_extent",
+                f"{self._label}: extents hold {total} of {self._extents.size} bytes",
+            )
         for offset, length in self._extents.runs:
             if offset + length > self._end:
                 raise MediumReadError(
@@ -218,10 +229,11 @@ class ExtentReader(LargeReads):
             if sector is None:
                 bad.append(lba)
                 continue
-            out += sector[lo - lba * SECTOR: hi - lba * SECTOR]
+            out += sector[lo - lba * SECTOR : hi - lba * SECTOR]
         if bad:
-            raise MediumReadError("unreadable_sector", f"{self._label}: unreadable LBA "
-                                  f"{', '.join(map(str, bad))}")
+            raise MediumReadError(
+                "unreadable_sector", f"{self._label}: unreadable LBA {', '.join(map(str, bad))}"
+            )
         return bytes(out)
 
 
@@ -256,8 +268,11 @@ def recorded_length(fd: int, rec, end: int) -> int:
         if length == 0:  # padding up to the next sector
             pos = (pos // SECTOR + 1) * SECTOR
             continue
-        extent, size = struct.unpack_from("<I", data, pos + 2)[0], struct.unpack_from("<I", data, pos + 10)[0]
-        name = data[pos + 33:pos + 33 + data[pos + 32]]
+        extent, size = (
+            struct.unpack_from("<I", data, pos + 2)[0],
+            struct.unpack_from("<I", data, pos + 10)[0],
+        )
+        name = data[pos + 33 : pos + 33 + data[pos + 32]]
         if name == ident and extent == rec.extent_location():
             return size
         pos += length
@@ -309,10 +324,17 @@ def _dr_children(rec, rr: bool) -> Iterator:
                 dotdot = child.children[1]
                 if dotdot.rock_ridge is not None and dotdot.rock_ridge.parent_link_record_exists():
                     continue
-            moved = child.rock_ridge.cl_to_moved_dr if child.rock_ridge.child_link_record_exists() else None
+            moved = (
+                child.rock_ridge.cl_to_moved_dr
+                if child.rock_ridge.child_link_record_exists()
+                else None
+            )
             if moved is not None and moved.parent is not None:
                 for other in moved.parent.children:
-                    if other.rock_ridge is not None and other.rock_ridge.name() == child.rock_ridge.name():
+                    if (
+                        other.rock_ridge is not None
+                        and other.rock_ridge.name() == child.rock_ridge.name()
+                    ):
                         child = other
                         break
         yield child
@@ -339,7 +361,9 @@ def walk_dr(root, namespace: str, length_of: Callable[[object], int]) -> Iterato
             path = parts + (safe_component(_dr_name(child, namespace)),)
             if child.is_dir():
                 if child.extent_location() in seen:
-                    raise MediumOpenError("unreadable_medium", f"directory loop at {'/'.join(path)}")
+                    raise MediumOpenError(
+                        "unreadable_medium", f"directory loop at {'/'.join(path)}"
+                    )
                 seen.add(child.extent_location())
                 stack.append((path, child))
                 continue
@@ -382,7 +406,9 @@ def walk_udf(root, part_start: int) -> Iterator[Found]:
             elif entry.is_file():
                 yield Found(path, _udf_runs(entry, part_start))
             else:
-                yield Found(path, None, f"UDF non-regular file (ICB type {entry.icb_tag.file_type})")
+                yield Found(
+                    path, None, f"UDF non-regular file (ICB type {entry.icb_tag.file_type})"
+                )
 
 
 def choose_namespace(iso: pycdlib.PyCdlib) -> str:
@@ -460,8 +486,15 @@ class ExtentMedium:
         sector_fd, sector_pread = self._fd, pread
         if pread is os.pread and self.kind == "device" and (direct := self._open_direct()) >= 0:
             sector_fd, sector_pread = direct, _direct_pread
-        raw = ExtentReader(self._fd, entry.path, extents, self._size, pread=pread,
-                           sector_fd=sector_fd, sector_pread=sector_pread)
+        raw = ExtentReader(
+            self._fd,
+            entry.path,
+            extents,
+            self._size,
+            pread=pread,
+            sector_fd=sector_fd,
+            sector_pread=sector_pread,
+        )
         return io.BufferedReader(raw, CHUNK)
 
     def _open_direct(self) -> int:
@@ -471,7 +504,11 @@ class ExtentMedium:
             try:
                 self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError as exc:
-                log.info("%s: no O_DIRECT (%s); sector retries use the page cache", self.path, exc.strerror)
+                log.info(
+                    "%s: no O_DIRECT (%s); sector retries use the page cache",
+                    self.path,
+                    exc.strerror,
+                )
                 self._direct_fd = -1
         return self._direct_fd
 
@@ -546,14 +583,18 @@ class IsoMedium(ExtentMedium):
         log.info("%s: %d records in the %s namespace", self.path, len(found), self.namespace)
         return self._admit(found, refused, budget)
 
-    def _admit(self, found: list[Found], refused: dict[str, str], budget: SizeBudget) -> list[MediumEntry]:
+    def _admit(
+        self, found: list[Found], refused: dict[str, str], budget: SizeBudget
+    ) -> list[MediumEntry]:
         entries: list[MediumEntry] = []
         taken: set[str] = set()
         # On-disc order: sequential reads, no seeks (hardware notes §3.3).
         found.sort(key=lambda f: (f.extents.lba if f.extents else 0, f.parts))
         for item in found:
             label = unique_label("/".join(item.parts), taken)
-            why = item.why or (refused.get(label, "") if item.extents and not item.extents.size else "")
+            why = item.why or (
+                refused.get(label, "") if item.extents and not item.extents.size else ""
+            )
             if why or item.extents is None:
                 why = why or "no data extents recorded"
                 self.problems.append(Problem("link_ignored", label, why))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pdimport.model import Header
 
@@ -87,13 +88,32 @@ def classify(header: Header) -> str:
 #: regard to case) for Manufacturer, Manufacturer's Model Name, Series
 #: Description and Contributing Equipment. Configurable: pass your own list.
 DEFAULT_AI_PATTERNS: tuple[str, ...] = (
-    r"\bAI\b", r"\bCAD\b", r"artificial intelligence", r"deep learning",
-    r"machine learning", r"neural net", r"heat ?map", r"saliency",
+    r"\bAI\b",
+    r"\bCAD\b",
+    r"artificial intelligence",
+    r"deep learning",
+    r"machine learning",
+    r"neural net",
+    r"heat ?map",
+    r"saliency",
     # products that label their output with their own name
-    r"AI-Rad Companion", r"\bLunit\b", r"\bAidoc\b", r"\bqXR\b", r"\bAnnalise\b",
-    r"\bGleamer\b", r"\bBoneView\b", r"\bTranspara\b", r"\bicobrain\b", r"\bBrainomix\b",
-    r"\bRapidAI\b", r"\bClearRead\b", r"\bCAD4TB\b", r"\bQuantib\b", r"\bInferRead\b",
-    r"\bEIRL\b", r"ProFound AI",
+    r"AI-Rad Companion",
+    r"\bLunit\b",
+    r"\bAidoc\b",
+    r"\bqXR\b",
+    r"\bAnnalise\b",
+    r"\bGleamer\b",
+    r"\bBoneView\b",
+    r"\bTranspara\b",
+    r"\bicobrain\b",
+    r"\bBrainomix\b",
+    r"\bRapidAI\b",
+    r"\bClearRead\b",
+    r"\bCAD4TB\b",
+    r"\bQuantib\b",
+    r"\bInferRead\b",
+    r"\bEIRL\b",
+    r"ProFound AI",
 )
 
 #: Kinds the dataset rules may turn into ``ai``. RT objects stay ``rt`` (an
@@ -126,15 +146,17 @@ def _items(ds: Any, keyword: str) -> list:
 #: Table 10-19) for an algorithm that produced the content. Reconstruction
 #: and material-decomposition algorithms are left out: they make original
 #: images (CT kernels, dual-energy maps), not AI results.
-_ALGORITHM_SEQUENCES = frozenset({
-    "DerivationAlgorithmSequence",  # (0022,1612)
-    "SegmentationAlgorithmIdentificationSequence",  # (0062,0007)
-    "AnnotationGroupAlgorithmIdentificationSequence",  # (006A,0008)
-    "TrackingAlgorithmIdentificationSequence",  # (0066,0104)
-    "SegmentSurfaceGenerationAlgorithmIdentificationSequence",  # (0066,002D)
-    "SurfaceProcessingAlgorithmIdentificationSequence",  # (0066,0035)
-    "ROIDerivationAlgorithmIdentificationSequence",  # (3006,0037)
-})
+_ALGORITHM_SEQUENCES = frozenset(
+    {
+        "DerivationAlgorithmSequence",  # (0022,1612)
+        "SegmentationAlgorithmIdentificationSequence",  # (0062,0007)
+        "AnnotationGroupAlgorithmIdentificationSequence",  # (006A,0008)
+        "TrackingAlgorithmIdentificationSequence",  # (0066,0104)
+        "SegmentSurfaceGenerationAlgorithmIdentificationSequence",  # (0066,002D)
+        "SurfaceProcessingAlgorithmIdentificationSequence",  # (0066,0035)
+        "ROIDerivationAlgorithmIdentificationSequence",  # (3006,0037)
+    }
+)
 _ALGORITHM_NAMES = ("AlgorithmName", "AlgorithmNameCodeSequence", "AlgorithmFamilyCodeSequence")
 _WALK_DEPTH, _WALK_ITEMS = 3, 4  # enough for SEG and functional groups, bounded
 
@@ -176,8 +198,12 @@ def _names_algorithm(ds: Any, depth: int = 0) -> bool:
 def _equipment_matches(ds: Any, pattern: re.Pattern[str]) -> bool:
     """A Contributing Equipment item (PS3.3 C.12.1) naming an AI product."""
     for item in _items(ds, "ContributingEquipmentSequence"):
-        fields = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions",
-                  "ContributionDescription")
+        fields = (
+            "Manufacturer",
+            "ManufacturerModelName",
+            "SoftwareVersions",
+            "ContributionDescription",
+        )
         if any(pattern.search(_text(item, k)) for k in fields):
             return True
     return False
@@ -192,8 +218,7 @@ def _derived_secondary_matches(ds: Any, pattern: re.Pattern[str]) -> bool:
     return any(pattern.search(_text(ds, k)) for k in fields)
 
 
-def is_ai_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS
-                  ) -> bool:
+def is_ai_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS) -> bool:
     """True when the attributes say the instance is an AI result (issue 5 rules)."""
     if _names_algorithm(ds):
         return True
@@ -203,8 +228,9 @@ def is_ai_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_A
     return _equipment_matches(ds, pattern) or _derived_secondary_matches(ds, pattern)
 
 
-def classify_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS
-                     ) -> str:
+def classify_dataset(
+    ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS
+) -> str:
     """Kind of one instance from its full dataset (pydicom Dataset).
 
     The SOP class table decides first (SEG, Parametric Map and CAD SR are
@@ -216,8 +242,7 @@ def classify_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAUL
     ``patterns``. Reading is tolerant: missing or odd attributes never raise.
     """
     uid = _text(ds, "SOPClassUID")
-    kind = classify(Header(encoding="", transfer_syntax="", sop_class_uid=uid,
-                           sop_instance_uid=""))
+    kind = classify(Header(encoding="", transfer_syntax="", sop_class_uid=uid, sop_instance_uid=""))
     if kind in _AI_CANDIDATE_KINDS and is_ai_dataset(ds, patterns):
         return "ai"
     return kind

@@ -82,9 +82,7 @@ def _same_person(a: Header, b: Header) -> bool:
         if any(x and y and x != y for x, y in zip(ga, gb)):
             return False
     da, db = a.patient_birth_date.strip(), b.patient_birth_date.strip()
-    if da and db and da != db:
-        return False
-    return True
+    return not (da and db and da != db)
 
 
 def group_patients(instances: list[Instance]) -> list[Patient]:
@@ -100,21 +98,27 @@ def group_patients(instances: list[Instance]) -> list[Patient]:
             if _same_person(ref, h):
                 break
         else:
-            pat = Patient(id=h.patient_id, issuer=h.issuer_of_patient_id, name=h.patient_name,
-                          birth_date=h.patient_birth_date, sex=h.patient_sex)
+            pat = Patient(
+                id=h.patient_id,
+                issuer=h.issuer_of_patient_id,
+                name=h.patient_name,
+                birth_date=h.patient_birth_date,
+                sex=h.patient_sex,
+            )
             patients.append((h, pat))
         study = pat.studies.setdefault(
-            h.study_uid, Study(h.study_uid, h.study_date, h.study_description,
-                               h.accession_number))
+            h.study_uid, Study(h.study_uid, h.study_date, h.study_description, h.accession_number)
+        )
         series = study.series.setdefault(
-            h.series_uid, Series(h.series_uid, h.modality, h.series_description,
-                                 h.series_number))
+            h.series_uid, Series(h.series_uid, h.modality, h.series_description, h.series_number)
+        )
         series.instances.append(inst)
     return [p for _, p in patients]
 
 
-def split_duplicates(instances: list[Instance]) -> tuple[list[Instance], list[Instance],
-                                                          list[Instance]]:
+def split_duplicates(
+    instances: list[Instance],
+) -> tuple[list[Instance], list[Instance], list[Instance]]:
     """Separate instances by SOP Instance UID.
 
     Returns ``(unique, identical, conflicts)``: the first copy of each UID;

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pdimport.model import Header
 from pdimport.policy.classify import DEFAULT_AI_PATTERNS, classify_dataset
 from pdimport.policy.group import Instance
-from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def parse_routes(specs: list[str], parse_dest: Callable[[str], Any]) -> list[Rou
 
 
 # ----------------------------------------------------------------------- AI
-def detect_ai(instances: list[Instance], spool_path: Callable[[str], Path],
-              patterns: list[str]) -> None:
+def detect_ai(
+    instances: list[Instance], spool_path: Callable[[str], Path], patterns: list[str]
+) -> None:
     """Re-classify instances whose attributes say they are AI results.
 
     Only images that can be AI output are read in full (DERIVED ImageType or
@@ -80,17 +82,24 @@ def detect_ai(instances: list[Instance], spool_path: Callable[[str], Path],
         try:
             ds = dcmread(spool_path(inst.send_sha256), stop_before_pixels=True)
             inst.kind = classify_dataset(ds, tuple(patterns))
-        except Exception:  # noqa: BLE001 - tolerant when reading: keep the SOP-class kind
+        except Exception:
             log.exception("AI check of %s", inst.path)
 
 
 def _ai_candidate(h: Header) -> bool:
-    return "DERIVED" in h.image_type.upper() or h.sop_class_uid.startswith(_SC_PREFIX) \
+    return (
+        "DERIVED" in h.image_type.upper()
+        or h.sop_class_uid.startswith(_SC_PREFIX)
         or h.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.")
+    )
 
 
-def mark_ai_instances(instances: list[Instance], prefix: str, store: "DerivedStore",
-                      on_coercion: Callable[[Instance], None]) -> list[Problem]:
+def mark_ai_instances(
+    instances: list[Instance],
+    prefix: str,
+    store: DerivedStore,
+    on_coercion: Callable[[Instance], None],
+) -> list[Problem]:
     """Policy ``mark``: send AI instances with ``prefix`` on SeriesDescription,
     the change recorded in Original Attributes Sequence (PS3.3 C.12.1.1.9)."""
     from pydicom import dcmread
@@ -111,7 +120,7 @@ def mark_ai_instances(instances: list[Instance], prefix: str, store: "DerivedSto
             [inst.send_sha256] = store.derive(inst.send_sha256, f"ai-mark:{prefix}", build)
             inst.detail = f"marked {prefix!r}"
             on_coercion(inst)
-        except Exception as exc:  # noqa: BLE001 - one object, not the medium
+        except Exception as exc:
             log.exception("marking %s", inst.path)
             inst.state = "failed"
             problems.append(Problem("internal_error", inst.path, f"AI marking failed: {exc}"))
@@ -119,9 +128,12 @@ def mark_ai_instances(instances: list[Instance], prefix: str, store: "DerivedSto
 
 
 # ------------------------------------------------------------ Other Content
-def convert_other_content(other: list[tuple[str, str, str]], patients_headers: list[Header],
-                          store: "DerivedStore", scan_one: Callable[[str, str], Header | Problem]
-                          ) -> tuple[list[Instance], list[dict[str, str]], list[Problem]]:
+def convert_other_content(
+    other: list[tuple[str, str, str]],
+    patients_headers: list[Header],
+    store: DerivedStore,
+    scan_one: Callable[[str, str], Header | Problem],
+) -> tuple[list[Instance], list[dict[str, str]], list[Problem]]:
     """Convert each ``(path, sha256, subtype)`` into DICOM filed with the
     medium's one patient. Returns the new instances, the report's
     ``converted`` entries and the problems."""
@@ -145,8 +157,9 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
             problems.append(Problem("unsupported_content", path, subtype))
             continue
 
-        def build(out_dir: Path, path: str = path, sha: str = sha,
-                  subtype: str = subtype) -> list[Path]:
+        def build(
+            out_dir: Path, path: str = path, sha: str = sha, subtype: str = subtype
+        ) -> list[Path]:
             return convert_file(store.path(sha), path, subtype, ctx, out_dir)
 
         try:
@@ -154,7 +167,7 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
         except FileProblem as exc:
             problems.append(Problem(exc.code, path, exc.detail))
             continue
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("converting %s", path)
             problems.append(Problem("internal_error", path, f"conversion failed: {exc}"))
             continue
@@ -165,16 +178,28 @@ def convert_other_content(other: list[tuple[str, str, str]], patients_headers: l
                 continue
             from pdimport.policy.classify import classify
 
-            inst = Instance(path=path, sha256=out_sha, header=res, kind=classify(res),
-                            send_sha256=out_sha, detail=f"converted from {subtype}")
+            inst = Instance(
+                path=path,
+                sha256=out_sha,
+                header=res,
+                kind=classify(res),
+                send_sha256=out_sha,
+                detail=f"converted from {subtype}",
+            )
             inst.converted = True
             instances.append(inst)
-            converted.append({"path": path, "sop_instance_uid": res.sop_instance_uid,
-                              "sop_class_uid": res.sop_class_uid, "type": subtype})
+            converted.append(
+                {
+                    "path": path,
+                    "sop_instance_uid": res.sop_instance_uid,
+                    "sop_class_uid": res.sop_class_uid,
+                    "type": subtype,
+                }
+            )
     return instances, converted, problems
 
 
-def _study_extras(headers: list[Header], store: "DerivedStore") -> None:
+def _study_extras(headers: list[Header], store: DerivedStore) -> None:
     """Study ID and Referring Physician's Name, which the header scan does
     not carry, from one instance of each study: converted objects that join
     the study repeat them (General Study Module, PS3.3 C.7.2.1)."""
@@ -189,10 +214,13 @@ def _study_extras(headers: list[Header], store: "DerivedStore") -> None:
             sha = h.extra.get("_sha256", "")
             try:
                 if sha:
-                    ds = dcmread(store.path(sha), stop_before_pixels=True,
-                                 specific_tags=["StudyID", "ReferringPhysicianName"])
+                    ds = dcmread(
+                        store.path(sha),
+                        stop_before_pixels=True,
+                        specific_tags=["StudyID", "ReferringPhysicianName"],
+                    )
                     values = {k: str(ds.get(k, "") or "") for k in values}
-            except Exception:  # noqa: BLE001 - tolerant when reading; the values are Type 2
+            except Exception:
                 log.exception("reading study attributes")
             seen[h.study_uid] = values
         h.extra.update(seen[h.study_uid])
@@ -217,8 +245,7 @@ class DerivedStore:
 
         return self.derive_many(sha, purpose, many)
 
-    def derive_many(self, sha: str, purpose: str,
-                    build: Callable[[Path], list[Path]]) -> list[str]:
+    def derive_many(self, sha: str, purpose: str, build: Callable[[Path], list[Path]]) -> list[str]:
         cached = self.journal.derived(sha, purpose)
         if cached is not None:
             shas = [s for s in cached.split(",") if s]

@@ -68,14 +68,31 @@ FILE_RE = re.compile(r"^audit-(\d{4})-(\d{2})\.jsonl$")
 _HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n?$')
 
 #: Events the appliance records (others are accepted, for forward compatibility).
-EVENTS = ("medium_inserted", "read_completed", "instances_delivered", "conversion",
-          "coercion", "hold", "release", "discard", "job_finished", "label_printed",
-          "medium_ejected")
+EVENTS = (
+    "medium_inserted",
+    "read_completed",
+    "instances_delivered",
+    "conversion",
+    "coercion",
+    "hold",
+    "release",
+    "discard",
+    "job_finished",
+    "label_printed",
+    "medium_ejected",
+)
 
 #: Fields every record has, with their value when nothing is known.
 CORE_FIELDS: dict[str, Any] = {
-    "actor": "system", "job": None, "facility": "", "medium": None, "source_aet": "",
-    "dest_aet": "", "patients": [], "consent": "unknown", "counts": {},
+    "actor": "system",
+    "job": None,
+    "facility": "",
+    "medium": None,
+    "source_aet": "",
+    "dest_aet": "",
+    "patients": [],
+    "consent": "unknown",
+    "counts": {},
 }
 
 
@@ -129,9 +146,18 @@ class AuditLog:
         Name of this trail's chain head in the journal.
     """
 
-    def __init__(self, directory: Path | str, *, consent: str = "unknown", facility: str = "",
-                 calling_aet: str = "", journal: Any = None, syslog: Any = None,
-                 node: Any = None, trail: str = TRAIL) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        consent: str = "unknown",
+        facility: str = "",
+        calling_aet: str = "",
+        journal: Any = None,
+        syslog: Any = None,
+        node: Any = None,
+        trail: str = TRAIL,
+    ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.consent = consent or "unknown"
@@ -145,14 +171,16 @@ class AuditLog:
         self._jobs: dict[str, dict[str, Any]] = {}  # per-job context for on_event
 
     @classmethod
-    def from_settings(cls, state_dir: Path | str, settings: Any = None,
-                      journal: Any = None) -> AuditLog:
+    def from_settings(
+        cls, state_dir: Path | str, settings: Any = None, journal: Any = None
+    ) -> AuditLog:
         """Build from the settings table (``audit.*``, ``calling_aet``).
 
         Without ``journal``, opens ``state_dir/journal.sqlite``: every writer
         of the appliance's trail must keep its chain head, or :func:`verify`
         reports the records it wrote as unknown to the journal.
         """
+
         def opt(name: str, default: Any) -> Any:
             try:
                 value = settings.get(name) if settings is not None else None
@@ -165,15 +193,19 @@ class AuditLog:
             from pdimport.record.auditsyslog import Node, SyslogSender
 
             syslog = SyslogSender(opt("audit.syslog", ""))
-            node = Node(aet=opt("calling_aet", "PDIMPORT"),
-                        site_id=opt("audit.site_id", ""))
+            node = Node(aet=opt("calling_aet", "PDIMPORT"), site_id=opt("audit.site_id", ""))
         if journal is None:
             from pdimport.store.journal import Journal
 
             journal = Journal(Path(state_dir) / "journal.sqlite")
-        return cls(Path(state_dir) / "audit", consent=opt("audit.consent", "unknown"),
-                   calling_aet=opt("calling_aet", ""), journal=journal, syslog=syslog,
-                   node=node)
+        return cls(
+            Path(state_dir) / "audit",
+            consent=opt("audit.consent", "unknown"),
+            calling_aet=opt("calling_aet", ""),
+            journal=journal,
+            syslog=syslog,
+            node=node,
+        )
 
     # ------------------------------------------------------------------ append
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -212,8 +244,11 @@ class AuditLog:
             self.journal.set_audit_head(self.trail, count, record["hash"])
         except sqlite3.Error as exc:
             # The record itself is durable; verify() will show the lagging head.
-            log.warning("audit record %s written but the journal's chain head not updated: %s",
-                        record.get("seq"), exc)
+            log.warning(
+                "audit record %s written but the journal's chain head not updated: %s",
+                record.get("seq"),
+                exc,
+            )
 
     def _record(self, event: str, fields: dict[str, Any], last: bytes | None) -> dict[str, Any]:
         seq = 1
@@ -277,9 +312,13 @@ class AuditLog:
                 self._jobs.pop(job, None)
 
     def _on_medium_inserted(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
-        ctx["medium"] = {"label": f.pop("label", "") or "", "id": f.pop("volume_id", "") or "",
-                         "type": f.pop("kind", "") or "", "drive": f.pop("drive", "") or "",
-                         "source": f.get("source", "")}
+        ctx["medium"] = {
+            "label": f.pop("label", "") or "",
+            "id": f.pop("volume_id", "") or "",
+            "type": f.pop("kind", "") or "",
+            "drive": f.pop("drive", "") or "",
+            "source": f.get("source", ""),
+        }
         if f.get("facility"):
             ctx["facility"] = f["facility"]
         return {"medium": ctx["medium"]}
@@ -291,15 +330,17 @@ class AuditLog:
         elif self.journal is not None and f.get("job"):
             files = [(r.path, r.sha256) for r in self.journal.files(f["job"])]
             extra["manifest_sha256"] = manifest_digest(files)
-            extra["counts"]["read_errors"] = sum(1 for r in self.journal.files(f["job"])
-                                                 if r.state != "read")
+            extra["counts"]["read_errors"] = sum(
+                1 for r in self.journal.files(f["job"]) if r.state != "read"
+            )
         return extra
 
     def _on_instances_delivered(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
         dest = f.get("dest", "")
         aet, host = aet_of(dest)
-        ctx.setdefault("deliveries", []).append((dest, aet, host, f.get("sent", 0),
-                                                 f.get("failed", 0)))
+        ctx.setdefault("deliveries", []).append(
+            (dest, aet, host, f.get("sent", 0), f.get("failed", 0))
+        )
         counts = {k: f.pop(k) for k in ("sent", "failed") if k in f}
         return {"dest_aet": aet, "source_aet": self.calling_aet, "counts": counts}
 
@@ -314,8 +355,12 @@ class AuditLog:
         facility = (report.get("source") or {}).get("facility")
         if facility:
             ctx["facility"] = facility
-        return {"patients": ctx["patients"], "facility": ctx.get("facility", self.facility),
-                "counts": report.get("counts", {}), "hold_reasons": report.get("hold_reasons", [])}
+        return {
+            "patients": ctx["patients"],
+            "facility": ctx.get("facility", self.facility),
+            "counts": report.get("counts", {}),
+            "hold_reasons": report.get("hold_reasons", []),
+        }
 
     def _send_syslog(self, ctx: dict[str, Any], record: dict[str, Any]) -> None:
         if self.syslog is None or self.node is None:
@@ -325,17 +370,25 @@ class AuditLog:
         report = ctx.get("report") or {}
         patients = report.get("patients") or []
         medium = dict(ctx.get("medium") or {}, facility=record.get("facility", ""))
-        self.syslog.send(auditsyslog.import_message(
-            self.node, medium, patients, str(record.get("status", "failed"))))
+        self.syslog.send(
+            auditsyslog.import_message(
+                self.node, medium, patients, str(record.get("status", "failed"))
+            )
+        )
         for _dest, aet, host, sent, failed in ctx.get("deliveries", []):
-            self.syslog.send(auditsyslog.instances_transferred_message(
-                self.node, aet, host, patients, ok=not failed and sent > 0))
+            self.syslog.send(
+                auditsyslog.instances_transferred_message(
+                    self.node, aet, host, patients, ok=not failed and sent > 0
+                )
+            )
 
 
 def patient_ids(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Original and local patient IDs of a report (IHE IRWF keeps both)."""
-    return [{"original": p.get("id"), "issuer": p.get("issuer") or "",
-             "local": p.get("local_id")} for p in report.get("patients") or []]
+    return [
+        {"original": p.get("id"), "issuer": p.get("issuer") or "", "local": p.get("local_id")}
+        for p in report.get("patients") or []
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -362,7 +415,7 @@ def _last_line(path: Path) -> bytes | None:
             chunk = fp.read(step) + chunk
             cut = chunk.rfind(b"\n", 0, len(chunk) - 1)
             if cut >= 0:
-                return chunk[cut + 1:]
+                return chunk[cut + 1 :]
         return chunk
 
 
@@ -379,7 +432,7 @@ def _write_durably(path: Path, line: bytes) -> None:
     try:
         view = memoryview(line)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -408,7 +461,7 @@ def check_line(line: bytes, prev_line: bytes | None) -> str:
     m = _HASH_TAIL.search(line)
     if m is None:
         return "no hash field at the end of the record"
-    body = line[:m.start()] + b"}"
+    body = line[: m.start()] + b"}"
     if _sha(body) != m.group(1).decode():
         return "record content changed: its bytes do not match its hash"
     try:
@@ -421,8 +474,9 @@ def check_line(line: bytes, prev_line: bytes | None) -> str:
     return ""
 
 
-def verify(directory: Path | str,
-           head: tuple[int, str] | None = None) -> tuple[bool, int | None, str]:
+def verify(
+    directory: Path | str, head: tuple[int, str] | None = None
+) -> tuple[bool, int | None, str]:
     """Check the whole chain (PS3.15 asks audit trails to be tamper-evident).
 
     Parameters
@@ -449,9 +503,11 @@ def verify(directory: Path | str,
         number += 1
         why = check_line(line, prev_line)
         if why == "chain broken":
-            reason = (f"record {number - 1} (the one before {path.name} line {lineno}): its "
-                      f"bytes differ from what record {number} chained to — it was rewritten, "
-                      f"or records were removed or inserted between them")
+            reason = (
+                f"record {number - 1} (the one before {path.name} line {lineno}): its "
+                f"bytes differ from what record {number} chained to — it was rewritten, "
+                f"or records were removed or inserted between them"
+            )
             return False, number - 1, reason
         if why:
             return False, number, f"record {number} ({path.name} line {lineno}): {why}"
@@ -463,28 +519,53 @@ def verify(directory: Path | str,
     return _against_head(number, at_head, head, has_files=bool(log_files(directory)))
 
 
-def _against_head(number: int, at_head: str, head: tuple[int, str],
-                  has_files: bool) -> tuple[bool, int | None, str]:
+def _against_head(
+    number: int, at_head: str, head: tuple[int, str], has_files: bool
+) -> tuple[bool, int | None, str]:
     """Compare an intact chain of ``number`` records with the journal's head."""
     count, digest = head
     if count > 0 and not has_files:
         return False, 1, f"trail file missing: the journal knows {count} records"
     if number < count:
-        return False, number + 1, (f"trail is shorter than the journal knows: {number} "
-                                   f"records on file, {count} in the journal (records "
-                                   f"removed from the end, or the trail truncated)")
+        return (
+            False,
+            number + 1,
+            (
+                f"trail is shorter than the journal knows: {number} "
+                f"records on file, {count} in the journal (records "
+                f"removed from the end, or the trail truncated)"
+            ),
+        )
     if count > 0 and at_head != digest:
-        return False, count, (f"record {count} is not the one the journal knows as the "
-                              f"chain head: the end of the trail was replaced")
+        return (
+            False,
+            count,
+            (
+                f"record {count} is not the one the journal knows as the "
+                f"chain head: the end of the trail was replaced"
+            ),
+        )
     if number == count:
         return True, None, f"{number} records intact (length confirmed by the journal)"
     if number == count + 1:
-        return True, None, (f"{number} records intact; head behind by 1 (crash during "
-                            f"append: record {number} was written, the journal's head "
-                            f"not updated)")
-    return False, count + 1, (f"trail is longer than the journal knows: {number} records "
-                              f"on file, {count} in the journal ({number - count} records "
-                              f"appended without the journal)")
+        return (
+            True,
+            None,
+            (
+                f"{number} records intact; head behind by 1 (crash during "
+                f"append: record {number} was written, the journal's head "
+                f"not updated)"
+            ),
+        )
+    return (
+        False,
+        count + 1,
+        (
+            f"trail is longer than the journal knows: {number} records "
+            f"on file, {count} in the journal ({number - count} records "
+            f"appended without the journal)"
+        ),
+    )
 
 
 def records(directory: Path | str) -> Iterator[dict[str, Any]]:

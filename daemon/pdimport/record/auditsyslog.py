@@ -83,8 +83,17 @@ class Node:
 #: Our medium kinds (``report.source.kind`` and drive types) -> CID 405 key.
 #: CID 405 has no Blu-ray code, so BD counts as DVD; folders and zip packages
 #: arrived through the watch folder, i.e. by URI.
-KIND_ALIASES = {"iso": "cd", "device": "cd", "optical": "cd", "bd": "dvd", "bluray": "dvd",
-                "block": "usb", "dir": "uri", "zip": "uri", "folder": "uri"}
+KIND_ALIASES = {
+    "iso": "cd",
+    "device": "cd",
+    "optical": "cd",
+    "bd": "dvd",
+    "bluray": "dvd",
+    "block": "usb",
+    "dir": "uri",
+    "zip": "uri",
+    "folder": "uri",
+}
 
 
 def media_type(kind: str) -> tuple[str, str, str]:
@@ -95,25 +104,40 @@ def media_type(kind: str) -> tuple[str, str, str]:
 
 # --------------------------------------------------------------------------- XML
 def _code(parent: ET.Element, tag: str, code: tuple[str, str, str]) -> ET.Element:
-    return ET.SubElement(parent, tag, {"csd-code": code[0], "codeSystemName": code[1],
-                                       "originalText": code[2]})
+    return ET.SubElement(
+        parent, tag, {"csd-code": code[0], "codeSystemName": code[1], "originalText": code[2]}
+    )
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _event(root: ET.Element, event: tuple[str, str, str], action: str, outcome: str,
-           when: str | None) -> None:
-    ev = ET.SubElement(root, "EventIdentification", {
-        "EventActionCode": action, "EventDateTime": when or _now(),
-        "EventOutcomeIndicator": outcome})
+def _event(
+    root: ET.Element, event: tuple[str, str, str], action: str, outcome: str, when: str | None
+) -> None:
+    ev = ET.SubElement(
+        root,
+        "EventIdentification",
+        {
+            "EventActionCode": action,
+            "EventDateTime": when or _now(),
+            "EventOutcomeIndicator": outcome,
+        },
+    )
     _code(ev, "EventID", event)
 
 
-def _participant(root: ET.Element, user_id: str, role: tuple[str, str, str], requestor: bool,
-                 host: str = "", alt: str = "", name: str = "",
-                 user_type: tuple[str, str, str] | None = None) -> ET.Element:
+def _participant(
+    root: ET.Element,
+    user_id: str,
+    role: tuple[str, str, str],
+    requestor: bool,
+    host: str = "",
+    alt: str = "",
+    name: str = "",
+    user_type: tuple[str, str, str] | None = None,
+) -> ET.Element:
     attrs = {"UserID": user_id or "-", "UserIsRequestor": "true" if requestor else "false"}
     if alt:
         attrs["AlternativeUserID"] = alt
@@ -153,9 +177,15 @@ def _patients(root: ET.Element, patients: Iterable[dict[str, Any]]) -> None:
         pid = str(p.get("id") or "")
         if p.get("issuer"):
             pid += f"^^^{p['issuer']}"  # CX form, as IHE ATNA profiles expect
-        po = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": pid or "-", "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1"})
+        po = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": pid or "-",
+                "ParticipantObjectTypeCode": "1",
+                "ParticipantObjectTypeCodeRole": "1",
+            },
+        )
         _code(po, "ParticipantObjectIDTypeCode", ID_PATIENT)
         if p.get("name"):
             ET.SubElement(po, "ParticipantObjectName").text = str(p["name"])
@@ -163,9 +193,15 @@ def _patients(root: ET.Element, patients: Iterable[dict[str, Any]]) -> None:
 
 def _studies(root: ET.Element, studies: Iterable[dict[str, Any]]) -> None:
     for st in studies:
-        po = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": str(st.get("uid") or "-"), "ParticipantObjectTypeCode": "2",
-            "ParticipantObjectTypeCodeRole": "3"})
+        po = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": str(st.get("uid") or "-"),
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "3",
+            },
+        )
         _code(po, "ParticipantObjectIDTypeCode", ID_STUDY)
         desc = ET.SubElement(po, "ParticipantObjectDescription")
         if st.get("accession"):
@@ -178,9 +214,14 @@ def _xml(root: ET.Element) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def import_message(node: Node, medium: dict[str, Any], patients: list[dict[str, Any]],
-                   status: str = "imported", when: str | None = None,
-                   operator: str = "") -> bytes:
+def import_message(
+    node: Node,
+    medium: dict[str, Any],
+    patients: list[dict[str, Any]],
+    status: str = "imported",
+    when: str | None = None,
+    operator: str = "",
+) -> bytes:
     """The "Import" audit message (EventID 110107) for one medium.
 
     Parameters
@@ -202,15 +243,28 @@ def import_message(node: Node, medium: dict[str, Any], patients: list[dict[str, 
     """
     root = ET.Element("AuditMessage")
     _event(root, EV_IMPORT, "C", OUTCOME.get(status, "8"), when)
-    _participant(root, node.aet, ROLE_DESTINATION, requestor=not operator,
-                 host=node.hostname, alt=str(os.getpid()), user_type=USER_AE_TITLE)
+    _participant(
+        root,
+        node.aet,
+        ROLE_DESTINATION,
+        requestor=not operator,
+        host=node.hostname,
+        alt=str(os.getpid()),
+        user_type=USER_AE_TITLE,
+    )
     if operator:
         _participant(root, operator, ROLE_DESTINATION, requestor=True)
     # The medium itself is a participant (PS3.15 A.5.3: Source Media), named
     # by its volume identity; the facility it came from goes in UserName.
     media_id = str(medium.get("id") or medium.get("label") or "unlabelled")
-    ap = _participant(root, media_id, ROLE_SOURCE_MEDIA, requestor=False,
-                      alt=str(medium.get("drive") or ""), name=str(medium.get("facility") or ""))
+    ap = _participant(
+        root,
+        media_id,
+        ROLE_SOURCE_MEDIA,
+        requestor=False,
+        alt=str(medium.get("drive") or ""),
+        name=str(medium.get("facility") or ""),
+    )
     mi = ET.SubElement(ap, "MediaIdentifier")
     _code(mi, "MediaType", media_type(str(medium.get("type") or "")))
     _source_id(root, node)
@@ -219,18 +273,37 @@ def import_message(node: Node, medium: dict[str, Any], patients: list[dict[str, 
     return _xml(root)
 
 
-def instances_transferred_message(node: Node, dest_aet: str, dest_host: str,
-                                  patients: list[dict[str, Any]], ok: bool = True,
-                                  when: str | None = None) -> bytes:
+def instances_transferred_message(
+    node: Node,
+    dest_aet: str,
+    dest_host: str,
+    patients: list[dict[str, Any]],
+    ok: bool = True,
+    when: str | None = None,
+) -> bytes:
     """The "DICOM Instances Transferred" message (EventID 110104, PS3.15
     A.5.3.7) for one delivery to one destination, from the sender's side
     (EventActionCode ``R``)."""
     root = ET.Element("AuditMessage")
     _event(root, EV_TRANSFERRED, "R", "0" if ok else "4", when)
-    _participant(root, node.aet, ROLE_SOURCE, requestor=True, host=node.hostname,
-                 alt=f"AETITLES={node.aet}", user_type=USER_AE_TITLE)
-    _participant(root, dest_aet, ROLE_DESTINATION, requestor=False, host=dest_host,
-                 alt=f"AETITLES={dest_aet}", user_type=USER_AE_TITLE)
+    _participant(
+        root,
+        node.aet,
+        ROLE_SOURCE,
+        requestor=True,
+        host=node.hostname,
+        alt=f"AETITLES={node.aet}",
+        user_type=USER_AE_TITLE,
+    )
+    _participant(
+        root,
+        dest_aet,
+        ROLE_DESTINATION,
+        requestor=False,
+        host=dest_host,
+        alt=f"AETITLES={dest_aet}",
+        user_type=USER_AE_TITLE,
+    )
     _source_id(root, node)
     _studies(root, [st for p in patients for st in p.get("studies") or []])
     _patients(root, patients)
@@ -244,8 +317,10 @@ def rfc5424(msg: bytes, hostname: str, app: str = "pdimport", when: str | None =
     The UTF-8 BOM marks the MSG as UTF-8 (RFC 5424 §6.4); patient names are
     often Japanese.
     """
-    header = f"<{SYSLOG_PRI}>1 {when or _now()} {_field(hostname, 255)} {_field(app, 48)} " \
-             f"{os.getpid()} {MSGID} - "
+    header = (
+        f"<{SYSLOG_PRI}>1 {when or _now()} {_field(hostname, 255)} {_field(app, 48)} "
+        f"{os.getpid()} {MSGID} - "
+    )
     return header.encode("ascii", "replace") + b"\xef\xbb\xbf" + msg
 
 
@@ -270,8 +345,9 @@ class SyslogSender:
     def __init__(self, url: str, hostname: str | None = None, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("udp", "tcp") or not parts.hostname:
-            raise ValueError(f"audit.syslog must be udp://host:port or tcp://host:port, "
-                             f"not {url!r}")
+            raise ValueError(
+                f"audit.syslog must be udp://host:port or tcp://host:port, not {url!r}"
+            )
         self.scheme = parts.scheme
         self.address = (parts.hostname, parts.port or (514 if parts.scheme == "udp" else 601))
         self.hostname = hostname or socket.gethostname()

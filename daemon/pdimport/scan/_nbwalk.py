@@ -87,8 +87,20 @@ R_EOF = 8  # the file ends inside a header or an undefined-length container
 R_TRAILING = 9  # a zero tag after the dataset (padding)
 R_LIMIT = 10  # element count, wanted value or text list too large
 R_BIGVALUE = 11  # a wanted value too long for the fast path
-REASONS = ("none", "file_meta", "deflate", "ts_probe", "structure", "tag_order", "length",
-           "nesting", "eof", "trailing", "limits", "big_value")
+REASONS = (
+    "none",
+    "file_meta",
+    "deflate",
+    "ts_probe",
+    "structure",
+    "tag_order",
+    "length",
+    "nesting",
+    "eof",
+    "trailing",
+    "limits",
+    "big_value",
+)
 
 # ------------------------------------------------------------- VR table bits
 V_VALID = 1
@@ -116,10 +128,44 @@ K_SQ = 1
 K_ITEM = 2
 K_PIXEL = 3
 
-_VRS = ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
-        "UC UI UL UN UR US UT UV").split()
-_LONG = set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_TEXT = set("SH LO ST LT UT UC".split())
+_VRS = [
+    "AE",
+    "AS",
+    "AT",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "FD",
+    "FL",
+    "IS",
+    "LO",
+    "LT",
+    "OB",
+    "OD",
+    "OF",
+    "OL",
+    "OV",
+    "OW",
+    "PN",
+    "SH",
+    "SL",
+    "SQ",
+    "SS",
+    "ST",
+    "SV",
+    "TM",
+    "UC",
+    "UI",
+    "UL",
+    "UN",
+    "UR",
+    "US",
+    "UT",
+    "UV",
+]
+_LONG = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+_TEXT = {"SH", "LO", "ST", "LT", "UT", "UC"}
 
 
 def vr_table() -> np.ndarray:
@@ -178,10 +224,18 @@ def _u16(b, p, little):
 @njit(cache=True, nogil=True, inline="always")
 def _u32(b, p, little):
     if little:
-        return (np.int64(b[p]) | (np.int64(b[p + 1]) << 8) | (np.int64(b[p + 2]) << 16)
-                | (np.int64(b[p + 3]) << 24))
-    return ((np.int64(b[p]) << 24) | (np.int64(b[p + 1]) << 16) | (np.int64(b[p + 2]) << 8)
-            | np.int64(b[p + 3]))
+        return (
+            np.int64(b[p])
+            | (np.int64(b[p + 1]) << 8)
+            | (np.int64(b[p + 2]) << 16)
+            | (np.int64(b[p + 3]) << 24)
+        )
+    return (
+        (np.int64(b[p]) << 24)
+        | (np.int64(b[p + 1]) << 16)
+        | (np.int64(b[p + 2]) << 8)
+        | np.int64(b[p + 3])
+    )
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -241,8 +295,9 @@ def _ts_code(b, off, length):
         e -= 1
     n = e - s
     # "1.2.840.10008.1.2" is the common stem of the four native syntaxes
-    stem = np.array([49, 46, 50, 46, 56, 52, 48, 46, 49, 48, 48, 48, 56, 46, 49, 46, 50],
-                    dtype=np.uint8)
+    stem = np.array(
+        [49, 46, 50, 46, 56, 52, 48, 46, 49, 48, 48, 48, 56, 46, 49, 46, 50], dtype=np.uint8
+    )
     if n < 17:
         return TS_OTHER
     for k in range(17):
@@ -254,8 +309,14 @@ def _ts_code(b, off, length):
         return TS_EXPLICIT_LE
     if n == 19 and b[s + 17] == 46 and b[s + 18] == 50:
         return TS_EXPLICIT_BE
-    if (n == 22 and b[s + 17] == 46 and b[s + 18] == 49 and b[s + 19] == 46 and b[s + 20] == 57
-            and b[s + 21] == 57):
+    if (
+        n == 22
+        and b[s + 17] == 46
+        and b[s + 18] == 49
+        and b[s + 19] == 46
+        and b[s + 20] == 57
+        and b[s + 21] == 57
+    ):
         return TS_DEFLATED
     return TS_OTHER
 
@@ -343,14 +404,36 @@ def _probe_ok(b, blen, size, ds, little, implicit, vrt):
     has_vr = vrt[(np.int64(b[ds + 4]) << 8) | np.int64(b[ds + 5])] & V_VALID != 0
     if not implicit and not has_vr:
         return False
-    if implicit and has_vr:
-        return False  # the Python probe looks deeper; let it decide
-    return True
+    # implicit and has_vr: the Python probe looks deeper; let it decide
+    return not (implicit and has_vr)
 
 
 @njit(cache=True, nogil=True)
-def walk_one(b, blen, size, mode, max_nesting, i, meta_tags, ds_tags, out_off, out_len, out_vr,
-             info, nonplain, vrt, dtags, dcls, m1, m2, mcls, st_kind, st_end, st_impl, st_depth):  # noqa: C901, PLR0912, PLR0915 - one hot loop, kept flat for numba (like pydicom's filereader)
+def walk_one(
+    b,
+    blen,
+    size,
+    mode,
+    max_nesting,
+    i,
+    meta_tags,
+    ds_tags,
+    out_off,
+    out_len,
+    out_vr,
+    info,
+    nonplain,
+    vrt,
+    dtags,
+    dcls,
+    m1,
+    m2,
+    mcls,
+    st_kind,
+    st_end,
+    st_impl,
+    st_depth,
+):
     """Walk one file; fill row ``i`` of the output arrays; return the status.
 
     ``mode``: 0 Part 10, 1 implicit VR LE, 2 explicit VR LE, 3 explicit VR
@@ -679,9 +762,30 @@ def make_key(b, i, key, key_fields, out_off, out_len, out_vr, info, nonplain):
 
 
 @njit(cache=True, nogil=True)
-def walk_batch(buf, lens, sizes, modes, rows, max_nesting, meta_tags, ds_tags, key_fields,
-               id_cols, out_off, out_len, out_vr, info, nonplain, key, vrt, dtags, dcls, m1, m2,
-               mcls):
+def walk_batch(
+    buf,
+    lens,
+    sizes,
+    modes,
+    rows,
+    max_nesting,
+    meta_tags,
+    ds_tags,
+    key_fields,
+    id_cols,
+    out_off,
+    out_len,
+    out_vr,
+    info,
+    nonplain,
+    key,
+    vrt,
+    dtags,
+    dcls,
+    m1,
+    m2,
+    mcls,
+):
     """Walk the files ``rows`` of a batch (row ``i`` of ``buf`` holds the
     first ``lens[i]`` bytes of a ``sizes[i]``-byte file) without the GIL."""
     cap = 2 * max_nesting + 8
@@ -693,9 +797,31 @@ def walk_batch(buf, lens, sizes, modes, rows, max_nesting, meta_tags, ds_tags, k
     for r in range(rows.shape[0]):
         i = rows[r]
         b = buf[i]
-        st = walk_one(b, lens[i], sizes[i], modes[i], max_nesting, i, meta_tags, ds_tags,
-                      out_off, out_len, out_vr, info, nonplain, vrt, dtags, dcls, m1, m2, mcls,
-                      st_kind, st_end, st_impl, st_depth)
+        st = walk_one(
+            b,
+            lens[i],
+            sizes[i],
+            modes[i],
+            max_nesting,
+            i,
+            meta_tags,
+            ds_tags,
+            out_off,
+            out_len,
+            out_vr,
+            info,
+            nonplain,
+            vrt,
+            dtags,
+            dcls,
+            m1,
+            m2,
+            mcls,
+            st_kind,
+            st_end,
+            st_impl,
+            st_depth,
+        )
         if st == OK:
             klen = make_key(b, i, key, key_fields, out_off, out_len, out_vr, info, nonplain)
             info[i, I_KLEN] = klen
@@ -709,8 +835,9 @@ def walk_batch(buf, lens, sizes, modes, rows, max_nesting, meta_tags, ds_tags, k
             info[i, I_SAMEKEY] = same
             if klen >= 0:
                 prev = i
-            info[i, I_SOPLEN], info[i, I_NUMLEN] = plain_ids(b, i, id_cols, out_off, out_len,
-                                                             out_vr)
+            info[i, I_SOPLEN], info[i, I_NUMLEN] = plain_ids(
+                b, i, id_cols, out_off, out_len, out_vr
+            )
 
 
 @njit(cache=True, nogil=True)
@@ -794,8 +921,9 @@ def plain_ids(b, i, id_cols, out_off, out_len, out_vr):
 # Pointers travel as intp: the same register on x86-64 and AArch64.
 _c_open = types.ExternalFunction("open", types.int32(types.intp, types.int32))
 _c_lseek = types.ExternalFunction("lseek", types.int64(types.int32, types.int64, types.int32))
-_c_pread = types.ExternalFunction("pread", types.int64(types.int32, types.intp, types.uint64,
-                                                        types.int64))
+_c_pread = types.ExternalFunction(
+    "pread", types.int64(types.int32, types.intp, types.uint64, types.int64)
+)
 _c_close = types.ExternalFunction("close", types.int32(types.int32))
 SEEK_END = 2
 
@@ -824,9 +952,33 @@ def read_prefix(name, flags, row):
 
 
 @njit(cache=True, nogil=True)
-def read_walk_batch(names, starts, flags, buf, lens, sizes, modes, rows, max_nesting, meta_tags,
-                    ds_tags, key_fields, id_cols, out_off, out_len, out_vr, info, nonplain, key,
-                    vrt, dtags, dcls, m1, m2, mcls):
+def read_walk_batch(
+    names,
+    starts,
+    flags,
+    buf,
+    lens,
+    sizes,
+    modes,
+    rows,
+    max_nesting,
+    meta_tags,
+    ds_tags,
+    key_fields,
+    id_cols,
+    out_off,
+    out_len,
+    out_vr,
+    info,
+    nonplain,
+    key,
+    vrt,
+    dtags,
+    dcls,
+    m1,
+    m2,
+    mcls,
+):
     """Read the prefix of every file of ``rows`` (row ``i`` named by
     ``names[starts[i]:]``) and walk them, all in one call without the GIL,
     so a thread can read and walk the next batch while Python decodes this
@@ -835,7 +987,7 @@ def read_walk_batch(names, starts, flags, buf, lens, sizes, modes, rows, max_nes
     n = 0
     for r in range(rows.shape[0]):
         i = rows[r]
-        got, size = read_prefix(names[starts[i]:], flags, buf[i])
+        got, size = read_prefix(names[starts[i] :], flags, buf[i])
         if got < 0:
             info[i, I_STATUS] = READ_FAILED
             continue
@@ -843,6 +995,27 @@ def read_walk_batch(names, starts, flags, buf, lens, sizes, modes, rows, max_nes
         sizes[i] = size
         ok[n] = i
         n += 1
-    walk_batch(buf, lens, sizes, modes, ok[:n], max_nesting, meta_tags, ds_tags, key_fields,
-               id_cols, out_off, out_len, out_vr, info, nonplain, key, vrt, dtags, dcls, m1, m2,
-               mcls)
+    walk_batch(
+        buf,
+        lens,
+        sizes,
+        modes,
+        ok[:n],
+        max_nesting,
+        meta_tags,
+        ds_tags,
+        key_fields,
+        id_cols,
+        out_off,
+        out_len,
+        out_vr,
+        info,
+        nonplain,
+        key,
+        vrt,
+        dtags,
+        dcls,
+        m1,
+        m2,
+        mcls,
+    )

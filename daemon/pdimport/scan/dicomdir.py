@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdimport.scan.identify import normalise_component, normalise_path
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
+from pdimport.scan.identify import normalise_component, normalise_path
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_MAX_RECORDS = 1_000_000
 #: PS3.10 §8.5 allows 0-9, A-Z, '_' and 8 characters per component; real
 #: discs break the case and length rules, so only the dangerous forms are refused.
-_FORBIDDEN_CHARS = frozenset("/\\:\0*?\"<>|")
+_FORBIDDEN_CHARS = frozenset('/\\:\0*?"<>|')
 
 
 @dataclass(frozen=True)
@@ -186,13 +186,15 @@ def _record(record: Any, ctx: _Context, index: DicomdirIndex) -> _Context:
     """Collect one record; return the context its lower level inherits."""
     rtype = _text(record, "DirectoryRecordType").upper()
     if rtype == "PATIENT":
-        ctx = _Context(patient_id=_text(record, "PatientID"),
-                       patient_name=_text(record, "PatientName"))
+        ctx = _Context(
+            patient_id=_text(record, "PatientID"), patient_name=_text(record, "PatientName")
+        )
     elif rtype == "STUDY":
         ctx = _Context(ctx.patient_id, ctx.patient_name, _text(record, "StudyInstanceUID"))
     elif rtype == "SERIES":
-        ctx = _Context(ctx.patient_id, ctx.patient_name, ctx.study_uid,
-                       _text(record, "SeriesInstanceUID"))
+        ctx = _Context(
+            ctx.patient_id, ctx.patient_name, ctx.study_uid, _text(record, "SeriesInstanceUID")
+        )
     if "ReferencedFileID" in record:
         _add_file(record, rtype, ctx, index)
     return ctx
@@ -205,21 +207,24 @@ def _add_file(record: Any, rtype: str, ctx: _Context, index: DicomdirIndex) -> N
     reason = unsafe_file_id(parts)
     if reason:
         shown = "\\".join(parts)[:120]
-        index.problems.append(Problem("dicomdir_unsafe_path", "",
-                                      f"{rtype} record File ID {shown!r}: {reason}"))
+        index.problems.append(
+            Problem("dicomdir_unsafe_path", "", f"{rtype} record File ID {shown!r}: {reason}")
+        )
         return
-    index.files.append(DirFile(
-        file_id=tuple(parts),
-        path="/".join(parts),
-        record_type=rtype,
-        sop_instance_uid=_text(record, "ReferencedSOPInstanceUIDInFile"),
-        sop_class_uid=_text(record, "ReferencedSOPClassUIDInFile"),
-        transfer_syntax=_text(record, "ReferencedTransferSyntaxUIDInFile"),
-        patient_id=ctx.patient_id,
-        patient_name=ctx.patient_name,
-        study_uid=ctx.study_uid,
-        series_uid=ctx.series_uid,
-    ))
+    index.files.append(
+        DirFile(
+            file_id=tuple(parts),
+            path="/".join(parts),
+            record_type=rtype,
+            sop_instance_uid=_text(record, "ReferencedSOPInstanceUIDInFile"),
+            sop_class_uid=_text(record, "ReferencedSOPClassUIDInFile"),
+            transfer_syntax=_text(record, "ReferencedTransferSyntaxUIDInFile"),
+            patient_id=ctx.patient_id,
+            patient_name=ctx.patient_name,
+            study_uid=ctx.study_uid,
+            series_uid=ctx.series_uid,
+        )
+    )
 
 
 def unsafe_file_id(parts: list[str]) -> str:

@@ -30,10 +30,32 @@ PREFIX_SIZE = 1 << 16  # enough for any File Meta and any magic number
 
 #: Viewer software shipped on discs (PE, ELF, Mach-O, Java, installers,
 #: drivers, scripts): ignored wherever it sits.
-EXECUTABLE_EXTENSIONS = frozenset({
-    "exe", "dll", "msi", "jar", "so", "dylib", "ocx", "cab", "inf", "sys", "scr", "cpl",
-    "drv", "class", "dmg", "pkg", "lnk", "bat", "cmd", "com", "vbs", "ps1",
-})
+EXECUTABLE_EXTENSIONS = frozenset(
+    {
+        "exe",
+        "dll",
+        "msi",
+        "jar",
+        "so",
+        "dylib",
+        "ocx",
+        "cab",
+        "inf",
+        "sys",
+        "scr",
+        "cpl",
+        "drv",
+        "class",
+        "dmg",
+        "pkg",
+        "lnk",
+        "bat",
+        "cmd",
+        "com",
+        "vbs",
+        "ps1",
+    }
+)
 #: Folder names that hold viewer programs on real discs.
 _VIEWER_DIR = re.compile(
     r"(.*viewer.*|bin|program|programs|program files|programfiles|app|apps|application|"
@@ -41,13 +63,25 @@ _VIEWER_DIR = re.compile(
     r"macos|osx|linux|tools|setup|install|installer|redist|vcredist|.*\.app)",
     re.IGNORECASE,
 )
-_OS_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db",
-                            ".localized", "icon\r", ".directory"})
-_OS_JUNK_DIRS = frozenset({"__macosx", "system volume information", "$recycle.bin",
-                           "recycler", ".spotlight-v100", ".trashes", ".fseventsd",
-                           ".temporaryitems", ".trash-1000"})
-_AUTORUN_NAMES = frozenset({"autorun.inf", "autorun.exe", "run.bat", "autorun.bat",
-                            "autorun.ico", "autorun.sh", "autorun"})
+_OS_JUNK_NAMES = frozenset(
+    {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", ".localized", "icon\r", ".directory"}
+)
+_OS_JUNK_DIRS = frozenset(
+    {
+        "__macosx",
+        "system volume information",
+        "$recycle.bin",
+        "recycler",
+        ".spotlight-v100",
+        ".trashes",
+        ".fseventsd",
+        ".temporaryitems",
+        ".trash-1000",
+    }
+)
+_AUTORUN_NAMES = frozenset(
+    {"autorun.inf", "autorun.exe", "run.bat", "autorun.bat", "autorun.ico", "autorun.sh", "autorun"}
+)
 _WEB_ROOT_NAMES = frozenset({"index.htm", "index.html"})
 _PDI_INFO_NAMES = frozenset({"readme.txt", "readme"})
 _DICOM_EXTENSIONS = frozenset({"dcm", "dic", "dicom", "dcm30", "ima"})
@@ -118,8 +152,9 @@ def medium_context(paths: Iterable[str], dicomdir_paths: Iterable[str] = ()) -> 
         n = _name(p)
         if n.ext in EXECUTABLE_EXTENSIONS and n.base not in _AUTORUN_NAMES:
             viewer_dirs.add(n.folder)
-    return MediumContext(frozenset(viewer_dirs),
-                         frozenset(normalise_path(p) for p in dicomdir_paths))
+    return MediumContext(
+        frozenset(viewer_dirs), frozenset(normalise_path(p) for p in dicomdir_paths)
+    )
 
 
 # ------------------------------------------------------------------- rules
@@ -161,12 +196,18 @@ def identify(display_path: str, local: Path, context: MediumContext | None = Non
     if content:
         return Identity("other_content", content)
     if _claims_dicom(name, ctx):
-        return Identity("broken", problem=Problem(
-            "not_dicom", display_path, "named or placed as DICOM but the bytes are not DICOM"))
+        return Identity(
+            "broken",
+            problem=Problem(
+                "not_dicom", display_path, "named or placed as DICOM but the bytes are not DICOM"
+            ),
+        )
     if _beside_executable(name, ctx):
         return Identity("ignored", "viewer")
-    return Identity("unknown", problem=Problem("unsupported_content", display_path,
-                                               "not a recognised file type"))
+    return Identity(
+        "unknown",
+        problem=Problem("unsupported_content", display_path, "not a recognised file type"),
+    )
 
 
 def _ignored_by_name(name: _Name) -> str:
@@ -174,8 +215,11 @@ def _ignored_by_name(name: _Name) -> str:
     if not name.parts:
         return ""
     base = name.base
-    if (base in _OS_JUNK_NAMES or base.startswith("._")
-            or any(f in _OS_JUNK_DIRS for f in name.folders)):
+    if (
+        base in _OS_JUNK_NAMES
+        or base.startswith("._")
+        or any(f in _OS_JUNK_DIRS for f in name.folders)
+    ):
         return "os_junk"
     if any(f == "ihe_pdi" for f in name.folders):
         return "ihe_pdi_web"  # IHE RAD TF-2 §4.47.4.1.2: web-viewable content
@@ -288,5 +332,5 @@ def _decode_prefix(prefix: bytes, codec: str) -> str | None:
         return prefix.decode(codec)
     except UnicodeDecodeError as exc:
         if exc.start >= len(prefix) - 3 and len(prefix) >= PREFIX_SIZE:
-            return prefix[:exc.start].decode(codec, "ignore")
+            return prefix[: exc.start].decode(codec, "ignore")
         return None

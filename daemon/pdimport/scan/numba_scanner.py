@@ -49,7 +49,15 @@ import numpy as np
 from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
-from pdimport.scan.pydicom_scanner import (_CHARSET_WARNINGS, HEADER_KEYWORDS, PydicomScanner, _check_identity, _matches, _text_fits, element_text)
+from pdimport.scan.pydicom_scanner import (
+    _CHARSET_WARNINGS,
+    HEADER_KEYWORDS,
+    PydicomScanner,
+    _check_identity,
+    _matches,
+    _text_fits,
+    element_text,
+)
 from pdimport.scan.walker import GEOMETRY_TAGS, META_TAGS, RAW_TRANSFER_SYNTAX, WalkResult, uid_ok
 
 log = logging.getLogger(__name__)
@@ -70,8 +78,11 @@ _TEMPLATE_MAX = 4096
 
 _ENCODINGS = ("part10", "implicit_le", "explicit_le", "explicit_be")
 _MODES = {name: i for i, name in enumerate(_ENCODINGS)}
-_RAW_TS = {1: RAW_TRANSFER_SYNTAX["implicit_le"], 2: RAW_TRANSFER_SYNTAX["explicit_le"],
-           3: RAW_TRANSFER_SYNTAX["explicit_be"]}
+_RAW_TS = {
+    1: RAW_TRANSFER_SYNTAX["implicit_le"],
+    2: RAW_TRANSFER_SYNTAX["explicit_le"],
+    3: RAW_TRANSFER_SYNTAX["explicit_be"],
+}
 
 # -------------------------------------------------------------- wanted tags
 #: Header field -> tag: what model.Header needs and the policies read
@@ -87,8 +98,11 @@ def _tag_of(keyword: str) -> int:
     return int(tag)
 
 
-for _field, _kw in {**HEADER_KEYWORDS, "sop_class_uid": "SOPClassUID",
-                    "sop_instance_uid": "SOPInstanceUID"}.items():
+for _field, _kw in {
+    **HEADER_KEYWORDS,
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+}.items():
     _FIELD_TAGS[_field] = _tag_of(_kw)
 
 META_LIST = sorted(META_TAGS)  # File Meta tags (PS3.10 §7.1)
@@ -98,8 +112,11 @@ _COL = {tag: _NM + k for k, tag in enumerate(DS_LIST)}  # dataset tag -> column
 _META_COL = {tag: k for k, tag in enumerate(META_LIST)}
 _KEYWORD: dict[int, str] = {}  # dataset tag -> keyword
 for _field, _tag in _FIELD_TAGS.items():
-    _KEYWORD[_tag] = {**HEADER_KEYWORDS, "sop_class_uid": "SOPClassUID",
-                      "sop_instance_uid": "SOPInstanceUID"}[_field]
+    _KEYWORD[_tag] = {
+        **HEADER_KEYWORDS,
+        "sop_class_uid": "SOPClassUID",
+        "sop_instance_uid": "SOPInstanceUID",
+    }[_field]
 for _tag, _kw in GEOMETRY_TAGS.items():
     _KEYWORD.setdefault(_tag, _kw)
 
@@ -126,7 +143,7 @@ _NB: Any = None
 
 def _nb() -> Any:
     """The numba module, imported on first use (importing numba costs ~0.3 s)."""
-    global _NB  # noqa: PLW0603 - a lazy import, set once
+    global _NB
     if _NB is None:
         from pdimport.scan import _nbwalk
 
@@ -154,8 +171,10 @@ class _Tables:
                     np.array(META_LIST, dtype=np.int64),
                     np.array(DS_LIST, dtype=np.int64),
                     np.array(_KEY_COLS, dtype=np.int64),
-                    np.array([_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER],
-                              _META_COL[_MS_INSTANCE]], dtype=np.int64),
+                    np.array(
+                        [_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER], _META_COL[_MS_INSTANCE]],
+                        dtype=np.int64,
+                    ),
                     nb.vr_table(),
                     *nb.dictionary_tables(),
                 )
@@ -224,9 +243,33 @@ class _Batch:
         rows = self.rows if rows is None else rows
         meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
         start = time.perf_counter()
-        nb.read_walk_batch(self.names, self.starts, _OPEN_FLAGS, w.buf, w.lens, w.sizes, w.modes,
-                           rows, max_nesting, meta, ds, keycols, idcols, w.off, w.len, w.vr,
-                           w.info, w.nonplain, w.key, vrt, dtags, dcls, m1, m2, mcls)
+        nb.read_walk_batch(
+            self.names,
+            self.starts,
+            _OPEN_FLAGS,
+            w.buf,
+            w.lens,
+            w.sizes,
+            w.modes,
+            rows,
+            max_nesting,
+            meta,
+            ds,
+            keycols,
+            idcols,
+            w.off,
+            w.len,
+            w.vr,
+            w.info,
+            w.nonplain,
+            w.key,
+            vrt,
+            dtags,
+            dcls,
+            m1,
+            m2,
+            mcls,
+        )
         return (time.perf_counter() - start) / max(len(rows), 1)
 
     def start(self, max_nesting: int, rows: np.ndarray) -> None:
@@ -314,7 +357,7 @@ class _Pool:
     def give(self, w: _Walked) -> None:
         with self._lock:
             self._free.append(w)
-            del self._free[:-self.KEEP]
+            del self._free[: -self.KEEP]
 
 
 _POOL = _Pool()
@@ -361,16 +404,49 @@ class _Walked:
         self.invalidate(rows)
 
         meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
-        nb.walk_batch(self.buf, self.lens, self.sizes, self.modes, rows, max_nesting, meta, ds,
-                      keycols, idcols, self.off, self.len, self.vr, self.info, self.nonplain,
-                      self.key, vrt, dtags, dcls, m1, m2, mcls)
+        nb.walk_batch(
+            self.buf,
+            self.lens,
+            self.sizes,
+            self.modes,
+            rows,
+            max_nesting,
+            meta,
+            ds,
+            keycols,
+            idcols,
+            self.off,
+            self.len,
+            self.vr,
+            self.info,
+            self.nonplain,
+            self.key,
+            vrt,
+            dtags,
+            dcls,
+            m1,
+            m2,
+            mcls,
+        )
 
 
 class _View:
     """See :meth:`_Walked.view`."""
 
-    __slots__ = ("data", "dsoff", "inst", "keys", "klen", "kwidth", "numlen", "pdoff", "prev",
-                 "same", "soplen", "width")
+    __slots__ = (
+        "data",
+        "dsoff",
+        "inst",
+        "keys",
+        "klen",
+        "kwidth",
+        "numlen",
+        "pdoff",
+        "prev",
+        "same",
+        "soplen",
+        "width",
+    )
 
     def __init__(self, w: _Walked) -> None:
         from pdimport.scan import _nbwalk as nb
@@ -380,21 +456,35 @@ class _View:
         n = int(w.walked.max()) + 1 if len(w.walked) else 0
         off, lens, vrs, info = w.off[:n], w.len[:n], w.vr[:n], w.info[:n]
         cols = [_COL[_SOP_INSTANCE], _COL[_INSTANCE_NUMBER], _META_COL[_MS_INSTANCE]]
-        stacked = np.stack([off[:, cols[0]], lens[:, cols[0]], vrs[:, cols[0]],
-                            off[:, cols[1]], lens[:, cols[1]], vrs[:, cols[1]],
-                            off[:, cols[2]], lens[:, cols[2]]], axis=1)
+        stacked = np.stack(
+            [
+                off[:, cols[0]],
+                lens[:, cols[0]],
+                vrs[:, cols[0]],
+                off[:, cols[1]],
+                lens[:, cols[1]],
+                vrs[:, cols[1]],
+                off[:, cols[2]],
+                lens[:, cols[2]],
+            ],
+            axis=1,
+        )
         # copy only the bytes up to the last per-instance value, not the
         # rows, judged by the rows this walk found good (the others hold
         # stale or no values)
         good = w.walked[info[w.walked, nb.I_STATUS] == nb.OK]
-        ends = np.maximum.reduce([stacked[good, 0] + stacked[good, 1],
-                                  stacked[good, 3] + stacked[good, 4],
-                                  stacked[good, 6] + stacked[good, 7]])
+        ends = np.maximum.reduce(
+            [
+                stacked[good, 0] + stacked[good, 1],
+                stacked[good, 3] + stacked[good, 4],
+                stacked[good, 6] + stacked[good, 7],
+            ]
+        )
         self.width = min(max(int(ends.max(initial=1)), 1), w.buf.shape[1])
-        self.data = w.buf[:n, :self.width].tobytes()
+        self.data = w.buf[:n, : self.width].tobytes()
         klen = info[:, nb.I_KLEN]
         self.kwidth = min(max(int(klen[good].max(initial=1)), 1), KEY_WIDTH)
-        self.keys = w.key[:n, :self.kwidth].tobytes()
+        self.keys = w.key[:n, : self.kwidth].tobytes()
         self.klen = klen.tolist()
         self.dsoff = info[:, nb.I_DSOFF].tolist()
         self.pdoff = info[:, nb.I_PDOFF].tolist()
@@ -512,8 +602,13 @@ class NumbaScanner:
                 if w is not None:
                     _POOL.give(w)
 
-    def _scan(self, paths: list[Path], encodings: list[str], bounds: list[tuple[int, int]],
-              slots: list[_Walked | None]) -> list[Header | Problem]:
+    def _scan(
+        self,
+        paths: list[Path],
+        encodings: list[str],
+        bounds: list[tuple[int, int]],
+        slots: list[_Walked | None],
+    ) -> list[Header | Problem]:
         out: list[Header | Problem] = []
         split = _Split()
         cur = self._prepare(slots, 0, paths, encodings, *bounds[0])
@@ -540,7 +635,9 @@ class NumbaScanner:
                 cur = nxt
         return out
 
-    def scan_bytes(self, data: bytes, encoding: str = "part10") -> tuple[Header | Problem | None, str]:
+    def scan_bytes(
+        self, data: bytes, encoding: str = "part10"
+    ) -> tuple[Header | Problem | None, str]:
         """Walk and decode one file held in memory (tests, fuzzing).
 
         Returns ``(result, "")`` from the fast path, or ``(None, reason)``
@@ -569,8 +666,15 @@ class NumbaScanner:
             return None, res
         return res, ""
 
-    def _prepare(self, slots: list[_Walked | None], slot: int, paths: list[Path],
-                 encodings: list[str], start: int, end: int) -> _Batch:
+    def _prepare(
+        self,
+        slots: list[_Walked | None],
+        slot: int,
+        paths: list[Path],
+        encodings: list[str],
+        start: int,
+        end: int,
+    ) -> _Batch:
         """A batch ready to read: its buffer (at the current prefix width),
         the NUL-terminated file names and walk modes."""
         w = slots[slot]
@@ -598,8 +702,9 @@ class NumbaScanner:
         from the next batch on instead of reading most files twice."""
         nb = _nb()
         info = b.w.info
-        need = [int(info[i, nb.I_NEED]) for i in b.rows.tolist()
-                if info[i, nb.I_STATUS] == nb.NEED_MORE]
+        need = [
+            int(info[i, nb.I_NEED]) for i in b.rows.tolist() if info[i, nb.I_STATUS] == nb.NEED_MORE
+        ]
         if len(need) * 4 > len(b.rows):
             self.prefix = min(GROUP_PREFIX, max(self.prefix, 1 << (max(need) - 1).bit_length()))
 
@@ -613,7 +718,9 @@ class NumbaScanner:
             st = status[i]
             if st == nb.OK:
                 res = self._decode_safe(w, i)
-                results[i] = self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+                results[i] = (
+                    self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+                )
             elif st == nb.NEED_MORE:
                 grow.append(i)
             elif st == nb.READ_FAILED:
@@ -624,8 +731,14 @@ class NumbaScanner:
             self._regrow(w, grow, paths, encodings, results)
         return results  # type: ignore[return-value]
 
-    def _regrow(self, w: _Walked, grow: list[int], paths: list[Path], encodings: list[str],
-                results: list[Header | Problem | None]) -> None:
+    def _regrow(
+        self,
+        w: _Walked,
+        grow: list[int],
+        paths: list[Path],
+        encodings: list[str],
+        results: list[Header | Problem | None],
+    ) -> None:
         """Files whose headers lie beyond the prefix: read them again, first
         together with up to :data:`GROUP_PREFIX` bytes each, then one by one
         up to :data:`MAX_PREFIX` (whole file when smaller); the reference
@@ -633,8 +746,10 @@ class NumbaScanner:
         from pdimport.scan import _nbwalk as nb
 
         # (file, bytes needed, walk mode, file size): the size is known from the first read
-        pending = [(i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]),
-                    int(w.sizes[i])) for i in grow]
+        pending = [
+            (i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]), int(w.sizes[i]))
+            for i in grow
+        ]
         group = [p for p in pending if p[1] <= GROUP_PREFIX]
         single = [p for p in pending if p[1] > GROUP_PREFIX]
         if group:
@@ -648,9 +763,14 @@ class NumbaScanner:
             for q in self._rewalk([p], width, paths, encodings, results):
                 results[q[0]] = self._fallback(paths[q[0]], encodings[q[0]], "large_header")
 
-    def _rewalk(self, files: list[tuple[int, int, int, int]], width: int, paths: list[Path],
-                encodings: list[str], results: list[Header | Problem | None],
-                ) -> list[tuple[int, int, int, int]]:
+    def _rewalk(
+        self,
+        files: list[tuple[int, int, int, int]],
+        width: int,
+        paths: list[Path],
+        encodings: list[str],
+        results: list[Header | Problem | None],
+    ) -> list[tuple[int, int, int, int]]:
         """Read ``width`` bytes of each file and walk them (the batch reader,
         one call); returns the files that need still more."""
         from pdimport.scan import _nbwalk as nb
@@ -664,19 +784,28 @@ class NumbaScanner:
             status = g.info[k, nb.I_STATUS]
             if status == nb.OK:
                 res = self._decode_safe(g, k)
-                results[i] = (self._fallback(paths[i], encodings[i], res)
-                              if isinstance(res, str) else res)
+                results[i] = (
+                    self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+                )
             elif status == nb.NEED_MORE and g.lens[k] < g.sizes[k]:
-                more.append((i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), mode,
-                             int(g.sizes[k])))
+                more.append(
+                    (i, min(int(g.info[k, nb.I_NEED]), int(g.sizes[k])), mode, int(g.sizes[k]))
+                )
             elif status == nb.READ_FAILED:
                 results[i] = self._fallback(paths[i], encodings[i], "read")
             else:
                 self._walk_failed(g, k, paths, encodings, results, row=i)
         return more
 
-    def _walk_failed(self, w: _Walked, k: int, paths: list[Path], encodings: list[str],
-                     results: list[Header | Problem | None], row: int | None = None) -> None:
+    def _walk_failed(
+        self,
+        w: _Walked,
+        k: int,
+        paths: list[Path],
+        encodings: list[str],
+        results: list[Header | Problem | None],
+        row: int | None = None,
+    ) -> None:
         """Row ``k`` of ``w`` (file ``row``, default ``k``) ended the walk:
         a deflated body is inflated and walked again, anything else goes to
         the reference path."""
@@ -690,7 +819,9 @@ class NumbaScanner:
                     res = self._scan_inflated(fp, int(w.modes[k]), int(w.info[k, nb.I_DSOFF]))
             except OSError:
                 res = "read"
-            results[i] = self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+            results[i] = (
+                self._fallback(paths[i], encodings[i], res) if isinstance(res, str) else res
+            )
         else:
             results[i] = self._fallback(paths[i], encodings[i], reason)
 
@@ -707,7 +838,7 @@ class NumbaScanner:
         if data is None:
             return "deflate"
         g = _Walked(1, max(len(data), 1))
-        g.buf[0, :len(data)] = np.frombuffer(data, dtype=np.uint8)
+        g.buf[0, : len(data)] = np.frombuffer(data, dtype=np.uint8)
         g.lens[0] = g.sizes[0] = len(data)
         g.modes[0] = mode + nb.INFLATED
         g.run(np.zeros(1, dtype=np.int64), self.max_nesting)
@@ -742,7 +873,7 @@ class NumbaScanner:
         """:meth:`_decode`, with a bug of ours turned into a fallback."""
         try:
             return self._decode(w, i)
-        except Exception:  # noqa: BLE001 - failure is a value per file
+        except Exception:
             log.exception("numba scanner: decoding failed; the reference path takes the file")
             return "internal"
 
@@ -754,7 +885,7 @@ class NumbaScanner:
         klen = v.klen[i]
         tpl = v.prev if v.same[i] else None  # the walker compared the keys
         if tpl is None and klen >= 0:
-            key = v.keys[i * v.kwidth:i * v.kwidth + klen]
+            key = v.keys[i * v.kwidth : i * v.kwidth + klen]
             tpl = self._templates.get(key)
         if tpl is None:
             tpl = self._template(w, i)
@@ -772,12 +903,15 @@ class NumbaScanner:
             # both values proven plain by the walker (_nbwalk.plain_ids)
             if tpl.problem is not None:
                 return tpl.problem
-            sop = v.data[base + sop_off:base + sop_off + soplen].decode("ascii")
-            number = (v.data[base + num_off:base + num_off + numlen].decode("ascii")
-                      if numlen > 0 else "")
+            sop = v.data[base + sop_off : base + sop_off + soplen].decode("ascii")
+            number = (
+                v.data[base + num_off : base + num_off + numlen].decode("ascii")
+                if numlen > 0
+                else ""
+            )
             return self._header(tpl, v, i, sop, number, tpl.suspect)
-        sop_raw = v.data[base + sop_off:base + sop_off + sop_len] if sop_off >= 0 else None
-        num_raw = v.data[base + num_off:base + num_off + num_len] if num_off >= 0 else None
+        sop_raw = v.data[base + sop_off : base + sop_off + sop_len] if sop_off >= 0 else None
+        num_raw = v.data[base + num_off : base + num_off + num_len] if num_off >= 0 else None
         sop, warned, failed = self._field(_SOP_INSTANCE, sop_vr, sop_raw, tpl)
         suspect = tpl.suspect or warned
         number, warned, exc = self._field(_INSTANCE_NUMBER, num_vr, num_raw, tpl)
@@ -788,11 +922,15 @@ class NumbaScanner:
             return Problem("unparsable", "", failed or exc)
         ms_sop = ""
         if ms_off >= 0:
-            ms_sop = walker._clean_text(v.data[base + ms_off:base + ms_off + ms_len])
+            ms_sop = walker._clean_text(v.data[base + ms_off : base + ms_off + ms_len])
         # the common case proven valid without walker.uid_ok per UID; any
         # doubt runs the reference check for its exact Problem
-        if not (tpl.ids_ok and len(sop) <= 64 and _UID_SYNTAX.match(sop)
-                and (ms_off < 0 or ms_sop == sop)):
+        if not (
+            tpl.ids_ok
+            and len(sop) <= 64
+            and _UID_SYNTAX.match(sop)
+            and (ms_off < 0 or ms_sop == sop)
+        ):
             meta = tpl.meta
             if ms_off >= 0:
                 meta = {**meta, "MediaStorageSOPInstanceUID": ms_sop}
@@ -802,8 +940,9 @@ class NumbaScanner:
                 return Problem(exc_.code, "", exc_.detail)
         return self._header(tpl, v, i, sop, number, suspect)
 
-    def _header(self, tpl: _Template, v: _View, i: int, sop: str, number: str,
-                suspect: bool) -> Header:
+    def _header(
+        self, tpl: _Template, v: _View, i: int, sop: str, number: str, suspect: bool
+    ) -> Header:
         d = tpl.base.copy()
         d["sop_instance_uid"] = sop
         d["instance_number"] = number
@@ -850,8 +989,9 @@ class NumbaScanner:
                 enc: Any = default_encoding
             else:
                 vr, value = tpl.charset
-                raw = RawDataElement(BaseTag(0x00080005), vr, len(value), value, 0, tpl.implicit,
-                                     tpl.little)
+                raw = RawDataElement(
+                    BaseTag(0x00080005), vr, len(value), value, 0, tpl.implicit, tpl.little
+                )
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     enc = convert_encodings(convert_raw_data_element(raw).value)
@@ -868,8 +1008,9 @@ class NumbaScanner:
 
         try:
             enc = self._encodings(tpl)
-            elem = RawDataElement(BaseTag(tag), _vr_str(vr), len(raw), raw, 0, tpl.implicit,
-                                  tpl.little)
+            elem = RawDataElement(
+                BaseTag(tag), _vr_str(vr), len(raw), raw, 0, tpl.implicit, tpl.little
+            )
             ds = Dataset({BaseTag(tag): elem})
             ds.set_original_encoding(tpl.implicit, tpl.little, enc)
             with warnings.catch_warnings(record=True) as caught:
@@ -879,7 +1020,7 @@ class NumbaScanner:
         except Exception as exc:  # noqa: BLE001 - the reference path gives 'unparsable' too
             return "", False, f"{type(exc).__name__}: {exc}"
 
-    def _template(self, w: _Walked, i: int) -> _Template:  # noqa: C901 - mirrors scan_file step by step
+    def _template(self, w: _Walked, i: int) -> _Template:
         """Everything but the per-instance values, in the order
         ``pydicom_scanner.scan_file`` checks them."""
         from pdimport.scan import _nbwalk as nb
@@ -904,19 +1045,25 @@ class NumbaScanner:
             ts = _RAW_TS[enc_code]
         tpl.meta = meta
         # --- walker: Pixel Data checks (PS3.5 §8.1.1, §A.4)
-        res = WalkResult(encoding=_ENCODINGS[enc_code], transfer_syntax=ts,
-                         dataset_offset=int(info[nb.I_DSOFF]), meta=dict(meta),
-                         pixel_data_offset=int(info[nb.I_PDOFF]),
-                         pixel_data_length=int(info[nb.I_PDLEN]),
-                         encapsulated=bool(info[nb.I_ENCAPS]))
+        res = WalkResult(
+            encoding=_ENCODINGS[enc_code],
+            transfer_syntax=ts,
+            dataset_offset=int(info[nb.I_DSOFF]),
+            meta=dict(meta),
+            pixel_data_offset=int(info[nb.I_PDOFF]),
+            pixel_data_length=int(info[nb.I_PDLEN]),
+            encapsulated=bool(info[nb.I_ENCAPS]),
+        )
         if has_meta and off[_META_COL[_MS_INSTANCE]] >= 0:
             res.meta["MediaStorageSOPInstanceUID"] = "x"  # presence only (encapsulated check)
         geometry = _GeometryReader(tpl.little)
         for tag, name in GEOMETRY_TAGS.items():
             c = _COL[tag]
             if off[c] >= 0 and lens[c] <= walker._SMALL_VALUE:
-                res.values[name] = walker._Walker._geometry_value(
-                    geometry, _raw(buf, off[c], lens[c]) or b"", tag)  # type: ignore[arg-type]
+                raw = _raw(buf, off[c], lens[c]) or b""
+                # _geometry_value reads only what _GeometryReader carries
+                value = walker._Walker._geometry_value(geometry, raw, tag)  # type: ignore[arg-type]
+                res.values[name] = value
         try:
             walker._check_pixel_data(res)
         except FileProblem as exc:
@@ -925,8 +1072,11 @@ class NumbaScanner:
         c = _COL[0x00080005]
         cs_raw = _raw(buf, off[c], lens[c])
         tpl.charset = None if cs_raw is None else (_vr_str(int(vrs[c])), cs_raw)
-        terms = ([t.strip(" \0") for t in cs_raw.decode("ascii", "replace").split("\\")] or [""]
-                 if cs_raw is not None else [""])
+        terms = (
+            [t.strip(" \0") for t in cs_raw.decode("ascii", "replace").split("\\")] or [""]
+            if cs_raw is not None
+            else [""]
+        )
         suspect = False
         try:
             if info[nb.I_NPLAIN] > 0 and not _plain_fits(tuple(terms)):
@@ -935,7 +1085,7 @@ class NumbaScanner:
                 if suspect:
                     break
                 _tag, is_pn, o, n = (int(x) for x in w.nonplain[i, e])
-                if not _text_fits(bytes(buf[o:o + n]), terms, bool(is_pn)):
+                if not _text_fits(bytes(buf[o : o + n]), terms, bool(is_pn)):
                     suspect = True
         except Exception as exc:  # noqa: BLE001 - the reference path fails the same way
             tpl.problem = tpl.problem or Problem("unparsable", "", f"{type(exc).__name__}: {exc}")
@@ -955,11 +1105,16 @@ class NumbaScanner:
         tpl.sop_class = values.pop("sop_class_uid")
         tpl.values = values
         meta_class = meta.get("MediaStorageSOPClassUID", "")
-        tpl.ids_ok = (uid_ok(tpl.sop_class) and (meta_class == "" or meta_class == tpl.sop_class)
-                      and all(uid_ok(values[k]) for k in ("study_uid", "series_uid")
-                              if values[k]))
-        extra = {k: meta[k] for k in ("ImplementationClassUID", "ImplementationVersionName")
-                 if meta.get(k)}
+        tpl.ids_ok = (
+            uid_ok(tpl.sop_class)
+            and (meta_class == "" or meta_class == tpl.sop_class)
+            and all(uid_ok(values[k]) for k in ("study_uid", "series_uid") if values[k])
+        )
+        extra = {
+            k: meta[k]
+            for k in ("ImplementationClassUID", "ImplementationVersionName")
+            if meta.get(k)
+        }
         tpl.base = {
             "encoding": res.encoding,
             "transfer_syntax": ts,
@@ -997,15 +1152,16 @@ def _plain_fits(terms: tuple[str, ...]) -> bool:
     constant per set of terms (pydicom_scanner._text_fits)."""
     hit = _PLAIN_FITS.get(terms)
     if hit is None:
-        hit = _PLAIN_FITS[terms] = (_text_fits(b"A", list(terms), False)
-                                    and _text_fits(b"A", list(terms), True))
+        hit = _PLAIN_FITS[terms] = _text_fits(b"A", list(terms), False) and _text_fits(
+            b"A", list(terms), True
+        )
     return hit
 
 
 def _raw(buf: np.ndarray, off: Any, n: Any) -> bytes | None:
     if off < 0:
         return None
-    return buf[off:off + n].tobytes()
+    return buf[off : off + n].tobytes()
 
 
 def _inflate(fp: BinaryIO, offset: int, cap: int) -> bytes | None:
@@ -1046,7 +1202,9 @@ def _probe_file() -> bytes:
     import struct
 
     def el(tag: int, vr: bytes, value: bytes) -> bytes:
-        return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+        return (
+            struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+        )
 
     ts = b"1.2.840.10008.1.2.1\0"
     meta_body = el(0x00020010, b"UI", ts)

@@ -163,11 +163,16 @@ def _read_dataset(path: Path, res: WalkResult) -> Any:
         warnings.simplefilter("always")
         if res.inflated:
             data = _inflate_header(path, res)
-            ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
-                         defer_size=_DEFER_SIZE)
+            ds = dcmread(
+                io.BytesIO(data), force=True, stop_before_pixels=True, defer_size=_DEFER_SIZE
+            )
         else:
-            ds = dcmread(path, force=res.encoding != "part10", stop_before_pixels=True,
-                         defer_size=_DEFER_SIZE)
+            ds = dcmread(
+                path,
+                force=res.encoding != "part10",
+                stop_before_pixels=True,
+                defer_size=_DEFER_SIZE,
+            )
     lost = [str(w.message) for w in caught if _matches(w, _DATA_LOSS_WARNINGS)]
     if lost:
         raise FileProblem("unparsable", f"pydicom: {lost[0]}")
@@ -222,10 +227,13 @@ def _one(v: Any) -> str:
 
 
 # ------------------------------------------------------------ checks
-def _check_identity(res: WalkResult, sop_class: str, sop_instance: str,
-                    values: dict[str, str]) -> None:
+def _check_identity(
+    res: WalkResult, sop_class: str, sop_instance: str, values: dict[str, str]
+) -> None:
     """The identifying attributes (PS3.3 C.12.1, PS3.10 §7.1)."""
-    missing = [k for k, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)) if not v]
+    missing = [
+        k for k, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)) if not v
+    ]
     if missing:
         raise FileProblem("missing_attribute", ", ".join(missing))
     checks = {
@@ -240,12 +248,10 @@ def _check_identity(res: WalkResult, sop_class: str, sop_instance: str,
             raise FileProblem("invalid_uid", f"{keyword} {uid[:80]!r}")
     meta_instance = res.meta.get("MediaStorageSOPInstanceUID", "")
     if meta_instance and meta_instance != sop_instance:
-        raise FileProblem("uid_mismatch",
-                          f"meta {meta_instance!r} != dataset {sop_instance!r}")
+        raise FileProblem("uid_mismatch", f"meta {meta_instance!r} != dataset {sop_instance!r}")
     meta_class = res.meta.get("MediaStorageSOPClassUID", "")
     if meta_class and meta_class != sop_class:
-        raise FileProblem("uid_mismatch",
-                          f"meta SOP Class {meta_class!r} != dataset {sop_class!r}")
+        raise FileProblem("uid_mismatch", f"meta SOP Class {meta_class!r} != dataset {sop_class!r}")
 
 
 # ------------------------------------------------------------ charsets
@@ -254,10 +260,21 @@ _DEFAULT_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 #: Single-byte ISO 8859 repertoires (PS3.3 C.12.1.1.2, Table C.12-2): the
 #: C1 range 0x80–0x9F holds no characters, so bytes there mean another
 #: encoding (typically Shift-JIS or CP1252 written by a careless device).
-_ISO8859_TERMS = frozenset({
-    "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127",
-    "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 203", "ISO_IR 166",
-})
+_ISO8859_TERMS = frozenset(
+    {
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 144",
+        "ISO_IR 127",
+        "ISO_IR 126",
+        "ISO_IR 138",
+        "ISO_IR 148",
+        "ISO_IR 203",
+        "ISO_IR 166",
+    }
+)
 
 
 def _charset_terms(ds: Any) -> list[str]:

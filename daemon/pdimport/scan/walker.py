@@ -177,7 +177,7 @@ class _InflateSource:
     def _fill(self, want: int) -> None:
         if len(self._buf) - self._off >= want:
             return
-        self._buf = self._buf[self._off:]
+        self._buf = self._buf[self._off :]
         self._off = 0
         while len(self._buf) < want and not self._eof:
             if self._z.unconsumed_tail:
@@ -190,7 +190,9 @@ class _InflateSource:
             try:
                 out = self._z.decompress(data, _INFLATE_CHUNK)
             except zlib.error as exc:
-                raise FileProblem("ts_mismatch", f"deflated dataset does not inflate: {exc}") from None
+                raise FileProblem(
+                    "ts_mismatch", f"deflated dataset does not inflate: {exc}"
+                ) from None
             self._account(len(out))
             self._buf += out
             if self._z.eof:
@@ -214,7 +216,7 @@ class _InflateSource:
 
     def read(self, n: int) -> bytes:
         self._fill(n)
-        data = self._buf[self._off:self._off + n]
+        data = self._buf[self._off : self._off + n]
         self._off += len(data)
         self.pos += len(data)
         return data
@@ -283,7 +285,7 @@ def _probe_elements(prefix: bytes, little: bool, implicit: bool, count: int = 3)
     lengths sane. True when nothing implausible was met (PS3.5 §7.1)."""
     pos, last, seen = 0, -1, 0
     while seen < count and pos + 8 <= len(prefix):
-        b = prefix[pos:pos + 8]
+        b = prefix[pos : pos + 8]
         tag = _tag(b, little)
         if tag <= last or tag >> 16 == 0xFFFE:
             return False
@@ -296,7 +298,7 @@ def _probe_elements(prefix: bytes, little: bool, implicit: bool, count: int = 3)
             if vr in LONG_VRS:
                 if pos + 12 > len(prefix):
                     return seen > 0
-                length, hdr = _u32(prefix[pos + 8:pos + 12], little), 12
+                length, hdr = _u32(prefix[pos + 8 : pos + 12], little), 12
             else:
                 length, hdr = _u16(b[6:8], little), 8
         if length == UNDEFINED:
@@ -343,8 +345,11 @@ def detect_encoding(prefix: bytes) -> str | None:
             return "implicit_le"
         return None
     # Implicit VR Big Endian does not exist (PS3.5 §A.3 is explicit only).
-    if (_plausible_first_group(group_be) and _explicit_header_ok(prefix)
-            and _probe_elements(prefix, False, False)):
+    if (
+        _plausible_first_group(group_be)
+        and _explicit_header_ok(prefix)
+        and _probe_elements(prefix, False, False)
+    ):
         return "explicit_be"
     return None
 
@@ -379,23 +384,25 @@ def read_file_meta(prefix: bytes, offset: int = 132) -> tuple[dict[str, str], in
             if pos == len(prefix) and len(prefix) < _MAX_META + offset:
                 break  # the file holds nothing but meta: an empty dataset
             raise FileProblem("bad_file_meta", "File Meta runs past the end of the readable prefix")
-        if _u16(prefix[pos:pos + 2], True) != 0x0002:
+        if _u16(prefix[pos : pos + 2], True) != 0x0002:
             break
         tag, hdr, length = _meta_element(prefix, pos)
         if tag in META_TAGS:
-            meta[META_TAGS[tag]] = _clean_text(prefix[pos + hdr:pos + hdr + length])
+            meta[META_TAGS[tag]] = _clean_text(prefix[pos + hdr : pos + hdr + length])
         pos += hdr + length
     if not meta.get("TransferSyntaxUID"):
         raise FileProblem("bad_file_meta", "no Transfer Syntax UID in the File Meta")
     if not uid_ok(meta["TransferSyntaxUID"]):
-        raise FileProblem("bad_file_meta", f"Transfer Syntax UID {meta['TransferSyntaxUID']!r} is malformed")
+        raise FileProblem(
+            "bad_file_meta", f"Transfer Syntax UID {meta['TransferSyntaxUID']!r} is malformed"
+        )
     return meta, pos
 
 
 def _meta_element(prefix: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, header length, value length) of one File Meta element, which is
     always explicit VR Little Endian (PS3.10 §7.1)."""
-    b = prefix[pos:pos + 8]
+    b = prefix[pos : pos + 8]
     tag = _tag(b, True)
     vr = b[4:6]
     if vr not in VRS:
@@ -403,7 +410,7 @@ def _meta_element(prefix: bytes, pos: int) -> tuple[int, int, int]:
     if vr in LONG_VRS:
         if pos + 12 > len(prefix):
             raise FileProblem("bad_file_meta", "File Meta ends inside an element header")
-        length, hdr = _u32(prefix[pos + 8:pos + 12], True), 12
+        length, hdr = _u32(prefix[pos + 8 : pos + 12], True), 12
     else:
         length, hdr = _u16(b[6:8], True), 8
     if length == UNDEFINED or pos + hdr + length > len(prefix):
@@ -529,8 +536,12 @@ def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> Non
     has_vr = b[4:6] in VRS
     if not implicit and not has_vr:
         if _probe_elements(b, little, True, 1):
-            raise FileProblem("ts_mismatch", f"{ts} declares explicit VR but the body is implicit VR")
-        raise FileProblem("bad_vr", f"first element {_fmt(_tag(b, little))} has VR bytes {b[4:6]!r}")
+            raise FileProblem(
+                "ts_mismatch", f"{ts} declares explicit VR but the body is implicit VR"
+            )
+        raise FileProblem(
+            "bad_vr", f"first element {_fmt(_tag(b, little))} has VR bytes {b[4:6]!r}"
+        )
     if implicit and has_vr and _probe_elements(b, little, False, 3) and _explicit_count(b) >= 2:
         # pydicom switches to explicit VR here with only a warning (D8).
         raise FileProblem("ts_mismatch", f"{ts} declares implicit VR but the body is explicit VR")
@@ -539,13 +550,13 @@ def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> Non
 def _explicit_count(b: bytes) -> int:
     """How many whole explicit VR LE elements start ``b`` (probe helper)."""
     pos = count = 0
-    while pos + 8 <= len(b) and b[pos + 4:pos + 6] in VRS:
-        if b[pos + 4:pos + 6] in LONG_VRS:
+    while pos + 8 <= len(b) and b[pos + 4 : pos + 6] in VRS:
+        if b[pos + 4 : pos + 6] in LONG_VRS:
             if pos + 12 > len(b):
                 break
-            pos += 12 + _u32(b[pos + 8:pos + 12], True)
+            pos += 12 + _u32(b[pos + 8 : pos + 12], True)
         else:
-            pos += 8 + _u16(b[pos + 6:pos + 8], True)
+            pos += 8 + _u16(b[pos + 6 : pos + 8], True)
         count += 1
     return count
 
@@ -557,8 +568,9 @@ class _Walker:
     within size / 8 iterations (and :data:`MAX_ELEMENTS`).
     """
 
-    def __init__(self, src: Any, res: WalkResult, little: bool, implicit: bool, size: int,
-                 limits: Any) -> None:
+    def __init__(
+        self, src: Any, res: WalkResult, little: bool, implicit: bool, size: int, limits: Any
+    ) -> None:
         self.src = src
         self.res = res
         self.little = little
@@ -580,8 +592,10 @@ class _Walker:
                 if frame.kind == "top":
                     break
                 what = "sequence" if frame.kind == "sq" else frame.kind
-                raise FileProblem("undefined_length_misuse",
-                                  f"the file ends before the delimiter of an undefined-length {what}")
+                raise FileProblem(
+                    "undefined_length_misuse",
+                    f"the file ends before the delimiter of an undefined-length {what}",
+                )
             if len(head) < 8:
                 self._end_inside_header(head, frame)
                 break
@@ -660,8 +674,10 @@ class _Walker:
         remaining = self.src.remaining()
         if remaining is not None and length > remaining:
             if length > self.size:
-                raise FileProblem("length_exceeds_file",
-                                  f"{_fmt(tag)} declares {length} bytes in a {self.size}-byte file")
+                raise FileProblem(
+                    "length_exceeds_file",
+                    f"{_fmt(tag)} declares {length} bytes in a {self.size}-byte file",
+                )
             raise FileProblem("truncated", f"{_fmt(tag)} declares {length} bytes, {remaining} left")
         for frame in reversed(self.stack):
             if frame.end is not None:
@@ -689,10 +705,14 @@ class _Walker:
             return
         if tag != ITEM or frame.kind not in ("sq", "pixel"):
             where = "a sequence" if frame.kind in ("sq", "pixel") else "a dataset"
-            raise FileProblem("bad_structure", f"{_fmt(tag)} at offset {start} cannot appear in {where}")
+            raise FileProblem(
+                "bad_structure", f"{_fmt(tag)} at offset {start} cannot appear in {where}"
+            )
         if frame.kind == "pixel":
             if length == UNDEFINED:
-                raise FileProblem("undefined_length_misuse", "a Pixel Data fragment has undefined length")
+                raise FileProblem(
+                    "undefined_length_misuse", "a Pixel Data fragment has undefined length"
+                )
             self._check_length(length, tag)
             self._skip(length, tag)
             return
@@ -742,12 +762,16 @@ class _Walker:
             self._push_sequence(implicit, None)  # implicit VR: private or SQ by dictionary
         else:
             kind = vr.decode("ascii") if vr else "implicit VR"
-            raise FileProblem("undefined_length_misuse", f"{_fmt(tag)} ({kind}) has undefined length")
+            raise FileProblem(
+                "undefined_length_misuse", f"{_fmt(tag)} ({kind}) has undefined length"
+            )
 
     def _push_sequence(self, implicit: bool, end: int | None) -> None:
         depth = self.stack[-1].depth + 1
         if depth > self.max_nesting:
-            raise FileProblem("nesting_too_deep", f"sequences nested deeper than {self.max_nesting}")
+            raise FileProblem(
+                "nesting_too_deep", f"sequences nested deeper than {self.max_nesting}"
+            )
         self.stack.append(_Frame("sq", end, implicit, depth))
 
     def _geometry_value(self, raw: bytes, tag: int) -> int | str:
@@ -784,9 +808,11 @@ def _check_pixel_data(res: WalkResult) -> None:
     known_native = ts in NATIVE_TS
     if res.encapsulated:
         if res.encoding != "part10" and not res.meta:
-            raise FileProblem("ts_mismatch",
-                              "encapsulated Pixel Data in a dataset without File Meta: "
-                              "its transfer syntax is unknown")
+            raise FileProblem(
+                "ts_mismatch",
+                "encapsulated Pixel Data in a dataset without File Meta: "
+                "its transfer syntax is unknown",
+            )
         if known_native:
             raise FileProblem("ts_mismatch", f"encapsulated Pixel Data in native {ts}")
         return
@@ -799,8 +825,9 @@ def _check_pixel_data(res: WalkResult) -> None:
         return
     actual = res.pixel_data_length
     if actual < expected:
-        raise FileProblem("pixel_length_mismatch",
-                          f"Pixel Data holds {actual} bytes, geometry needs {expected}")
+        raise FileProblem(
+            "pixel_length_mismatch", f"Pixel Data holds {actual} bytes, geometry needs {expected}"
+        )
     if actual > expected + 1:
         res.warnings.append("pixel_length_excess")
 
@@ -815,9 +842,16 @@ def _is_encapsulated_ts(ts: str) -> bool:
 def expected_pixel_length(values: dict[str, int | str]) -> int | None:
     """Bytes of native Pixel Data the geometry asks for (PS3.3 C.7.6.3.1), or
     None when an element is missing or unusable."""
-    nums = [values.get(k, d) for k, d in
-            (("Rows", -1), ("Columns", -1), ("BitsAllocated", -1), ("SamplesPerPixel", 1),
-             ("NumberOfFrames", 1))]
+    nums = [
+        values.get(k, d)
+        for k, d in (
+            ("Rows", -1),
+            ("Columns", -1),
+            ("BitsAllocated", -1),
+            ("SamplesPerPixel", 1),
+            ("NumberOfFrames", 1),
+        )
+    ]
     if not all(isinstance(v, int) for v in nums):
         return None
     rows, cols, bits, samples, frames = (int(v) for v in nums)

@@ -17,8 +17,13 @@ from pdimport.send.dest import Destination, DicomDest, FileDest, parse_dest
 __all__ = ["Destination", "DicomDest", "FileDest", "deliver", "parse_dest"]
 
 
-def deliver(dest: Destination, items: list[SendItem], settings: Any,
-            on_outcome: Callable[[SendOutcome], None], workdir: Path) -> None:
+def deliver(
+    dest: Destination,
+    items: list[SendItem],
+    settings: Any,
+    on_outcome: Callable[[SendOutcome], None],
+    workdir: Path,
+) -> None:
     """Send `items` to `dest`, dispatching on the destination type.
 
     Parameters

@@ -43,7 +43,8 @@ if pynetdicom.__version__ not in VERIFIED_VERSIONS:
     raise ImportError(
         f"pdimport.send.compat was verified on pynetdicom {', '.join(VERIFIED_VERSIONS)}, "
         f"not {pynetdicom.__version__}: check its private-API shims "
-        f"(daemon/pdimport/send/compat.py) and add the version to VERIFIED_VERSIONS")
+        f"(daemon/pdimport/send/compat.py) and add the version to VERIFIED_VERSIONS"
+    )
 
 
 def stream_datasets_from_files() -> None:
@@ -82,8 +83,13 @@ class TunedSocket(AssociationSocket):
     ``?quickack=0`` (a peer or middlebox that misbehaves with small segments).
     """
 
-    def __init__(self, assoc: Association, address: AddressInformation,
-                 nodelay: bool = True, quickack: bool = True) -> None:
+    def __init__(
+        self,
+        assoc: Association,
+        address: AddressInformation,
+        nodelay: bool = True,
+        quickack: bool = True,
+    ) -> None:
         # Set before the base class creates the socket in its __init__.
         self.nodelay = nodelay
         self.quickack = quickack
@@ -134,8 +140,9 @@ class StoreAE(AE):
     nodelay = True
     quickack = True
 
-    def _create_socket(self, assoc: Association, address: AddressInformation,
-                       tls_args: Any) -> AssociationSocket:
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> AssociationSocket:
         sock = TunedSocket(assoc, address, nodelay=self.nodelay, quickack=self.quickack)
         sock.tls_args = tls_args
         return sock
@@ -204,7 +211,6 @@ def keep_store_responses(assoc: Association) -> ResponseKeeper:
     return ResponseKeeper(assoc).install()
 
 
-
 # ======================================================================
 # driving a C-STORE past send_c_store
 # ======================================================================
@@ -244,6 +250,17 @@ def bound_writes(assoc: Association) -> None:
         sock.settimeout(float(assoc.dimse_timeout or 60.0))
 
 
-__all__ = ["VERIFIED_VERSIONS", "ResponseKeeper", "StoreAE", "TunedSocket", "bound_writes",
-           "keep_store_responses", "no_response", "pause_reactor", "raw_socket",
-           "response_status", "resume_reactor", "stream_datasets_from_files"]
+__all__ = [
+    "VERIFIED_VERSIONS",
+    "ResponseKeeper",
+    "StoreAE",
+    "TunedSocket",
+    "bound_writes",
+    "keep_store_responses",
+    "no_response",
+    "pause_reactor",
+    "raw_socket",
+    "response_status",
+    "resume_reactor",
+    "stream_datasets_from_files",
+]

@@ -18,8 +18,10 @@ _DICOM_URL = re.compile(
     r"/?(?:\?(?P<query>[^#]*))?$",
     re.IGNORECASE,
 )
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,9 @@ def parse_dest(url: str) -> Destination:
         return _parse_dicom(text)
     if scheme == "file":
         return _parse_file(text)
-    raise ValueError(f"destination {url!r}: unknown scheme, expected dicom://AET@host:port "
-                     "or file:///path")
+    raise ValueError(
+        f"destination {url!r}: unknown scheme, expected dicom://AET@host:port or file:///path"
+    )
 
 
 def _parse_dicom(url: str) -> DicomDest:
@@ -136,8 +139,9 @@ def _dicom_options(query: str, url: str) -> dict:
                 raise ValueError(f"destination {url!r}: associations must be 1..32")
             options[name] = int(value)
         else:
-            raise ValueError(f"destination {url!r}: unknown option {name!r} "
-                             "(nodelay, quickack, associations)")
+            raise ValueError(
+                f"destination {url!r}: unknown option {name!r} (nodelay, quickack, associations)"
+            )
     return options
 
 
@@ -150,8 +154,10 @@ def _check_aet(aet: str, url: str) -> str:
     if len(value) > 16:
         raise ValueError(f"destination {url!r}: AE title {value!r} is longer than 16 characters")
     if "\\" in value or any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
-        raise ValueError(f"destination {url!r}: AE title {value!r} has a backslash, a control "
-                         "or a non-ASCII character")
+        raise ValueError(
+            f"destination {url!r}: AE title {value!r} has a backslash, a control "
+            "or a non-ASCII character"
+        )
     return value
 
 
@@ -164,9 +170,9 @@ def _check_host(host: str, url: str) -> str:
 
 
 def _parse_file(url: str) -> FileDest:
-    rest = url[len("file:"):]
+    rest = url[len("file:") :]
     if rest.startswith("//localhost/"):
-        rest = rest[len("//localhost"):]
+        rest = rest[len("//localhost") :]
     elif rest.startswith("///"):
         rest = rest[2:]
     else:

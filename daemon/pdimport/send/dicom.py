@@ -137,8 +137,9 @@ def classify_status(status: int) -> tuple[str, str]:
     return "failed", "store_failed"
 
 
-def outcome_from_status(item: SendItem, status_ds: Dataset, ts: str,
-                        converted: Path | None) -> SendOutcome:
+def outcome_from_status(
+    item: SendItem, status_ds: Dataset, ts: str, converted: Path | None
+) -> SendOutcome:
     """The outcome of one C-STORE from the status Dataset pynetdicom returned.
 
     An empty Dataset (no response within ``dimse_timeout``, abort, invalid
@@ -146,9 +147,15 @@ def outcome_from_status(item: SendItem, status_ds: Dataset, ts: str,
     (reliability.md §0.6), so it is neither sent nor failed.
     """
     if "Status" not in status_ds:
-        return SendOutcome(item.key, "unknown", None, "outcome_unknown",
-                           "no C-STORE response (DIMSE timeout or association lost)", ts,
-                           converted)
+        return SendOutcome(
+            item.key,
+            "unknown",
+            None,
+            "outcome_unknown",
+            "no C-STORE response (DIMSE timeout or association lost)",
+            ts,
+            converted,
+        )
     status = int(status_ds.Status)
     state, code = classify_status(status)
     detail = "" if status == 0 else f"0x{status:04X}"
@@ -156,5 +163,3 @@ def outcome_from_status(item: SendItem, status_ds: Dataset, ts: str,
     if detail and comment:
         detail += f" {comment}"
     return SendOutcome(item.key, state, status, code, detail, ts, converted)
-
-

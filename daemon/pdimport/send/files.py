@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pdimport.store.fsutil import atomic_write
 from pdimport.model import SendItem, SendOutcome, iter_chunks
 from pdimport.send.dest import FileDest
+from pdimport.store.fsutil import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,8 +39,13 @@ def safe_name(sop_instance_uid: str, fallback: str) -> str:
     return hashlib.sha256(fallback.encode()).hexdigest()
 
 
-def send_files(dest: FileDest, items: list[SendItem], settings: Any,
-               on_outcome: Callable[[SendOutcome], None], workdir: Path) -> None:
+def send_files(
+    dest: FileDest,
+    items: list[SendItem],
+    settings: Any,
+    on_outcome: Callable[[SendOutcome], None],
+    workdir: Path,
+) -> None:
     """Copy each item to `dest`; one outcome per item, reported at once.
 
     An existing file with the same name and the same bytes counts as sent
@@ -51,8 +56,11 @@ def send_files(dest: FileDest, items: list[SendItem], settings: Any,
         dest.path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         for item in items:
-            on_outcome(SendOutcome(item.key, "failed", None, "write_failed",
-                                   f"{dest.key}: {exc.strerror or exc}"))
+            on_outcome(
+                SendOutcome(
+                    item.key, "failed", None, "write_failed", f"{dest.key}: {exc.strerror or exc}"
+                )
+            )
         return
     for item in items:
         on_outcome(_copy_one(dest, item))
@@ -64,13 +72,19 @@ def _copy_one(dest: FileDest, item: SendItem) -> SendOutcome:
         if target.exists():
             if _sha256(target) == _sha256(item.path):
                 return SendOutcome(item.key, "sent", None, "", "", item.transfer_syntax)
-            return SendOutcome(item.key, "failed", None, "uid_conflict",
-                               f"{target.name} already exists with other content")
+            return SendOutcome(
+                item.key,
+                "failed",
+                None,
+                "uid_conflict",
+                f"{target.name} already exists with other content",
+            )
         _copy_atomic(item.path, target)
     except OSError as exc:
         LOGGER.error("%s: writing %s failed: %s", dest.key, target.name, exc)
-        return SendOutcome(item.key, "failed", None, "write_failed",
-                           f"{target.name}: {exc.strerror or exc}")
+        return SendOutcome(
+            item.key, "failed", None, "write_failed", f"{target.name}: {exc.strerror or exc}"
+        )
     return SendOutcome(item.key, "sent", None, "", "", item.transfer_syntax)
 
 

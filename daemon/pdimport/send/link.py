@@ -132,8 +132,11 @@ class Link:
     def _count_recovered(self) -> None:
         if self._keeper is not None and self._keeper.recovered:
             self.recovered += self._keeper.recovered
-            LOGGER.warning("%s: recovered %d C-STORE responses taken by the pynetdicom reactor",
-                           self.dest.key, self._keeper.recovered)
+            LOGGER.warning(
+                "%s: recovered %d C-STORE responses taken by the pynetdicom reactor",
+                self.dest.key,
+                self._keeper.recovered,
+            )
             self._keeper.recovered = 0
 
     def _open(self) -> None:
@@ -149,26 +152,41 @@ class Link:
 
         _resolve(self.dest.connect_host, self.dest.port)
         assoc = self.ae.associate(
-            self.dest.connect_host, self.dest.port, contexts=self.contexts,
-            ae_title=self.dest.aet, max_pdu=self.max_pdu,
-            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv),
-                          (evt.EVT_CONN_OPEN, lambda _e: connected.append(True))],
+            self.dest.connect_host,
+            self.dest.port,
+            contexts=self.contexts,
+            ae_title=self.dest.aet,
+            max_pdu=self.max_pdu,
+            evt_handlers=[
+                (evt.EVT_ACSE_RECV, on_acse_recv),
+                (evt.EVT_CONN_OPEN, lambda _e: connected.append(True)),
+            ],
         )
         if assoc.is_rejected:
             permanent = bool(rejections) and rejections[-1].result == 0x01
-            raise LinkDown("association_rejected", _rejection_detail(self.dest, rejections),
-                           "failed" if permanent else "retry")
+            raise LinkDown(
+                "association_rejected",
+                _rejection_detail(self.dest, rejections),
+                "failed" if permanent else "retry",
+            )
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts:
                 # pynetdicom aborts when the SCP accepts no context at all.
                 self._no_context = True
                 return
             if not connected:
-                raise LinkDown("association_failed", _connect_failure(
-                    self.dest.connect_host, self.dest.port,
-                    float(self.ae.connection_timeout or 5)))
-            raise LinkDown("association_failed",
-                           f"{self.dest.key}: association aborted or timed out by the peer")
+                raise LinkDown(
+                    "association_failed",
+                    _connect_failure(
+                        self.dest.connect_host,
+                        self.dest.port,
+                        float(self.ae.connection_timeout or 5),
+                    ),
+                )
+            raise LinkDown(
+                "association_failed",
+                f"{self.dest.key}: association aborted or timed out by the peer",
+            )
         self._assoc = assoc
         self._keeper = compat.keep_store_responses(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
@@ -216,9 +234,10 @@ class Link:
             raise self._down
         assoc = self._assoc
         if assoc is None or not assoc.is_established:
-            self._down = LinkDown("association_failed",
-                                  f"{self.dest.key}: association lost after {self.answered} "
-                                  "answered stores")
+            self._down = LinkDown(
+                "association_failed",
+                f"{self.dest.key}: association lost after {self.answered} answered stores",
+            )
             raise self._down
         outcome = self._send_one(item)
         if outcome.state != "unknown":
@@ -237,13 +256,17 @@ class Link:
         """No answer: resend on a fresh association, or give up (see module doc)."""
         answered_before = self.answered > 0
         self._drop_association()
-        down = LinkDown("association_failed",
-                        f"{self.dest.key}: no C-STORE response; association aborted")
+        down = LinkDown(
+            "association_failed", f"{self.dest.key}: no C-STORE response; association aborted"
+        )
         if not answered_before:
             self._down = down
             return first
-        LOGGER.warning("%s: no response to %s; resending once on a fresh association",
-                       self.dest.key, item.sop_instance_uid)
+        LOGGER.warning(
+            "%s: no response to %s; resending once on a fresh association",
+            self.dest.key,
+            item.sop_instance_uid,
+        )
         try:
             self._open()
         except LinkDown as exc:
@@ -280,14 +303,22 @@ class Link:
         except (OSError, ValueError, KeyError) as exc:
             # The spooled file is not what the header scan said (meta missing,
             # no context for its real SOP class / syntax, unreadable).
-            return SendOutcome(item.key, "failed", None, "internal_error",
-                               f"cannot send {path.name}: {exc}", ts, converted)
+            return SendOutcome(
+                item.key,
+                "failed",
+                None,
+                "internal_error",
+                f"cannot send {path.name}: {exc}",
+                ts,
+                converted,
+            )
         return outcome_from_status(item, status_ds, ts, converted)
 
 
 # ----------------------------------------------------------- per item
-def _prepare(item: SendItem, accepted: dict[str, list[str]], dest: DicomDest,
-             workdir: Path) -> tuple[Path, str, Path | None] | SendOutcome:
+def _prepare(
+    item: SendItem, accepted: dict[str, list[str]], dest: DicomDest, workdir: Path
+) -> tuple[Path, str, Path | None] | SendOutcome:
     """The file and syntax to send, converting when the own syntax was refused.
 
     A converted file already at :func:`converted_path` is sent as it is: the
@@ -317,12 +348,22 @@ def conversion_target(item: SendItem, accepted: dict[str, list[str]]) -> str | N
 
 def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
     """The outcome of an item whose conversion to `target` failed (permanent)."""
-    return SendOutcome(item.key, "failed", None, TranscodeError.code,
-                       f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}")
+    return SendOutcome(
+        item.key,
+        "failed",
+        None,
+        TranscodeError.code,
+        f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}",
+    )
 
 
-def _c_store(assoc: Association, keeper: compat.ResponseKeeper, cx_ids: dict[tuple[str, str], int],
-             path: Path, msg_id: int) -> Dataset:
+def _c_store(
+    assoc: Association,
+    keeper: compat.ResponseKeeper,
+    cx_ids: dict[tuple[str, str], int],
+    path: Path,
+    msg_id: int,
+) -> Dataset:
     """One C-STORE of a Part 10 file's original bytes; the status Dataset.
 
     Same flow as pynetdicom's ``send_c_store`` (pause the reactor, send, wait
@@ -436,8 +477,9 @@ def remove_converted(workdir: Path, keys: Iterable[str]) -> int:
     except FileNotFoundError:
         return 0
     for name in names:
-        if ((name[:40] in digests and name[40:41] == "-")
-                or (name.startswith(".") and name.endswith(".tmp") and name[1:33] in partial)):
+        if (name[:40] in digests and name[40:41] == "-") or (
+            name.startswith(".") and name.endswith(".tmp") and name[1:33] in partial
+        ):
             try:
                 os.unlink(workdir / name)
                 removed += 1
@@ -447,14 +489,26 @@ def remove_converted(workdir: Path, keys: Iterable[str]) -> int:
 
 
 def _no_context(item: SendItem, dest: DicomDest) -> SendOutcome:
-    return SendOutcome(item.key, "failed", None, "no_presentation_context",
-                       f"{dest.key} accepts neither {UID(item.sop_class_uid).name} in "
-                       f"{UID(item.transfer_syntax).name} nor in an uncompressed syntax")
+    return SendOutcome(
+        item.key,
+        "failed",
+        None,
+        "no_presentation_context",
+        f"{dest.key} accepts neither {UID(item.sop_class_uid).name} in "
+        f"{UID(item.transfer_syntax).name} nor in an uncompressed syntax",
+    )
 
 
 def _with_detail(outcome: SendOutcome, detail: str) -> SendOutcome:
-    return SendOutcome(outcome.key, outcome.state, outcome.status, outcome.code, detail,
-                       outcome.transfer_syntax, outcome.converted_path)
+    return SendOutcome(
+        outcome.key,
+        outcome.state,
+        outcome.status,
+        outcome.code,
+        detail,
+        outcome.transfer_syntax,
+        outcome.converted_path,
+    )
 
 
 def _rejection_detail(dest: DicomDest, rejections: list) -> str:
@@ -462,9 +516,12 @@ def _rejection_detail(dest: DicomDest, rejections: list) -> str:
         return f"{dest.key}: association rejected"
     rj = rejections[-1]
     kind = "permanent" if rj.result == 0x01 else "transient"
-    return (f"{dest.key}: association rejected ({kind}, not retried) by {rj.source_str}: "
-            f"{rj.reason_str}" if kind == "permanent" else
-            f"{dest.key}: association rejected ({kind}) by {rj.source_str}: {rj.reason_str}")
+    return (
+        f"{dest.key}: association rejected ({kind}, not retried) by {rj.source_str}: "
+        f"{rj.reason_str}"
+        if kind == "permanent"
+        else f"{dest.key}: association rejected ({kind}) by {rj.source_str}: {rj.reason_str}"
+    )
 
 
 def _resolve(host: str, port: int) -> None:
@@ -480,10 +537,15 @@ def _resolve(host: str, port: int) -> None:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_AGAIN:
-            raise LinkDown("association_failed", f"{host}:{port}: name lookup failed for now "
-                           f"({exc.strerror}); will retry") from None
-        raise LinkDown("association_failed", f"{host}:{port}: name does not resolve "
-                       f"(check the destination URL)", "failed") from None
+            raise LinkDown(
+                "association_failed",
+                f"{host}:{port}: name lookup failed for now ({exc.strerror}); will retry",
+            ) from None
+        raise LinkDown(
+            "association_failed",
+            f"{host}:{port}: name does not resolve (check the destination URL)",
+            "failed",
+        ) from None
 
 
 def _connect_failure(host: str, port: int, timeout: float) -> str:
@@ -503,5 +565,13 @@ def _connect_failure(host: str, port: int, timeout: float) -> str:
         return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
 
 
-__all__ = ["READ_BLOCK", "RESENT", "Link", "LinkDown", "conversion_target", "converted_path",
-           "decode_failed", "remove_converted"]
+__all__ = [
+    "READ_BLOCK",
+    "RESENT",
+    "Link",
+    "LinkDown",
+    "conversion_target",
+    "converted_path",
+    "decode_failed",
+    "remove_converted",
+]

@@ -69,8 +69,13 @@ def _context() -> Any:
 
 
 # ------------------------------------------------------------------ worker
-def _worker(conn: Connection, dest: DicomDest, contexts: list[tuple[str, list[str]]],
-            settings: Any, workdir: Path) -> None:
+def _worker(
+    conn: Connection,
+    dest: DicomDest,
+    contexts: list[tuple[str, list[str]]],
+    settings: Any,
+    workdir: Path,
+) -> None:
     """Worker process: connect, say "ready", then items in, outcomes out."""
     from pdimport.send.scu import new_link
 
@@ -126,8 +131,15 @@ def item_timeout_for(settings: Any) -> float:
     return DEFAULT_TIMEOUT + 2 * float(settings.get("network.dimse_timeout"))
 
 
-def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
-                  workdir: Path, count: int, item_timeout: float | None = None) -> LinkDown | None:
+def send_parallel(
+    dest: DicomDest,
+    batch: Batch,
+    settings: Any,
+    on_outcome: OutcomeCallback,
+    workdir: Path,
+    count: int,
+    item_timeout: float | None = None,
+) -> LinkDown | None:
     """Send `batch` over `count` associations in worker processes.
 
     Returns
@@ -136,13 +148,18 @@ def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outc
         When no worker got a single answer, why the last one stopped.
     """
     ctx = _context()
-    contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
-                for cx in batch.contexts]
+    contexts = [
+        (str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax]) for cx in batch.contexts
+    ]
     workers = []
     for _ in range(count):
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(child_end, dest, contexts, settings, workdir),
-                           daemon=True, name=f"pdimport-send-{dest.port}")
+        proc = ctx.Process(
+            target=_worker,
+            args=(child_end, dest, contexts, settings, workdir),
+            daemon=True,
+            name=f"pdimport-send-{dest.port}",
+        )
         proc.start()
         child_end.close()
         workers.append(_Worker(proc, parent_end))
@@ -159,9 +176,14 @@ def send_parallel(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outc
     return verdict
 
 
-def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
-           todo: deque[int], workers: list[_Worker],
-           item_timeout: float) -> LinkDown | None:
+def _serve(
+    dest: DicomDest,
+    items: list[SendItem],
+    on_outcome: OutcomeCallback,
+    todo: deque[int],
+    workers: list[_Worker],
+    item_timeout: float,
+) -> LinkDown | None:
     """Deal items to ready workers and collect outcomes until every item has one.
 
     A worker gets items only once its association is up: against a peer
@@ -172,14 +194,17 @@ def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
     while any(w.held for w in workers) or (todo and any(w.open for w in workers)):
         watched = [w for w in workers if w.held or w.open]
         first = min((w.deadline for w in watched if w.held), default=math.inf)
-        ready = wait([w.conn for w in watched] + [w.proc.sentinel for w in watched],
-                     timeout=None if first == math.inf else max(0.0, first - time.monotonic()))
+        ready = wait(
+            [w.conn for w in watched] + [w.proc.sentinel for w in watched],
+            timeout=None if first == math.inf else max(0.0, first - time.monotonic()),
+        )
         now = time.monotonic()
         for worker in watched:
             stuck = bool(worker.held) and worker.deadline <= now and worker.proc.is_alive()
             if stuck:
-                LOGGER.error("%s: send worker held one instance for %.0f s: stopped",
-                             dest.key, item_timeout)
+                LOGGER.error(
+                    "%s: send worker held one instance for %.0f s: stopped", dest.key, item_timeout
+                )
                 worker.proc.kill()
                 worker.proc.join(5)
             if stuck or worker.conn in ready or worker.proc.sentinel in ready:
@@ -192,8 +217,7 @@ def _serve(dest: DicomDest, items: list[SendItem], on_outcome: OutcomeCallback,
         rest = [items[i] for i in todo]
         todo.clear()
         if last_down is None:
-            _give_back(rest, "association_failed", f"{dest.key}: no association left",
-                       on_outcome)
+            _give_back(rest, "association_failed", f"{dest.key}: no association left", on_outcome)
         else:
             _give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
     return last_down if answered == 0 else None
@@ -209,8 +233,13 @@ def _fill(worker: _Worker, items: list[SendItem], todo: deque[int], timeout: flo
             worker.open = False
 
 
-def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
-             on_outcome: OutcomeCallback, timeout: float) -> tuple[int, LinkDown | None]:
+def _collect(
+    dest: DicomDest,
+    items: list[SendItem],
+    worker: _Worker,
+    on_outcome: OutcomeCallback,
+    timeout: float,
+) -> tuple[int, LinkDown | None]:
     """Read what `worker` reported; (answers counted, why it went down or None)."""
     answered, down = 0, None
     try:
@@ -237,15 +266,17 @@ def _collect(dest: DicomDest, items: list[SendItem], worker: _Worker,
     return answered, down
 
 
-def _went_down(items: list[SendItem], worker: _Worker, down: LinkDown,
-               on_outcome: OutcomeCallback) -> None:
+def _went_down(
+    items: list[SendItem], worker: _Worker, down: LinkDown, on_outcome: OutcomeCallback
+) -> None:
     worker.open = False
     _give_back([items[i] for i in worker.held], down.code, down.detail, on_outcome, down.state)
     worker.held.clear()
 
 
-def _lost(dest: DicomDest, items: list[SendItem], worker: _Worker,
-          on_outcome: OutcomeCallback) -> None:
+def _lost(
+    dest: DicomDest, items: list[SendItem], worker: _Worker, on_outcome: OutcomeCallback
+) -> None:
     """A worker died: its item in flight is unknown, the rest retry."""
     worker.proc.join(0)
     detail = f"{dest.key}: send worker exited with status {worker.proc.exitcode}"
@@ -253,13 +284,21 @@ def _lost(dest: DicomDest, items: list[SendItem], worker: _Worker,
     worker.open = False
     first, *rest = (items[i] for i in worker.held)
     worker.held.clear()
-    on_outcome(SendOutcome(first.key, "unknown", None, "outcome_unknown",
-                           f"{detail} while this instance was in flight"))
+    on_outcome(
+        SendOutcome(
+            first.key,
+            "unknown",
+            None,
+            "outcome_unknown",
+            f"{detail} while this instance was in flight",
+        )
+    )
     _give_back(rest, "association_failed", detail, on_outcome)
 
 
-def _give_back(items: list[SendItem], code: str, detail: str,
-               on_outcome: OutcomeCallback, state: str = "retry") -> None:
+def _give_back(
+    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
+) -> None:
     for item in items:
         on_outcome(SendOutcome(item.key, state, None, code, detail))
 

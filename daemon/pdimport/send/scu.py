@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,14 @@ MIN_ITEMS_PER_ASSOCIATION = 64
 MIN_BYTES_PER_ASSOCIATION = 64 << 20
 
 #: Settings the sender reads; snapshotted for worker processes.
-NET_SETTINGS = ("calling_aet", "network.connection_timeout", "network.acse_timeout",
-                "network.dimse_timeout", "network.network_timeout", "network.max_pdu")
+NET_SETTINGS = (
+    "calling_aet",
+    "network.connection_timeout",
+    "network.acse_timeout",
+    "network.dimse_timeout",
+    "network.network_timeout",
+    "network.max_pdu",
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,13 @@ def association_count(dest: DicomDest, settings: Any, items: list[SendItem]) -> 
     return max(1, min(wanted, max(by_items, by_bytes)))
 
 
-def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
-               on_outcome: OutcomeCallback, workdir: Path) -> None:
+def send_dicom(
+    dest: DicomDest,
+    items: list[SendItem],
+    settings: Any,
+    on_outcome: OutcomeCallback,
+    workdir: Path,
+) -> None:
     """Deliver `items` to `dest` by C-STORE; one outcome per item.
 
     Parameters
@@ -121,13 +132,13 @@ def send_dicom(dest: DicomDest, items: list[SendItem], settings: Any,
             verdict = send_parallel(dest, batch, net, on_outcome, workdir, count)
         else:
             verdict = send_batch(dest, batch, net, on_outcome, workdir)
-        if verdict is not None and verdict.code in ("association_rejected",
-                                                    "association_failed"):
+        if verdict is not None and verdict.code in ("association_rejected", "association_failed"):
             # The peer is unreachable or refuses us: do not knock again for
             # every batch (a blackhole costs acse_timeout each time).
-            rest = [i for b in batches[index + 1:] for i in b.items]
-            give_back(rest, verdict.code, f"not attempted: {verdict.detail}", on_outcome,
-                      verdict.state)
+            rest = [i for b in batches[index + 1 :] for i in b.items]
+            give_back(
+                rest, verdict.code, f"not attempted: {verdict.detail}", on_outcome, verdict.state
+            )
             return
 
 
@@ -137,8 +148,9 @@ def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path
     return Link(ae, dest, batch_contexts, workdir, max_pdu=int(settings.get("network.max_pdu")))
 
 
-def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback,
-               workdir: Path) -> LinkDown | None:
+def send_batch(
+    dest: DicomDest, batch: Batch, settings: Any, on_outcome: OutcomeCallback, workdir: Path
+) -> LinkDown | None:
     """Send one batch on one association in this thread.
 
     Returns
@@ -177,8 +189,9 @@ def send_batch(dest: DicomDest, batch: Batch, settings: Any, on_outcome: Outcome
     return None
 
 
-def converted_ahead(link: Link, items: list[SendItem],
-                    workdir: Path) -> Generator[tuple[SendItem, SendOutcome | None]]:
+def converted_ahead(
+    link: Link, items: list[SendItem], workdir: Path
+) -> Generator[tuple[SendItem, SendOutcome | None]]:
     """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
 
     Items the peer takes only in another transfer syntax are converted by
@@ -230,8 +243,9 @@ def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> dict[str, li
     return plan
 
 
-def give_back(items: list[SendItem], code: str, detail: str,
-              on_outcome: OutcomeCallback, state: str = "retry") -> None:
+def give_back(
+    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
+) -> None:
     """Report `items` as not sent: ``retry`` (or ``failed``, when the peer
     refused us for good) with `code`."""
     for item in items:

@@ -39,8 +39,9 @@ def _ui(value: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw  # PS3.5 6.2: UI padded with NUL
 
 
-def encode_store_rq(sop_class_uid: str, sop_instance_uid: str, msg_id: int,
-                    priority: int = PRIORITY_MEDIUM) -> bytes:
+def encode_store_rq(
+    sop_class_uid: str, sop_instance_uid: str, msg_id: int, priority: int = PRIORITY_MEDIUM
+) -> bytes:
     """The command set of a C-STORE-RQ, Implicit VR Little Endian (PS3.7 6.3.1).
 
     Parameters
@@ -57,14 +58,16 @@ def encode_store_rq(sop_class_uid: str, sop_instance_uid: str, msg_id: int,
     bytes
         Elements in ascending tag order, led by Command Group Length (0000,0000).
     """
-    body = b"".join((
-        _element(0x0002, _ui(sop_class_uid)),
-        _element(0x0100, struct.pack("<H", C_STORE_RQ)),
-        _element(0x0110, struct.pack("<H", msg_id)),
-        _element(0x0700, struct.pack("<H", priority)),
-        _element(0x0800, struct.pack("<H", DATASET_PRESENT)),
-        _element(0x1000, _ui(sop_instance_uid)),
-    ))
+    body = b"".join(
+        (
+            _element(0x0002, _ui(sop_class_uid)),
+            _element(0x0100, struct.pack("<H", C_STORE_RQ)),
+            _element(0x0110, struct.pack("<H", msg_id)),
+            _element(0x0700, struct.pack("<H", priority)),
+            _element(0x0800, struct.pack("<H", DATASET_PRESENT)),
+            _element(0x1000, _ui(sop_instance_uid)),
+        )
+    )
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
@@ -93,14 +96,14 @@ def command_buffers(context_id: int, command: bytes, fragment: int) -> list[byte
     """Header/value buffers carrying a command set, last fragment flagged."""
     out: list[bytes] = []
     for start in range(0, len(command), fragment):
-        piece = command[start:start + fragment]
-        out += [pdata_header(context_id, True, start + fragment >= len(command), len(piece)),
-                piece]
+        piece = command[start : start + fragment]
+        out += [pdata_header(context_id, True, start + fragment >= len(command), len(piece)), piece]
     return out
 
 
-def dataset_buffers(context_id: int, block: memoryview, fragment: int,
-                    is_final_block: bool) -> Iterator[list[bytes | memoryview]]:
+def dataset_buffers(
+    context_id: int, block: memoryview, fragment: int, is_final_block: bool
+) -> Iterator[list[bytes | memoryview]]:
     """Header/value buffers for one read block of the data set.
 
     Yields lists of at most :data:`MAX_IOV` buffers (one ``sendmsg()`` each).
@@ -109,7 +112,7 @@ def dataset_buffers(context_id: int, block: memoryview, fragment: int,
     batch: list[bytes | memoryview] = []
     size = len(block)
     for start in range(0, size, fragment):
-        piece = block[start:start + fragment]
+        piece = block[start : start + fragment]
         last = is_final_block and start + fragment >= size
         batch += [pdata_header(context_id, False, last, len(piece)), piece]
         if len(batch) >= MAX_IOV:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 @contextmanager
-def atomic_write(target: Path, mode: int | None = None, durable: bool = True
-                 ) -> Iterator[BinaryIO]:
+def atomic_write(target: Path, mode: int | None = None, durable: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``target``; on a clean exit it replaces
     ``target``. On an exception nothing is left behind.
 
@@ -71,7 +71,7 @@ def sync_filesystem(path: Path) -> bool:
     since the last call (syncfs(2)); an error raises ``OSError`` and, like a
     failed fsync, is never retried: the job stops and keeps its source
     (reliability notes, "fsync errors are fatal")."""
-    global _SYNCFS  # noqa: PLW0603 - looked up once
+    global _SYNCFS
     if _SYNCFS is None:
         try:
             import ctypes

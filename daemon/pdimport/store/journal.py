@@ -18,12 +18,21 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pdimport.job.lifecycle import (FINAL_JOB_STATES, JOB_TRANSITIONS, IllegalTransition,
-                                    JobEvent, JobState, Observer, Transition, job_state)
+from pdimport.job.lifecycle import (
+    FINAL_JOB_STATES,
+    JOB_TRANSITIONS,
+    IllegalTransition,
+    JobEvent,
+    JobState,
+    Observer,
+    Transition,
+    job_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +159,9 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: with NORMAL a commit can roll back after power loss (SQLite docs).
         self._db.execute("PRAGMA synchronous=FULL")
@@ -189,18 +199,32 @@ class Journal:
     def find_unfinished(self, source_key: str, mode: str) -> Job | None:
         rows = self._rows(
             "SELECT * FROM jobs WHERE source_key=? AND mode=? ORDER BY created DESC LIMIT 1",
-            (source_key, mode))
+            (source_key, mode),
+        )
         if rows and job_state(rows[0][6]) not in FINAL_STATES:
             return _job(rows[0])
         return None
 
-    def create_job(self, source_key: str, source_kind: str, source_path: str, label: str,
-                   mode: str = "import") -> Job:
+    def create_job(
+        self, source_key: str, source_kind: str, source_path: str, label: str, mode: str = "import"
+    ) -> Job:
         now = time.time()
         job_id = time.strftime("%Y%m%d-%H%M%S-", time.gmtime(now)) + uuid.uuid4().hex[:8]
-        self._exec("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
-                   (job_id, source_key, source_kind, source_path, label, mode, JobState.QUEUED, 0,
-                    now, now))
+        self._exec(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+            (
+                job_id,
+                source_key,
+                source_kind,
+                source_path,
+                label,
+                mode,
+                JobState.QUEUED,
+                0,
+                now,
+                now,
+            ),
+        )
         job = self.job(job_id)
         assert job is not None
         return job
@@ -210,14 +234,17 @@ class Journal:
         return _job(rows[0]) if rows else None
 
     def jobs(self, limit: int = 100) -> list[Job]:
-        return [_job(r) for r in self._rows(
-            "SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+        return [
+            _job(r)
+            for r in self._rows("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
+        ]
 
     def set_label(self, job_id: str, label: str) -> None:
         self._exec("UPDATE jobs SET label=? WHERE id=?", (label, job_id))
 
-    def transition(self, job_id: str, event: JobEvent | str, reason: str = "",
-                   **info: Any) -> JobState:
+    def transition(
+        self, job_id: str, event: JobEvent | str, reason: str = "", **info: Any
+    ) -> JobState:
         """Apply ``event`` to a job: the only way a job's state changes.
 
         The pair is checked against
@@ -254,8 +281,7 @@ class Journal:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT state FROM jobs WHERE id=?",
-                                       (job_id,)).fetchone()
+                row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
                 if row is None:
                     raise KeyError(job_id)
                 source = job_state(row[0])
@@ -266,59 +292,87 @@ class Journal:
                 self._db.execute(
                     "UPDATE jobs SET state=?, updated=?, "
                     "read_complete=COALESCE(?, read_complete) WHERE id=?",
-                    (str(target), now, read_done, job_id))
-                self._db.execute("INSERT INTO job_events VALUES (?,?,?,?,?,?)",
-                                 (job_id, now, str(event), str(source), str(target), reason))
+                    (str(target), now, read_done, job_id),
+                )
+                self._db.execute(
+                    "INSERT INTO job_events VALUES (?,?,?,?,?,?)",
+                    (job_id, now, str(event), str(source), str(target), reason),
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        transition = Transition(job_id, str(event), str(source), str(target),
-                                dict(info, reason=reason), now)
+        transition = Transition(
+            job_id, str(event), str(source), str(target), dict(info, reason=reason), now
+        )
         for observer in list(self._observers):
             try:
                 observer(transition)
-            except Exception:  # noqa: BLE001 - a notification never breaks the job
+            except Exception:
                 log.exception("job observer %r failed on %s", observer, transition)
         return target
 
     def job_events(self, job_id: str) -> list[tuple[float, str, str, str, str]]:
         """``(time, event, from, to, reason)`` of every transition of a job, oldest first."""
-        return self._rows("SELECT time, event, source, target, reason FROM job_events "
-                          "WHERE job_id=? ORDER BY rowid", (job_id,))
+        return self._rows(
+            "SELECT time, event, source, target, reason FROM job_events "
+            "WHERE job_id=? ORDER BY rowid",
+            (job_id,),
+        )
 
     def save_report(self, job_id: str, report: dict[str, Any]) -> None:
-        self._exec("UPDATE jobs SET report=?, updated=? WHERE id=?",
-                   (json.dumps(report, ensure_ascii=False), time.time(), job_id))
+        self._exec(
+            "UPDATE jobs SET report=?, updated=? WHERE id=?",
+            (json.dumps(report, ensure_ascii=False), time.time(), job_id),
+        )
 
     def report(self, job_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT report FROM jobs WHERE id=?", (job_id,))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
     # --------------------------------------------------------------- files
-    def record_file(self, job_id: str, seq: int, path: str, size: int, sha256: str | None,
-                    state: str, code: str = "", detail: str = "") -> None:
-        self._exec("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-                   (job_id, seq, path, size, sha256, state, code, detail))
+    def record_file(
+        self,
+        job_id: str,
+        seq: int,
+        path: str,
+        size: int,
+        sha256: str | None,
+        state: str,
+        code: str = "",
+        detail: str = "",
+    ) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+            (job_id, seq, path, size, sha256, state, code, detail),
+        )
 
-    def record_files(self, job_id: str,
-                     rows: list[tuple[int, str, int, str | None, str, str, str]]) -> None:
+    def record_files(
+        self, job_id: str, rows: list[tuple[int, str, int, str | None, str, str, str]]
+    ) -> None:
         """:meth:`record_file` for ``(seq, path, size, sha256, state, code,
         detail)`` rows, in one transaction (one commit, one WAL sync)."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-                                     [(job_id, *r) for r in rows])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                    [(job_id, *r) for r in rows],
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
     def files(self, job_id: str) -> list[FileRecord]:
-        return [FileRecord(*r) for r in self._rows(
-            "SELECT seq, path, size, sha256, state, code, detail FROM files WHERE job_id=? "
-            "ORDER BY seq", (job_id,))]
+        return [
+            FileRecord(*r)
+            for r in self._rows(
+                "SELECT seq, path, size, sha256, state, code, detail FROM files WHERE job_id=? "
+                "ORDER BY seq",
+                (job_id,),
+            )
+        ]
 
     def file_map(self, job_id: str) -> dict[str, FileRecord]:
         return {f.path: f for f in self.files(job_id)}
@@ -327,8 +381,9 @@ class Journal:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM job_problems WHERE job_id=?", (job_id,))
-            self._db.executemany("INSERT INTO job_problems VALUES (?,?,?,?)",
-                                 [(job_id, *p) for p in problems])
+            self._db.executemany(
+                "INSERT INTO job_problems VALUES (?,?,?,?)", [(job_id, *p) for p in problems]
+            )
             self._db.execute("COMMIT")
 
     def job_problems(self, job_id: str) -> list[tuple[str, str, str]]:
@@ -336,8 +391,9 @@ class Journal:
 
     # ------------------------------------------------------------- derived
     def derived(self, sha256: str, purpose: str) -> str | None:
-        rows = self._rows("SELECT out_sha256 FROM derived WHERE sha256=? AND purpose=?",
-                          (sha256, purpose))
+        rows = self._rows(
+            "SELECT out_sha256 FROM derived WHERE sha256=? AND purpose=?", (sha256, purpose)
+        )
         return rows[0][0] if rows else None
 
     def record_derived(self, sha256: str, purpose: str, out_sha256: str) -> None:
@@ -345,22 +401,41 @@ class Journal:
 
     # ---------------------------------------------------------- deliveries
     def delivery(self, dest: str, sop_instance_uid: str, sha256: str) -> Delivery | None:
-        rows = self._rows("SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=? "
-                          "AND sha256=?", (dest, sop_instance_uid, sha256))
+        rows = self._rows(
+            "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=? AND sha256=?",
+            (dest, sop_instance_uid, sha256),
+        )
         return _delivery(rows[0]) if rows else None
 
     def deliveries_for_uid(self, dest: str, sop_instance_uid: str) -> list[Delivery]:
-        return [_delivery(r) for r in self._rows(
-            "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=?",
-            (dest, sop_instance_uid))]
+        return [
+            _delivery(r)
+            for r in self._rows(
+                "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=?",
+                (dest, sop_instance_uid),
+            )
+        ]
 
     def sent_set(self, dest: str) -> set[tuple[str, str]]:
         """(uid, sha256) pairs already acknowledged by ``dest``."""
-        return set(self._rows("SELECT sop_instance_uid, sha256 FROM deliveries "
-                              "WHERE dest=? AND state='sent'", (dest,)))
+        return set(
+            self._rows(
+                "SELECT sop_instance_uid, sha256 FROM deliveries WHERE dest=? AND state='sent'",
+                (dest,),
+            )
+        )
 
-    def record_delivery(self, dest: str, sop_instance_uid: str, sha256: str, state: str,
-                        status: int | None, code: str, detail: str, job_id: str) -> None:
+    def record_delivery(
+        self,
+        dest: str,
+        sop_instance_uid: str,
+        sha256: str,
+        state: str,
+        status: int | None,
+        code: str,
+        detail: str,
+        job_id: str,
+    ) -> None:
         """Record one outcome, durably, before the caller moves on. A 'sent'
         row is never downgraded by a later failure of a resend."""
         with self._lock:
@@ -372,16 +447,18 @@ class Journal:
                 "ELSE excluded.status END, "
                 "code=excluded.code, detail=excluded.detail, job_id=excluded.job_id, "
                 "attempts=deliveries.attempts+1, time=excluded.time",
-                (dest, sop_instance_uid, sha256, state, status, code, detail, job_id,
-                 time.time()))
+                (dest, sop_instance_uid, sha256, state, status, code, detail, job_id, time.time()),
+            )
 
     # ----------------------------------------------------------- audit head
     def set_audit_head(self, trail: str, count: int, hash: str) -> None:
         """Record that ``trail`` now ends with its ``count``-th record, whose
         ``hash`` field is ``hash`` (one autocommitted, synced statement)."""
-        self._exec("INSERT INTO audit_head VALUES (?,?,?,?) ON CONFLICT(trail) DO UPDATE SET "
-                   "count=excluded.count, hash=excluded.hash, updated=excluded.updated",
-                   (trail, count, hash, time.time()))
+        self._exec(
+            "INSERT INTO audit_head VALUES (?,?,?,?) ON CONFLICT(trail) DO UPDATE SET "
+            "count=excluded.count, hash=excluded.hash, updated=excluded.updated",
+            (trail, count, hash, time.time()),
+        )
 
     def audit_head(self, trail: str) -> tuple[int, str] | None:
         """``(count, hash)`` last recorded for ``trail``, or None if never."""
@@ -390,11 +467,29 @@ class Journal:
 
 
 def _job(row: tuple) -> Job:
-    return Job(id=row[0], source_key=row[1], source_kind=row[2], source_path=row[3],
-               label=row[4], mode=row[5], state=job_state(row[6]), read_complete=bool(row[7]),
-               created=row[8], updated=row[9])
+    return Job(
+        id=row[0],
+        source_key=row[1],
+        source_kind=row[2],
+        source_path=row[3],
+        label=row[4],
+        mode=row[5],
+        state=job_state(row[6]),
+        read_complete=bool(row[7]),
+        created=row[8],
+        updated=row[9],
+    )
 
 
 def _delivery(row: tuple) -> Delivery:
-    return Delivery(dest=row[0], sop_instance_uid=row[1], sha256=row[2], state=row[3],
-                    status=row[4], code=row[5], detail=row[6], job_id=row[7], attempts=row[8])
+    return Delivery(
+        dest=row[0],
+        sop_instance_uid=row[1],
+        sha256=row[2],
+        state=row[3],
+        status=row[4],
+        code=row[5],
+        detail=row[6],
+        job_id=row[7],
+        attempts=row[8],
+    )

@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Self
 
-from pdimport.transcode.reencode import DECODER_PREFERENCE, TARGETS, TranscodeError, convert, decoder_for
+from pdimport.transcode.reencode import (
+    DECODER_PREFERENCE,
+    TARGETS,
+    TranscodeError,
+    convert,
+    decoder_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +111,9 @@ class _Worker:
 
     def __init__(self, ctx: Any, memory: int) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, memory),
-                                name="pdimport-decode", daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, memory), name="pdimport-decode", daemon=True
+        )
         self.proc.start()
         child.close()
         self.task: int | None = None
@@ -154,9 +161,15 @@ class DecodePool:
     ...         print(res.item, res.ok, res.detail)
     """
 
-    def __init__(self, workers: int | None = None, lookahead: int | None = None,
-                 start_method: str = "forkserver", decode: Any = None,
-                 timeout: float | None = None, memory: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        lookahead: int | None = None,
+        start_method: str = "forkserver",
+        decode: Any = None,
+        timeout: float | None = None,
+        memory: int | None = None,
+    ) -> None:
         self._decode = decode or decode_file
         self.timeout = float(timeout or DEFAULT_TIMEOUT)
         self.memory = default_memory_limit() if memory is None else int(memory)
@@ -166,8 +179,9 @@ class DecodePool:
         if start_method == "forkserver":
             # Workers fork from a server that has pydicom and numpy loaded
             # already: a replacement after a crash starts in milliseconds.
-            self._ctx.set_forkserver_preload(["pdimport.transcode.decode", "pdimport.transcode.reencode",
-                                              "pydicom", "numpy"])
+            self._ctx.set_forkserver_preload(
+                ["pdimport.transcode.decode", "pdimport.transcode.reencode", "pydicom", "numpy"]
+            )
         self._pool: list[_Worker] = []
         #: Largest number of items ever in flight or waiting (tests check the bound).
         self.peak_outstanding = 0
@@ -219,8 +233,9 @@ class DecodePool:
         while len(self._pool) < self.workers:
             self._pool.append(_Worker(self._ctx, self.memory))
 
-    def _dispatch(self, queued: list[int], taken: dict[int, tuple[Any, Any]],
-                  target_ts: str) -> None:
+    def _dispatch(
+        self, queued: list[int], taken: dict[int, tuple[Any, Any]], target_ts: str
+    ) -> None:
         for worker in self._pool:
             if not queued:
                 return
@@ -245,8 +260,9 @@ class DecodePool:
             for worker in busy:
                 if worker.deadline <= now:
                     worker.proc.kill()
-                    self._replace_dead(worker, taken, done,
-                                       f"took longer than {self.timeout:g} s; stopped")
+                    self._replace_dead(
+                        worker, taken, done, f"took longer than {self.timeout:g} s; stopped"
+                    )
             return
         for handle in ready:
             worker = by_handle[handle]
@@ -257,8 +273,9 @@ class DecodePool:
             else:
                 self._replace_dead(worker, taken, done)
 
-    def _answer(self, worker: _Worker, taken: dict[int, tuple[Any, Any]],
-                done: dict[int, DecodeResult]) -> None:
+    def _answer(
+        self, worker: _Worker, taken: dict[int, tuple[Any, Any]], done: dict[int, DecodeResult]
+    ) -> None:
         try:
             seq, ok, detail = worker.conn.recv()
         except (EOFError, OSError):
@@ -267,27 +284,42 @@ class DecodePool:
         worker.task = None
         done[seq] = DecodeResult(taken[seq], ok, detail)
 
-    def _replace_dead(self, worker: _Worker, taken: dict[int, tuple[Any, Any]],
-                      done: dict[int, DecodeResult], killed: str = "") -> None:
+    def _replace_dead(
+        self,
+        worker: _Worker,
+        taken: dict[int, tuple[Any, Any]],
+        done: dict[int, DecodeResult],
+        killed: str = "",
+    ) -> None:
         """The worker died (or was ``killed``, saying why) mid-file: that
         file fails, a new worker takes over."""
         seq, worker.task = worker.task, None
         assert seq is not None
         worker.proc.join()
         code = worker.proc.exitcode
-        why = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
-               else f"exit status {code}")
-        log.warning("decode worker %s (%s) on %s", "stopped" if killed else "died", killed or why,
-                    taken[seq][0])
+        why = (
+            f"signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit status {code}"
+        )
+        log.warning(
+            "decode worker %s (%s) on %s",
+            "stopped" if killed else "died",
+            killed or why,
+            taken[seq][0],
+        )
         detail = f"decoder {killed}" if killed else f"decoder crashed ({why})"
         done[seq] = DecodeResult(taken[seq], False, detail)
         worker.conn.close()
         self._pool[self._pool.index(worker)] = _Worker(self._ctx, self.memory)
 
 
-def decode_many(items: Iterable[tuple[Any, ...]], target_ts: str,
-                workers: int | None = None,
-                lookahead: int | None = None) -> Generator[tuple[Any, bool, str]]:
+def decode_many(
+    items: Iterable[tuple[Any, ...]],
+    target_ts: str,
+    workers: int | None = None,
+    lookahead: int | None = None,
+) -> Generator[tuple[Any, bool, str]]:
     """Decode ``(src, dst, ...)`` items on every core; ``(item, ok, detail)`` in order.
 
     ``detail`` is the transfer syntax written when ``ok``, else the reason
@@ -299,5 +331,12 @@ def decode_many(items: Iterable[tuple[Any, ...]], target_ts: str,
             yield res.item, res.ok, res.detail
 
 
-__all__ = ["DECODER_PREFERENCE", "TARGETS", "DecodePool", "DecodeResult",
-           "decode_file", "decode_many", "decoder_for"]
+__all__ = [
+    "DECODER_PREFERENCE",
+    "TARGETS",
+    "DecodePool",
+    "DecodeResult",
+    "decode_file",
+    "decode_many",
+    "decoder_for",
+]

@@ -83,8 +83,17 @@ _J2K = {
     "1.2.840.10008.1.2.4.203": "ISO_15444_15",
 }
 #: PS3.3 C.7.6.3.1.2: what a native (uncompressed) image may declare.
-_NATIVE_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL",
-                       "YBR_FULL_422", "ARGB", "CMYK", "HSV"}
+_NATIVE_PHOTOMETRIC = {
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "ARGB",
+    "CMYK",
+    "HSV",
+}
 _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _ENCAPSULATED_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (+ lengths)
 
@@ -161,8 +170,7 @@ def _decompress(ds: Dataset, source: UID) -> None:
     # Same SOP Instance UID: decoding changes the encoding, not the instance
     # (PS3.5 10: a transfer syntax change is not a new instance; dcmtk's
     # dcmdjpeg keeps it too). pydicom 3's Dataset.decompress() would mint one.
-    ds.decompress(decoding_plugin=decoder_for(source), as_rgb=True,
-                  generate_instance_uid=False)
+    ds.decompress(decoding_plugin=decoder_for(source), as_rgb=True, generate_instance_uid=False)
     for tag in _ENCAPSULATED_ONLY:  # they described frames that are gone
         if tag in ds:
             del ds[tag]
@@ -252,5 +260,11 @@ def _write_atomic(ds: Dataset, dst: Path) -> None:
         pydicom.dcmwrite(fp, ds, enforce_file_format=True)
 
 
-__all__ = ["DECODER_PREFERENCE", "TARGETS", "TranscodeError", "convert", "decoder_for",
-           "mark_lossy"]
+__all__ = [
+    "DECODER_PREFERENCE",
+    "TARGETS",
+    "TranscodeError",
+    "convert",
+    "decoder_for",
+    "mark_lossy",
+]

@@ -1,9 +1,21 @@
 """Shared fixtures. Each area keeps its fixtures in its own module; they are
-imported here so every test sees them."""
+imported here so every test sees them.
 
+The test folders mirror the packages of ``daemon/pdimport`` (docs/architecture.md).
+A few tests share helpers with another area's tests (``from test_label import
+sample_report``): every test folder is put on ``sys.path`` so that works whatever
+order pytest collects them in.
+"""
+
+import sys
 import threading
+from pathlib import Path
 
 import pytest
+
+for _area in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _area.is_dir() and not _area.name.startswith((".", "_")) and str(_area) not in sys.path:
+        sys.path.append(str(_area))
 from fixtures_dicom import *
 from fixtures_media import *
 from fixtures_peers import *

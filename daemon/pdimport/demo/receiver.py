@@ -110,7 +110,7 @@ class Receiver:
     @staticmethod
     def _on_conn_open(event: evt.Event) -> None:
         # Nagle against the SCU's delayed ACK costs ~40 ms per response
-        # (notes/performance.md §3a).
+        # on loopback (measured: bench/bench_send.py, README Performance).
         from pdimport.send.compat import raw_socket
 
         sock = raw_socket(event.assoc)

@@ -3,7 +3,7 @@
 Never :class:`pydicom.fileset.FileSet` on a medium: it hangs for ever on a
 record whose *Offset of the Next Directory Record* points to itself, recurses
 without bound on a lower-level cycle and raises a bare ``KeyError`` on a
-dangling offset (notes/reliability.md M1–M3). Here the records are followed
+dangling offset (both seen with pydicom 3.0). Here the records are followed
 iteratively with a visited set and a record cap; any fault makes the index
 ``valid=False`` and the caller falls back to the directory walk (M5: import =
 union of DICOMDIR and walk).

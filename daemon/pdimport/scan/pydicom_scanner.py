@@ -3,7 +3,7 @@ pydicom ``dcmread(stop_before_pixels=True)``.
 
 pydicom is the oracle for attribute values (every faster scanner must return
 the same :class:`~pdimport.model.Header`), but it is never the gatekeeper: it
-accepts truncated and mis-declared files silently (notes/reliability.md §0),
+accepts truncated and mis-declared files silently,
 so it only reads files the walker has already passed. Its warnings that mean
 lost data become problems.
 """

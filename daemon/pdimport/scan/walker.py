@@ -2,7 +2,7 @@
 
 pydicom silently accepts truncated Pixel Data, a body in another transfer
 syntax than the meta declares, undefined-length OB without a delimiter, and it
-allocates whatever length an element declares (notes/reliability.md §0, D1–D15).
+allocates whatever length an element declares (pydicom 3.0).
 This module checks the *structure* of a file from its bytes alone:
 
 * every element header is read (PS3.5 §7.1), every value is *seeked over*
@@ -85,7 +85,7 @@ META_TAGS = {
 }
 _SMALL_VALUE = 256  # values kept only when at most this long
 _MAX_META = 1 << 16  # no sane File Meta group is larger than 64 KiB
-#: Most element headers walked in one file (notes/reliability.md §6: 1e6).
+#: Most element headers walked in one file: a real CT header has a few hundred.
 MAX_ELEMENTS = 1_000_000
 _INFLATE_CHUNK = 1 << 16
 _DEFAULT_NESTING = 64

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from pdimport.label import render as label
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 1, 5, 14, 3)
 JOB = "20250105-140312-ab12cd34"
 

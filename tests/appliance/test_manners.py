@@ -159,7 +159,7 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path):
 
 
 def test_repository_has_no_binaries():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tracked = subprocess.run(
         ["git", "-C", str(root), "ls-files"], capture_output=True, text=True, check=False
     ).stdout.split()

@@ -18,7 +18,7 @@ from fixtures_media import make_iso, make_tree, sha256
 from pdimport.media import IsoMedium
 from pdimport.model import MediumReadError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hardware"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hardware"))
 import drive_emulation as de
 
 MB = 1_000_000

@@ -3,7 +3,7 @@
 Differential: for every bundled pydicom test file and every generated good
 and broken file, :class:`NumbaScanner` returns the same Header (or the same
 Problem code) as :class:`PydicomScanner`, or reports the file as a fallback.
-The reference table itself runs for both backends in tests/test_scan.py.
+The reference table itself runs for both backends in tests/scan/test_scan.py.
 """
 
 from __future__ import annotations

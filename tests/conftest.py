@@ -9,6 +9,7 @@ order pytest collects them in.
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,16 @@ from fixtures_media import *
 from fixtures_peers import *
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_leaked_threads():
-    """Guard (after watchdog's tests/conftest.py): a test leaves no thread behind."""
+    """Guard on every test (after watchdog's tests/conftest.py): a test leaves
+    no thread behind. Threads get a short grace period to finish what the test
+    already told them to stop doing."""
     before = set(threading.enumerate())
     yield
+    deadline = time.monotonic() + 2.0
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for t in leaked:
+        t.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t for t in leaked if t.is_alive()]
     assert not leaked, f"leaked threads: {leaked}"

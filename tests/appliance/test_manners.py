@@ -164,3 +164,18 @@ def test_repository_has_no_binaries():
         ["git", "-C", str(root), "ls-files"], capture_output=True, text=True, check=False
     ).stdout.split()
     assert not [f for f in tracked if f.endswith((".whl", ".so", ".tar.gz"))]
+
+
+def test_outcome_reason_is_one_line_per_cause():
+    from pdimport.appliance.daemon import outcome_reason
+
+    problems = [
+        {"code": "association_failed", "path": f"IM{i}", "detail": "refused by h:1"}
+        for i in range(500)
+    ]
+    problems.append({"code": "truncated", "path": "IM9", "detail": "ends inside an element"})
+    line = outcome_reason({"problems": problems})
+    assert line == "association_failed x500: refused by h:1; truncated: ends inside an element"
+    assert outcome_reason({"hold_reasons": ["multi_patient"], "problems": problems}) == (
+        "held for multi_patient"
+    )

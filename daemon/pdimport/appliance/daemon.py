@@ -312,6 +312,9 @@ class JobRunner:
             return None, self._unusable(imp, source, exc.code, exc.detail)
         try:
             job = imp.start_job(medium, source, "import")
+            log.info(
+                "job %s: reading %s%s", job.id, source, f" ({medium.label})" if medium.label else ""
+            )
             if on_job is not None:
                 on_job(job)
             self.board.job(job.id, state="reading", source=source, label=medium.label or "")
@@ -338,7 +341,11 @@ class JobRunner:
             status=result.report.get("status"),
             counts=result.report.get("counts", {}),
         )
-        log.info("job %s: %s (%s)", job_id, outcome, result.report.get("status"))
+        status = result.report.get("status")
+        if status == "imported":
+            log.info("job %s: %s (%s)", job_id, outcome, status)
+        else:
+            log.info("job %s: %s (%s): %s", job_id, outcome, status, outcome_reason(result.report))
         return outcome, result.report
 
     def unfinished_read_jobs(self) -> list[str]:
@@ -433,6 +440,7 @@ class DeliveryRetrier(threading.Thread):
             if outcome == "waiting":
                 self.submit(job_id)
             else:
+                log.info("job %s: the destination answered again (%s)", job_id, outcome)
                 self.forget(job_id)
 
     def _next_due(self) -> str | None:
@@ -676,6 +684,25 @@ class DriveWorker(threading.Thread):
             self.lifecycle.fire("fail", detail=detail)
         if self.lifecycle.state == READING and self.bus == "optical":
             drives.lock_tray(self.devnode, False, ioctl=self.app.ioctl)
+
+
+def outcome_reason(report: dict[str, Any]) -> str:
+    """Why a job did not end imported, in one line: its hold reasons, or the
+    first problem of each distinct code (not one line per instance)."""
+    if report.get("hold_reasons"):
+        return "held for " + ", ".join(report["hold_reasons"])
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for problem in report.get("problems") or []:
+        code = problem.get("code", "")
+        counts[code] = counts.get(code, 0) + 1
+        first.setdefault(code, problem.get("detail", ""))
+    if not first:
+        return "no problem recorded"
+    return "; ".join(
+        f"{code} x{counts[code]}: {detail}" if counts[code] > 1 else f"{code}: {detail}"
+        for code, detail in first.items()
+    )
 
 
 def _first_problem(report: dict[str, Any] | None) -> str:

@@ -346,7 +346,7 @@ def cmd_daemon(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.appliance.daemon import status_main
+    from pdimport.appliance.status import status_main
 
     return status_main(cfg, args.json)
 

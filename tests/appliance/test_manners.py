@@ -167,7 +167,7 @@ def test_repository_has_no_binaries():
 
 
 def test_outcome_reason_is_one_line_per_cause():
-    from pdimport.appliance.daemon import outcome_reason
+    from pdimport.appliance.drive_worker import outcome_reason
 
     problems = [
         {"code": "association_failed", "path": f"IM{i}", "detail": "refused by h:1"}

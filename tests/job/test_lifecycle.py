@@ -127,7 +127,8 @@ def test_waiting_job_retries_until_done():
 
 
 # ---------------------------------------------- job outcome: waiting for the PACS
-from pdimport.appliance.daemon import backoff, job_outcome
+from pdimport.appliance.daemon import job_outcome
+from pdimport.appliance.retry import backoff
 from pdimport.job.importer import _out_of_resources
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,54 +33,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
-from pdimport.appliance import drives, udev
+from pdimport.appliance import udev
+from pdimport.appliance.drive_worker import DriveWorker, Interrupted, outcome_reason
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
+from pdimport.appliance.retry import DeliveryRetrier
+from pdimport.appliance.status import StatusBoard, _write_atomic
 from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
 from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
-from pdimport.job.lifecycle import (
-    EJECTING,
-    EMPTY,
-    FAILED,
-    INSERTED,
-    READ,
-    READING,
-    Transition,
-    drive_lifecycle,
-)
-from pdimport.store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
-
-DEFAULTS: dict[str, Any] = {
-    "devices": ["sr*", "sd*"],
-    "watch": "",
-    "eject_after": "delivered",
-    "debounce": 1.5,
-    "watch_settle": 5.0,
-    "retry_max_delay": 300.0,
-    "stop_timeout": 15.0,
-    "eject_retries": 5,
-}
-
-
-def _setting(cfg: Any, name: str, default: Any = None) -> Any:
-    """A setting that the settings table may not declare yet."""
-    if default is None:
-        default = DEFAULTS.get(name)
-    try:
-        value = cfg.get(name)
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None or value == [] else value
-
-
-class Interrupted(BaseException):
-    """Raised inside a read when the daemon stops.
-
-    A ``BaseException`` so no ``except Exception`` on the way records it as a
-    file problem: the read must stop, not complete with holes.
-    """
 
 
 # ---------------------------------------------------------------- outcome
@@ -92,108 +52,6 @@ def job_outcome(report: dict[str, Any]) -> str:
     return {"imported": "done", "waiting_for_destination": "waiting", "held": "held"}.get(
         report.get("status", ""), "failed"
     )
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``attempt`` (0-based): base·2^n, capped."""
-    return min(cap, max(base, 0.1) * (2 ** min(attempt, 30)))
-
-
-# ----------------------------------------------------------------- status
-class StatusBoard:
-    """Live state of drives, jobs and queues.
-
-    Every change rewrites ``STATE_DIR/status.json`` atomically (``pdimport
-    status`` reads it) and sends one ``STATUS=`` line to systemd.
-    """
-
-    _KEEP_FINISHED = 50
-
-    def __init__(self, path: Path, notifier: Notifier) -> None:
-        self.path = path
-        self._notifier = notifier
-        self._lock = threading.Lock()
-        self._drives: dict[str, dict[str, Any]] = {}
-        self._jobs: dict[str, dict[str, Any]] = {}
-        self._queues: dict[str, int] = {}
-        self._started = time.time()
-
-    def drive(self, devnode: str, **fields: Any) -> None:
-        with self._lock:
-            self._drives.setdefault(devnode, {}).update(fields, since=time.time())
-        self.publish()
-
-    def job(self, job_id: str, **fields: Any) -> None:
-        with self._lock:
-            self._jobs.setdefault(job_id, {}).update(fields, updated=time.time())
-            self._trim()
-        self.publish()
-
-    def queue(self, name: str, size: int) -> None:
-        with self._lock:
-            if self._queues.get(name) == size:
-                return
-            self._queues[name] = size
-        self.publish()
-
-    def on_transition(self, t: Transition) -> None:
-        """Lifecycle observer: a drive changed state."""
-        fields: dict[str, Any] = {"state": t.target}
-        fields.update({k: v for k, v in t.info.items() if isinstance(v, (str, int, float))})
-        self.drive(t.machine, **fields)
-
-    def _trim(self) -> None:
-        finished = [
-            k for k, v in self._jobs.items() if v.get("state") in ("done", "held", "failed")
-        ]
-        for key in finished[: -self._KEEP_FINISHED]:
-            del self._jobs[key]
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "pid": os.getpid(),
-                "started": self._started,
-                "updated": time.time(),
-                "drives": json.loads(json.dumps(self._drives)),
-                "jobs": json.loads(json.dumps(self._jobs)),
-                "queue": dict(self._queues),
-            }
-
-    def line(self, snap: dict[str, Any] | None = None) -> str:
-        return status_line(snap or self.snapshot())
-
-    def publish(self) -> None:
-        snap = self.snapshot()
-        with self._lock:  # one writer at a time: the rename must not interleave
-            _write_atomic(self.path, json.dumps(snap, indent=1, ensure_ascii=False))
-        self._notifier.status(status_line(snap))
-
-
-def status_line(snap: dict[str, Any]) -> str:
-    """One line for ``STATUS=``: drives, jobs, queue."""
-    drives_part = (
-        ", ".join(
-            f"{os.path.basename(d)} {v.get('state', '?')}"
-            for d, v in sorted(snap.get("drives", {}).items())
-        )
-        or "none"
-    )
-    states: dict[str, int] = {}
-    for job in snap.get("jobs", {}).values():
-        states[job.get("state", "?")] = states.get(job.get("state", "?"), 0) + 1
-    active = sum(n for s, n in states.items() if s not in ("done", "held", "failed"))
-    jobs_part = f"{active} active" + "".join(
-        f", {n} {s}" for s, n in sorted(states.items()) if s in ("waiting", "held", "failed")
-    )
-    queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
-    return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A snapshot of state kept in the journal: atomic, but no fsync per update.
-    with atomic_write(path, durable=False) as fp:
-        fp.write(text.encode("utf-8"))
 
 
 # ------------------------------------------------------- cancellable read
@@ -363,353 +221,6 @@ class JobRunner:
 
 
 # ---------------------------------------------------------- delivery retry
-class DeliveryRetrier(threading.Thread):
-    """Re-delivers waiting jobs with exponential back-off; survives restarts.
-
-    The waiting set lives in ``STATE_DIR/retry.sqlite`` (the journal records
-    a waiting job as partial/failed, a final state).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        runner: JobRunner,
-        base: float,
-        cap: float,
-        stop: threading.Event,
-        on_change: Callable[[int], None],
-    ) -> None:
-        super().__init__(name="delivery-retry", daemon=True)
-        self._runner = runner
-        self._base, self._cap = base, cap
-        self._stop_event = stop
-        self._on_change = on_change
-        self._cond = threading.Condition()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS waiting (job_id TEXT PRIMARY KEY, "
-            "attempts INTEGER NOT NULL, due REAL NOT NULL)"
-        )
-
-    def submit(self, job_id: str, now: bool = False) -> None:
-        """Queue ``job_id``: at once (``now``) or after the next back-off step."""
-        with self._cond:
-            row = self._db.execute(
-                "SELECT attempts FROM waiting WHERE job_id=?", (job_id,)
-            ).fetchone()
-            attempts = row[0] + 1 if row else 0
-            due = time.time() + (0.0 if now else backoff(attempts, self._base, self._cap))
-            self._db.execute(
-                "INSERT OR REPLACE INTO waiting VALUES (?,?,?)", (job_id, attempts, due)
-            )
-            self._cond.notify()
-        log.info(
-            "job %s waits for delivery (attempt %d in %.1f s)",
-            job_id,
-            attempts + 1,
-            max(0.0, due - time.time()),
-        )
-        self._on_change(self.size())
-
-    def forget(self, job_id: str) -> None:
-        with self._cond:
-            self._db.execute("DELETE FROM waiting WHERE job_id=?", (job_id,))
-        self._on_change(self.size())
-
-    def size(self) -> int:
-        with self._cond:
-            return self._db.execute("SELECT COUNT(*) FROM waiting").fetchone()[0]
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            job_id = self._next_due()
-            if job_id is None:
-                continue
-            try:
-                outcome, _ = self._runner.deliver(job_id)
-            except Exception:
-                log.exception("retry of job %s failed", job_id)
-                outcome = "waiting"
-            if self._stop_event.is_set() and outcome == "waiting":
-                return
-            if outcome == "waiting":
-                self.submit(job_id)
-            else:
-                log.info("job %s: the destination answered again (%s)", job_id, outcome)
-                self.forget(job_id)
-
-    def _next_due(self) -> str | None:
-        with self._cond:
-            row = self._db.execute(
-                "SELECT job_id, due FROM waiting ORDER BY due LIMIT 1"
-            ).fetchone()
-            if row is None:
-                self._cond.wait()
-                return None
-            delay = row[1] - time.time()
-            if delay > 0:
-                self._cond.wait(delay)
-                return None
-            return row[0]
-
-    def close(self) -> None:
-        with self._cond:
-            self._db.close()
-
-
-# ------------------------------------------------------------ drive worker
-class DriveWorker(threading.Thread):
-    """One drive: its lifecycle, its reads, its eject. Owns its state alone."""
-
-    def __init__(self, event: udev.MediaEvent, app: Daemon) -> None:
-        super().__init__(name=f"drive:{event.kernel}", daemon=True)
-        self.devnode = event.devnode
-        self.kernel = event.kernel
-        self.bus = event.bus
-        self.app = app
-        self.inbox: queue.SimpleQueue[udev.MediaEvent | None] = queue.SimpleQueue()
-        self.eject_requested = threading.Event()
-        self.lifecycle = drive_lifecycle(self.devnode, [app.board.on_transition])
-        self._mounted: Path | None = None
-        app.board.drive(self.devnode, state=EMPTY, bus=self.bus)
-
-    def run(self) -> None:
-        while True:
-            event = self.inbox.get()
-            if event is None or self.app.stop.is_set():
-                return
-            try:
-                self.handle(event)
-            except Interrupted:
-                log.info("%s: stopped mid-read; the job resumes at the next start", self.devnode)
-                return
-            except Exception as exc:
-                log.exception("%s: %s", self.devnode, exc)  # noqa: TRY401  the message line alone names the cause in journald
-                self._fail(f"internal error: {exc}")
-
-    def handle(self, event: udev.MediaEvent) -> None:
-        if event.kind in udev.MEDIUM_KINDS:
-            self._medium(event)
-        elif event.kind == udev.EJECT_BUTTON:
-            self._eject_button()
-        elif event.kind in (udev.NO_MEDIA, udev.REMOVED):
-            self._removed()
-
-    # -------------------------------------------------------------- events
-    def _removed(self) -> None:
-        if self._mounted is not None:
-            drives.unmount(self._mounted)
-            self._mounted = None
-        if self.lifecycle.can("removed"):
-            self.lifecycle.fire("removed")
-
-    def _eject_button(self) -> None:
-        # Reading or delivering: the flag is honoured right after the read.
-        if self.lifecycle.state in (EMPTY, INSERTED, READ, FAILED):
-            self.eject_requested.clear()
-            self.lifecycle.fire("eject", reason="button")
-            self._eject()
-
-    def _medium(self, event: udev.MediaEvent) -> None:
-        if self.lifecycle.state == FAILED:
-            self.lifecycle.fire("reset")  # a new medium: the old failure is history
-        if self.lifecycle.state != EMPTY:
-            log.warning("%s: new medium while %s; ignored", self.devnode, self.lifecycle.state)
-            return
-        self.eject_requested.clear()
-        self.lifecycle.fire(
-            "insert",
-            diskseq=event.diskseq or 0,
-            label=event.label,
-            kind=event.kind,
-            job="",
-            detail="",
-        )
-        if event.kind in (udev.BLANK, udev.AUDIO):
-            self._unreadable_disc(event)
-            return
-        source = self._prepare(event)
-        if source is None:
-            return
-        self._read_and_deliver(source)
-
-    def _unreadable_disc(self, event: udev.MediaEvent) -> None:
-        what = "blank disc" if event.kind == udev.BLANK else "audio CD"
-        log.warning("%s: %s, nothing to import; ejecting", self.devnode, what)
-        self.app.write_drive_report(self.kernel, event, what)
-        self.lifecycle.fire("eject", detail=what)
-        self._eject()
-
-    def _prepare(self, event: udev.MediaEvent) -> str | None:
-        """The source to read: the device, or the USB mount point."""
-        if self.bus == "optical" and not self._confirm_disc():
-            self.lifecycle.fire("removed", detail="no disc after all")
-            return None
-        if self.bus != "usb":
-            return self.devnode
-        target = drives.mount_point(self.app.cfg.state_path, self.kernel)
-        result = drives.mount_readonly(self.devnode, target, event.fs_type)
-        if not result.ok:
-            self._fail(f"cannot mount: {result.detail}")
-            return None
-        self._mounted = target
-        return str(target)
-
-    def _confirm_disc(self) -> bool:
-        """``CDROM_DRIVE_STATUS``: the udev event may be stale by now."""
-        for _ in range(10):
-            status = drives.drive_status(self.devnode, ioctl=self.app.ioctl)
-            if status == drives.CDS_DISC_OK or status == -1:
-                return True  # -1: status unknown; the read itself will tell
-            if status != drives.CDS_DRIVE_NOT_READY:
-                return False
-            # Spinning up: the drive says "not ready" for a few seconds.
-            if self.app.stop.wait(1.0):
-                return False
-        return False
-
-    # ------------------------------------------------------------- the job
-    def _read_and_deliver(self, source: str) -> None:
-        if self.bus == "optical":
-            drives.lock_tray(self.devnode, True, ioctl=self.app.ioctl)
-        self.lifecycle.fire("start_read")
-        try:
-            job, report = self.app.runner.read(
-                source, on_job=lambda j: self.app.board.drive(self.devnode, job=j.id)
-            )
-        finally:
-            if self._mounted is not None and self.app.stop.is_set():
-                drives.unmount(self._mounted)
-                self._mounted = None
-        if job is None:
-            self.lifecycle.fire("read_failed", detail=_first_problem(report))
-            self.lifecycle.fire("eject")
-            self._label(report)
-            self._eject()
-            return
-        self.lifecycle.fire("read_done", job=job.id)
-        early = self.app.eject_after == "read" or self.eject_requested.is_set()
-        if early:
-            self.lifecycle.fire("eject", reason="read")
-            self._eject()
-            self._label(self._deliver(job.id))
-            return
-        self.lifecycle.fire("deliver")
-        report = self._deliver(job.id)
-        self.lifecycle.fire("delivered")
-        self._label(report)
-        self._eject()
-
-    def _deliver(self, job_id: str) -> dict[str, Any] | None:
-        if self.app.stop.is_set():
-            return None  # recovered from the journal at the next start
-        report = None
-        try:
-            outcome, report = self.app.runner.deliver(job_id)
-        except Exception:
-            log.exception("%s: delivery of %s failed", self.devnode, job_id)
-            outcome = "waiting"
-        if outcome == "waiting":
-            self.app.retrier.submit(job_id)
-            if report is not None:
-                report = dict(report, delivery="queued")
-        self.app.board.drive(self.devnode, last=f"{job_id} {outcome}")
-        return report
-
-    def _audit(self, event: str, **fields: Any) -> None:
-        try:
-            self.app.runner.audit.append(
-                event,
-                drive=self.devnode,
-                job=self.app.board.snapshot()["drives"].get(self.devnode, {}).get("job"),
-                **fields,
-            )
-        except OSError:
-            log.exception("%s: audit record %s failed", self.devnode, event)
-
-    def _label(self, report: dict[str, Any] | None) -> None:
-        """Print the status label as the disc comes out. A printer failure is
-        recorded and shown in ``pdimport status``; it never stops the drive."""
-        if not report or self.app.stop.is_set():
-            return
-        from pdimport.label.printer import print_label
-
-        result = print_label(report, self.app.cfg, drive=self.devnode)
-        self.app.board.drive(self.devnode, label=result.as_dict())
-        try:
-            self.app.runner.audit.append(
-                "label_printed",
-                job=report.get("job"),
-                drive=self.devnode,
-                ok=result.ok,
-                detail=result.detail,
-            )
-        except OSError:
-            log.exception("%s: audit record of the label failed", self.devnode)
-
-    def _eject(self) -> None:
-        """Eject by bus; the lifecycle is in ``ejecting``."""
-        self.eject_requested.clear()
-        if self.bus == "optical":
-            result = drives.eject_optical(
-                self.devnode,
-                ioctl=self.app.ioctl,
-                retries=int(_setting(self.app.cfg, "eject_retries")),
-                stop=self.app.stop,
-            )
-        elif self.bus == "loop":
-            result = drives.detach_loop(self.devnode)
-        else:
-            target = self._mounted or drives.mount_point(self.app.cfg.state_path, self.kernel)
-            result = drives.release_usb(self.devnode, self.kernel, target)
-            self._mounted = None
-        if result.ok:
-            if self.lifecycle.state == EJECTING:
-                self.lifecycle.fire("ejected", detail=result.detail)
-            self._audit("medium_ejected", ok=True, detail=result.detail)
-        else:
-            log.error("%s: eject failed: %s", self.devnode, result.detail)
-            self._audit("medium_ejected", ok=False, detail=result.detail)
-            if self.lifecycle.can("fail"):
-                self.lifecycle.fire("fail", detail=f"eject failed: {result.detail}")
-
-    def _fail(self, detail: str) -> None:
-        log.error("%s: %s", self.devnode, detail)
-        if self.lifecycle.can("fail"):
-            self.lifecycle.fire("fail", detail=detail)
-        if self.lifecycle.state == READING and self.bus == "optical":
-            drives.lock_tray(self.devnode, False, ioctl=self.app.ioctl)
-
-
-def outcome_reason(report: dict[str, Any]) -> str:
-    """Why a job did not end imported, in one line: its hold reasons, or the
-    first problem of each distinct code (not one line per instance)."""
-    if report.get("hold_reasons"):
-        return "held for " + ", ".join(report["hold_reasons"])
-    first: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    for problem in report.get("problems") or []:
-        code = problem.get("code", "")
-        counts[code] = counts.get(code, 0) + 1
-        first.setdefault(code, problem.get("detail", ""))
-    if not first:
-        return "no problem recorded"
-    return "; ".join(
-        f"{code} x{counts[code]}: {detail}" if counts[code] > 1 else f"{code}: {detail}"
-        for code, detail in first.items()
-    )
-
-
-def _first_problem(report: dict[str, Any] | None) -> str:
-    problems = (report or {}).get("problems") or [{}]
-    return f"{problems[0].get('code', '')}: {problems[0].get('detail', '')}"
-
-
 # ------------------------------------------------------------------ router
 class Router(threading.Thread):
     """Debounces udev events and hands each settled one to its drive worker."""
@@ -760,20 +271,20 @@ class Daemon:
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         cfg.state_path.mkdir(parents=True, exist_ok=True)
         self.board = StatusBoard(cfg.state_path / "status.json", self.notifier)
-        self.eject_after = _setting(cfg, "eject_after")
-        self.patterns = list(_setting(cfg, "devices"))
+        self.eject_after = cfg.get("eject_after")
+        self.patterns = list(cfg.get("devices"))
         self.workers: dict[str, DriveWorker] = {}
         self._workers_lock = threading.Lock()
         self.runner = JobRunner(cfg, self.board, self.stop)
         self.retrier = DeliveryRetrier(
             cfg.state_path / "retry.sqlite",
             self.runner,
-            float(_setting(cfg, "network.retry_delay", 2.0)),
-            float(_setting(cfg, "retry_max_delay")),
+            float(cfg.get("network.retry_delay")),
+            float(cfg.get("retry_max_delay")),
             self.stop,
             lambda n: self.board.queue("retry", n),
         )
-        self.router = Router(self, float(_setting(cfg, "debounce")))
+        self.router = Router(self, float(cfg.get("debounce")))
         self.udev: udev.UdevSource | None = None
         self.watch: WatchFolder | None = None
         self._watch_ledger: WatchLedger | None = None
@@ -816,14 +327,14 @@ class Daemon:
         if self.patterns:
             self.udev = udev.UdevSource(self.patterns, self.router.inbox.put)
             self.udev.start()
-        watch_dir = _setting(self.cfg, "watch")
+        watch_dir = self.cfg.get("watch")
         if watch_dir:
             self._watch_ledger = WatchLedger(self.cfg.state_path / "watch.sqlite")
             self.watch = WatchFolder(
                 Path(watch_dir),
                 self._watch_import,
                 self._watch_ledger,
-                float(_setting(self.cfg, "watch_settle")),
+                float(self.cfg.get("watch_settle")),
                 on_change=self._watch_changed,
             )
             self.watch.start()
@@ -869,7 +380,7 @@ class Daemon:
         return alive
 
     def _shutdown(self) -> None:
-        deadline = time.monotonic() + float(_setting(self.cfg, "stop_timeout"))
+        deadline = time.monotonic() + float(self.cfg.get("stop_timeout"))
         self.notifier.stopping("stopping: finishing or checkpointing jobs")
         self.stop.set()
         if self.udev is not None:
@@ -973,45 +484,3 @@ def daemon_main(cfg: Any) -> int:
             return daemon.run()
         finally:
             daemon.runner.close()
-
-
-def status_main(cfg: Any, as_json: bool = False) -> int:
-    """``pdimport status [--json]``: the daemon's live state from status.json.
-
-    Returns 0 when a daemon is running, 3 when not (as ``systemctl status``).
-    """
-    path = cfg.state_path / "status.json"
-    try:
-        snap = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        snap = None
-    running = snap is not None and _pid_alive(int(snap.get("pid", 0)))
-    if as_json:
-        print(json.dumps({"running": running, **(snap or {})}, indent=1, ensure_ascii=False))
-        return 0 if running else 3
-    if snap is None:
-        print(f"pdimport daemon: not running (no {path})")
-        return 3
-    state = f"running, pid {snap['pid']}" if running else "not running"
-    print(f"pdimport daemon: {state}")
-    print(status_line(snap))
-    for devnode, drive in sorted(snap.get("drives", {}).items()):
-        print(
-            f"  {devnode:14} {drive.get('state', '?'):11} {drive.get('job', '')} "
-            f"{drive.get('detail', '')}".rstrip()
-        )
-    for job_id, job in sorted(snap.get("jobs", {}).items()):
-        print(f"  job {job_id} {job.get('state', '?')} {job.get('source', '')}".rstrip())
-    return 0 if running else 3
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

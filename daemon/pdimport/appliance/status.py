@@ -1,0 +1,163 @@
+"""The daemon's live state: what ``pdimport status`` and systemd ``STATUS=`` show.
+
+The :class:`StatusBoard` keeps drives, jobs and queues in memory and publishes
+them atomically to ``STATE_DIR/status.json``; ``pdimport status`` only reads
+that file, so looking never slows a read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pdimport.appliance.systemd import Notifier
+from pdimport.job.lifecycle import (
+    Transition,
+)
+from pdimport.store.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------- status
+class StatusBoard:
+    """Live state of drives, jobs and queues.
+
+    Every change rewrites ``STATE_DIR/status.json`` atomically (``pdimport
+    status`` reads it) and sends one ``STATUS=`` line to systemd.
+    """
+
+    _KEEP_FINISHED = 50
+
+    def __init__(self, path: Path, notifier: Notifier) -> None:
+        self.path = path
+        self._notifier = notifier
+        self._lock = threading.Lock()
+        self._drives: dict[str, dict[str, Any]] = {}
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._queues: dict[str, int] = {}
+        self._started = time.time()
+
+    def drive(self, devnode: str, **fields: Any) -> None:
+        with self._lock:
+            self._drives.setdefault(devnode, {}).update(fields, since=time.time())
+        self.publish()
+
+    def job(self, job_id: str, **fields: Any) -> None:
+        with self._lock:
+            self._jobs.setdefault(job_id, {}).update(fields, updated=time.time())
+            self._trim()
+        self.publish()
+
+    def queue(self, name: str, size: int) -> None:
+        with self._lock:
+            if self._queues.get(name) == size:
+                return
+            self._queues[name] = size
+        self.publish()
+
+    def on_transition(self, t: Transition) -> None:
+        """Lifecycle observer: a drive changed state."""
+        fields: dict[str, Any] = {"state": t.target}
+        fields.update({k: v for k, v in t.info.items() if isinstance(v, (str, int, float))})
+        self.drive(t.machine, **fields)
+
+    def _trim(self) -> None:
+        finished = [
+            k for k, v in self._jobs.items() if v.get("state") in ("done", "held", "failed")
+        ]
+        for key in finished[: -self._KEEP_FINISHED]:
+            del self._jobs[key]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "pid": os.getpid(),
+                "started": self._started,
+                "updated": time.time(),
+                "drives": json.loads(json.dumps(self._drives)),
+                "jobs": json.loads(json.dumps(self._jobs)),
+                "queue": dict(self._queues),
+            }
+
+    def line(self, snap: dict[str, Any] | None = None) -> str:
+        return status_line(snap or self.snapshot())
+
+    def publish(self) -> None:
+        snap = self.snapshot()
+        with self._lock:  # one writer at a time: the rename must not interleave
+            _write_atomic(self.path, json.dumps(snap, indent=1, ensure_ascii=False))
+        self._notifier.status(status_line(snap))
+
+
+def status_line(snap: dict[str, Any]) -> str:
+    """One line for ``STATUS=``: drives, jobs, queue."""
+    drives_part = (
+        ", ".join(
+            f"{os.path.basename(d)} {v.get('state', '?')}"
+            for d, v in sorted(snap.get("drives", {}).items())
+        )
+        or "none"
+    )
+    states: dict[str, int] = {}
+    for job in snap.get("jobs", {}).values():
+        states[job.get("state", "?")] = states.get(job.get("state", "?"), 0) + 1
+    active = sum(n for s, n in states.items() if s not in ("done", "held", "failed"))
+    jobs_part = f"{active} active" + "".join(
+        f", {n} {s}" for s, n in sorted(states.items()) if s in ("waiting", "held", "failed")
+    )
+    queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
+    return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A snapshot of state kept in the journal: atomic, but no fsync per update.
+    with atomic_write(path, durable=False) as fp:
+        fp.write(text.encode("utf-8"))
+
+
+def status_main(cfg: Any, as_json: bool = False) -> int:
+    """``pdimport status [--json]``: the daemon's live state from status.json.
+
+    Returns 0 when a daemon is running, 3 when not (as ``systemctl status``).
+    """
+    path = cfg.state_path / "status.json"
+    try:
+        snap = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        snap = None
+    running = snap is not None and _pid_alive(int(snap.get("pid", 0)))
+    if as_json:
+        print(json.dumps({"running": running, **(snap or {})}, indent=1, ensure_ascii=False))
+        return 0 if running else 3
+    if snap is None:
+        print(f"pdimport daemon: not running (no {path})")
+        return 3
+    state = f"running, pid {snap['pid']}" if running else "not running"
+    print(f"pdimport daemon: {state}")
+    print(status_line(snap))
+    for devnode, drive in sorted(snap.get("drives", {}).items()):
+        print(
+            f"  {devnode:14} {drive.get('state', '?'):11} {drive.get('job', '')} "
+            f"{drive.get('detail', '')}".rstrip()
+        )
+    for job_id, job in sorted(snap.get("jobs", {}).items()):
+        print(f"  job {job_id} {job.get('state', '?')} {job.get('source', '')}".rstrip())
+    return 0 if running else 3
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

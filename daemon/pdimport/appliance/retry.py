@@ -1,4 +1,4 @@
-"""The one owner of retries: jobs waiting for their destination, re-delivered
+"""Jobs waiting for their destination, re-delivered
 with exponential back-off (capped by ``retry_max_delay``) until the PACS answers.
 
 The waiting set lives in ``STATE_DIR/retry.sqlite`` so a restart keeps it.
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 class DeliveryRetrier(threading.Thread):
     """Re-delivers waiting jobs with exponential back-off; survives restarts.
 
-    The waiting set lives in ``STATE_DIR/retry.sqlite`` (the journal records
-    a waiting job as partial/failed, a final state).
+    The waiting set and each job's attempt count live in
+    ``STATE_DIR/retry.sqlite``; the journal holds the job's state
+    (``waiting_for_destination``).
     """
 
     def __init__(

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from fixtures_iso import ThrottledMedium, de, read_sequentially
 
-from pdimport.job import importer as pipeline
+from pdimport.job import prescan
 from pdimport.job.importer import Importer
 from pdimport.media import IsoMedium
 from pdimport.settings import defaults
@@ -104,7 +104,7 @@ def test_import(
     benchmark, ct_iso: Path, tmp_path: Path, monkeypatch, profile: str, peer: str
 ) -> None:
     if peer == "serial":
-        monkeypatch.setattr(pipeline.PrescanWorker, "submit", lambda self, path, sha: None)
+        monkeypatch.setattr(prescan.PrescanWorker, "submit", lambda self, path, sha: None)
 
     def setup():
         return (_importer(tmp_path),), {}

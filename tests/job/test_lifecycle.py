@@ -129,7 +129,7 @@ def test_waiting_job_retries_until_done():
 # ---------------------------------------------- job outcome: waiting for the PACS
 from pdimport.appliance.daemon import job_outcome
 from pdimport.appliance.retry import backoff
-from pdimport.job.importer import _out_of_resources
+from pdimport.job.deliver import _out_of_resources
 
 
 def test_outcome_follows_the_typed_status():

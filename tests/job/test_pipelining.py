@@ -17,8 +17,9 @@ import pytest
 from fixtures_dicom import make_ct_series, make_noise_dcm, make_truncated_header
 from fixtures_media import make_iso
 
-from pdimport.job import importer as pipeline
-from pdimport.job.importer import PRESCANS, Importer
+from pdimport.job import prescan
+from pdimport.job.importer import Importer
+from pdimport.job.prescan import PrescanStore
 from pdimport.media import open_medium
 from pdimport.model import MediumReadError
 from pdimport.settings import defaults
@@ -63,13 +64,6 @@ class CountingScanner:
         return self.inner.scan(paths, encodings)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_prescans():
-    PRESCANS.clear()
-    yield
-    PRESCANS.clear()
-
-
 @pytest.fixture
 def disc(tmp_path: Path) -> Path:
     """A PDI folder: a CT series, a DICOMDIR, a report, a viewer, broken files."""
@@ -84,10 +78,13 @@ def disc(tmp_path: Path) -> Path:
     return root
 
 
-def importer(tmp_path: Path, name: str) -> Importer:
+def importer(tmp_path: Path, name: str, prescans: PrescanStore | None = None) -> Importer:
     # Other Content conversion mints new UIDs on every run (and scans its
     # output): off, so that two runs of one medium can be compared.
-    return Importer(defaults().replace(state_dir=str(tmp_path / name), convert_other_content=False))
+    return Importer(
+        defaults().replace(state_dir=str(tmp_path / name), convert_other_content=False),
+        prescans=prescans,
+    )
 
 
 def images(report: dict) -> int:
@@ -104,7 +101,7 @@ def comparable(report: dict) -> dict:
 def run_serial(imp: Importer, source: str, monkeypatch) -> dict:
     """The behaviour before pipelining: nothing is scanned during the read."""
     with monkeypatch.context() as m:
-        m.setattr(pipeline.PrescanWorker, "submit", lambda self, path, sha: None)
+        m.setattr(prescan.PrescanWorker, "submit", lambda self, path, sha: None)
         return imp.run(source, []).report
 
 
@@ -122,11 +119,11 @@ def test_scan_results_exist_before_the_read_ends(disc: Path, tmp_path: Path) -> 
         # can ever satisfy it.
         if entry.path == entries[-1].path:
             done = threading.Event()
-            while not done.wait(0.01) and PRESCANS.peek(job.id) < 5:
+            while not done.wait(0.01) and imp.prescans.peek(job.id) < 5:
                 if seen.setdefault("waits", 0) > WAIT * 100:
                     break
                 seen["waits"] += 1
-            seen["before_end"] = PRESCANS.peek(job.id)
+            seen["before_end"] = imp.prescans.peek(job.id)
 
     try:
         imp.read(job, HookedMedium(medium, slow_last_file))
@@ -175,9 +172,9 @@ def test_interrupted_read_resumes(disc: Path, tmp_path: Path, monkeypatch, resta
     assert not imp.journal.job(job.id).read_complete
     read_before = {f.path for f in imp.journal.files(job.id)}
     assert read_before and stop_at not in read_before
-    if restart:
-        PRESCANS.clear()  # a new process: only the journal and the spool survive
-    again = importer(tmp_path, "state")
+    # A new process keeps only the journal and the spool; the same one keeps
+    # its scan results too.
+    again = importer(tmp_path, "state", None if restart else imp.prescans)
     resumed = again.run(str(disc), []).report
     assert resumed["job"] == job.id
     assert comparable(resumed) == comparable(reference)

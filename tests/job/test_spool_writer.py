@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pdimport.job.importer import SpoolWriter
+from pdimport.job.spoolwriter import SpoolWriter
 from pdimport.store import fsutil
 from pdimport.store import spool as spool_mod
 from pdimport.store.journal import Journal

@@ -20,6 +20,7 @@ from pdimport.job.lifecycle import (
     INSERTED,
     READ,
     READING,
+    Interrupted,
     drive_lifecycle,
 )
 
@@ -27,14 +28,6 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pdimport.appliance.daemon import Daemon
-
-
-class Interrupted(BaseException):
-    """Raised inside a read when the daemon stops.
-
-    A ``BaseException`` so no ``except Exception`` on the way records it as a
-    file problem: the read must stop, not complete with holes.
-    """
 
 
 # ------------------------------------------------------------ drive worker

@@ -196,6 +196,15 @@ def job_state(value: str) -> JobState:
     return LEGACY_JOB_STATES.get(value) or JobState(value)
 
 
+class Interrupted(BaseException):
+    """Raised inside a read or a delivery when the process stops.
+
+    A ``BaseException`` so no ``except Exception`` on the way records it as a
+    file problem: the step must stop, not complete with holes. The job takes
+    the ``interrupted`` event when it resumes.
+    """
+
+
 class IllegalTransition(RuntimeError):
     """An event that the lifecycle table does not allow in the current state."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
-    from pdimport.job.importer import Inventory
+    from pdimport.job.inventory import Inventory
     from pdimport.policy.group import Patient
     from pdimport.store.journal import Job
 

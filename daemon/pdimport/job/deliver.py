@@ -1,0 +1,248 @@
+"""Phase 2's last step: send a job's instances to each destination.
+
+Each instance's outcome is journaled as it arrives, so an acknowledged one is
+never sent again (not by a retry, not after a restart). A destination that is
+not there is retried a few times within the delivery, on the same back-off
+schedule the daemon's retry worker uses for whole jobs (:func:`backoff`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pdimport.job.inventory import Inventory
+from pdimport.job.lifecycle import Interrupted
+from pdimport.model import SendItem, SendOutcome
+from pdimport.policy import rules as policy
+from pdimport.policy.group import Instance
+from pdimport.problems import Problem
+from pdimport.send import deliver as send_to
+from pdimport.send import parse_dest
+from pdimport.send.link import remove_converted
+from pdimport.settings import Settings
+from pdimport.store.journal import Job, Journal
+from pdimport.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+Event = Callable[..., None]
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``attempt`` (0-based): base·2^n, capped."""
+    return min(cap, max(base, 0.1) * (2 ** min(attempt, 30)))
+
+
+class Deliverer:
+    """Delivers jobs of one journal and spool.
+
+    Parameters
+    ----------
+    event : callable
+        ``event(name, **fields)``: an audit/observer event.
+    stop : threading.Event
+        Set when the process stops: a back-off wait ends at once and the
+        delivery raises :class:`~pdimport.job.lifecycle.Interrupted`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        spool: Spool,
+        event: Event,
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.spool = spool
+        self._event = event
+        self.stop = stop
+
+    def routes(self, destinations: list[Any]) -> list[tuple[Any, Callable[[Instance], bool]]]:
+        """Default destinations take everything; each route adds a
+        destination for one kind (and optionally one modality)."""
+        plan: list[tuple[Any, Callable[[Instance], bool]]] = [
+            (d, lambda i: True) for d in destinations
+        ]
+        defaults = {d.key for d in destinations}
+        by_dest: dict[str, list[policy.Route]] = {}
+        dests: dict[str, Any] = {}
+        for route in policy.parse_routes(list(self.settings.get("route")), parse_dest):
+            if route.dest.key in defaults:
+                continue
+            by_dest.setdefault(route.dest.key, []).append(route)
+            dests[route.dest.key] = route.dest
+        for key, routes in by_dest.items():
+            plan.append((dests[key], _matches_any(routes)))
+        return plan
+
+    def deliver(
+        self,
+        job: Job,
+        dest: Any,
+        inv: Inventory,
+        select: Callable[[Instance], bool] = lambda i: True,
+    ) -> None:
+        """Send every pending instance ``select`` picks to one destination,
+        with retries; the outcome of each is journaled as it arrives."""
+        sent = self.journal.sent_set(dest.key)
+        todo: dict[str, Instance] = {}
+        for inst in inv.instances:
+            if inst.state != "pending" or not select(inst):
+                continue
+            if (inst.uid, inst.sha256) in sent:
+                inst.previously_sent = True
+                inst.dest_states[dest.key] = "sent"
+                continue
+            if self._historic_conflict(dest.key, inst):
+                inst.dest_states[dest.key] = "conflict"
+                inv.problems.append(
+                    Problem(
+                        "uid_conflict",
+                        inst.path,
+                        f"{dest.key} already holds SOP Instance UID {inst.uid} with other content",
+                    )
+                )
+                continue
+            todo[inst.sha256 + inst.uid] = inst
+        outcomes: dict[str, SendOutcome] = {}
+
+        def on_outcome(out: SendOutcome) -> None:
+            inst = todo[out.key]
+            self.journal.record_delivery(
+                dest.key, inst.uid, inst.sha256, out.state, out.status, out.code, out.detail, job.id
+            )
+            outcomes[out.key] = out
+
+        workdir = self.settings.state_path / "work"
+        workdir.mkdir(exist_ok=True)
+        try:
+            self._attempts(dest, todo, outcomes, on_outcome, workdir)
+        finally:
+            # converted copies live as long as the delivery: a resend within
+            # it sends the same bytes, a later one converts again
+            remove_converted(workdir, todo)
+        self._apply_outcomes(dest, todo, outcomes, inv)
+        self._event(
+            "instances_delivered",
+            job=job.id,
+            dest=dest.key,
+            dest_aet=getattr(dest, "aet", ""),
+            sent=sum(1 for o in outcomes.values() if o.state == "sent"),
+            failed=sum(1 for o in outcomes.values() if o.state != "sent"),
+            already_sent=sum(
+                1
+                for i in inv.instances
+                if i.dest_states.get(dest.key) == "sent" and i.previously_sent
+            ),
+        )
+
+    def _attempts(
+        self,
+        dest: Any,
+        todo: dict[str, Instance],
+        outcomes: dict[str, SendOutcome],
+        on_outcome: Callable[[SendOutcome], None],
+        workdir: Path,
+    ) -> None:
+        """Up to ``network.retries`` attempts, with growing pauses, until
+        every instance has an outcome that is not worth retrying."""
+        attempts = int(self.settings.get("network.retries"))
+        delay = float(self.settings.get("network.retry_delay"))
+        cap = float(self.settings.get("retry_max_delay"))
+        pending = list(todo)
+        for attempt in range(attempts):
+            items = [self._item(key, todo[key]) for key in pending]
+            if not items:
+                break
+            try:
+                send_to(dest, items, self.settings, on_outcome, workdir)
+            except Exception as exc:
+                log.exception("delivery to %s failed", dest.key)
+                for key in pending:
+                    outcomes.setdefault(
+                        key, SendOutcome(key, "retry", code="internal_error", detail=str(exc))
+                    )
+            pending = [
+                k for k in pending if k not in outcomes or outcomes[k].state in ("retry", "unknown")
+            ]
+            if not pending or attempt == attempts - 1:
+                break
+            for key in pending:
+                outcomes.pop(key, None)
+            if self.stop.wait(backoff(attempt, delay, cap)):
+                # Stopping: the acknowledged instances are journaled; the job
+                # stays ``delivering`` and resumes at the next start.
+                raise Interrupted()
+
+    def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
+        return any(
+            d.state == "sent" and d.sha256 != inst.sha256
+            for d in self.journal.deliveries_for_uid(dest_key, inst.uid)
+        )
+
+    def _item(self, key: str, inst: Instance) -> SendItem:
+        path = self.spool.path(inst.send_sha256)
+        return SendItem(
+            key=key,
+            path=path,
+            sop_class_uid=inst.header.sop_class_uid,
+            sop_instance_uid=inst.uid,
+            transfer_syntax=inst.header.transfer_syntax,
+            size=path.stat().st_size,
+        )
+
+    @staticmethod
+    def _apply_outcomes(
+        dest: Any, todo: dict[str, Instance], outcomes: dict[str, SendOutcome], inv: Inventory
+    ) -> None:
+        for key, inst in todo.items():
+            out = outcomes.get(key)
+            if out is None:
+                inst.dest_states[dest.key] = "failed"
+                inv.problems.append(
+                    Problem("association_failed", inst.path, f"{dest.key}: not attempted")
+                )
+                continue
+            if out.state == "sent":
+                inst.dest_states[dest.key] = "sent"
+                if out.code:
+                    inv.problems.append(Problem(out.code, inst.path, f"{dest.key}: {out.detail}"))
+                continue
+            inst.dest_states[dest.key] = "failed"
+            if out.state in ("retry", "unknown") or _out_of_resources(out.status):
+                inv.transient.add(inst.path)
+            code = out.code or (
+                "outcome_unknown"
+                if out.state == "unknown"
+                else "association_failed"
+                if out.state == "retry"
+                else "store_failed"
+            )
+            inv.problems.append(Problem(code, inst.path, f"{dest.key}: {out.detail}".rstrip(": ")))
+
+
+def _out_of_resources(status: int | None) -> bool:
+    """C-STORE "Refused: Out of Resources" (PS3.4 Annex B.2.3: 0xA7xx): transient."""
+    return status is not None and status & 0xFF00 == 0xA700
+
+
+def _matches_any(routes: list[Any]) -> Callable[[Instance], bool]:
+    """A filter that admits an instance any of ``routes`` matches."""
+    return lambda inst: any(r.matches(inst) for r in routes)
+
+
+def settle(instances: list[Instance]) -> None:
+    """An instance is sent when every destination it was meant for has it."""
+    for inst in instances:
+        if inst.state != "pending" or not inst.dest_states:
+            continue
+        states = set(inst.dest_states.values())
+        inst.state = (
+            "sent" if states == {"sent"} else "conflict" if "conflict" in states else "failed"
+        )

@@ -384,6 +384,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
     import threading
 
     from pdimport.appliance.daemon import Daemon
+    from pdimport.appliance.watchfolder import RESTING_STATES
     from pdimport.demo.receiver import Receiver
     from pdimport.demo.sample import make_sample_disc
 
@@ -406,10 +407,10 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
         name = f"sample-{int(time.time())}.iso"
         shutil.copy(iso, watch / f".{name}.part")
         (watch / f".{name}.part").rename(watch / name)
-        report_file = watch / "done" / f"{name}.json"
-        failed_file = watch / "failed" / f"{name}.json"
+        # The package rests in the folder named for its job's state.
+        results = [watch / state / f"{name}.json" for state in RESTING_STATES]
         while not appliance.stop.is_set():
-            for f in (report_file, failed_file):
+            for f in results:
                 if f.exists():
                     try:
                         result["report"] = json.loads(f.read_text(encoding="utf-8"))

@@ -233,7 +233,7 @@ def test_three_images_at_once_are_imported_and_detached(udevd, loops, daemon_fac
     wait_until(lambda: not any(_attached(n) for n in names), 120, "all loop devices detached")
     wait_until(lambda: len(list(out.glob("*"))) == 4 + 5 + 6, 30, "15 instances delivered")
     snap = status(state)
-    jobs = [j for j in snap["jobs"].values() if j.get("state") == "done"]
+    jobs = [j for j in snap["jobs"].values() if j.get("state") == "imported"]
     assert len(jobs) == 3, snap
     for name in names:
         assert snap["drives"][f"/dev/{name}"]["state"] == "empty"
@@ -321,8 +321,8 @@ def test_watch_folder_zip_and_iso_across_restart(daemon_factory, tmp_path):
         w.join()
     wait_until(
         lambda: (
-            (watch / "done" / "pkg.zip.json").exists()
-            and (watch / "done" / "disc.iso.json").exists()
+            (watch / "imported" / "pkg.zip.json").exists()
+            and (watch / "imported" / "disc.iso.json").exists()
         ),
         60,
         "both imported",
@@ -333,7 +333,7 @@ def test_watch_folder_zip_and_iso_across_restart(daemon_factory, tmp_path):
     time.sleep(3)
     rc, _ = d2.terminate()
     assert rc == 0
-    assert json.loads((watch / "done" / "pkg.zip.json").read_text())["status"] == "imported"
+    assert json.loads((watch / "imported" / "pkg.zip.json").read_text())["status"] == "imported"
     assert len(list(out.glob("*"))) == 11
     rows = deliveries(state)
     assert len(rows) == 11 and max(r[2] for r in rows) == 1
@@ -365,9 +365,10 @@ def test_outage_pacs_down_then_back_everything_arrives_once(daemon_factory, tmp_
     d = daemon_factory(base, extra)
     make_ct_series(tmp_path / "stage" / "DICOM", 8, patient_id="PATOUT")
     os.rename(tmp_path / "stage", src)  # moved in: complete at once
-    wait_until(lambda: (watch / "done" / "CD_OUTAGE.json").exists(), 60, "read and queued")
-    report = json.loads((watch / "done" / "CD_OUTAGE.json").read_text())
-    assert report["delivery"] == "queued"
+    waiting = watch / "waiting_for_destination" / "CD_OUTAGE.json"
+    wait_until(waiting.exists, 60, "read and queued")
+    report = json.loads(waiting.read_text())
+    assert report["status"] == "waiting_for_destination"
     assert status(state)["queue"]["retry"] == 1
     proc = subprocess.Popen(
         [DCMTK_STORESCP, "-aet", "STORESCP", "-od", str(received), str(port)],
@@ -378,6 +379,14 @@ def test_outage_pacs_down_then_back_everything_arrives_once(daemon_factory, tmp_
         wait_for_port(port, proc)
         wait_until(lambda: len(list(received.glob("*"))) == 8, 60, "delivered after outage")
         wait_until(lambda: status(state)["queue"]["retry"] == 0, 30, "retry queue empty")
+        # The entry and its report followed the job: imported now, nothing left behind.
+        done = watch / "imported" / "CD_OUTAGE.json"
+        wait_until(done.exists, 30, "result file rewritten")
+        assert json.loads(done.read_text())["status"] == "imported"
+        assert (watch / "imported" / "CD_OUTAGE").is_dir()
+        assert (
+            not waiting.exists() and not (watch / "waiting_for_destination" / "CD_OUTAGE").exists()
+        )
         rows = deliveries(state)
         assert len(rows) == 8 and all(r[1] == "sent" for r in rows)
         rc, _ = d.terminate()

@@ -182,6 +182,7 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
     from pdimport.appliance import daemon as dmod
     from pdimport.appliance.udev import MediaEvent
     from pdimport.job import lifecycle as lc
+    from pdimport.job.importer import JobResult
 
     fake = FakeDrive(locked=False)
     node = tmp_path / "sr0"
@@ -196,10 +197,7 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
             assert fake.locked  # locked while reading
             job = type("J", (), {"id": "job-1"})()
             on_job(job)
-            return job, None
-
-        def deliver(self, job_id):
-            return "done", {"status": "imported"}
+            return job
 
     class StubApp:
         # Table defaults for every declared setting (an undeclared name raises).
@@ -210,6 +208,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
         runner = StubRunner()
         board = dmod.StatusBoard(tmp_path / "status.json", dmod.Notifier({}))
         retrier = None
+
+        def deliver(self, job_id):
+            return JobResult(job_id, {"status": "imported"})
 
     event = MediaEvent(devnode=str(node), kernel="sr0", kind="data", bus="optical", diskseq=7)
     worker = dmod.DriveWorker(event, StubApp())
@@ -229,6 +230,7 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
 
 def test_drive_worker_reports_a_stuck_tray(tmp_path):
     from pdimport.appliance import daemon as dmod
+    from pdimport.job.importer import JobResult
     from pdimport.appliance.udev import MediaEvent
     from pdimport.job import lifecycle as lc
 
@@ -246,7 +248,7 @@ def test_drive_worker_reports_a_stuck_tray(tmp_path):
         runner = type("R", (), {"audit": AuditLog(tmp_path / "audit")})()
 
     app = StubApp()
-    app.write_drive_report = lambda *a: None
+    app.unreadable_medium = lambda event, what: JobResult("blank-job", {})  # no label to print
     event = MediaEvent(devnode=str(node), kernel="sr1", kind="blank", bus="optical", diskseq=3)
     worker = dmod.DriveWorker(event, app)
     worker.app.cfg.get = lambda k: {"eject_retries": 2}[k]

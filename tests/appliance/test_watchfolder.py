@@ -22,6 +22,7 @@ from pdimport.appliance.watchfolder import (
     open_for_writing,
     signature,
 )
+from pdimport.job.lifecycle import JobState
 
 SETTLE = 1.0
 
@@ -42,7 +43,7 @@ def no_leaked_threads():
 class StubImport:
     """Records what it was asked to import and what the entry held then."""
 
-    def __init__(self, outcome="done"):
+    def __init__(self, outcome="imported"):
         self.calls: list[tuple[str, tuple]] = []
         self.outcome = outcome
         self.cond = threading.Condition()
@@ -52,11 +53,9 @@ class StubImport:
             self.calls.append((path.name, signature(path)))
             self.cond.notify_all()
         return WatchResult(
-            self.outcome,
-            {
-                "status": "imported" if self.outcome == "done" else "failed",
-                "source": {"path": str(path)},
-            },
+            None,
+            JobState(self.outcome),
+            {"status": self.outcome, "source": {"path": str(path)}},
         )
 
     def wait_for(self, n, timeout=20.0):
@@ -138,8 +137,8 @@ def test_zip_and_folder_copied_in_chunks_are_imported_once_complete(folder, tmp_
     stub.wait_for(2)
     wait_until(
         lambda: (
-            (watch / "done" / "study.zip.json").exists()
-            and (watch / "done" / "CD_2024.json").exists()
+            (watch / "imported" / "study.zip.json").exists()
+            and (watch / "imported" / "CD_2024.json").exists()
         )
     )
     time.sleep(SETTLE * 2)  # nothing more may come
@@ -150,8 +149,8 @@ def test_zip_and_folder_copied_in_chunks_are_imported_once_complete(folder, tmp_
     assert sig["CD_2024"][0] == 6  # DICOM/ and its five files
     assert sig["CD_2024"][1] >= 5 * 50_000
     for name in names:
-        assert (watch / "done" / name).exists()
-        report = json.loads((watch / "done" / f"{name}.json").read_text())
+        assert (watch / "imported" / name).exists()
+        report = json.loads((watch / "imported" / f"{name}.json").read_text())
         assert report["status"] == "imported"
         assert not (watch / name).exists()
     assert wf.pending() == 0
@@ -202,7 +201,7 @@ def test_rename_into_place_is_taken_at_once(folder, tmp_path):
 def test_restart_never_imports_twice(folder, tmp_path):
     watch = tmp_path / "watch"
     watch.mkdir()
-    (watch / "done").mkdir()
+    (watch / "imported").mkdir()
     (watch / "a.zip").write_bytes(zip_bytes(2))
     (watch / "b.zip").write_bytes(zip_bytes(3))
     # A previous run imported a.zip and crashed before moving it.
@@ -210,7 +209,7 @@ def test_restart_never_imports_twice(folder, tmp_path):
     ledger.set(
         ledger_key("a.zip", signature(watch / "a.zip")),
         "a.zip",
-        "done",
+        "done",  # the word of earlier versions for imported
         {"status": "imported", "job": "old"},
     )
     # ... and was stopped in the middle of b.zip.
@@ -219,12 +218,12 @@ def test_restart_never_imports_twice(folder, tmp_path):
     stub = StubImport()
     folder(stub)
     stub.wait_for(1)
-    wait_until((watch / "done" / "b.zip.json").exists)
+    wait_until((watch / "imported" / "b.zip.json").exists)
     time.sleep(SETTLE * 2)
     assert [name for name, _ in stub.calls] == ["b.zip"]  # resumed, a.zip not again
-    assert (watch / "done" / "a.zip").exists()
-    assert json.loads((watch / "done" / "a.zip.json").read_text())["job"] == "old"
-    assert (watch / "done" / "b.zip").exists()
+    assert (watch / "imported" / "a.zip").exists()
+    assert json.loads((watch / "imported" / "a.zip.json").read_text())["job"] == "old"
+    assert (watch / "imported" / "b.zip").exists()
 
 
 def test_interrupted_import_stays_and_resumes(folder, tmp_path):
@@ -245,7 +244,7 @@ def test_interrupted_import_stays_and_resumes(folder, tmp_path):
     folder(stub)
     stub.wait_for(1)
     assert calls == ["c.zip"] and [n for n, _ in stub.calls] == ["c.zip"]
-    wait_until((watch / "done" / "c.zip.json").exists)
+    wait_until((watch / "imported" / "c.zip.json").exists)
 
 
 def test_same_name_again_later_is_a_new_package(folder, tmp_path):
@@ -254,11 +253,11 @@ def test_same_name_again_later_is_a_new_package(folder, tmp_path):
     watch = tmp_path / "watch"
     (watch / "d.zip").write_bytes(zip_bytes(1))
     stub.wait_for(1)
-    wait_until((watch / "done" / "d.zip.json").exists)
+    wait_until((watch / "imported" / "d.zip.json").exists)
     (watch / "d.zip").write_bytes(zip_bytes(2))
     stub.wait_for(2)
-    wait_until((watch / "done" / "d-2.zip.json").exists)
-    assert sorted(p.name for p in (watch / "done").iterdir()) == [
+    wait_until((watch / "imported" / "d-2.zip.json").exists)
+    assert sorted(p.name for p in (watch / "imported").iterdir()) == [
         "d-2.zip",
         "d-2.zip.json",
         "d.zip",
@@ -270,7 +269,7 @@ def test_candidate_names(tmp_path):
     root = tmp_path
     assert candidate_name(root, str(root / "a.zip")) == "a.zip"
     assert candidate_name(root, str(root / "CD" / "DICOM" / "IM1")) == "CD"
-    assert candidate_name(root, str(root / "done" / "a.zip")) is None
+    assert candidate_name(root, str(root / "imported" / "a.zip")) is None
     assert candidate_name(root, str(root / ".tmp123")) is None
     assert candidate_name(root, str(root / "a.zip.part")) is None
     assert candidate_name(root, str(root)) is None

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from pdimport.job import lifecycle as lc
-from pdimport.job.lifecycle import IllegalTransition, Lifecycle, Transition
+from pdimport.job.lifecycle import IllegalTransition, JobState, Lifecycle, Transition
 
 
 @pytest.mark.parametrize("pair", sorted(lc.TRANSITIONS), ids=lambda p: f"{p[0]}-{p[1]}")
@@ -127,15 +127,15 @@ def test_waiting_job_retries_until_done():
 
 
 # ---------------------------------------------- job outcome: waiting for the PACS
-from pdimport.appliance.daemon import job_outcome
-from pdimport.appliance.retry import backoff
-from pdimport.job.deliver import _out_of_resources
+from pdimport.job.deliver import _out_of_resources, backoff
+from pdimport.job.importer import JobResult
 
 
-def test_outcome_follows_the_typed_status():
-    assert job_outcome({"status": "waiting_for_destination"}) == "waiting"
-    assert job_outcome({"status": "imported"}) == "done"
-    assert job_outcome({"status": "partial"}) == "failed"
+def test_outcome_is_the_typed_status():
+    assert JobResult("j", {"status": "waiting_for_destination"}).state == "waiting_for_destination"
+    assert JobResult("j", {"status": "imported"}).state is JobState.IMPORTED
+    with pytest.raises(ValueError):
+        JobResult("j", {"status": "done"}).state  # noqa: B018 - only current words
 
 
 def test_out_of_resources_is_transient_other_refusals_are_not():

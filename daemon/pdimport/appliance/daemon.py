@@ -22,7 +22,6 @@ journal), and the process exits 0 within ``stop_timeout`` seconds.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -34,24 +33,21 @@ from pathlib import Path
 from typing import Any, BinaryIO, Self
 
 from pdimport.appliance import udev
-from pdimport.appliance.drive_worker import DriveWorker, Interrupted, outcome_reason
+from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.retry import DeliveryRetrier
-from pdimport.appliance.status import StatusBoard, _write_atomic
+from pdimport.appliance.status import StatusBoard
 from pdimport.appliance.systemd import Notifier
-from pdimport.appliance.watchfolder import DONE, WatchFolder, WatchLedger, WatchResult
-from pdimport.appliance.watchfolder import FAILED as WATCH_FAILED
+from pdimport.appliance.watchfolder import WatchFolder, WatchLedger, WatchResult
+from pdimport.job.importer import Importer, JobResult
+from pdimport.job.lifecycle import FINAL_JOB_STATES, Interrupted, JobState
+from pdimport.job.prescan import PrescanStore
+from pdimport.record.audit import AuditLog
+from pdimport.send import parse_dest
+from pdimport.store.journal import Job, Journal
+from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- outcome
-def job_outcome(report: dict[str, Any]) -> str:
-    """``done`` | ``waiting`` (for the PACS) | ``held`` | ``failed``, from the
-    report's typed status (no more reading of problem text)."""
-    return {"imported": "done", "waiting_for_destination": "waiting", "held": "held"}.get(
-        report.get("status", ""), "failed"
-    )
 
 
 # ------------------------------------------------------- cancellable read
@@ -93,54 +89,41 @@ class CancellableMedium:
 
 # -------------------------------------------------------------- job runner
 class JobRunner:
-    """Reads media into jobs and delivers jobs; shared by all workers.
+    """The daemon's jobs: one journal, one spool, one audit trail and one
+    prescan store, shared by every worker thread; an
+    :class:`~pdimport.job.importer.Importer` per thread runs the job itself.
 
-    One :class:`~pdimport.job.importer.Importer` per thread over one journal and
-    one spool.
+    The status board follows the journal: it hears every job transition.
     """
 
     def __init__(self, cfg: Any, board: StatusBoard, stop: threading.Event) -> None:
-        from pdimport.send import parse_dest
-        from pdimport.store.journal import Journal
-        from pdimport.store.spool import Spool
-
         self.cfg = cfg
         self.board = board
         self.stop = stop
         state = cfg.state_path
         self.journal = Journal(state / "journal.sqlite")
+        self.journal.subscribe(board.on_job_transition)
         self.spool = Spool(state / "spool")
         self.destinations = [parse_dest(d) for d in (cfg.dest or [])]
-        from pdimport.record.audit import AuditLog
-
         self.audit = AuditLog.from_settings(state, cfg, journal=self.journal)
+        self.prescans = PrescanStore()
         self._local = threading.local()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
-    def importer(self) -> Any:
-        from pdimport.job.importer import Importer
-
+    def importer(self) -> Importer:
         imp = getattr(self._local, "importer", None)
         if imp is None:
             imp = Importer(
                 self.cfg,
                 journal=self.journal,
                 spool=self.spool,
-                on_event=self._on_event,
                 audit=self.audit,
+                prescans=self.prescans,
+                stop=self.stop,
             )
             self._local.importer = imp
         return imp
-
-    def _on_event(self, name: str, fields: dict[str, Any]) -> None:
-        job = fields.get("job")
-        if job:
-            self.board.job(
-                job,
-                event=name,
-                **{k: v for k, v in fields.items() if k in ("source", "status", "label")},
-            )
 
     @contextmanager
     def _job_lock(self, job_id: str) -> Iterator[None]:
@@ -151,76 +134,58 @@ class JobRunner:
         with lock:
             yield
 
-    def read(
-        self, source: str, on_job: Callable[[Any], None] | None = None
-    ) -> tuple[Any | None, dict[str, Any] | None]:
-        """Phase 1. Returns ``(job, None)``, or ``(None, report)`` when unusable.
+    def read(self, source: str, on_job: Callable[[Job], None] | None = None) -> Job | JobResult:
+        """Phase 1: the job, read; or the result of a failed job when the
+        source cannot be opened.
 
         Raises
         ------
         Interrupted
             The daemon is stopping; the job resumes at the next start.
         """
-        from pdimport.media import MediumOpenError, open_medium
 
-        imp = self.importer()
-        try:
-            medium = open_medium(source, self.cfg)
-        except MediumOpenError as exc:
-            return None, self._unusable(imp, source, exc.code, exc.detail)
-        try:
-            job = imp.start_job(medium, source, "import")
-            log.info(
-                "job %s: reading %s%s", job.id, source, f" ({medium.label})" if medium.label else ""
-            )
+        def started(job: Job) -> None:
+            self.board.job(job.id, source=source, label=job.label)
             if on_job is not None:
                 on_job(job)
-            self.board.job(job.id, state="reading", source=source, label=medium.label or "")
-            if not job.read_complete:
-                imp.read(job, CancellableMedium(medium, self.stop))
-        finally:
-            medium.close()
-        self.board.job(job.id, state="read")
-        return job, None
 
-    @staticmethod
-    def _unusable(imp: Any, source: str, code: str, detail: str) -> dict[str, Any]:
-        return imp.unusable(source, code, detail, "import").report
+        return self.importer().read_source(
+            source, "import", wrap=lambda m: CancellableMedium(m, self.stop), on_job=started
+        )
 
-    def deliver(self, job_id: str) -> tuple[str, dict[str, Any]]:
-        """Phase 2 from the spool; returns ``(outcome, report)``."""
-        self.board.job(job_id, state="delivering")
+    def deliver(self, job_id: str) -> JobResult:
+        """Phase 2 from the spool.
+
+        Raises
+        ------
+        Interrupted
+            The daemon is stopping mid-delivery; the job resumes at the next start.
+        """
         with self._job_lock(job_id):
             result = self.importer().process(job_id, self.destinations)
-        outcome = job_outcome(result.report)
-        self.board.job(
-            job_id,
-            state=outcome,
-            status=result.report.get("status"),
-            counts=result.report.get("counts", {}),
-        )
-        status = result.report.get("status")
-        if status == "imported":
-            log.info("job %s: %s (%s)", job_id, outcome, status)
+        self.board.job(job_id, counts=result.report.get("counts", {}))
+        if result.state == JobState.IMPORTED:
+            log.info("job %s: %s", job_id, result.state)
         else:
-            log.info("job %s: %s (%s): %s", job_id, outcome, status, outcome_reason(result.report))
-        return outcome, result.report
+            log.info("job %s: %s: %s", job_id, result.state, outcome_reason(result.report))
+        return result
+
+    def unusable(self, source: str, code: str, detail: str) -> JobResult:
+        """A medium with nothing to read (blank, audio) as a failed job."""
+        return self.importer().unusable(source, code, detail)
 
     def unfinished_read_jobs(self) -> list[str]:
         """Jobs fully read but not finished (interrupted in phase 2)."""
-        from pdimport.store.journal import FINAL_STATES
-
         return [
             j.id
             for j in self.journal.jobs(10_000)
-            if j.read_complete and j.state not in FINAL_STATES and j.mode == "import"
+            if j.read_complete and j.state not in FINAL_JOB_STATES and j.mode == "import"
         ]
 
     def close(self) -> None:
         self.journal.close()
 
 
-# ---------------------------------------------------------- delivery retry
 # ------------------------------------------------------------------ router
 class Router(threading.Thread):
     """Debounces udev events and hands each settled one to its drive worker."""
@@ -278,7 +243,7 @@ class Daemon:
         self.runner = JobRunner(cfg, self.board, self.stop)
         self.retrier = DeliveryRetrier(
             cfg.state_path / "retry.sqlite",
-            self.runner,
+            self.runner.deliver,
             float(cfg.get("network.retry_delay")),
             float(cfg.get("retry_max_delay")),
             self.stop,
@@ -336,7 +301,10 @@ class Daemon:
                 self._watch_ledger,
                 float(self.cfg.get("watch_settle")),
                 on_change=self._watch_changed,
+                reports=self.runner.journal.report,
             )
+            watch = self.watch
+            self.runner.journal.subscribe(lambda t: watch.job_changed(t.machine, t.target))
             self.watch.start()
 
     def _recover(self) -> None:
@@ -426,40 +394,38 @@ class Daemon:
 
     def _watch_import(self, path: Path) -> WatchResult | None:
         try:
-            job, report = self.runner.read(str(path))
+            job = self.runner.read(str(path))
         except Interrupted:
             return None
-        if job is None:
-            return WatchResult(WATCH_FAILED, report or {})
+        if isinstance(job, JobResult):
+            return WatchResult(job.job_id, job.state, job.report)
         if self.stop.is_set():
             return None
-        outcome, report = self.runner.deliver(job.id)
-        if outcome == "waiting":
-            self.retrier.submit(job.id)
-            report = dict(report, delivery="queued")
-        return WatchResult(DONE if outcome in ("done", "waiting") else WATCH_FAILED, report)
+        try:
+            result = self.deliver(job.id)
+        except Interrupted:
+            return None
+        return WatchResult(result.job_id, result.state, result.report)
 
-    def write_drive_report(self, kernel: str, event: udev.MediaEvent, what: str) -> None:
-        """A disc with nothing to import still leaves a report."""
-        reports = self.cfg.state_path / "reports"
-        reports.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "job": None,
-            "source": {"kind": "device", "path": event.devnode, "label": event.label},
-            "status": "failed",
-            "counts": {},
-            "problems": [
-                {
-                    "code": "blank_medium" if what == "blank disc" else "audio_cd",
-                    "path": event.devnode,
-                    "detail": what,
-                }
-            ],
-        }
-        _write_atomic(
-            reports / f"{kernel}-{event.diskseq or 0}.json",
-            json.dumps(doc, indent=1, ensure_ascii=False),
-        )
+    def deliver(self, job_id: str) -> JobResult:
+        """Deliver a read job; one the destination did not take goes to the
+        retry worker. The result's report is the job's report as it stands.
+
+        Raises
+        ------
+        Interrupted
+            The daemon is stopping mid-delivery (the job resumes at the next start).
+        """
+        result = self.runner.deliver(job_id)
+        if result.state == JobState.WAITING_FOR_DESTINATION:
+            self.retrier.submit(job_id)
+        return result
+
+    def unreadable_medium(self, event: udev.MediaEvent, what: str) -> JobResult:
+        """A disc with nothing to import (blank, audio) is a failed job with
+        a report, as any other medium that cannot be read."""
+        code = "blank_medium" if event.kind == udev.BLANK else "audio_cd"
+        return self.runner.unusable(event.devnode, code, what)
 
 
 # ------------------------------------------------------------- entry points

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdimport.appliance import drives, udev
+from pdimport.job.importer import JobResult
 from pdimport.job.lifecycle import (
     EJECTING,
     EMPTY,
@@ -23,6 +24,7 @@ from pdimport.job.lifecycle import (
     Interrupted,
     drive_lifecycle,
 )
+from pdimport.label.printer import print_label
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +111,10 @@ class DriveWorker(threading.Thread):
     def _unreadable_disc(self, event: udev.MediaEvent) -> None:
         what = "blank disc" if event.kind == udev.BLANK else "audio CD"
         log.warning("%s: %s, nothing to import; ejecting", self.devnode, what)
-        self.app.write_drive_report(self.kernel, event, what)
-        self.lifecycle.fire("eject", detail=what)
+        result = self.app.unreadable_medium(event, what)
+        self.lifecycle.fire("eject", detail=what, job=result.job_id)
         self._eject()
+        self._label(result.report)
 
     def _prepare(self, event: udev.MediaEvent) -> str | None:
         """The source to read: the device, or the USB mount point."""
@@ -147,17 +150,17 @@ class DriveWorker(threading.Thread):
             drives.lock_tray(self.devnode, True, ioctl=self.app.ioctl)
         self.lifecycle.fire("start_read")
         try:
-            job, report = self.app.runner.read(
+            job = self.app.runner.read(
                 source, on_job=lambda j: self.app.board.drive(self.devnode, job=j.id)
             )
         finally:
             if self._mounted is not None and self.app.stop.is_set():
                 drives.unmount(self._mounted)
                 self._mounted = None
-        if job is None:
-            self.lifecycle.fire("read_failed", detail=_first_problem(report))
+        if isinstance(job, JobResult):  # nothing could be read
+            self.lifecycle.fire("read_failed", detail=_first_problem(job.report))
             self.lifecycle.fire("eject")
-            self._label(report)
+            self._label(job.report)
             self._eject()
             return
         self.lifecycle.fire("read_done", job=job.id)
@@ -174,20 +177,19 @@ class DriveWorker(threading.Thread):
         self._eject()
 
     def _deliver(self, job_id: str) -> dict[str, Any] | None:
+        """The job's report after delivery; None when there is none to print."""
         if self.app.stop.is_set():
             return None  # recovered from the journal at the next start
-        report = None
         try:
-            outcome, report = self.app.runner.deliver(job_id)
+            result = self.app.deliver(job_id)
+        except Interrupted:
+            raise
         except Exception:
             log.exception("%s: delivery of %s failed", self.devnode, job_id)
-            outcome = "waiting"
-        if outcome == "waiting":
             self.app.retrier.submit(job_id)
-            if report is not None:
-                report = dict(report, delivery="queued")
-        self.app.board.drive(self.devnode, last=f"{job_id} {outcome}")
-        return report
+            return None
+        self.app.board.drive(self.devnode, last=f"{job_id} {result.state}")
+        return result.report
 
     def _audit(self, event: str, **fields: Any) -> None:
         try:
@@ -205,8 +207,6 @@ class DriveWorker(threading.Thread):
         recorded and shown in ``pdimport status``; it never stops the drive."""
         if not report or self.app.stop.is_set():
             return
-        from pdimport.label.printer import print_label
-
         result = print_label(report, self.app.cfg, drive=self.devnode)
         self.app.board.drive(self.devnode, label=result.as_dict())
         try:

@@ -1,5 +1,6 @@
-"""Jobs waiting for their destination, re-delivered
-with exponential back-off (capped by ``retry_max_delay``) until the PACS answers.
+"""Jobs waiting for their destination, re-delivered with exponential back-off
+(:func:`pdimport.job.deliver.backoff`, capped by ``retry_max_delay``) until the
+PACS answers. The one owner of job-level retries.
 
 The waiting set lives in ``STATE_DIR/retry.sqlite`` so a restart keeps it.
 """
@@ -12,12 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from pdimport.job.deliver import backoff
+from pdimport.job.importer import JobResult
+from pdimport.job.lifecycle import Interrupted, JobState
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from pdimport.appliance.daemon import JobRunner
 
 
 class DeliveryRetrier(threading.Thread):
@@ -31,14 +32,14 @@ class DeliveryRetrier(threading.Thread):
     def __init__(
         self,
         path: Path,
-        runner: JobRunner,
+        deliver: Callable[[str], JobResult],
         base: float,
         cap: float,
         stop: threading.Event,
         on_change: Callable[[int], None],
     ) -> None:
         super().__init__(name="delivery-retry", daemon=True)
-        self._runner = runner
+        self._deliver = deliver
         self._base, self._cap = base, cap
         self._stop_event = stop
         self._on_change = on_change
@@ -89,16 +90,16 @@ class DeliveryRetrier(threading.Thread):
             if job_id is None:
                 continue
             try:
-                outcome, _ = self._runner.deliver(job_id)
+                state = self._deliver(job_id).state
+            except Interrupted:
+                return  # stopping: the job stays queued here and in the journal
             except Exception:
                 log.exception("retry of job %s failed", job_id)
-                outcome = "waiting"
-            if self._stop_event.is_set() and outcome == "waiting":
-                return
-            if outcome == "waiting":
+                state = JobState.WAITING_FOR_DESTINATION
+            if state == JobState.WAITING_FOR_DESTINATION:
                 self.submit(job_id)
             else:
-                log.info("job %s: the destination answered again (%s)", job_id, outcome)
+                log.info("job %s: the destination answered again (%s)", job_id, state)
                 self.forget(job_id)
 
     def _next_due(self) -> str | None:
@@ -118,8 +119,3 @@ class DeliveryRetrier(threading.Thread):
     def close(self) -> None:
         with self._cond:
             self._db.close()
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``attempt`` (0-based): base·2^n, capped."""
-    return min(cap, max(base, 0.1) * (2 ** min(attempt, 30)))

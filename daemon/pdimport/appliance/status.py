@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pdimport.appliance.systemd import Notifier
-from pdimport.job.lifecycle import (
-    Transition,
-)
+from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState, Transition
 from pdimport.store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -61,6 +59,10 @@ class StatusBoard:
             self._queues[name] = size
         self.publish()
 
+    def on_job_transition(self, t: Transition) -> None:
+        """Journal observer: a job changed state (the journal's word is the board's)."""
+        self.job(t.machine, state=t.target)
+
     def on_transition(self, t: Transition) -> None:
         """Lifecycle observer: a drive changed state."""
         fields: dict[str, Any] = {"state": t.target}
@@ -68,9 +70,7 @@ class StatusBoard:
         self.drive(t.machine, **fields)
 
     def _trim(self) -> None:
-        finished = [
-            k for k, v in self._jobs.items() if v.get("state") in ("done", "held", "failed")
-        ]
+        finished = [k for k, v in self._jobs.items() if v.get("state") in FINAL_JOB_STATES]
         for key in finished[: -self._KEEP_FINISHED]:
             del self._jobs[key]
 
@@ -95,6 +95,15 @@ class StatusBoard:
         self._notifier.status(status_line(snap))
 
 
+#: Job states counted by name in the status line: the ones a person may want to act on.
+_SHOWN = (
+    JobState.WAITING_FOR_DESTINATION,
+    JobState.HELD,
+    JobState.PARTIAL,
+    JobState.FAILED,
+)
+
+
 def status_line(snap: dict[str, Any]) -> str:
     """One line for ``STATUS=``: drives, jobs, queue."""
     drives_part = (
@@ -107,10 +116,8 @@ def status_line(snap: dict[str, Any]) -> str:
     states: dict[str, int] = {}
     for job in snap.get("jobs", {}).values():
         states[job.get("state", "?")] = states.get(job.get("state", "?"), 0) + 1
-    active = sum(n for s, n in states.items() if s not in ("done", "held", "failed"))
-    jobs_part = f"{active} active" + "".join(
-        f", {n} {s}" for s, n in sorted(states.items()) if s in ("waiting", "held", "failed")
-    )
+    active = sum(n for s, n in states.items() if s not in FINAL_JOB_STATES and s not in _SHOWN)
+    jobs_part = f"{active} active" + "".join(f", {states[s]} {s}" for s in _SHOWN if states.get(s))
     queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
     return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
 

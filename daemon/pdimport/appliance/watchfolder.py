@@ -1,9 +1,13 @@
 """The watch folder: ISO images, zip packages and folders dropped into a directory.
 
-A night operator copies media into ``--watch DIR`` and finds them imported in
-the morning, each moved to ``DIR/done/`` (nothing for a person to do) or
-``DIR/failed/`` (held, partial or failed: a person looks), beside its JSON
-report ``<name>.json``.
+A night operator copies media into ``--watch DIR`` and finds them in the
+morning each moved to a folder named for its job's state, beside its JSON
+report ``<name>.json``: ``imported/`` (nothing for a person to do), ``held/``
+(a person decides), ``partial/`` (part of it could not be delivered),
+``failed/`` (nothing usable), or ``waiting_for_destination/`` (read safely,
+the PACS has not taken it yet). When such a job later changes state (the PACS
+answers, a person releases a held one) the entry and its report move on to
+the new state's folder, so the report there is always the job's last word.
 
 An entry is imported only once it is complete. Copies are slow and may close
 and reopen the file between chunks, so neither a single close-write event
@@ -35,20 +39,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdimport.job.lifecycle import JobState
 from pdimport.store.fsutil import write_bytes
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".iso", ".img", ".zip")
-DONE, FAILED = "done", "failed"
 _PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", "~")
+
+#: Job states an entry can rest in; each is a folder of that name.
+RESTING_STATES = (
+    JobState.IMPORTED,
+    JobState.HELD,
+    JobState.PARTIAL,
+    JobState.WAITING_FOR_DESTINATION,
+    JobState.FAILED,
+    JobState.DISCARDED,
+)
+#: Folders of earlier versions (``done/`` held what is now ``imported/``).
+_LEGACY_FOLDERS = {"done": JobState.IMPORTED}
+_OWN_FOLDERS = frozenset(RESTING_STATES) | frozenset(_LEGACY_FOLDERS)
 
 
 @dataclass(frozen=True)
 class WatchResult:
     """What the import callback reports for one entry."""
 
-    outcome: str  # "done" | "failed"
+    job_id: str | None
+    state: JobState
     report: dict[str, Any]
 
 
@@ -66,7 +84,7 @@ def candidate_name(root: Path, path: str) -> str | None:
     if not rel.parts:
         return None
     name = rel.parts[0]
-    if name in (DONE, FAILED) or name.startswith(".") or name.endswith(_PARTIAL_SUFFIXES):
+    if name in _OWN_FOLDERS or name.startswith(".") or name.endswith(_PARTIAL_SUFFIXES):
         return None
     return name
 
@@ -143,8 +161,22 @@ def _writable(pid_dir: Path, fd: str) -> bool:
 
 
 # --------------------------------------------------------------- ledger
+@dataclass(frozen=True)
+class Watched:
+    """One ledger row: an entry, its state, its job, where it lies now."""
+
+    key: str
+    name: str
+    state: str
+    report: dict[str, Any] | None
+    job_id: str | None
+    place: str | None
+
+
 class WatchLedger:
     """What became of each watch-folder entry (``STATE_DIR/watch.sqlite``)."""
+
+    _COLUMNS = "key, name, state, report, job, place"
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,28 +188,47 @@ class WatchLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS watched (key TEXT PRIMARY KEY, name TEXT NOT NULL, "
-            "state TEXT NOT NULL, report TEXT, time REAL NOT NULL)"
+            "state TEXT NOT NULL, report TEXT, time REAL NOT NULL, job TEXT, place TEXT)"
         )
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(watched)")}
+        for column in ("job", "place"):  # ledgers written before entries followed their job
+            if column not in have:
+                self._db.execute(f"ALTER TABLE watched ADD COLUMN {column} TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS watched_job ON watched(job)")
 
-    def get(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+    def get(self, key: str) -> Watched | None:
+        return self._one(f"SELECT {self._COLUMNS} FROM watched WHERE key=?", key)
+
+    def by_job(self, job_id: str) -> Watched | None:
+        return self._one(f"SELECT {self._COLUMNS} FROM watched WHERE job=?", job_id)
+
+    def _one(self, sql: str, arg: str) -> Watched | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT state, report FROM watched WHERE key=?", (key,)
-            ).fetchone()
+            row = self._db.execute(sql, (arg,)).fetchone()
         if row is None:
             return None
-        return row[0], (json.loads(row[1]) if row[1] else None)
+        return Watched(row[0], row[1], row[2], json.loads(row[3]) if row[3] else None, *row[4:])
 
-    def set(self, key: str, name: str, state: str, report: dict[str, Any] | None = None) -> None:
+    def set(
+        self,
+        key: str,
+        name: str,
+        state: str,
+        report: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        place: str | None = None,
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO watched VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO watched VALUES (?,?,?,?,?,?,?)",
                 (
                     key,
                     name,
                     state,
                     json.dumps(report, ensure_ascii=False) if report else None,
                     time.time(),
+                    job_id,
+                    place,
                 ),
             )
 
@@ -203,7 +254,7 @@ class WatchFolder:
     Parameters
     ----------
     root : Path
-        The watch folder; ``done/`` and ``failed/`` are created inside.
+        The watch folder; a folder per resting state is created inside.
     import_fn : callable
         ``import_fn(path) -> WatchResult | None`` (``None``: interrupted).
     ledger : WatchLedger
@@ -212,6 +263,9 @@ class WatchFolder:
         Seconds an entry must stay unchanged before it is taken.
     on_change : callable, optional
         Called with no argument when the number of waiting entries changes.
+    reports : callable, optional
+        ``reports(job_id) -> report | None``: a job's current report, read
+        when the job of an entry changes state later (:meth:`job_changed`).
     """
 
     def __init__(
@@ -221,12 +275,14 @@ class WatchFolder:
         ledger: WatchLedger,
         settle: float = 5.0,
         on_change: Callable[[], None] | None = None,
+        reports: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.settle = settle
         self._import = import_fn
         self._ledger = ledger
         self._on_change = on_change or (lambda: None)
+        self._reports = reports or (lambda job_id: None)
         self._inbox: queue.Queue[tuple[str, str]] = queue.Queue()
         self._candidates: dict[str, _Candidate] = {}
         self._observer: Any = None
@@ -237,8 +293,9 @@ class WatchFolder:
     def start(self) -> None:
         from watchdog.observers import Observer
 
-        for sub in (DONE, FAILED):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for state in RESTING_STATES:
+            if state != JobState.DISCARDED:  # made when first needed
+                (self.root / state).mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         self._observer.schedule(_Handler(self), str(self.root), recursive=True)
         self._observer.daemon = True
@@ -262,6 +319,12 @@ class WatchFolder:
     def pending(self) -> int:
         return len(self._candidates) + (1 if self.current else 0)
 
+    def job_changed(self, job_id: str, state: str) -> None:
+        """A job changed state (a journal observer: enqueue only). An entry of
+        that job resting in another state's folder moves to this one's."""
+        if state in RESTING_STATES:
+            self._inbox.put(("job", job_id))
+
     def notice(self, path: str, moved_in: bool) -> None:
         """An event touched ``path`` (called from the watchdog thread: enqueue only)."""
         name = candidate_name(self.root, path)
@@ -279,6 +342,8 @@ class WatchFolder:
                 return
             if kind in ("activity", "moved"):
                 self._touch(name, moved=kind == "moved")
+            elif kind == "job":
+                self._follow(name)
             self._check_due()
 
     def _timeout(self) -> float | None:
@@ -330,9 +395,10 @@ class WatchFolder:
             return
         key = ledger_key(name, sig)
         known = self._ledger.get(key)
-        if known is not None and known[0] in (DONE, FAILED):
+        state = resting_state(known.state) if known is not None else None
+        if known is not None and state is not None:
             # Imported before a restart; only the move was missing.
-            self._finish(path, known[0], known[1] or {})
+            self._finish(key, path, WatchResult(known.job_id, state, known.report or {}))
             return
         self._ledger.set(key, name, "importing")
         self.current = name
@@ -343,8 +409,8 @@ class WatchFolder:
         if result is None:
             log.info("watch folder: %s interrupted; it resumes at the next start", name)
             return
-        self._ledger.set(key, name, result.outcome, result.report)
-        self._finish(path, result.outcome, result.report)
+        self._ledger.set(key, name, result.state, result.report, result.job_id)
+        self._finish(key, path, result)
 
     def _run_import(self, path: Path) -> WatchResult | None:
         try:
@@ -352,20 +418,50 @@ class WatchFolder:
         except Exception as exc:
             log.exception("watch folder: import of %s failed", path)
             return WatchResult(
-                FAILED,
+                None,
+                JobState.FAILED,
                 {
-                    "status": "failed",
+                    "status": JobState.FAILED,
                     "source": {"path": str(path)},
                     "problems": [{"code": "internal_error", "path": "", "detail": str(exc)}],
                 },
             )
 
-    def _finish(self, path: Path, outcome: str, report: dict[str, Any]) -> None:
-        dest_dir = self.root / (DONE if outcome == DONE else FAILED)
+    def _finish(self, key: str, path: Path, result: WatchResult) -> None:
+        dest = self._place(path, result.state, result.report)
+        self._ledger.set(key, path.name, result.state, result.report, result.job_id, str(dest))
+        log.info("watch folder: %s -> %s", path.name, dest)
+
+    def _place(self, path: Path, state: JobState, report: dict[str, Any]) -> Path:
+        """Move ``path`` into ``state``'s folder and write its report beside it."""
+        dest_dir = self.root / state
+        dest_dir.mkdir(exist_ok=True)
         dest = _free_name(dest_dir, path.name)
         os.rename(path, dest)
         _write_json(dest_dir / f"{dest.name}.json", report)
-        log.info("watch folder: %s -> %s", path.name, dest)
+        return dest
+
+    def _follow(self, job_id: str) -> None:
+        """Move the entry of ``job_id`` to the folder of the job's state now."""
+        known = self._ledger.by_job(job_id)
+        if known is None or not known.place:
+            return  # not a watch-folder job, or its import is still running
+        report = self._reports(job_id)
+        state = resting_state(str(report.get("status", ""))) if report else None
+        here = Path(known.place)
+        if state is None or report is None or state == known.state or not here.exists():
+            return
+        dest = self._place(here, state, report)
+        (here.parent / f"{here.name}.json").unlink(missing_ok=True)
+        self._ledger.set(known.key, known.name, state, report, job_id, str(dest))
+        log.info("watch folder: %s is %s now -> %s", known.name, state, dest)
+
+
+def resting_state(value: str) -> JobState | None:
+    """The resting state a stored word names (old words mapped); None for
+    any other word (an import still running)."""
+    value = _LEGACY_FOLDERS.get(value, value)
+    return JobState(value) if value in RESTING_STATES else None
 
 
 class _Handler:

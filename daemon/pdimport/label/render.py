@@ -258,7 +258,9 @@ def label_content(
 
 def label_status(report: dict[str, Any]) -> str:
     """The status word to print: the report's, unless delivery is still queued."""
-    if report.get("delivery") == "queued" and report.get("status") != "held":
+    if report.get("status") == "waiting_for_destination" or (
+        report.get("delivery") == "queued" and report.get("status") != "held"
+    ):
         return "queued"
     return str(report.get("status") or "failed")
 

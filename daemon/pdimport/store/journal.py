@@ -111,8 +111,6 @@ CREATE TABLE IF NOT EXISTS audit_head (
 );
 """
 
-FINAL_STATES = FINAL_JOB_STATES
-
 
 @dataclass(frozen=True)
 class Job:
@@ -201,7 +199,7 @@ class Journal:
             "SELECT * FROM jobs WHERE source_key=? AND mode=? ORDER BY created DESC LIMIT 1",
             (source_key, mode),
         )
-        if rows and job_state(rows[0][6]) not in FINAL_STATES:
+        if rows and job_state(rows[0][6]) not in FINAL_JOB_STATES:
             return _job(rows[0])
         return None
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from pdimport.media import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.base import SECTOR, LargeReads, MediumOpenError, SizeBudget, unique_label
 from pdimport.media.folder import display_name
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pdimport.media import SECTOR, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.base import SECTOR, MediumOpenError, SizeBudget, unique_label
 from pdimport.media.iso import CHUNK, ExtentMedium, Extents, Pread, medium_size, safe_component
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from pdimport.appliance import drives
-from pdimport.record.audit import AuditLog, records
+from pdimport.record.audit import AuditLog
+from pdimport.record.auditchain import records
 from pdimport.settings import declared
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")

@@ -368,7 +368,7 @@ def cmd_label(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.record.audit import audit_export_main, audit_verify_main
+    from pdimport.record.auditcli import audit_export_main, audit_verify_main
 
     if args.audit_command == "verify":
         return audit_verify_main(cfg.state_path)

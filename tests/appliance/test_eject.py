@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from pdimport.appliance import drives
-from pdimport.record.audit import AuditLog, records
+from pdimport.record.audit import AuditLog
+from pdimport.record.auditchain import records
 from pdimport.settings import declared
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
@@ -230,9 +231,9 @@ def test_drive_worker_optical_path_with_fake_ioctl(tmp_path, monkeypatch):
 
 def test_drive_worker_reports_a_stuck_tray(tmp_path):
     from pdimport.appliance import daemon as dmod
-    from pdimport.job.importer import JobResult
     from pdimport.appliance.udev import MediaEvent
     from pdimport.job import lifecycle as lc
+    from pdimport.job.importer import JobResult
 
     fake = FakeDrive(locked=True, unlock_works=False)
     node = tmp_path / "sr1"

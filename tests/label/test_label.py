@@ -13,6 +13,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState
+from pdimport.label import content
 from pdimport.label import render as label
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,12 +105,14 @@ def pdftext(pdf: Path) -> str:
 
 # ------------------------------------------------------------------ pure content
 def test_person_name_groups_split_on_equals() -> None:
-    main, alpha = label.format_person_name("Yamada^Tarou=山田^太郎=やまだ^たろう")
+    main, alpha = content.format_person_name("Yamada^Tarou=山田^太郎=やまだ^たろう")
     assert main == "山田 太郎 (やまだ たろう)"
     assert alpha == "Yamada, Tarou"
-    assert label.format_person_name("DOE^JOHN") == ("DOE, JOHN", "")
-    assert label.format_person_name("=山田^太郎") == ("山田 太郎", "")
-    assert label.format_person_name({"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}) == (
+    assert content.format_person_name("DOE^JOHN") == ("DOE, JOHN", "")
+    assert content.format_person_name("=山田^太郎") == ("山田 太郎", "")
+    assert content.format_person_name(
+        {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}
+    ) == (
         "山田 太郎",
         "Yamada, Tarou",
     )
@@ -121,17 +125,20 @@ def test_status_words_per_status() -> None:
         ("partial", "要確認  CHECK"),
         ("failed", "失敗  FAILED"),
     ):
-        lines = label.label_content(sample_report(status), now=NOW)
+        lines = content.label_content(sample_report(status), now=NOW)
         assert lines[0].text == words and lines[0].style == "band"
 
 
-def test_queued_and_unknown_statuses_are_not_success_or_failure() -> None:
-    r = sample_report("partial") | {"delivery": "queued"}
-    assert label.label_content(r, now=NOW)[0].text == "送信待ち  QUEUED"
-    r = sample_report("held") | {"delivery": "queued"}  # held stays held
-    assert label.label_content(r, now=NOW)[0].text == "要確認  CHECK"
+def test_every_state_a_job_rests_in_has_words() -> None:
+    resting = set(FINAL_JOB_STATES) | {JobState.WAITING_FOR_DESTINATION}
+    assert resting <= set(content.STATUS_WORDS)
+
+
+def test_waiting_and_unknown_statuses_are_not_success_or_failure() -> None:
+    r = sample_report("waiting_for_destination")
+    assert content.label_content(r, now=NOW)[0].text == "送信待ち  QUEUED"
     r = sample_report("weird") | {"job": None}
-    lines = label.label_content(r, now=NOW)
+    lines = content.label_content(r, now=NOW)
     assert lines[0].text == "要確認  CHECK" and lines[-1].text == "Job -"
 
 
@@ -144,7 +151,7 @@ def test_reasons_in_plain_words() -> None:
         {"code": "not_dicom", "path": "b", "detail": ""},
         {"code": "not_dicom", "path": "b", "detail": "twice, one file"},
     ]
-    words = label.reasons(r)
+    words = content.reasons(r)
     assert ("1枚に複数の患者 (2名)", "2 patients on the disc") in words
     assert ("当院の患者と一致しません", "no matching local patient") in words
     assert ("AI画像を保留", "AI content held") in words
@@ -154,21 +161,21 @@ def test_reasons_in_plain_words() -> None:
 def test_study_line_counts_delivered() -> None:
     r = sample_report("partial")
     study = r["patients"][0]["studies"][0]
-    assert label.study_sent(study, r) is None  # the report cannot tell
+    assert content.study_sent(study, r) is None  # the report cannot tell
     for s, sent in zip(study["series"], (100, 1)):
         s["sent"] = sent
-    line = label.study_line(study, r)
+    line = content.study_line(study, r)
     assert line.startswith("2024-12-20  CT,SR  送信 101/121")
     fresh = sample_report("imported")
-    assert label.study_sent(fresh["patients"][0]["studies"][0], fresh) == 121
+    assert content.study_sent(fresh["patients"][0]["studies"][0], fresh) == 121
 
 
 def test_facility_falls_back_to_studies() -> None:
     r = sample_report()
     del r["source"]["facility"]
-    assert label.facility_of(r) == ""
+    assert content.facility_of(r) == ""
     r["patients"][0]["studies"][1]["institution"] = "Osaka General"
-    assert label.facility_of(r) == "Osaka General"
+    assert content.facility_of(r) == "Osaka General"
 
 
 # ------------------------------------------------------------------ rendering

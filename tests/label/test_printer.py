@@ -152,7 +152,7 @@ def test_file_backend(tmp_path: Path, fmt: str) -> None:
 
 @needs_poppler
 def test_label_main_renders_stored_report(tmp_path: Path) -> None:
-    from pdimport.record.audit import verify
+    from pdimport.record.auditchain import verify
     from pdimport.store.journal import Journal
 
     journal = Journal(tmp_path / "journal.sqlite")

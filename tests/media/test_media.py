@@ -39,7 +39,7 @@ from pdimport.media import (
     open_medium,
 )
 from pdimport.media.archive import _CountingReader
-from pdimport.media.iso import ExtentReader, _direct_pread
+from pdimport.media.extents import ExtentReader, _direct_pread
 from pdimport.model import MediumReadError
 
 GOOD = {"good/a.dcm": b"A" * 3000, "good/b.txt": b"report\n"}

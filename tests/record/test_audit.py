@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from test_label import sample_report
 
-from pdimport.record import audit, auditsyslog
-from pdimport.record.audit import GENESIS, AuditLog, verify
+from pdimport.record import audit, auditchain, auditcli, auditsyslog
+from pdimport.record.audit import AuditLog
+from pdimport.record.auditchain import GENESIS, verify
 from pdimport.store.journal import Journal
 
 
@@ -37,7 +38,7 @@ def five(directory: Path) -> AuditLog:
 
 
 def the_file(directory: Path) -> Path:
-    (path,) = audit.log_files(directory)
+    (path,) = auditchain.log_files(directory)
     return path
 
 
@@ -49,7 +50,7 @@ def test_records_carry_core_fields_and_chain(tmp_path: Path) -> None:
     recs = [json.loads(x) for x in lines]
     assert recs[0]["prev"] == GENESIS
     for before, rec in zip(lines, recs[1:]):
-        assert rec["prev"] == audit._sha(before)
+        assert rec["prev"] == auditchain.sha256_hex(before)
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
     for r in recs:
         for key in (
@@ -88,7 +89,7 @@ def test_one_changed_byte_in_middle_record_is_named(tmp_path: Path) -> None:
     assert not ok
     assert first_bad == 3  # 1-based record number: the third line, index 2
     assert reason.startswith("record 3 (") and "line 3" in reason
-    assert audit.audit_verify_main(tmp_path.parent / "x") == 0  # no log: vacuously intact
+    assert auditcli.audit_verify_main(tmp_path.parent / "x") == 0  # no log: vacuously intact
 
 
 def test_rewritten_record_with_fresh_hash_breaks_the_next_link(tmp_path: Path) -> None:
@@ -98,7 +99,7 @@ def test_rewritten_record_with_fresh_hash_breaks_the_next_link(tmp_path: Path) -
     rec = json.loads(lines[1])
     rec.pop("hash")
     rec["counts"] = {"files": 999}
-    lines[1] = audit._seal(rec)  # a forger who re-hashes record 2 itself
+    lines[1] = auditchain.seal(rec)  # a forger who re-hashes record 2 itself
     path.write_bytes(b"".join(lines))
     ok, first_bad, reason = verify(tmp_path)
     assert (ok, first_bad) == (False, 2)
@@ -107,11 +108,11 @@ def test_rewritten_record_with_fresh_hash_breaks_the_next_link(tmp_path: Path) -
 
 def test_untouched_log_and_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     five(tmp_path / "audit")
-    assert audit.audit_verify_main(tmp_path) == 0
+    assert auditcli.audit_verify_main(tmp_path) == 0
     path = the_file(tmp_path / "audit")
     data = path.read_bytes()
     path.write_bytes(data.replace(b"Tokyo Central", b"Tokyo Centrak", 1))  # record 1
-    assert audit.audit_verify_main(tmp_path) == 1
+    assert auditcli.audit_verify_main(tmp_path) == 1
     assert "record 1" in capsys.readouterr().err
 
 
@@ -140,7 +141,7 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert verify(tmp_path) == (True, None, "100 records intact")
-    assert [r["seq"] for r in audit.records(tmp_path)] == list(range(1, 101))
+    assert [r["seq"] for r in auditchain.records(tmp_path)] == list(range(1, 101))
 
 
 def test_chain_runs_across_monthly_files(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_chain_runs_across_monthly_files(tmp_path: Path) -> None:
     old = the_file(tmp_path)
     old.rename(tmp_path / "audit-2000-01.jsonl")  # last month's file
     AuditLog(tmp_path).append("medium_ejected", job="j")
-    assert len(audit.log_files(tmp_path)) == 2
+    assert len(auditchain.log_files(tmp_path)) == 2
     assert verify(tmp_path) == (True, None, "6 records intact")
 
 
@@ -163,21 +164,21 @@ def test_export_since_filters(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         rec.pop("hash")
         if i < 2:
             rec["time"] = "2020-06-01T00:00:00+00:00"
-        rec["prev"] = audit._sha(prev) if prev else GENESIS
-        prev = audit._seal(rec)
+        rec["prev"] = auditchain.sha256_hex(prev) if prev else GENESIS
+        prev = auditchain.seal(rec)
         out.append(prev)
     path.write_bytes(b"".join(out))
     assert verify(tmp_path / "audit")[0]
     since = datetime(2021, 1, 1, tzinfo=UTC)
-    got = list(audit.export(tmp_path / "audit", since))
+    got = list(auditchain.export(tmp_path / "audit", since))
     assert [r["seq"] for r in got] == [3, 4, 5]
-    assert len(list(audit.export(tmp_path / "audit", datetime(2019, 1, 1)))) == 5
+    assert len(list(auditchain.export(tmp_path / "audit", datetime(2019, 1, 1)))) == 5
     future = datetime.now(UTC) + timedelta(days=1)
-    assert list(audit.export(tmp_path / "audit", future)) == []
-    assert audit.audit_export_main(tmp_path, "2021-01-01") == 0
+    assert list(auditchain.export(tmp_path / "audit", future)) == []
+    assert auditcli.audit_export_main(tmp_path, "2021-01-01") == 0
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["seq"] for r in printed] == [3, 4, 5]
-    assert audit.audit_export_main(tmp_path, "yesterday") == 64
+    assert auditcli.audit_export_main(tmp_path, "yesterday") == 64
 
 
 def test_manifest_digest_is_sha256sum_text() -> None:
@@ -310,7 +311,7 @@ def test_ps315_messages_over_syslog(tmp_path: Path, syslog_peer) -> None:
     } == {"A-0012345", "1.2.3", "1.2.4"}
 
     # And the local log holds the same story, chained.
-    recs = list(audit.records(tmp_path))
+    recs = list(auditchain.records(tmp_path))
     assert [r["event"] for r in recs] == [
         "medium_inserted",
         "read_completed",
@@ -356,7 +357,7 @@ def test_observer_uses_journal_for_manifest_and_report(tmp_path: Path) -> None:
     log.on_event("read_completed", {"job": job.id, "files": 2})
     log.on_event("job_finished", {"job": job.id, "status": "imported"})
     journal.close()
-    read, done = audit.records(tmp_path / "audit")
+    read, done = auditchain.records(tmp_path / "audit")
     assert read["manifest_sha256"] == audit.manifest_digest([("DICOMDIR", "c" * 64), ("bad", None)])
     assert read["counts"] == {"files": 2, "read_errors": 1}
     assert done["patients"][0]["local"] == "0098765"
@@ -364,13 +365,13 @@ def test_observer_uses_journal_for_manifest_and_report(tmp_path: Path) -> None:
 
 def test_append_fsyncs_before_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
-    real = audit.os.fsync
+    real = auditchain.os.fsync
 
     def spy(fd: int) -> None:
         synced.append(fd)
         real(fd)
 
-    monkeypatch.setattr(audit.os, "fsync", spy)
+    monkeypatch.setattr(auditchain.os, "fsync", spy)
     AuditLog(tmp_path).append("hold", job="j")
     assert len(synced) == 2  # the file, then (new file) its directory
     synced.clear()
@@ -394,7 +395,7 @@ def test_head_follows_every_append_and_intact_trail_passes(
     last = json.loads(path.read_bytes().splitlines()[-1])
     assert journal.audit_head(audit.TRAIL) == (5, last["hash"])
     journal.close()
-    assert audit.audit_verify_main(tmp_path) == 0
+    assert auditcli.audit_verify_main(tmp_path) == 0
     assert "5 records intact" in capsys.readouterr().out
 
 
@@ -407,7 +408,7 @@ def test_records_cut_off_the_end_are_tampering(
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:-cut]))  # a valid chain, only shorter
     assert verify(tmp_path / "audit") == (True, None, f"{5 - cut} records intact")
-    assert audit.audit_verify_main(tmp_path) == 1
+    assert auditcli.audit_verify_main(tmp_path) == 1
     err = capsys.readouterr().err
     assert (
         f"trail is shorter than the journal knows: {5 - cut} records on file, 5 in the journal"
@@ -420,7 +421,7 @@ def test_deleted_trail_file_is_missing_not_intact(
     path, journal = _state_with_trail(tmp_path)
     journal.close()
     path.unlink()
-    assert audit.audit_verify_main(tmp_path) == 1
+    assert auditcli.audit_verify_main(tmp_path) == 1
     assert "trail file missing" in capsys.readouterr().err
 
 
@@ -430,7 +431,7 @@ def test_replaced_last_record_is_not_the_head(tmp_path: Path) -> None:
     rec = json.loads(lines[-1])
     rec.pop("hash")
     rec["actor"] = "someone else"
-    path.write_bytes(b"".join(lines[:-1]) + audit._seal(rec))  # re-hashed forgery
+    path.write_bytes(b"".join(lines[:-1]) + auditchain.seal(rec))  # re-hashed forgery
     ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))
     journal.close()
     assert (ok, first_bad) == (False, 5) and "chain head" in reason
@@ -451,7 +452,7 @@ def test_head_behind_by_one_is_a_crash_during_append(
     ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))
     assert (ok, first_bad) == (True, None)
     assert "head behind by 1 (crash during append" in reason
-    assert audit.audit_verify_main(tmp_path, journal) == 0
+    assert auditcli.audit_verify_main(tmp_path, journal) == 0
     # Two records the journal never heard of are no crash.
     AuditLog(tmp_path / "audit").append("release", job="j10")
     ok, first_bad, reason = verify(tmp_path / "audit", journal.audit_head(audit.TRAIL))

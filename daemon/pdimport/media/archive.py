@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from typing import IO, BinaryIO
 
-from pdimport.media import LargeReads, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.base import LargeReads, MediumOpenError, SizeBudget, unique_label
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings

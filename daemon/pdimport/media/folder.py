@@ -16,7 +16,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from pdimport.media import MediumOpenError, SizeBudget, unique_label
+from pdimport.media.base import MediumOpenError, SizeBudget, unique_label
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings

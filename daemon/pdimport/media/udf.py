@@ -11,7 +11,7 @@ libudfread only *finds* the files. Their bytes are read like
 mapped to absolute LBAs with ``udfread_file_lba`` (ECMA-167 Part 4 §14.14
 allocation descriptors, resolved by the library through the partition map,
 OSTA UDF 2.60 §2.2.4), entries are sorted by LBA, and the data are fetched
-with ``os.pread`` through the shared :class:`~pdimport.media.iso.ExtentReader`
+with ``os.pread`` through the shared :class:`~pdimport.media.extents.ExtentReader`
 (sequential reads, sector retries, exact ``unreadable_sector`` LBAs).
 Only files whose blocks have no LBA -- data embedded in the File Entry
 (ECMA-167 Part 4 §14.6.8, ICB flags 3), unrecorded extents that read as zeros
@@ -35,8 +35,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pdimport.media import SECTOR, MediumOpenError, SizeBudget, unique_label
-from pdimport.media.iso import CHUNK, ExtentMedium, Extents, Pread, medium_size, safe_component
+from pdimport.media.base import SECTOR, MediumOpenError, SizeBudget, unique_label
+from pdimport.media.blockdev import fd_size
+from pdimport.media.extents import CHUNK, ExtentMedium, Extents, Pread
+from pdimport.media.iso import safe_component
 from pdimport.model import MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings
@@ -389,7 +391,7 @@ class UdfMedium(ExtentMedium):
         self._udf: int | None = None
         self._fd = self._open_source(source)
         try:
-            self._size = medium_size(self._fd)
+            self._size = fd_size(self._fd)
             self._udf = self._open_volume()
             self._entries = self._list(SizeBudget.from_settings(settings))
         except BaseException:

@@ -29,7 +29,7 @@ def test_demo_imports_the_sample_disc_through_the_watch_folder(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "IMPORTED" in done.stdout
     received = [p for p in (state / "demo" / "pacs").iterdir() if p.is_file()]
-    on_disc = len(list((state / "demo" / "watch" / "done").glob("*.iso")))
-    assert on_disc == 1  # the package went to done/ beside its report
+    on_disc = len(list((state / "demo" / "watch" / "imported").glob("*.iso")))
+    assert on_disc == 1  # the package went to imported/ beside its report
     assert len(received) >= 15
     assert {str(dcmread(p, stop_before_pixels=True).PatientID) for p in received} == {"DEMO001"}

@@ -149,9 +149,12 @@ class JobRunner:
             if on_job is not None:
                 on_job(job)
 
-        return self.importer().read_source(
+        job = self.importer().read_source(
             source, "import", wrap=lambda m: CancellableMedium(m, self.stop), on_job=started
         )
+        if isinstance(job, JobResult):  # could not be opened: a failed job all the same
+            self.board.job(job.job_id, source=source)
+        return job
 
     def deliver(self, job_id: str) -> JobResult:
         """Phase 2 from the spool.
@@ -172,7 +175,9 @@ class JobRunner:
 
     def unusable(self, source: str, code: str, detail: str) -> JobResult:
         """A medium with nothing to read (blank, audio) as a failed job."""
-        return self.importer().unusable(source, code, detail)
+        result = self.importer().unusable(source, code, detail)
+        self.board.job(result.job_id, source=source)
+        return result
 
     def unfinished_read_jobs(self) -> list[str]:
         """Jobs fully read but not finished (interrupted in phase 2)."""

@@ -10,9 +10,10 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pdimport.appliance import drives, udev
+from pdimport.appliance.status import StatusBoard
 from pdimport.job.importer import JobResult
 from pdimport.job.lifecycle import (
     EJECTING,
@@ -28,15 +29,28 @@ from pdimport.label.printer import print_label
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from pdimport.appliance.daemon import Daemon
+
+class DriveHost(Protocol):
+    """What a drive worker needs of the appliance (the daemon is one)."""
+
+    cfg: Any
+    ioctl: Any
+    stop: threading.Event
+    eject_after: str
+    board: StatusBoard
+    runner: Any  # .read(source, on_job) and .audit
+    retrier: Any  # .submit(job_id)
+
+    def deliver(self, job_id: str) -> JobResult: ...
+
+    def unreadable_medium(self, event: udev.MediaEvent, what: str) -> JobResult: ...
 
 
 # ------------------------------------------------------------ drive worker
 class DriveWorker(threading.Thread):
     """One drive: its lifecycle, its reads, its eject. Owns its state alone."""
 
-    def __init__(self, event: udev.MediaEvent, app: Daemon) -> None:
+    def __init__(self, event: udev.MediaEvent, app: DriveHost) -> None:
         super().__init__(name=f"drive:{event.kernel}", daemon=True)
         self.devnode = event.devnode
         self.kernel = event.kernel

@@ -272,10 +272,6 @@ class Importer:
             # Nothing is converted or sent until a person releases the medium.
             for inst in pending:
                 inst.state = "held"
-            if mode != "scan":
-                if job.state != JobState.HELD:
-                    self.journal.transition(job.id, JobEvent.HOLD, ",".join(hold_reasons))
-                self._event("hold", job=job.id, reasons=hold_reasons)
         elif mode != "scan":
             self._apply_policy(job, inv, pending, ai_policy)
             patients = group_patients([i for i in inv.instances if i.state == "pending"])
@@ -291,10 +287,16 @@ class Importer:
                 self._deliverer.deliver(job, dest, inv, select)
             settle(inv.instances)
         report = report_mod.build(job, inv, patients, hold_reasons, mode)
+        # The report is saved before the step's last transition: an observer
+        # that hears a job came to rest reads its final report.
         self.journal.save_report(job.id, report)
         if mode == "scan":
             self.journal.transition(job.id, JobEvent.SCANNED)
-        elif not hold_reasons:
+        elif hold_reasons:
+            if job.state != JobState.HELD:
+                self.journal.transition(job.id, JobEvent.HOLD, ",".join(hold_reasons))
+            self._event("hold", job=job.id, reasons=hold_reasons)
+        else:
             self.journal.transition(job.id, _FINISH[report["status"]], _reason(report["problems"]))
         (self.reports_dir / f"{job.id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
         self._event("job_finished", job=job.id, status=report["status"], report=report)

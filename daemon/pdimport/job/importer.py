@@ -298,9 +298,7 @@ class Importer:
             self._event("hold", job=job.id, reasons=hold_reasons)
         else:
             self.journal.transition(job.id, _FINISH[report["status"]], _reason(report["problems"]))
-        (self.reports_dir / f"{job.id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
-        self._event("job_finished", job=job.id, status=report["status"], report=report)
-        return JobResult(job.id, report)
+        return self._finished(job.id, report)
 
     def _apply_policy(
         self, job: Job, inv: Inventory, pending: list[Instance], ai_policy: str
@@ -352,7 +350,13 @@ class Importer:
         self.journal.save_report(job.id, report)
         self.journal.transition(job.id, JobEvent.START_READ)
         self.journal.transition(job.id, JobEvent.READ_FAILED, code)
-        return JobResult(job.id, report)
+        return self._finished(job.id, report)
+
+    def _finished(self, job_id: str, report: dict[str, Any]) -> JobResult:
+        """A step ended: its report in ``reports/`` and the audit trail."""
+        (self.reports_dir / f"{job_id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
+        self._event("job_finished", job=job_id, status=report["status"], report=report)
+        return JobResult(job_id, report)
 
     def _event(self, name: str, **fields: Any) -> None:
         self.audit.on_event(name, dict(fields))

@@ -37,7 +37,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pdimport.label import render as label_mod
+from pdimport.record.audit import AuditLog, operator_name
 from pdimport.settings import declared
+from pdimport.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +354,6 @@ def label_main(cfg_state_dir: Any, job_id: str, out: Path | None = None) -> int:
 
 
 def _stored_report(state: Path, job_id: str) -> dict[str, Any] | None:
-    from pdimport.store.journal import Journal
-
     journal = Journal(state / "journal.sqlite")
     try:
         return journal.report(job_id)
@@ -371,8 +371,6 @@ def _render_to(report: dict[str, Any], out: Path, size: str) -> PrintResult:
 
 
 def _audit_label(state: Path, report: dict[str, Any], result: PrintResult, settings: Any) -> None:
-    from pdimport.record.audit import AuditLog, operator_name
-
     try:
         AuditLog.from_settings(state, settings).append(
             "label_printed",

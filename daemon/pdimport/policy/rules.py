@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdimport.convert import SUBTYPES, PatientContext, convert_file, mark_ai
 from pdimport.model import Header
-from pdimport.policy.classify import DEFAULT_AI_PATTERNS, classify_dataset
+from pdimport.policy.classify import DEFAULT_AI_PATTERNS, classify, classify_dataset
 from pdimport.policy.group import Instance
 from pdimport.problems import FileProblem, Problem
 
@@ -104,8 +105,6 @@ def mark_ai_instances(
     the change recorded in Original Attributes Sequence (PS3.3 C.12.1.1.9)."""
     from pydicom import dcmread
 
-    from pdimport.convert import mark_ai
-
     problems: list[Problem] = []
     for inst in instances:
         if inst.kind != "ai" or inst.state != "pending":
@@ -137,8 +136,6 @@ def convert_other_content(
     """Convert each ``(path, sha256, subtype)`` into DICOM filed with the
     medium's one patient. Returns the new instances, the report's
     ``converted`` entries and the problems."""
-    from pdimport.convert import SUBTYPES, PatientContext, convert_file
-
     instances: list[Instance] = []
     converted: list[dict[str, str]] = []
     problems: list[Problem] = []
@@ -176,8 +173,6 @@ def convert_other_content(
             if isinstance(res, Problem):
                 problems.append(Problem(res.code, path, f"converted object: {res.detail}"))
                 continue
-            from pdimport.policy.classify import classify
-
             inst = Instance(
                 path=path,
                 sha256=out_sha,

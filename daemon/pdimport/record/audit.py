@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pdimport.record import auditsyslog
 from pdimport.record.auditchain import (
     GENESIS,
     last_line,
@@ -43,6 +44,8 @@ from pdimport.record.auditchain import (
     sha256_hex,
     write_durably,
 )
+from pdimport.record.auditsyslog import Node, SyslogSender
+from pdimport.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +172,9 @@ class AuditLog:
 
         syslog = node = None
         if opt("audit.syslog", ""):
-            from pdimport.record.auditsyslog import Node, SyslogSender
-
             syslog = SyslogSender(opt("audit.syslog", ""))
             node = Node(aet=opt("calling_aet", "PDIMPORT"), site_id=opt("audit.site_id", ""))
         if journal is None:
-            from pdimport.store.journal import Journal
-
             journal = Journal(Path(state_dir) / "journal.sqlite")
         return cls(
             Path(state_dir) / "audit",
@@ -344,8 +343,6 @@ class AuditLog:
     def _send_syslog(self, ctx: dict[str, Any], record: dict[str, Any]) -> None:
         if self.syslog is None or self.node is None:
             return
-        from pdimport.record import auditsyslog
-
         report = ctx.get("report") or {}
         patients = report.get("patients") or []
         medium = dict(ctx.get("medium") or {}, facility=record.get("facility", ""))

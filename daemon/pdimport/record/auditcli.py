@@ -10,6 +10,7 @@ from typing import Any
 
 from pdimport.record.audit import TRAIL
 from pdimport.record.auditchain import export, verify
+from pdimport.store.journal import Journal
 
 
 def audit_verify_main(state_dir: Path | str, journal: Any = None) -> int:
@@ -21,8 +22,6 @@ def audit_verify_main(state_dir: Path | str, journal: Any = None) -> int:
     """
     head = None
     if journal is None and (Path(state_dir) / "journal.sqlite").exists():
-        from pdimport.store.journal import Journal
-
         own = Journal(Path(state_dir) / "journal.sqlite")
         try:
             head = own.audit_head(TRAIL)

@@ -97,6 +97,16 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "unsupported_content": ("warning", "a file of a kind pdimport does not import"),
     # --- grouping and policy -----------------------------------------------
     "multi_patient": ("error", "more than one patient on one medium"),
+    # --- reconciliation (IHE Import Reconciliation Workflow) ---------------
+    "identity_source_down": (
+        "error",
+        "an identity source (worklist, registry, table) did not answer; the job is held",
+    ),
+    "no_match": ("warning", "no local patient matches the patient on the medium"),
+    "ambiguous_match": (
+        "warning",
+        "more than one local patient matches the patient on the medium; a person decides",
+    ),
     "uid_conflict": (
         "error",
         "the same SOP Instance UID with different content; the later copy is kept, not sent",

@@ -32,6 +32,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_PIPE = 141  # 128 + SIGPIPE
 #: Commands that only read the state directory.
 READ_ONLY_COMMANDS = frozenset({"jobs", "report", "status", "audit"})
+#: Commands that act on jobs already in a journal: a mistyped path is an error too.
+JOURNAL_COMMANDS = READ_ONLY_COMMANDS | {"release", "discard"}
 
 log = logging.getLogger("pdimport")
 
@@ -128,6 +130,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs in the journal")
     _common(p, "jobs")
+    p.add_argument(
+        "--held", action="store_true", help="held jobs only, with their patients and candidates"
+    )
+
+    p = sub.add_parser("release", help="release a held patient and deliver it from the spool")
+    _common(p, "release")
+    p.add_argument("job")
+    p.add_argument("--local-id", metavar="ID", help="the local Patient ID to file it under")
+    p.add_argument(
+        "--keep-foreign", action="store_true", help="deliver it under the ID on the medium"
+    )
+    p.add_argument("--patient", metavar="FOREIGN_ID", help="which patient of the medium")
+    p.add_argument("--operator", metavar="NAME", required=True, help="who decides")
+
+    p = sub.add_parser("discard", help="discard a held job (or one patient of it)")
+    _common(p, "discard")
+    p.add_argument("job")
+    p.add_argument("--reason", metavar="TEXT", required=True)
+    p.add_argument("--patient", metavar="FOREIGN_ID", help="only this patient of the medium")
+    p.add_argument("--operator", metavar="NAME", required=True, help="who decides")
+
+    p = sub.add_parser("expect", help="say ahead of time that a disc is coming for a patient")
+    _common(p, "expect")
+    p.add_argument("--local-id", metavar="ID")
+    p.add_argument("--name", metavar="PN", default="", help="e.g. 'Yamada^Taro=山田^太郎'")
+    p.add_argument("--birth", metavar="YYYYMMDD", default="")
+    p.add_argument("--sex", choices=("M", "F", "O"), default="")
+    p.add_argument("--note", metavar="TEXT", default="")
+    p.add_argument("--list", action="store_true", help="list the expectations")
+    p.add_argument("--remove", metavar="ID", help="remove by expectation number or local ID")
 
     p = sub.add_parser("report", help="print the stored report of a job")
     _common(p, "report")
@@ -195,9 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "label": cmd_label,
         "audit": cmd_audit,
         "settings": cmd_settings,
+        "release": cmd_decision,
+        "discard": cmd_decision,
+        "expect": cmd_expect,
     }[args.command]
     try:
-        if args.command in READ_ONLY_COMMANDS:
+        if args.command in JOURNAL_COMMANDS:
             _require_state_dir(cfg.state_path)
         return handler(args, cfg)
     except (ValueError, SettingsError) as exc:
@@ -291,6 +326,14 @@ def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.store.journal import Journal
 
     journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
+    if args.held:
+        from pdimport.job.holdqueue import jobs_held_main
+
+        try:
+            return jobs_held_main(journal, args.json)
+        finally:
+            if journal is not None:
+                journal.close()
     if journal is None:
         jobs = []  # a state directory where no job has run yet
     else:
@@ -336,6 +379,46 @@ def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
         print(f"pdimport: no report for job {args.job}", file=sys.stderr)
         return 2
     _print([rep], args.json)
+    return 0
+
+
+def cmd_decision(args: argparse.Namespace, cfg: Any) -> int:
+    from pdimport.job.holdqueue import decision_main
+
+    importer = _importer(cfg)
+    try:
+        return decision_main(importer, args, list(cfg.dest or []))
+    finally:
+        importer.close()
+
+
+def cmd_expect(args: argparse.Namespace, cfg: Any) -> int:
+    from pdimport.reconcile.sources import add_expectation, list_expectations, remove_expectation
+
+    if args.list:
+        rows = list_expectations(cfg.state_path)
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        for row in [] if args.json else rows:
+            print(
+                "  ".join(
+                    str(row.get(k, ""))
+                    for k in ("id", "local_id", "name", "birth_date", "sex", "note")
+                )
+            )
+        return 0
+    if args.remove:
+        n = remove_expectation(cfg.state_path, args.remove)
+        if not n:
+            raise ValueError(f"no expectation {args.remove!r} (see pdimport expect --list)")
+        print(f"removed {n}")
+        return 0
+    if not args.local_id:
+        raise ValueError("expect: give --local-id ID (or --list, --remove)")
+    number = add_expectation(
+        cfg.state_path, args.local_id, args.name, args.birth, args.sex, args.note
+    )
+    print(f"expectation {number}: a medium for {args.local_id} is expected")
     return 0
 
 

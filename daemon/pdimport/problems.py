@@ -102,6 +102,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "an identity source (worklist, registry, table) did not answer; the job is held",
     ),
+    "coercion_failed": (
+        "error",
+        "the instance could not be rewritten to the local patient identity; it is not sent",
+    ),
     "no_match": ("warning", "no local patient matches the patient on the medium"),
     "ambiguous_match": (
         "warning",

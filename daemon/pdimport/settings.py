@@ -30,7 +30,21 @@ class UndeclaredSetting(LookupError):
 
 
 #: Subcommands that take the flag of a setting with ``commands=ALL``.
-ALL = ("import", "scan", "jobs", "report", "daemon", "status", "label", "audit", "settings", "demo")
+ALL = (
+    "import",
+    "scan",
+    "jobs",
+    "report",
+    "daemon",
+    "status",
+    "label",
+    "audit",
+    "settings",
+    "demo",
+    "release",
+    "discard",
+    "expect",
+)
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,65 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_IMPORT,
         multiple=True,
         metavar="KIND=URL",
+    ),
+    # patient reconciliation (IHE Import Reconciliation Workflow)
+    Setting(
+        "reconcile.sources",
+        str,
+        [],
+        "where local patients are looked up, tried in order: mwl://AET@host:port, "
+        "pdq://AET@host:port, csv:///path, sqlite:///path, expect: (flag repeatable; "
+        "empty = no reconciliation)",
+        flag="--identity",
+        commands=("import", "daemon", "release"),
+        multiple=True,
+        metavar="URL",
+    ),
+    Setting(
+        "reconcile.timeout",
+        float,
+        10.0,
+        "seconds an identity source may take to answer",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "reconcile.unmatched",
+        str,
+        "hold",
+        "when no local patient matches: hold (a person decides), keep (foreign ID, "
+        "issuer = the sending institution) or prefix (reconcile.prefix + foreign ID)",
+        choices=("hold", "keep", "prefix"),
+    ),
+    Setting(
+        "reconcile.prefix",
+        str,
+        "EXT-",
+        "prefix put on a foreign Patient ID under reconcile.unmatched = prefix",
+        validate=lambda v: 0 < len(v) <= 16 and "\\" not in v,
+        allowed="1 to 16 characters, no backslash",
+    ),
+    Setting(
+        "reconcile.accession",
+        str,
+        "keep",
+        "AccessionNumber on reconciled instances: keep, clear, or worklist "
+        "(the matched worklist entry's)",
+        choices=("keep", "clear", "worklist"),
+    ),
+    Setting(
+        "reconcile.issuer",
+        str,
+        "",
+        "IssuerOfPatientID of local IDs when the identity source names none",
+    ),
+    Setting(
+        "policy.multi_patient",
+        str,
+        "hold",
+        "a medium with several patients: hold (a person releases each) or split "
+        "(each reconciled and delivered on its own, never merged)",
+        choices=("hold", "split"),
     ),
     # label printer
     Setting(

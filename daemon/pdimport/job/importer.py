@@ -42,6 +42,7 @@ from pdimport.job.deliver import Deliverer, settle
 from pdimport.job.inventory import Inventory, InventoryTaker
 from pdimport.job.lifecycle import JobEvent, JobState
 from pdimport.job.prescan import PrescanStore, PrescanWorker
+from pdimport.job.reconcile import DELIVER, DISCARD, HOLD, Reconciler, Settled
 from pdimport.job.spoolwriter import SpoolWriter
 from pdimport.media import MediumOpenError, open_medium
 from pdimport.media.blockdev import device_size
@@ -64,6 +65,7 @@ EXIT_OK, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE = 0, 1, 2, 64
 #: The report status of a delivery, as the event that ends it.
 _FINISH = {
     JobState.IMPORTED: JobEvent.DELIVERED,
+    JobState.DISCARDED: JobEvent.DISCARD,
     JobState.PARTIAL: JobEvent.PARTIAL,
     JobState.WAITING_FOR_DESTINATION: JobEvent.WAIT,
     JobState.FAILED: JobEvent.FAIL,
@@ -119,7 +121,8 @@ class Importer:
         self.prescans = prescans if prescans is not None else PrescanStore()
         self.stop = stop if stop is not None else threading.Event()
         self._inventory = InventoryTaker(settings, self.journal, self.spool, self.scanner)
-        self._deliverer = Deliverer(settings, self.journal, self.spool, self._event, self.stop)
+        self._deliverer = Deliverer(settings, self.journal, self.spool, self.audit_event, self.stop)
+        self.reconciler = Reconciler(settings, self.journal, self.spool)
 
     # ------------------------------------------------------------ public
     def run(self, source: str, dests: list[str], mode: str = "import") -> JobResult:
@@ -174,7 +177,7 @@ class Importer:
             log.info("resuming job %s for %s", job.id, source)
             return job
         job = self.journal.create_job(key, medium.kind, source, medium.label or "", mode)
-        self._event(
+        self.audit_event(
             "medium_inserted", job=job.id, source=source, kind=medium.kind, label=medium.label
         )
         return job
@@ -224,7 +227,7 @@ class Importer:
             job.id, iter([(p.code, p.path, p.detail) for p in medium.problems])
         )
         self.journal.transition(job.id, JobEvent.READ_DONE, files=len(entries))
-        self._event("read_completed", job=job.id, files=len(entries))
+        self.audit_event("read_completed", job=job.id, files=len(entries))
 
     @staticmethod
     def _read_entry(medium: Any, seq: int, entry: Any, writer: SpoolWriter) -> None:
@@ -259,22 +262,42 @@ class Importer:
         inv = self._inventory.take(job, self.prescans.take(job.id))
         pending = [i for i in inv.instances if i.state == "pending"]
         policy.detect_ai(pending, self.spool.path, policy.ai_patterns(self.settings))
-        hold_reasons: list[str] = []
         patients = group_patients(pending)
-        if len(patients) > 1:
-            hold_reasons.append("multi_patient")
+        facility = report_mod.facility(inv)
+        hold_reasons: list[str] = []
+        settled: list[Settled] = []
+        if mode == "scan":
+            if len(patients) > 1:
+                hold_reasons.append("multi_patient")
+        else:
+            settled = self.reconciler.settle(job.id, patients, facility, inv.problems)
+            for s in settled:
+                if s.action == HOLD:
+                    hold_reasons.append(s.hold_reason)
+                for inst in s.instances:
+                    if s.action == HOLD:
+                        inst.state = "held"
+                    elif s.action == DISCARD and s.decision is not None:
+                        inst.state = "skipped"
+                        inst.detail = f"discarded by {s.decision.operator}: {s.decision.reason}"
+        if "multi_patient" in hold_reasons:
             names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in patients)
             inv.problems.append(Problem("multi_patient", "", names))
         ai_policy = self.settings.get("ai.policy")
         if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
             hold_reasons.append("ai_content")
-        if hold_reasons:
-            # Nothing is converted or sent until a person releases the medium.
-            for inst in pending:
-                inst.state = "held"
-        elif mode != "scan":
-            self._apply_policy(job, inv, pending, ai_policy)
-            patients = group_patients([i for i in inv.instances if i.state == "pending"])
+            for inst in pending:  # the whole medium waits for a person
+                if inst.state == "pending":
+                    inst.state = "held"
+        hold_reasons = list(dict.fromkeys(hold_reasons))
+        deliverable = [i for i in inv.instances if i.state == "pending"]
+        delivering = mode != "scan" and (bool(deliverable) or not hold_reasons)
+        if delivering and not all(s.action == DISCARD for s in settled if settled):
+            self._apply_policy(job, inv, deliverable, ai_policy)
+            self._coerce(job.id, settled, inv, facility)
+            patients = group_patients(
+                [i for i in inv.instances if i.state in ("pending", "held", "skipped")]
+            )
             self.journal.transition(
                 job.id,
                 JobEvent.RELEASE
@@ -286,19 +309,55 @@ class Importer:
             for dest, select in self._deliverer.routes(destinations):
                 self._deliverer.deliver(job, dest, inv, select)
             settle(inv.instances)
-        report = report_mod.build(job, inv, patients, hold_reasons, mode)
+        else:
+            delivering = False
+        report = report_mod.build(
+            job,
+            inv,
+            patients,
+            hold_reasons,
+            mode,
+            reconciled=settled,
+            decisions=self.journal.decisions(job.id),
+        )
         # The report is saved before the step's last transition: an observer
         # that hears a job came to rest reads its final report.
         self.journal.save_report(job.id, report)
         if mode == "scan":
             self.journal.transition(job.id, JobEvent.SCANNED)
         elif hold_reasons:
-            if job.state != JobState.HELD:
+            if delivering or job.state != JobState.HELD:
                 self.journal.transition(job.id, JobEvent.HOLD, ",".join(hold_reasons))
-            self._event("hold", job=job.id, reasons=hold_reasons)
+            self.audit_event("hold", job=job.id, reasons=hold_reasons)
+        elif report["status"] == JobState.DISCARDED and not delivering:
+            self.journal.transition(job.id, JobEvent.DISCARD, "every patient discarded")
         else:
             self.journal.transition(job.id, _FINISH[report["status"]], _reason(report["problems"]))
         return self._finished(job.id, report)
+
+    def _coerce(self, job_id: str, settled: list[Settled], inv: Inventory, facility: str) -> None:
+        """Deliverable patients with a local identity are sent as coerced
+        copies; objects converted from the medium's documents go with the
+        patient they were filed under."""
+        by_id = {s.patient.id: s for s in settled if s.action == DELIVER and s.identity}
+        for s in by_id.values():
+            todo = [i for i in s.instances if i.state == "pending"]
+            todo += [
+                i
+                for i in inv.instances
+                if i.converted and i.state == "pending" and i.header.patient_id == s.patient.id
+            ]
+            assert s.identity is not None
+            inv.problems.extend(self.reconciler.coerce(todo, s.identity, facility))
+            self.audit_event(
+                "coercion",
+                job=job_id,
+                attribute="PatientID",
+                foreign_id=s.patient.id,
+                local_id=s.identity.patient_id,
+                identity_source=s.identity.source,
+                counts={"instances": len(todo)},
+            )
 
     def _apply_policy(
         self, job: Job, inv: Inventory, pending: list[Instance], ai_policy: str
@@ -317,7 +376,7 @@ class Importer:
                     ai,
                     prefix,
                     store,
-                    lambda i: self._event(
+                    lambda i: self.audit_event(
                         "coercion",
                         job=job.id,
                         path=i.path,
@@ -337,7 +396,7 @@ class Importer:
             inv.converted.extend(converted)
             inv.problems.extend(problems)
             for entry in converted:
-                self._event("conversion", job=job.id, **entry)
+                self.audit_event("conversion", job=job.id, **entry)
 
     # ------------------------------------------------------------ helpers
     def unusable(self, source: str, code: str, detail: str, mode: str = "import") -> JobResult:
@@ -355,10 +414,10 @@ class Importer:
     def _finished(self, job_id: str, report: dict[str, Any]) -> JobResult:
         """A step ended: its report in ``reports/`` and the audit trail."""
         (self.reports_dir / f"{job_id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
-        self._event("job_finished", job=job_id, status=report["status"], report=report)
+        self.audit_event("job_finished", job=job_id, status=report["status"], report=report)
         return JobResult(job_id, report)
 
-    def _event(self, name: str, **fields: Any) -> None:
+    def audit_event(self, name: str, **fields: Any) -> None:
         self.audit.on_event(name, dict(fields))
         if self._on_event is None:
             return

@@ -18,8 +18,8 @@ Job lifecycle: see :data:`JOB_TRANSITIONS`::
 
     queued ─start_read→ reading ─read_done→ read ─inventory→ inventoried
     inventoried ─hold→ held | ─deliver→ delivering | ─scanned→ scanned
-    delivering ─delivered|partial|wait|fail|discard→
-        imported | partial | waiting_for_destination | failed | discarded
+    delivering ─delivered|partial|wait|fail|discard|hold→
+        imported | partial | waiting_for_destination | failed | discarded | held
     held ─release→ delivering; held ─discard→ discarded
     waiting_for_destination | failed | partial ─retry→ delivering
     reading ─interrupted→ queued; inventoried/delivering ─interrupted→ read
@@ -175,6 +175,9 @@ JOB_TRANSITIONS: Mapping[tuple[JobState, JobEvent], JobState] = {
     (_S.DELIVERING, _E.FAIL): _S.FAILED,
     (_S.DELIVERING, _E.DISCARD): _S.DISCARDED,  # nothing left to send (all skipped)
     (_S.DELIVERING, _E.INTERRUPTED): _S.READ,  # acknowledged instances are journaled
+    # Some patients of the medium were released and delivered, others still
+    # wait for a person's decision.
+    (_S.DELIVERING, _E.HOLD): _S.HELD,
     (_S.HELD, _E.RELEASE): _S.DELIVERING,
     (_S.HELD, _E.DISCARD): _S.DISCARDED,
     (_S.WAITING_FOR_DESTINATION, _E.RETRY): _S.DELIVERING,

@@ -11,8 +11,9 @@ from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
     from pdimport.job.inventory import Inventory
+    from pdimport.job.reconcile import Settled
     from pdimport.policy.group import Patient
-    from pdimport.store.journal import Job
+    from pdimport.store.journal import Decision, Job
 
 _EXIT = {
     "imported": 0,
@@ -31,11 +32,15 @@ def exit_code(status: str) -> int:
     return _EXIT.get(status, 2)
 
 
-def status_of(inv: Inventory, hold_reasons: list[str], mode: str, failed: bool) -> str:
+def status_of(
+    inv: Inventory, hold_reasons: list[str], mode: str, failed: bool, discarded: bool = False
+) -> str:
     if failed:
         return "failed"
     if hold_reasons:
         return "held"
+    if discarded:
+        return "discarded"  # a person discarded every patient of the medium
     errors = [p for p in inv.problems if PROBLEM_CODES[p.code][0] == "error"]
     live = [i for i in inv.instances if i.state not in ("skipped",)]
     if mode == "scan":
@@ -63,8 +68,15 @@ def build(
     hold_reasons: list[str],
     mode: str,
     failed: bool = False,
+    reconciled: list[Settled] | None = None,
+    decisions: list[Decision] | None = None,
 ) -> dict[str, Any]:
-    status = status_of(inv, hold_reasons, mode, failed)
+    """The report of a job as it stands. ``reconciled`` says who each patient
+    is here (:mod:`pdimport.job.reconcile`); ``decisions`` are a person's."""
+    reconciled = reconciled or []
+    everyone_discarded = bool(reconciled) and all(r.action == "discard" for r in reconciled)
+    status = status_of(inv, hold_reasons, mode, failed, everyone_discarded)
+    by_patient = {r.patient.id: r for r in reconciled}
     counts = {
         "files": inv.files,
         "dicom": len(inv.instances),
@@ -88,7 +100,7 @@ def build(
             "kind": job.source_kind,
             "path": job.source_path,
             "label": job.label,
-            "facility": _facility(inv),
+            "facility": facility(inv),
         },
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
@@ -99,7 +111,8 @@ def build(
             "ai": "ai" in kinds,
             "other_content": bool(inv.other_content),
         },
-        "patients": [_patient(p) for p in patients],
+        "patients": [_patient(p, by_patient.get(p.id)) for p in patients],
+        "decisions": [d.as_dict() for d in decisions or []],
         "counts": counts,
         "instances": [_instance(i) for i in inv.instances],
         "other_content": [{"path": p, "type": t} for p, _sha, t in inv.other_content],
@@ -110,14 +123,21 @@ def build(
     }
 
 
-def _patient(p: Patient) -> dict[str, Any]:
+def _patient(p: Patient, settled: Settled | None) -> dict[str, Any]:
+    identity = settled.identity if settled is not None else None
     return {
         "id": p.id,
         "issuer": p.issuer,
         "name": p.name,
         "birth_date": p.birth_date,
         "sex": p.sex,
-        "local_id": p.local_id,
+        "local_id": identity.patient_id if identity is not None else p.local_id,
+        "local_issuer": identity.issuer if identity is not None else None,
+        "local_name": identity.name if identity is not None else None,
+        "decision": settled.action if settled is not None else None,
+        "hold_reason": (settled.hold_reason or None) if settled is not None else None,
+        "match": settled.match if settled is not None else None,
+        "candidates": settled.candidates if settled is not None else [],
         "studies": [
             {
                 "uid": st.uid,
@@ -141,7 +161,7 @@ def _patient(p: Patient) -> dict[str, Any]:
     }
 
 
-def _facility(inv: Inventory) -> str:
+def facility(inv: Inventory) -> str:
     """The sending institution, as the instances name it (most common value)."""
     names: dict[str, int] = {}
     for inst in inv.instances:

@@ -48,6 +48,9 @@ UNKNOWN_STATUS = ("要確認", "CHECK", "状態不明", "unknown status")
 REASON_WORDS: dict[str, tuple[str, str]] = {
     "multi_patient": ("1枚に複数の患者 ({n}名)", "{n} patients on the disc"),
     "no_local_patient": ("当院の患者と一致しません", "no matching local patient"),
+    "no_match": ("当院の患者と一致しません", "no matching local patient"),
+    "ambiguous_match": ("当院の患者が複数該当", "several local patients match"),
+    "identity_source_down": ("患者照合先に接続できません", "patient registry not reachable"),
     "unreconciled": ("当院の患者と一致しません", "no matching local patient"),
     "patient_mismatch": ("患者情報が一致しません", "patient details do not match"),
     "ai": ("AI画像を保留", "AI content held"),

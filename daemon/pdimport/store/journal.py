@@ -97,6 +97,16 @@ CREATE TABLE IF NOT EXISTS job_events (
     reason  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id, time);
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id    TEXT NOT NULL,
+    patient   TEXT NOT NULL,        -- the foreign Patient ID as on the medium
+    action    TEXT NOT NULL,        -- release | discard
+    identity  TEXT,                 -- JSON: the local identity applied; NULL = unchanged
+    operator  TEXT NOT NULL,
+    reason    TEXT NOT NULL DEFAULT '',
+    time      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id, time);
 """
 
 #: The audit trail's chain head (:mod:`pdimport.record.audit`): the journal is
@@ -124,6 +134,30 @@ class Job:
     read_complete: bool
     created: float
     updated: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's decision on a held patient of a job (release or discard)."""
+
+    job_id: str
+    patient: str
+    action: str
+    identity: dict[str, Any] | None
+    operator: str
+    reason: str
+    time: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "patient": self.patient,
+            "action": self.action,
+            "local_id": (self.identity or {}).get("patient_id"),
+            "identity": self.identity,
+            "operator": self.operator,
+            "reason": self.reason,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time)),
+        }
 
 
 @dataclass(frozen=True)
@@ -327,6 +361,40 @@ class Journal:
     def report(self, job_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT report FROM jobs WHERE id=?", (job_id,))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    # ----------------------------------------------------------- decisions
+    def add_decision(
+        self,
+        job_id: str,
+        patient: str,
+        action: str,
+        identity: dict[str, Any] | None,
+        operator: str,
+        reason: str = "",
+    ) -> Decision:
+        now = time.time()
+        self._exec(
+            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
+            (
+                job_id,
+                patient,
+                action,
+                None if identity is None else json.dumps(identity, ensure_ascii=False),
+                operator,
+                reason,
+                now,
+            ),
+        )
+        return Decision(job_id, patient, action, identity, operator, reason, now)
+
+    def decisions(self, job_id: str) -> list[Decision]:
+        """A job's decisions, oldest first."""
+        return [
+            Decision(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], r[5], r[6])
+            for r in self._rows(
+                "SELECT * FROM decisions WHERE job_id=? ORDER BY time, rowid", (job_id,)
+            )
+        ]
 
     # --------------------------------------------------------------- files
     def record_file(

@@ -1,0 +1,222 @@
+"""The hold queue: held jobs, and a person's decisions on them.
+
+A held job has everything in the spool, so the disc can go home with the
+patient. A decision names one patient of the job (by the ID the medium gave
+them) and either releases it (under a local identity, or unchanged) or
+discards it; the job is then processed again from the spool. These functions
+are the contract: ``pdimport jobs --held``, ``pdimport release``, ``pdimport
+discard`` and the operator console all call them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pdimport.job import report as report_mod
+from pdimport.job.importer import Importer, JobResult
+from pdimport.job.lifecycle import JobState
+from pdimport.job.reconcile import identity_dict, identity_of
+from pdimport.reconcile.model import Candidate
+from pdimport.send import parse_dest
+from pdimport.store.journal import Journal
+
+
+class HoldError(ValueError):
+    """A decision that cannot be taken (unknown job or patient, not held,
+    an unknown local ID): a usage error, and nothing is changed."""
+
+
+def held_patients(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The patients of a held job's report that wait for a decision."""
+    patients = report.get("patients") or []
+    waiting = [p for p in patients if p.get("hold_reason")]
+    if waiting or any("hold_reason" in p for p in patients):
+        return waiting
+    return list(patients)  # a report from before per-patient holds: all of them
+
+
+def held_jobs(journal: Journal) -> list[dict[str, Any]]:
+    """Every held job with its reasons, foreign patients and candidates."""
+    out = []
+    for job in journal.jobs(100_000):
+        if job.state != JobState.HELD:
+            continue
+        report = journal.report(job.id) or {}
+        out.append(
+            {
+                "job": job.id,
+                "source": job.source_path,
+                "label": job.label,
+                "held_since": job.updated,
+                "hold_reasons": report.get("hold_reasons", []),
+                "patients": [
+                    {
+                        "id": p.get("id", ""),
+                        "issuer": p.get("issuer", ""),
+                        "name": p.get("name", ""),
+                        "birth_date": p.get("birth_date", ""),
+                        "sex": p.get("sex", ""),
+                        "hold_reason": p.get("hold_reason"),
+                        "candidates": p.get("candidates", []),
+                    }
+                    for p in held_patients(report)
+                ],
+            }
+        )
+    return out
+
+
+def _held_job(imp: Importer, job_id: str) -> dict[str, Any]:
+    job = imp.journal.job(job_id)
+    if job is None:
+        raise HoldError(f"no job {job_id} in the journal (see pdimport jobs --held)")
+    if job.state != JobState.HELD:
+        raise HoldError(f"job {job_id} is {job.state}, not held")
+    return imp.journal.report(job_id) or {}
+
+
+def _patient(report: dict[str, Any], job_id: str, patient: str | None) -> dict[str, Any]:
+    waiting = held_patients(report)
+    if patient is None:
+        if len(waiting) == 1:
+            return waiting[0]
+        ids = ", ".join(p.get("id", "") or "(no ID)" for p in waiting)
+        raise HoldError(
+            f"job {job_id} holds {len(waiting)} patients ({ids}); name one with --patient"
+        )
+    found = [p for p in waiting if p.get("id", "") == patient]
+    if not found:
+        ids = ", ".join(p.get("id", "") or "(no ID)" for p in waiting) or "none"
+        raise HoldError(f"job {job_id} holds no patient {patient!r} (held: {ids})")
+    return found[0]
+
+
+def _operator(name: str) -> str:
+    if not name.strip():
+        raise HoldError("--operator: the name of the person deciding is required")
+    return name.strip()
+
+
+def release(
+    imp: Importer,
+    job_id: str,
+    operator: str,
+    local_id: str | None = None,
+    patient: str | None = None,
+    keep_foreign: bool = False,
+    dests: list[str] | None = None,
+) -> JobResult:
+    """Release one held patient of ``job_id`` under ``local_id`` (or
+    unchanged with ``keep_foreign``) and deliver it from the spool.
+
+    Raises
+    ------
+    HoldError
+        Nothing is changed: unknown job, not held, unknown patient, no or
+        both of ``local_id``/``keep_foreign``, a local ID no source knows.
+    """
+    operator = _operator(operator)
+    if bool(local_id) == keep_foreign:
+        raise HoldError("give either --local-id ID or --keep-foreign")
+    report = _held_job(imp, job_id)
+    chosen = _patient(report, job_id, patient)
+    identity = None
+    if local_id:
+        known = [Candidate(**c) for c in chosen.get("candidates", []) if c["local_id"] == local_id]
+        down: list[str] = []
+        if not known:
+            known, down = imp.reconciler.lookup(local_id)
+        distinct = {(c.local_id, c.issuer): c for c in known}
+        if not distinct:
+            why = f"; sources down: {'; '.join(down)}" if down else ""
+            raise HoldError(f"local ID {local_id!r} is not known to any identity source{why}")
+        if len(distinct) > 1:
+            raise HoldError(
+                f"local ID {local_id!r} names {len(distinct)} patients (issuers differ)"
+            )
+        [candidate] = distinct.values()
+        identity = identity_of(candidate, str(imp.settings.get("reconcile.issuer")))
+    foreign = chosen.get("id", "")
+    imp.journal.add_decision(job_id, foreign, "release", identity_dict(identity), operator)
+    imp.audit_event(
+        "release",
+        job=job_id,
+        actor=operator,
+        patient=foreign,
+        local_id=identity.patient_id if identity else foreign,
+        keep_foreign=keep_foreign,
+    )
+    return imp.process(job_id, [parse_dest(d) for d in dests or []])
+
+
+def discard(
+    imp: Importer,
+    job_id: str,
+    operator: str,
+    reason: str,
+    patient: str | None = None,
+    dests: list[str] | None = None,
+) -> JobResult:
+    """Discard one held patient of ``job_id`` (every held one without
+    ``patient``); nothing of it is sent.
+
+    Raises
+    ------
+    HoldError
+        Nothing is changed: unknown job or patient, not held, no reason.
+    """
+    operator = _operator(operator)
+    if not reason.strip():
+        raise HoldError("--reason: say why the medium is discarded")
+    report = _held_job(imp, job_id)
+    chosen = [_patient(report, job_id, patient)] if patient is not None else held_patients(report)
+    for p in chosen:
+        foreign = p.get("id", "")
+        imp.journal.add_decision(job_id, foreign, "discard", None, operator, reason.strip())
+        imp.audit_event("discard", job=job_id, actor=operator, patient=foreign, reason=reason)
+    return imp.process(job_id, [parse_dest(d) for d in dests or []])
+
+
+# ------------------------------------------------------------ command line
+def jobs_held_main(journal: Journal | None, as_json: bool) -> int:
+    """``pdimport jobs --held``."""
+    jobs = held_jobs(journal) if journal is not None else []
+    if as_json:
+        print(json.dumps(jobs, ensure_ascii=False, indent=2))
+        return 0
+    for j in jobs:
+        print(f"{j['job']}  held ({', '.join(j['hold_reasons'])})  {j['source']}")
+        for p in j["patients"]:
+            print(
+                f"    patient {p['id'] or '(no ID)'} {p['name']} {p['birth_date']} {p['sex']}"
+                f"  {p['hold_reason'] or ''}".rstrip()
+            )
+            for c in p["candidates"]:
+                print(
+                    f"      candidate {c['local_id']} {c['name']} {c['birth_date']} {c['sex']}"
+                    f"  ({c['source']})"
+                )
+    return 0
+
+
+def decision_main(imp: Importer, args: Any, dests: list[str]) -> int:
+    """``pdimport release`` / ``pdimport discard``: exit status as for import."""
+    if args.command == "release":
+        result = release(
+            imp,
+            args.job,
+            args.operator,
+            local_id=args.local_id,
+            patient=args.patient,
+            keep_foreign=args.keep_foreign,
+            dests=dests,
+        )
+    else:
+        result = discard(imp, args.job, args.operator, args.reason, args.patient, dests=dests)
+    if args.json:
+        print(report_mod.dumps(result.report))
+    else:
+        print(report_mod.summary(result.report), file=sys.stdout)
+    return result.exit_code

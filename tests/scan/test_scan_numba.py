@@ -45,9 +45,9 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pdimport.model import Header
 from pdimport.problems import Problem
 from pdimport.scan import get_scanner
+from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.numba_scanner import NumbaScanner, _Template
 from pdimport.scan.pydicom_scanner import PydicomScanner
-from pdimport.scan.walker import detect_encoding
 from pdimport.settings import defaults
 
 pytest.importorskip("numba")

@@ -240,7 +240,7 @@ def _u32(b, p, little):
 
 @njit(cache=True, nogil=True, inline="always")
 def _plausible_first_group(g):
-    # walker._plausible_first_group: a low even group opens a dataset
+    # syntax._plausible_first_group: a low even group opens a dataset
     return 0x0002 <= g <= 0x00FF and g % 2 == 0
 
 
@@ -286,7 +286,7 @@ def _find(tags, tag):
 @njit(cache=True, nogil=True)
 def _ts_code(b, off, length):
     """Classify a Transfer Syntax UID value (PS3.5 Annex A), padding ignored
-    the way walker._clean_text strips it."""
+    the way syntax._clean_text strips it."""
     s = off
     e = off + length
     while s < e and (b[s] == 0 or b[s] == 32):
@@ -340,7 +340,7 @@ def _need(info, i, n):
 def _walk_meta(b, blen, size, i, mstart, meta_tags, out_off, out_len, out_vr, info, vrt):
     """File Meta group (PS3.10 §7.1): explicit VR LE, group 0x0002 only.
     Returns the dataset offset, or -1 after setting the status."""
-    lim = min(size, 65536)  # walker._read_meta_prefix reads 64 KiB
+    lim = min(size, 65536)  # encoding._read_meta_prefix reads 64 KiB
     p = mstart
     for _ in range(65536):  # bounded: each pass consumes >= 8 bytes
         if p + 8 > lim:

@@ -49,6 +49,7 @@ import numpy as np
 from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
+from pdimport.scan.encoding import META_TAGS, uid_ok
 from pdimport.scan.pydicom_scanner import (
     _CHARSET_WARNINGS,
     HEADER_KEYWORDS,
@@ -58,7 +59,8 @@ from pdimport.scan.pydicom_scanner import (
     _text_fits,
     element_text,
 )
-from pdimport.scan.walker import GEOMETRY_TAGS, META_TAGS, RAW_TRANSFER_SYNTAX, WalkResult, uid_ok
+from pdimport.scan.syntax import RAW_TRANSFER_SYNTAX, _clean_text
+from pdimport.scan.walker import GEOMETRY_TAGS, WalkResult
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ _TEMPLATE_FIELDS = [f for f in _FIELD_TAGS if f not in ("sop_instance_uid", "ins
 #: convert_IS_string); tests/test_scan_numba.py checks them against pydicom.
 _UI_PLAIN = re.compile(rb"[0-9.]{1,64}[\0 ]*\Z")
 _IS_PLAIN = re.compile(rb"[0-9]{1,9}[\0 ]*\Z")
-#: walker.uid_ok for a str already known to be at most 64 characters.
+#: encoding.uid_ok for a str already known to be at most 64 characters.
 _UID_SYNTAX = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")
 _VR_UI = (ord("U") << 8) | ord("I")
 _VR_IS = (ord("I") << 8) | ord("S")
@@ -922,8 +924,8 @@ class NumbaScanner:
             return Problem("unparsable", "", failed or exc)
         ms_sop = ""
         if ms_off >= 0:
-            ms_sop = walker._clean_text(v.data[base + ms_off : base + ms_off + ms_len])
-        # the common case proven valid without walker.uid_ok per UID; any
+            ms_sop = _clean_text(v.data[base + ms_off : base + ms_off + ms_len])
+        # the common case proven valid without encoding.uid_ok per UID; any
         # doubt runs the reference check for its exact Problem
         if not (
             tpl.ids_ok
@@ -1034,7 +1036,7 @@ class NumbaScanner:
         for tag, name in META_TAGS.items():
             c = _META_COL[tag]
             if off[c] >= 0 and tag != _MS_INSTANCE:
-                meta[name] = walker._clean_text(_raw(buf, off[c], lens[c]) or b"")
+                meta[name] = _clean_text(_raw(buf, off[c], lens[c]) or b"")
         has_meta = bool(info[nb.I_HASMETA])
         if has_meta:
             ts = meta.get("TransferSyntaxUID", "")

@@ -11,7 +11,7 @@ How one batch goes (performance notes §1):
 
 1. read the first ``prefix`` bytes (8 KiB) of every file into one
    preallocated 2-D ``uint8`` buffer (no memmap, no per-file numpy objects);
-2. one call of :func:`pdimport.scan._nbwalk.walk_batch` (no GIL) walks every
+2. one call of :func:`pdimport.scan._nbbatch.read_walk_batch` (no GIL) reads and walks every
    element header of every file (PS3.5 §7.1, §7.5), validating what
    :mod:`~pdimport.scan.walker` validates; files whose headers lie beyond the
    prefix are read again with a longer prefix and walked again;
@@ -48,6 +48,7 @@ import numpy as np
 
 from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
+from pdimport.scan import _nbcodes as nb
 from pdimport.scan import walker
 from pdimport.scan.encoding import META_TAGS, uid_ok
 from pdimport.scan.pydicom_scanner import (
@@ -73,7 +74,7 @@ BATCH = 256
 MAX_PREFIX = 4 << 20
 #: Widest row of a batched re-read (bounds a batch to 16 MiB).
 GROUP_PREFIX = 64 << 10
-#: Width of the per-file series key (see _nbwalk.make_key).
+#: Width of the per-file series key (see _nbkey.make_key).
 KEY_WIDTH = 2048
 _MEMO_MAX = 1 << 16
 _TEMPLATE_MAX = 4096
@@ -140,17 +141,18 @@ _VR_UI = (ord("U") << 8) | ord("I")
 _VR_IS = (ord("I") << 8) | ord("S")
 
 
-_NB: Any = None
+_KERNELS: Any = None
 
 
-def _nb() -> Any:
-    """The numba module, imported on first use (importing numba costs ~0.3 s)."""
-    global _NB
-    if _NB is None:
-        from pdimport.scan import _nbwalk
+def _kernels() -> Any:
+    """The numba kernels (:mod:`~pdimport.scan._nbbatch`), imported on first
+    use (importing numba costs ~0.3 s)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from pdimport.scan import _nbbatch
 
-        _NB = _nbwalk
-    return _NB
+        _KERNELS = _nbbatch
+    return _KERNELS
 
 
 def _vr_str(code: int) -> str | None:
@@ -167,8 +169,6 @@ class _Tables:
     def get(cls) -> tuple[Any, ...]:
         with cls._lock:
             if cls._value is None:
-                from pdimport.scan import _nbwalk as nb
-
                 cls._value = (
                     np.array(META_LIST, dtype=np.int64),
                     np.array(DS_LIST, dtype=np.int64),
@@ -239,13 +239,13 @@ class _Batch:
         """Read and walk ``rows`` (default: all) in one numba call without
         the GIL; returns the seconds it took per file. Two threads may walk
         disjoint rows of one batch at once: every output is per row."""
-        nb = _nb()
+        kernels = _kernels()
         w = self.w
         w.invalidate(self.rows)
         rows = self.rows if rows is None else rows
         meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
         start = time.perf_counter()
-        nb.read_walk_batch(
+        kernels.read_walk_batch(
             self.names,
             self.starts,
             _OPEN_FLAGS,
@@ -369,8 +369,6 @@ class _Walked:
     """The numba outputs for a set of files (one batch or one re-read)."""
 
     def __init__(self, n: int, width: int) -> None:
-        from pdimport.scan import _nbwalk as nb
-
         ncol = _NM + len(DS_LIST)
         self.buf = np.empty((n, width), dtype=np.uint8)
         self.lens = np.zeros(n, dtype=np.int64)
@@ -401,12 +399,11 @@ class _Walked:
         self.walked = rows
 
     def run(self, rows: np.ndarray, max_nesting: int) -> None:
-        from pdimport.scan import _nbwalk as nb
-
+        kernels = _kernels()
         self.invalidate(rows)
 
         meta, ds, keycols, idcols, vrt, dtags, dcls, m1, m2, mcls = _Tables.get()
-        nb.walk_batch(
+        kernels.walk_batch(
             self.buf,
             self.lens,
             self.sizes,
@@ -451,8 +448,6 @@ class _View:
     )
 
     def __init__(self, w: _Walked) -> None:
-        from pdimport.scan import _nbwalk as nb
-
         # rows past the last one walked are not looked at (a prescan of a
         # few files must not pay for a 256-row buffer)
         n = int(w.walked.max()) + 1 if len(w.walked) else 0
@@ -564,7 +559,7 @@ class NumbaScanner:
         import tempfile
 
         try:
-            from pdimport.scan import _nbwalk  # noqa: F401
+            from pdimport.scan import _nbbatch  # noqa: F401
 
             probe = _probe_file()
             w = _Walked(1, len(probe))
@@ -659,8 +654,6 @@ class NumbaScanner:
             reason = self._reason(w, 0)
             if reason != "deflate":
                 return None, reason
-            from pdimport.scan import _nbwalk as nb
-
             res = self._scan_inflated(io.BytesIO(data), int(w.modes[0]), int(w.info[0, nb.I_DSOFF]))
         else:
             res = self._decode_safe(w, 0)
@@ -702,7 +695,6 @@ class NumbaScanner:
     def _learn(self, b: _Batch) -> None:
         """A batch mostly of long headers (MR CSA blobs): read more at once
         from the next batch on instead of reading most files twice."""
-        nb = _nb()
         info = b.w.info
         need = [
             int(info[i, nb.I_NEED]) for i in b.rows.tolist() if info[i, nb.I_STATUS] == nb.NEED_MORE
@@ -712,7 +704,6 @@ class NumbaScanner:
 
     def _finish(self, b: _Batch) -> list[Header | Problem]:
         """Decode a walked batch; re-read the files that need more."""
-        nb = _nb()
         w, paths, encodings, results = b.w, b.paths, b.encodings, b.results
         status = w.info[:, nb.I_STATUS].tolist()
         grow: list[int] = []
@@ -745,8 +736,6 @@ class NumbaScanner:
         together with up to :data:`GROUP_PREFIX` bytes each, then one by one
         up to :data:`MAX_PREFIX` (whole file when smaller); the reference
         walker, which seeks over values, takes anything longer."""
-        from pdimport.scan import _nbwalk as nb
-
         # (file, bytes needed, walk mode, file size): the size is known from the first read
         pending = [
             (i, min(int(w.info[i, nb.I_NEED]), int(w.sizes[i])), int(w.modes[i]), int(w.sizes[i]))
@@ -775,8 +764,6 @@ class NumbaScanner:
     ) -> list[tuple[int, int, int, int]]:
         """Read ``width`` bytes of each file and walk them (the batch reader,
         one call); returns the files that need still more."""
-        from pdimport.scan import _nbwalk as nb
-
         g = _Walked(len(files), max(width, 1))
         b = _Batch(g, [paths[f[0]] for f in files], [encodings[f[0]] for f in files])
         b.set_files(list(range(len(files))), [f[2] for f in files])
@@ -811,8 +798,6 @@ class NumbaScanner:
         """Row ``k`` of ``w`` (file ``row``, default ``k``) ended the walk:
         a deflated body is inflated and walked again, anything else goes to
         the reference path."""
-        from pdimport.scan import _nbwalk as nb
-
         i = k if row is None else row
         reason = self._reason(w, k)
         if reason == "deflate":
@@ -833,8 +818,6 @@ class NumbaScanner:
         do not inflate cleanly within :data:`MAX_PREFIX` (or
         ``limits.max_inflate``) go to the reference path, which words the
         problem (``deflate_bomb``, ``truncated``, ``ts_mismatch``)."""
-        from pdimport.scan import _nbwalk as nb
-
         cap = min(MAX_PREFIX, walker._limit(self.limits, "max_inflate", MAX_PREFIX))
         data = _inflate(fp, ds_offset, cap)
         if data is None:
@@ -855,8 +838,6 @@ class NumbaScanner:
 
     @staticmethod
     def _reason(w: _Walked, i: int) -> str:
-        from pdimport.scan import _nbwalk as nb
-
         if w.info[i, nb.I_STATUS] == nb.NEED_MORE:
             return "large_header"
         r = int(w.info[i, nb.I_REASON])
@@ -902,7 +883,7 @@ class NumbaScanner:
         sop_off, sop_len, sop_vr, num_off, num_len, num_vr, ms_off, ms_len = v.inst[i]
         soplen, numlen = v.soplen[i], v.numlen[i]
         if soplen > 0 and numlen != -1 and tpl.ids_ok:
-            # both values proven plain by the walker (_nbwalk.plain_ids)
+            # both values proven plain by the walker (_nbkey.plain_ids)
             if tpl.problem is not None:
                 return tpl.problem
             sop = v.data[base + sop_off : base + sop_off + soplen].decode("ascii")
@@ -1025,8 +1006,6 @@ class NumbaScanner:
     def _template(self, w: _Walked, i: int) -> _Template:
         """Everything but the per-instance values, in the order
         ``pydicom_scanner.scan_file`` checks them."""
-        from pdimport.scan import _nbwalk as nb
-
         tpl = _Template()
         info, off, lens, vrs, buf = w.info[i], w.off[i], w.len[i], w.vr[i], w.buf[i]
         enc_code = int(info[nb.I_ENC])

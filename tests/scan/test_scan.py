@@ -49,9 +49,10 @@ from pydicom.multival import MultiValue
 from pdimport.model import Header
 from pdimport.problems import PROBLEM_CODES, FileProblem, Problem
 from pdimport.scan import ScannerUnavailable, available_scanners, get_scanner
+from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.pydicom_scanner import HEADER_KEYWORDS, uid_ok
 from pdimport.scan.reference import REFERENCE, Reference
-from pdimport.scan.walker import detect_encoding, walk
+from pdimport.scan.walker import walk
 from pdimport.settings import defaults
 
 SMALL_INFLATE = defaults().replace(limits__max_inflate=8 << 20)

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 from pdimport.model import Header
 from pdimport.problems import Problem
+from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.numba_scanner import NumbaScanner
 from pdimport.scan.pydicom_scanner import PydicomScanner
-from pdimport.scan.walker import detect_encoding
 
 pytest.importorskip("numba")
 

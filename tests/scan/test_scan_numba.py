@@ -45,9 +45,10 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pdimport.model import Header
 from pdimport.problems import Problem
 from pdimport.scan import get_scanner
-from pdimport.scan.numba_scanner import NumbaScanner, _Template
+from pdimport.scan.encoding import detect_encoding
+from pdimport.scan.numba_buffers import _Template
+from pdimport.scan.numba_scanner import NumbaScanner
 from pdimport.scan.pydicom_scanner import PydicomScanner
-from pdimport.scan.walker import detect_encoding
 from pdimport.settings import defaults
 
 pytest.importorskip("numba")
@@ -248,7 +249,7 @@ def test_value_memo_is_per_character_set(tmp_path: Path, fast: NumbaScanner):
 
 # ------------------------------------------------------- value fast paths
 def _slow(scanner: NumbaScanner, tag: int, vr: int, raw: bytes) -> tuple[str, bool, str]:
-    return scanner._decode_slow(tag, vr, raw, _Template())
+    return scanner.decoder.decode_slow(tag, vr, raw, _Template())
 
 
 @settings(max_examples=400, deadline=None)
@@ -258,7 +259,7 @@ def test_plain_ui_fast_path_equals_pydicom(raw: bytes, implicit: bool):
     vr = 0 if implicit else (ord("U") << 8) | ord("I")
     tpl = _Template()
     tpl.implicit = implicit
-    assert scanner._field(0x00080018, vr, raw, tpl) == scanner._decode_slow(
+    assert scanner.decoder.field(0x00080018, vr, raw, tpl) == scanner.decoder.decode_slow(
         0x00080018, vr, raw, tpl
     )
 
@@ -270,7 +271,7 @@ def test_plain_is_fast_path_equals_pydicom(raw: bytes, implicit: bool):
     vr = 0 if implicit else (ord("I") << 8) | ord("S")
     tpl = _Template()
     tpl.implicit = implicit
-    assert scanner._field(0x00200013, vr, raw, tpl) == scanner._decode_slow(
+    assert scanner.decoder.field(0x00200013, vr, raw, tpl) == scanner.decoder.decode_slow(
         0x00200013, vr, raw, tpl
     )
 

@@ -30,88 +30,68 @@ nesting depth is capped and the loop ends within ``2 * size / 8`` iterations.
 Nothing here allocates per element. The functions are compiled with
 ``cache=True`` (``NUMBA_CACHE_DIR`` is honoured by numba itself) and
 ``nogil=True``, so a batch runs without the GIL.
+
+The kernels live in small modules, each calling the one below:
+:mod:`~pdimport.scan._nbbatch` (the batch entry points and the libc reader)
+→ this module (one file's walk) and :mod:`~pdimport.scan._nbkey` (series
+key, plain per-instance values) → :mod:`~pdimport.scan._nbbytes` (byte
+reads, lookups); :mod:`~pdimport.scan._nbcodes` holds the numbers they and
+the Python caller share. numba's cache does not notice a change in a callee
+defined in another module: after editing one of them, clear the cache
+(``__pycache__/*.nbi``/``*.nbc``, or ``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
-# ------------------------------------------------------------- statuses
-OK = 0
-NEED_MORE = 1
-FALLBACK = 2
-READ_FAILED = 3  # read_walk_batch could not open or read the file
-
-# ------------------------------------------------------------- info columns
-I_STATUS = 0
-I_ENC = 1  # 0 part10, 1 implicit_le, 2 explicit_le, 3 explicit_be
-I_TS = 2  # TS_* below
-I_DSOFF = 3
-I_PDOFF = 4  # offset of the top-level Pixel Data tag, -1 if none
-I_PDLEN = 5
-I_ENCAPS = 6
-I_NEED = 7  # bytes needed when NEED_MORE
-I_NNONPLAIN = 8
-I_NPLAIN = 9  # non-empty plain-ASCII text elements before Pixel Data
-I_KLEN = 10  # length of the key, -1 when it did not fit
-I_ELEMS = 11
-I_REASON = 12  # R_* below when FALLBACK
-I_HASMETA = 13
-I_SAMEKEY = 14  # 1: the key equals that of the previous good row of this walk
-I_SOPLEN = 15  # SOP Instance UID: length without padding when plain and checked, else -1
-I_NUMLEN = 16  # Instance Number: length without padding when plain, -2 absent, else -1
-N_INFO = 17
-
-# ------------------------------------------------------------- transfer syntaxes
-TS_NONE = -1
-TS_IMPLICIT = 0
-TS_EXPLICIT_LE = 1
-TS_EXPLICIT_BE = 2
-TS_DEFLATED = 3
-TS_OTHER = 4  # any other UID: explicit VR LE (encapsulated syntaxes, PS3.5 §A.4)
-
-#: mode bit: the body after the File Meta is already inflated (see walk_one)
-INFLATED = 8
-
-# ------------------------------------------------------------- fallback reasons
-R_NONE = 0
-R_META = 1  # no DICM, File Meta malformed or too long
-R_DEFLATE = 2
-R_PROBE = 3  # first element does not fit the declared TS
-R_STRUCT = 4  # item/delimiter misplaced, bad VR, undefined length misuse
-R_ORDER = 5  # top-level tags not strictly ascending
-R_LENGTH = 6  # a length beyond the file or the enclosing item
-R_NESTING = 7
-R_EOF = 8  # the file ends inside a header or an undefined-length container
-R_TRAILING = 9  # a zero tag after the dataset (padding)
-R_LIMIT = 10  # element count, wanted value or text list too large
-R_BIGVALUE = 11  # a wanted value too long for the fast path
-REASONS = (
-    "none",
-    "file_meta",
-    "deflate",
-    "ts_probe",
-    "structure",
-    "tag_order",
-    "length",
-    "nesting",
-    "eof",
-    "trailing",
-    "limits",
-    "big_value",
+from pdimport.scan._nbbytes import _dict_class, _find, _plausible_first_group, _ts_code, _u16, _u32
+from pdimport.scan._nbcodes import (
+    FALLBACK,
+    I_DSOFF,
+    I_ELEMS,
+    I_ENC,
+    I_ENCAPS,
+    I_HASMETA,
+    I_KLEN,
+    I_NEED,
+    I_NNONPLAIN,
+    I_NPLAIN,
+    I_PDLEN,
+    I_PDOFF,
+    I_REASON,
+    I_STATUS,
+    I_TS,
+    INFLATED,
+    MAX_NONPLAIN,
+    N_INFO,
+    NEED_MORE,
+    OK,
+    R_BIGVALUE,
+    R_DEFLATE,
+    R_EOF,
+    R_LENGTH,
+    R_LIMIT,
+    R_META,
+    R_NESTING,
+    R_ORDER,
+    R_PROBE,
+    R_STRUCT,
+    R_TRAILING,
+    TS_DEFLATED,
+    TS_EXPLICIT_BE,
+    TS_EXPLICIT_LE,
+    TS_IMPLICIT,
+    V_LONG,
+    V_PIXEL,
+    V_PN,
+    V_SQ,
+    V_TEXT,
+    V_UN,
+    V_VALID,
 )
 
-# ------------------------------------------------------------- VR table bits
-V_VALID = 1
-V_LONG = 2  # 2 reserved bytes + 4-byte length (PS3.5 Table 7.1-1)
-V_TEXT = 4  # SH LO ST LT UT UC (charset-dependent text, PS3.5 §6.1.2.3)
-V_PN = 8
-V_SQ = 16
-V_UN = 32
-V_PIXEL = 64  # VRs allowed on undefined-length Pixel Data: OB OW UN
-
-# dictionary classes (implicit VR lookup), same bits
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 ITEM_DELIM = 0xFFFEE00D
@@ -119,7 +99,6 @@ SEQ_DELIM = 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 MAX_ELEMENTS = 1_000_000
 MAX_VALUE = 1 << 16  # pydicom defers longer values (defer_size); so do we: fall back
-MAX_NONPLAIN = 32
 PROBE = 256
 
 # frame kinds
@@ -127,198 +106,6 @@ K_TOP = 0
 K_SQ = 1
 K_ITEM = 2
 K_PIXEL = 3
-
-_VRS = [
-    "AE",
-    "AS",
-    "AT",
-    "CS",
-    "DA",
-    "DS",
-    "DT",
-    "FD",
-    "FL",
-    "IS",
-    "LO",
-    "LT",
-    "OB",
-    "OD",
-    "OF",
-    "OL",
-    "OV",
-    "OW",
-    "PN",
-    "SH",
-    "SL",
-    "SQ",
-    "SS",
-    "ST",
-    "SV",
-    "TM",
-    "UC",
-    "UI",
-    "UL",
-    "UN",
-    "UR",
-    "US",
-    "UT",
-    "UV",
-]
-_LONG = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-_TEXT = {"SH", "LO", "ST", "LT", "UT", "UC"}
-
-
-def vr_table() -> np.ndarray:
-    """VR code (``b0 << 8 | b1``) -> V_* bits, for every VR of PS3.5 Table 6.2-1."""
-    t = np.zeros(65536, dtype=np.uint8)
-    for vr in _VRS:
-        bits = V_VALID
-        if vr in _LONG:
-            bits |= V_LONG
-        if vr in _TEXT:
-            bits |= V_TEXT
-        if vr == "PN":
-            bits |= V_PN
-        if vr == "SQ":
-            bits |= V_SQ
-        if vr == "UN":
-            bits |= V_UN
-        if vr in ("OB", "OW", "UN"):
-            bits |= V_PIXEL
-        t[(ord(vr[0]) << 8) | ord(vr[1])] = bits
-    return t
-
-
-def dictionary_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """pydicom's data dictionary as arrays for implicit VR (PS3.5 §7.1.3):
-    sorted tags with their class bits, then the repeater masks in
-    :func:`pydicom.datadict.mask_match` order (first match wins)."""
-    from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
-    from pydicom.datadict import masks
-
-    def bits(vr: str) -> int:
-        if vr == "SQ":
-            return V_SQ
-        if vr == "PN":
-            return V_PN | V_TEXT
-        if vr in _TEXT:
-            return V_TEXT
-        return 0
-
-    tags = np.array(sorted(DicomDictionary), dtype=np.int64)
-    cls = np.array([bits(DicomDictionary[int(t)][0]) for t in tags], dtype=np.uint8)
-    m1 = np.array([v[0] for v in masks.values()], dtype=np.int64)
-    m2 = np.array([v[1] for v in masks.values()], dtype=np.int64)
-    mcls = np.array([bits(RepeatersDictionary[k][0]) for k in masks], dtype=np.uint8)
-    return tags, cls, m1, m2, mcls
-
-
-# ------------------------------------------------------------- byte helpers
-@njit(cache=True, nogil=True, inline="always")
-def _u16(b, p, little):
-    if little:
-        return np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
-    return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _u32(b, p, little):
-    if little:
-        return (
-            np.int64(b[p])
-            | (np.int64(b[p + 1]) << 8)
-            | (np.int64(b[p + 2]) << 16)
-            | (np.int64(b[p + 3]) << 24)
-        )
-    return (
-        (np.int64(b[p]) << 24)
-        | (np.int64(b[p + 1]) << 16)
-        | (np.int64(b[p + 2]) << 8)
-        | np.int64(b[p + 3])
-    )
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _plausible_first_group(g):
-    # walker._plausible_first_group: a low even group opens a dataset
-    return 0x0002 <= g <= 0x00FF and g % 2 == 0
-
-
-@njit(cache=True, nogil=True)
-def _dict_class(tag, dtags, dcls, m1, m2, mcls):
-    """pydicom ``dictionary_VR`` as class bits; 0 for unknown or private."""
-    lo = 0
-    hi = dtags.shape[0] - 1
-    while lo <= hi:
-        mid = (lo + hi) >> 1
-        t = dtags[mid]
-        if t == tag:
-            return np.int64(dcls[mid])
-        if t < tag:
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    if (tag >> 16) % 2 == 1:
-        return np.int64(0)  # private tags are never looked up in the repeaters
-    for k in range(m1.shape[0]):
-        if ((tag ^ m1[k]) & m2[k]) == 0:
-            return np.int64(mcls[k])
-    return np.int64(0)
-
-
-@njit(cache=True, nogil=True)
-def _find(tags, tag):
-    """Index of ``tag`` in the sorted ``tags``, -1 when absent."""
-    lo = 0
-    hi = tags.shape[0] - 1
-    while lo <= hi:
-        mid = (lo + hi) >> 1
-        t = tags[mid]
-        if t == tag:
-            return mid
-        if t < tag:
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def _ts_code(b, off, length):
-    """Classify a Transfer Syntax UID value (PS3.5 Annex A), padding ignored
-    the way walker._clean_text strips it."""
-    s = off
-    e = off + length
-    while s < e and (b[s] == 0 or b[s] == 32):
-        s += 1
-    while e > s and (b[e - 1] == 0 or b[e - 1] == 32):
-        e -= 1
-    n = e - s
-    # "1.2.840.10008.1.2" is the common stem of the four native syntaxes
-    stem = np.array(
-        [49, 46, 50, 46, 56, 52, 48, 46, 49, 48, 48, 48, 56, 46, 49, 46, 50], dtype=np.uint8
-    )
-    if n < 17:
-        return TS_OTHER
-    for k in range(17):
-        if b[s + k] != stem[k]:
-            return TS_OTHER
-    if n == 17:
-        return TS_IMPLICIT
-    if n == 19 and b[s + 17] == 46 and b[s + 18] == 49:
-        return TS_EXPLICIT_LE
-    if n == 19 and b[s + 17] == 46 and b[s + 18] == 50:
-        return TS_EXPLICIT_BE
-    if (
-        n == 22
-        and b[s + 17] == 46
-        and b[s + 18] == 49
-        and b[s + 19] == 46
-        and b[s + 20] == 57
-        and b[s + 21] == 57
-    ):
-        return TS_DEFLATED
-    return TS_OTHER
 
 
 # ------------------------------------------------------------- one file
@@ -340,7 +127,7 @@ def _need(info, i, n):
 def _walk_meta(b, blen, size, i, mstart, meta_tags, out_off, out_len, out_vr, info, vrt):
     """File Meta group (PS3.10 §7.1): explicit VR LE, group 0x0002 only.
     Returns the dataset offset, or -1 after setting the status."""
-    lim = min(size, 65536)  # walker._read_meta_prefix reads 64 KiB
+    lim = min(size, 65536)  # encoding._read_meta_prefix reads 64 KiB
     p = mstart
     for _ in range(65536):  # bounded: each pass consumes >= 8 bytes
         if p + 8 > lim:
@@ -715,307 +502,3 @@ def walk_one(
                     n_nonplain += 1
         pos = vpos + length
     return _fail(info, i, R_LIMIT)
-
-
-@njit(cache=True, nogil=True)
-def _put(key, i, k, v, nbytes):
-    """Append ``v`` as ``nbytes`` little-endian bytes to key row ``i`` at ``k``."""
-    for q in range(nbytes):
-        key[i, k + q] = (v >> (8 * q)) & 0xFF
-    return k + nbytes
-
-
-@njit(cache=True, nogil=True)
-def make_key(b, i, key, key_fields, out_off, out_len, out_vr, info, nonplain):
-    """The series key of file ``i``: every input of the memoised decode
-    except the per-instance fields, as bytes (exact, no hash)."""
-    width = key.shape[1]
-    k = 0
-    for c in (I_ENC, I_TS, I_ENCAPS, I_HASMETA):
-        k = _put(key, i, k, info[i, c], 1)
-    k = _put(key, i, k, 1 if info[i, I_PDOFF] >= 0 else 0, 1)
-    k = _put(key, i, k, 1 if info[i, I_NPLAIN] > 0 else 0, 1)
-    k = _put(key, i, k, info[i, I_PDLEN], 8)
-    for f in range(key_fields.shape[0]):
-        c = key_fields[f]
-        n = out_len[i, c]
-        if k + 7 + max(n, 0) > width:
-            return -1
-        k = _put(key, i, k, out_vr[i, c], 2)
-        k = _put(key, i, k, n + 1, 4)  # 0 = absent
-        o = out_off[i, c]
-        for q in range(max(n, 0)):
-            key[i, k + q] = b[o + q]
-        k += max(n, 0)
-    for e in range(info[i, I_NNONPLAIN]):
-        n = nonplain[i, e, 3]
-        if k + 9 + n > width:
-            return -1
-        k = _put(key, i, k, nonplain[i, e, 0], 4)
-        k = _put(key, i, k, nonplain[i, e, 1], 1)
-        k = _put(key, i, k, n, 4)
-        o = nonplain[i, e, 2]
-        for q in range(n):
-            key[i, k + q] = b[o + q]
-        k += n
-    return k
-
-
-@njit(cache=True, nogil=True)
-def walk_batch(
-    buf,
-    lens,
-    sizes,
-    modes,
-    rows,
-    max_nesting,
-    meta_tags,
-    ds_tags,
-    key_fields,
-    id_cols,
-    out_off,
-    out_len,
-    out_vr,
-    info,
-    nonplain,
-    key,
-    vrt,
-    dtags,
-    dcls,
-    m1,
-    m2,
-    mcls,
-):
-    """Walk the files ``rows`` of a batch (row ``i`` of ``buf`` holds the
-    first ``lens[i]`` bytes of a ``sizes[i]``-byte file) without the GIL."""
-    cap = 2 * max_nesting + 8
-    st_kind = np.zeros(cap, dtype=np.int64)
-    st_end = np.zeros(cap, dtype=np.int64)
-    st_impl = np.zeros(cap, dtype=np.int64)
-    st_depth = np.zeros(cap, dtype=np.int64)
-    prev = -1
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        b = buf[i]
-        st = walk_one(
-            b,
-            lens[i],
-            sizes[i],
-            modes[i],
-            max_nesting,
-            i,
-            meta_tags,
-            ds_tags,
-            out_off,
-            out_len,
-            out_vr,
-            info,
-            nonplain,
-            vrt,
-            dtags,
-            dcls,
-            m1,
-            m2,
-            mcls,
-            st_kind,
-            st_end,
-            st_impl,
-            st_depth,
-        )
-        if st == OK:
-            klen = make_key(b, i, key, key_fields, out_off, out_len, out_vr, info, nonplain)
-            info[i, I_KLEN] = klen
-            same = 0
-            if klen >= 0 and prev >= 0 and info[prev, I_KLEN] == klen:
-                same = 1
-                for q in range(klen):
-                    if key[i, q] != key[prev, q]:
-                        same = 0
-                        break
-            info[i, I_SAMEKEY] = same
-            if klen >= 0:
-                prev = i
-            info[i, I_SOPLEN], info[i, I_NUMLEN] = plain_ids(
-                b, i, id_cols, out_off, out_len, out_vr
-            )
-
-
-@njit(cache=True, nogil=True)
-def _padded_end(b, off, n):
-    """End of a value without its trailing NUL/space padding."""
-    e = off + n
-    while e > off and (b[e - 1] == 0 or b[e - 1] == 32):
-        e -= 1
-    return e
-
-
-@njit(cache=True, nogil=True)
-def plain_ids(b, i, id_cols, out_off, out_len, out_vr):
-    """The per-instance values the caller can take as they are, proven here
-    so Python does no regular expression per file: (SOP Instance UID length,
-    Instance Number length), each without padding, or -1 when Python must
-    decode and check the value itself (-2: no Instance Number).
-
-    The SOP Instance UID qualifies when its VR is UI (or implicit), it is
-    1-64 digits and dots forming a UID (PS3.5 §9.1: no empty component),
-    padding only at its end, and the File Meta's Media Storage SOP Instance
-    UID, if present, is the same once stripped of NUL/space on both sides.
-    The Instance Number qualifies as 1-9 digits, VR IS (or implicit),
-    padding only at its end."""
-    vr_ui = (85 << 8) | 73
-    vr_is = (73 << 8) | 83
-    soplen = -1
-    c = id_cols[0]
-    o = out_off[i, c]
-    if o >= 0 and (out_vr[i, c] == 0 or out_vr[i, c] == vr_ui):
-        e = _padded_end(b, o, out_len[i, c])
-        n = e - o
-        good = 1 <= n <= 64 and b[o] != 46 and b[e - 1] != 46
-        for q in range(o, e):
-            ch = b[q]
-            if ch == 46:
-                if b[q - 1] == 46:
-                    good = False
-            elif ch < 48 or ch > 57:
-                good = False
-            if not good:
-                break
-        m = id_cols[2]
-        mo = out_off[i, m]
-        if good and mo >= 0:
-            ms = mo
-            me = _padded_end(b, mo, out_len[i, m])
-            while ms < me and (b[ms] == 0 or b[ms] == 32):
-                ms += 1
-            if me - ms != n:
-                good = False
-            else:
-                for q in range(n):
-                    if b[ms + q] != b[o + q]:
-                        good = False
-                        break
-        if good:
-            soplen = n
-    numlen = -1
-    c = id_cols[1]
-    o = out_off[i, c]
-    if o < 0:
-        numlen = -2
-    elif out_vr[i, c] == 0 or out_vr[i, c] == vr_is:
-        e = _padded_end(b, o, out_len[i, c])
-        n = e - o
-        good = 1 <= n <= 9
-        for q in range(o, e):
-            if b[q] < 48 or b[q] > 57:
-                good = False
-                break
-        if good:
-            numlen = n
-    return soplen, numlen
-
-
-# ------------------------------------------------------------- reading
-# The C library's calls, bound by symbol (resolved in this process when the
-# compiled code is linked, so the functions stay cacheable; ctypes functions
-# as globals would not be, and as arguments cost ~250 µs of typing per call).
-# Pointers travel as intp: the same register on x86-64 and AArch64.
-_c_open = types.ExternalFunction("open", types.int32(types.intp, types.int32))
-_c_lseek = types.ExternalFunction("lseek", types.int64(types.int32, types.int64, types.int32))
-_c_pread = types.ExternalFunction(
-    "pread", types.int64(types.int32, types.intp, types.uint64, types.int64)
-)
-_c_close = types.ExternalFunction("close", types.int32(types.int32))
-SEEK_END = 2
-
-
-@njit(cache=True, nogil=True)
-def read_prefix(name, flags, row):
-    """Read the first ``len(row)`` bytes of the file named by the
-    NUL-terminated bytes ``name`` into ``row`` with libc calls (no GIL, no
-    Python object per file). Returns (bytes read, file size), or (-1, -1)
-    when the file cannot be opened or read."""
-    fd = _c_open(name.ctypes.data, flags)
-    if fd < 0:
-        return -1, -1
-    size = _c_lseek(fd, 0, SEEK_END)  # the size, in one syscall
-    want = min(size, row.shape[0])
-    got = 0
-    while got < want:  # short reads happen on some FUSE file systems
-        n = _c_pread(fd, row[got:].ctypes.data, want - got, got)
-        if n <= 0:
-            break
-        got += n
-    _c_close(fd)
-    if size < 0 or got < want:
-        return -1, -1
-    return got, size
-
-
-@njit(cache=True, nogil=True)
-def read_walk_batch(
-    names,
-    starts,
-    flags,
-    buf,
-    lens,
-    sizes,
-    modes,
-    rows,
-    max_nesting,
-    meta_tags,
-    ds_tags,
-    key_fields,
-    id_cols,
-    out_off,
-    out_len,
-    out_vr,
-    info,
-    nonplain,
-    key,
-    vrt,
-    dtags,
-    dcls,
-    m1,
-    m2,
-    mcls,
-):
-    """Read the prefix of every file of ``rows`` (row ``i`` named by
-    ``names[starts[i]:]``) and walk them, all in one call without the GIL,
-    so a thread can read and walk the next batch while Python decodes this
-    one. A file that cannot be read gets ``READ_FAILED``."""
-    ok = np.empty(rows.shape[0], dtype=np.int64)
-    n = 0
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        got, size = read_prefix(names[starts[i] :], flags, buf[i])
-        if got < 0:
-            info[i, I_STATUS] = READ_FAILED
-            continue
-        lens[i] = got
-        sizes[i] = size
-        ok[n] = i
-        n += 1
-    walk_batch(
-        buf,
-        lens,
-        sizes,
-        modes,
-        ok[:n],
-        max_nesting,
-        meta_tags,
-        ds_tags,
-        key_fields,
-        id_cols,
-        out_off,
-        out_len,
-        out_vr,
-        info,
-        nonplain,
-        key,
-        vrt,
-        dtags,
-        dcls,
-        m1,
-        m2,
-        mcls,
-    )

@@ -23,6 +23,7 @@ from typing import Any
 
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
+from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.identify import normalise_component, normalise_path
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def _load(path: Path, settings: Any) -> Any:
     from pydicom import dcmread
 
     with open(path, "rb") as fp:
-        encoding = walker.detect_encoding(fp.read(4096))
+        encoding = detect_encoding(fp.read(4096))
     if encoding is None:
         raise FileProblem("not_dicom", "the DICOMDIR is not DICOM")
     walker.walk(path, encoding, settings)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pdimport.model import Identity
 from pdimport.problems import FileProblem, Problem
-from pdimport.scan.walker import detect_encoding, read_file_meta
+from pdimport.scan.encoding import detect_encoding, read_file_meta
 
 log = logging.getLogger(__name__)
 

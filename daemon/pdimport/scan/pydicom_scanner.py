@@ -20,7 +20,8 @@ from typing import Any
 from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
-from pdimport.scan.walker import WalkResult, uid_ok
+from pdimport.scan.encoding import uid_ok
+from pdimport.scan.walker import WalkResult
 
 log = logging.getLogger(__name__)
 

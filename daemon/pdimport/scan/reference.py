@@ -3,7 +3,7 @@
 
 Each row names a file bundled with pydicom (``test_files/`` or
 ``charset_files/``) and gives what a scanner returns for it: the encoding
-:func:`~pdimport.scan.walker.detect_encoding` sees (None = not DICOM), and
+:func:`~pdimport.scan.encoding.detect_encoding` sees (None = not DICOM), and
 either the expected :class:`~pdimport.model.Header` values or the expected
 problem code. The values were checked against pydicom ``dcmread`` (the
 oracle, see tests/test_scan.py) and, for the charset files, against the

@@ -15,55 +15,51 @@ This module checks the *structure* of a file from its bytes alone:
 * a deflated dataset (PS3.5 §A.5) is inflated in bounded chunks and capped
   (``limits.max_inflate``).
 
-The walker only ever raises :class:`~pdimport.problems.FileProblem`.
+The walker only ever raises :class:`~pdimport.problems.FileProblem`. It reads
+through :mod:`~pdimport.scan.sources`, learns the encoding and the File Meta
+from :mod:`~pdimport.scan.encoding`, and shares the PS3.5 vocabulary and
+byte helpers of :mod:`~pdimport.scan.syntax`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pdimport.problems import FileProblem
+from pdimport.scan.encoding import (
+    _PROBE,
+    _check_first_element,
+    _raw_encoding_for,
+    _read_meta_prefix,
+    read_file_meta,
+)
+from pdimport.scan.sources import _INFLATE_CHUNK, _FileSource, _InflateSource
+from pdimport.scan.syntax import (
+    DEFLATED_LE,
+    ENCODINGS,
+    EXPLICIT_BE,
+    IMPLICIT_LE,
+    ITEM,
+    ITEM_DELIM,
+    LONG_VRS,
+    NATIVE_TS,
+    PIXEL_DATA,
+    RAW_TRANSFER_SYNTAX,
+    SEQ_DELIM,
+    UNDEFINED,
+    VRS,
+    _clean_text,
+    _fmt,
+    _tag,
+    _u16,
+    _u32,
+)
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------- constants
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-
-#: Transfer syntax assumed for a dataset that has no File Meta (PS3.5 §A.1–A.3).
-RAW_TRANSFER_SYNTAX = {
-    "implicit_le": IMPLICIT_LE,
-    "explicit_le": EXPLICIT_LE,
-    "explicit_be": EXPLICIT_BE,
-}
-ENCODINGS = ("part10", "implicit_le", "explicit_le", "explicit_be")
-
-#: Transfer syntaxes whose Pixel Data is native (not encapsulated), PS3.5 §A.4.
-NATIVE_TS = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE})
-
-#: Every VR of PS3.5 Table 6.2-1.
-VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
-    b"UC UI UL UN UR US UT UV".split()
-)
-#: VRs with a 2-byte reserved field and a 4-byte length (PS3.5 §7.1.2, Table 7.1-1).
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-
-UNDEFINED = 0xFFFFFFFF
-ITEM = 0xFFFEE000
-ITEM_DELIM = 0xFFFEE00D
-SEQ_DELIM = 0xFFFEE0DD
-PIXEL_DATA = 0x7FE00010
-#: Float / Double Float Pixel Data are always native (PS3.5 §A.4 excludes them).
-NATIVE_PIXEL_TAGS = (0x7FE00008, 0x7FE00009)
 
 #: Top-level values the walker reads (all short): image geometry for the
 #: native Pixel Data length check (PS3.3 C.7.6.3).
@@ -75,19 +71,9 @@ GEOMETRY_TAGS = {
     0x00280011: "Columns",
     0x00280100: "BitsAllocated",
 }
-#: File Meta values kept (PS3.10 §7.1).
-META_TAGS = {
-    0x00020002: "MediaStorageSOPClassUID",
-    0x00020003: "MediaStorageSOPInstanceUID",
-    0x00020010: "TransferSyntaxUID",
-    0x00020012: "ImplementationClassUID",
-    0x00020013: "ImplementationVersionName",
-}
 _SMALL_VALUE = 256  # values kept only when at most this long
-_MAX_META = 1 << 16  # no sane File Meta group is larger than 64 KiB
 #: Most element headers walked in one file: a real CT header has a few hundred.
 MAX_ELEMENTS = 1_000_000
-_INFLATE_CHUNK = 1 << 16
 _DEFAULT_NESTING = 64
 _DEFAULT_INFLATE = 2 << 30
 
@@ -127,135 +113,6 @@ class _Frame:
     depth: int  # sequence nesting depth of this frame
 
 
-# ----------------------------------------------------------------- sources
-class _FileSource:
-    """A seekable file whose size is known; ``skip`` never reads."""
-
-    def __init__(self, fp: BinaryIO, size: int, pos: int) -> None:
-        self._fp = fp
-        self.size = size
-        self.pos = pos
-        fp.seek(pos)
-
-    def remaining(self) -> int | None:
-        return self.size - self.pos
-
-    def read(self, n: int) -> bytes:
-        data = self._fp.read(n)
-        self.pos += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        # The caller has checked n <= remaining(): seeking is safe and free.
-        self._fp.seek(n, os.SEEK_CUR)
-        self.pos += n
-        return n
-
-
-class _InflateSource:
-    """The inflated stream of a Deflated Explicit VR Little Endian dataset
-    (PS3.5 §A.5: raw deflate, RFC 1951, no zlib header).
-
-    Inflates in ``max_length`` chunks so memory stays bounded, and stops with
-    ``deflate_bomb`` once ``cap`` bytes have come out.
-    """
-
-    def __init__(self, fp: BinaryIO, start: int, cap: int) -> None:
-        self._fp = fp
-        fp.seek(start)
-        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
-        self._buf = b""
-        self._off = 0  # read position in _buf (slicing per header would copy 64 KiB)
-        self._cap = cap
-        self._produced = 0
-        self.pos = start  # stream coordinates start at the dataset offset
-        self._eof = False
-
-    def remaining(self) -> int | None:
-        return None  # unknown until inflated
-
-    def _fill(self, want: int) -> None:
-        if len(self._buf) - self._off >= want:
-            return
-        self._buf = self._buf[self._off :]
-        self._off = 0
-        while len(self._buf) < want and not self._eof:
-            if self._z.unconsumed_tail:
-                data = self._z.unconsumed_tail
-            else:
-                data = self._fp.read(_INFLATE_CHUNK)
-                if not data:
-                    self._finish()
-                    return
-            try:
-                out = self._z.decompress(data, _INFLATE_CHUNK)
-            except zlib.error as exc:
-                raise FileProblem(
-                    "ts_mismatch", f"deflated dataset does not inflate: {exc}"
-                ) from None
-            self._account(len(out))
-            self._buf += out
-            if self._z.eof:
-                self._eof = True
-
-    def _finish(self) -> None:
-        try:
-            out = self._z.flush()
-        except zlib.error as exc:  # pragma: no cover - flush rarely fails
-            raise FileProblem("ts_mismatch", f"deflated dataset does not inflate: {exc}") from None
-        self._account(len(out))
-        self._buf += out
-        self._eof = True
-        if not self._z.eof:
-            raise FileProblem("truncated", "the deflate stream ends early")
-
-    def _account(self, n: int) -> None:
-        self._produced += n
-        if self._produced > self._cap:
-            raise FileProblem("deflate_bomb", f"inflates beyond {self._cap} bytes")
-
-    def read(self, n: int) -> bytes:
-        self._fill(n)
-        data = self._buf[self._off : self._off + n]
-        self._off += len(data)
-        self.pos += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        done = 0
-        while done < n:
-            chunk = self.read(min(n - done, _INFLATE_CHUNK))
-            if not chunk:
-                break
-            done += len(chunk)
-        return done
-
-
-# ----------------------------------------------------------- small helpers
-def _u16(b: bytes, little: bool) -> int:
-    return struct.unpack("<H" if little else ">H", b)[0]
-
-
-def _u32(b: bytes, little: bool) -> int:
-    return struct.unpack("<I" if little else ">I", b)[0]
-
-
-def _tag(b: bytes, little: bool) -> int:
-    group, elem = struct.unpack("<HH" if little else ">HH", b[:4])
-    return (group << 16) | elem
-
-
-def _fmt(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def _plausible_first_group(group: int) -> bool:
-    """Whether ``group`` can open a dataset (PS3.5 §7.1: ascending order, and
-    every IOD has group 0x0008; DICOMDIRs start at 0x0004; group-length and
-    ACR-NEMA files may start at a low group). Byte-swapped 0x0008 is 0x0800."""
-    return 0x0002 <= group <= 0x00FF and group % 2 == 0
-
-
 def _limit(limits: Any, name: str, default: int) -> int:
     """A limit from a Settings object, a mapping or None (tests)."""
     if limits is None:
@@ -267,168 +124,6 @@ def _limit(limits: Any, name: str, default: int) -> int:
         return int(limits.get(key))
     except (AttributeError, KeyError, TypeError):
         return int(getattr(limits, name, default))
-
-
-def _clean_text(raw: bytes) -> str:
-    """A UI/CS/SH value as text: strip the NUL/space padding (PS3.5 §6.2)."""
-    return raw.decode("ascii", "replace").strip("\0 ")
-
-
-# -------------------------------------------------------- encoding detection
-def _explicit_header_ok(b: bytes) -> bool:
-    """Whether ``b`` (≥ 8 bytes) reads as a plausible explicit VR header."""
-    return b[4:6] in VRS
-
-
-def _probe_elements(prefix: bytes, little: bool, implicit: bool, count: int = 3) -> bool:
-    """Walk up to ``count`` elements of ``prefix``: tags ascending, VRs valid,
-    lengths sane. True when nothing implausible was met (PS3.5 §7.1)."""
-    pos, last, seen = 0, -1, 0
-    while seen < count and pos + 8 <= len(prefix):
-        b = prefix[pos : pos + 8]
-        tag = _tag(b, little)
-        if tag <= last or tag >> 16 == 0xFFFE:
-            return False
-        if implicit:
-            length, hdr = _u32(b[4:8], little), 8
-        else:
-            vr = b[4:6]
-            if vr not in VRS:
-                return False
-            if vr in LONG_VRS:
-                if pos + 12 > len(prefix):
-                    return seen > 0
-                length, hdr = _u32(prefix[pos + 8 : pos + 12], little), 12
-            else:
-                length, hdr = _u16(b[6:8], little), 8
-        if length == UNDEFINED:
-            return True  # a sequence: good enough evidence
-        if length > 1 << 28:
-            return False
-        pos += hdr + length
-        last = tag
-        seen += 1
-    return seen > 0
-
-
-def detect_encoding(prefix: bytes) -> str | None:
-    """Tell how a file is encoded from its first bytes.
-
-    Parameters
-    ----------
-    prefix : bytes
-        The first bytes of the file (at least 132 for Part 10; 4 KiB is plenty).
-
-    Returns
-    -------
-    str or None
-        ``"part10"`` for a 128-byte preamble followed by ``"DICM"`` (PS3.10
-        §7.1); for a dataset with no preamble, ``"implicit_le"``,
-        ``"explicit_le"`` or ``"explicit_be"`` (PS3.5 §A.1–A.3), judged from
-        the first tag's group in either byte order and the VR bytes; None
-        when the bytes are not DICOM.
-    """
-    if len(prefix) >= 132 and prefix[128:132] == b"DICM":
-        return "part10"
-    if len(prefix) < 8:
-        return None
-    group_le = _u16(prefix[0:2], True)
-    group_be = _u16(prefix[0:2], False)
-    if group_le == 0x0002:
-        # File Meta without a preamble (seen on old discs): the meta is
-        # always explicit VR LE (PS3.10 §7.1); the body follows its TS.
-        return "explicit_le" if _probe_elements(prefix, True, False, 1) else None
-    if _plausible_first_group(group_le):
-        if _explicit_header_ok(prefix) and _probe_elements(prefix, True, False):
-            return "explicit_le"
-        if _probe_elements(prefix, True, True):
-            return "implicit_le"
-        return None
-    # Implicit VR Big Endian does not exist (PS3.5 §A.3 is explicit only).
-    if (
-        _plausible_first_group(group_be)
-        and _explicit_header_ok(prefix)
-        and _probe_elements(prefix, False, False)
-    ):
-        return "explicit_be"
-    return None
-
-
-# ------------------------------------------------------------- file meta
-def read_file_meta(prefix: bytes, offset: int = 132) -> tuple[dict[str, str], int]:
-    """Parse the File Meta Information group from a byte buffer.
-
-    Parameters
-    ----------
-    prefix : bytes
-        The file's first bytes (must hold the whole meta group).
-    offset : int
-        Where group 0x0002 starts: 132 after preamble + "DICM", or 0.
-
-    Returns
-    -------
-    (dict, int)
-        The :data:`META_TAGS` values found, and the offset where the dataset
-        begins (the first element whose group is not 0x0002).
-
-    Raises
-    ------
-    FileProblem
-        ``bad_file_meta`` when the group is not explicit VR LE (PS3.10 §7.1),
-        runs past the buffer, or lacks a Transfer Syntax UID.
-    """
-    meta: dict[str, str] = {}
-    pos = offset
-    while True:
-        if pos + 8 > len(prefix):
-            if pos == len(prefix) and len(prefix) < _MAX_META + offset:
-                break  # the file holds nothing but meta: an empty dataset
-            raise FileProblem("bad_file_meta", "File Meta runs past the end of the readable prefix")
-        if _u16(prefix[pos : pos + 2], True) != 0x0002:
-            break
-        tag, hdr, length = _meta_element(prefix, pos)
-        if tag in META_TAGS:
-            meta[META_TAGS[tag]] = _clean_text(prefix[pos + hdr : pos + hdr + length])
-        pos += hdr + length
-    if not meta.get("TransferSyntaxUID"):
-        raise FileProblem("bad_file_meta", "no Transfer Syntax UID in the File Meta")
-    if not uid_ok(meta["TransferSyntaxUID"]):
-        raise FileProblem(
-            "bad_file_meta", f"Transfer Syntax UID {meta['TransferSyntaxUID']!r} is malformed"
-        )
-    return meta, pos
-
-
-def _meta_element(prefix: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, header length, value length) of one File Meta element, which is
-    always explicit VR Little Endian (PS3.10 §7.1)."""
-    b = prefix[pos : pos + 8]
-    tag = _tag(b, True)
-    vr = b[4:6]
-    if vr not in VRS:
-        raise FileProblem("bad_file_meta", f"File Meta element {_fmt(tag)} is not explicit VR")
-    if vr in LONG_VRS:
-        if pos + 12 > len(prefix):
-            raise FileProblem("bad_file_meta", "File Meta ends inside an element header")
-        length, hdr = _u32(prefix[pos + 8 : pos + 12], True), 12
-    else:
-        length, hdr = _u16(b[6:8], True), 8
-    if length == UNDEFINED or pos + hdr + length > len(prefix):
-        raise FileProblem("bad_file_meta", f"File Meta element {_fmt(tag)} has a bad length")
-    return tag, hdr, length
-
-
-def uid_ok(uid: str) -> bool:
-    """PS3.5 §9.1: components of digits separated by '.', none empty, at
-    most 64 characters. (Leading zeros are tolerated: common and harmless.)"""
-    if not uid or len(uid) > 64:
-        return False
-    return all(part.isdigit() and part.isascii() for part in uid.split("."))
-
-
-def _read_meta_prefix(fp: BinaryIO, offset: int, size: int) -> bytes:
-    fp.seek(0)
-    return fp.read(min(size, offset + _MAX_META))
 
 
 # --------------------------------------------------------------- the walk
@@ -503,62 +198,6 @@ def _walk_open(fp: BinaryIO, size: int, encoding: str, limits: Any) -> WalkResul
     _Walker(src, res, little, implicit, size, limits).run()
     _check_pixel_data(res)
     return res
-
-
-_PROBE = 256  # bytes of the body looked at by the transfer syntax probe
-
-
-def _raw_encoding_for(ts: str) -> str:
-    """Label for a dataset that has File Meta but no preamble."""
-    if ts == IMPLICIT_LE:
-        return "implicit_le"
-    if ts == EXPLICIT_BE:
-        return "explicit_be"
-    return "explicit_le"
-
-
-def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> None:
-    """Transfer-syntax plausibility probe (notes D8; PS3.5 §A.1–A.3).
-
-    The first dataset element tells whether the body is in the declared
-    byte order and VR form: its group must be a low even group in the
-    declared order, and its VR bytes valid exactly when explicit VR is declared.
-    """
-    if len(b) < 8:
-        return  # an empty or tiny body: the walk reports it
-    group = _u16(b[0:2], little)
-    swapped = _u16(b[0:2], not little)
-    if not _plausible_first_group(group) and _plausible_first_group(swapped):
-        order = "little" if little else "big"
-        raise FileProblem("ts_mismatch", f"{ts} declares {order} endian but the body is not")
-    if group == 0xFFFE:
-        return
-    has_vr = b[4:6] in VRS
-    if not implicit and not has_vr:
-        if _probe_elements(b, little, True, 1):
-            raise FileProblem(
-                "ts_mismatch", f"{ts} declares explicit VR but the body is implicit VR"
-            )
-        raise FileProblem(
-            "bad_vr", f"first element {_fmt(_tag(b, little))} has VR bytes {b[4:6]!r}"
-        )
-    if implicit and has_vr and _probe_elements(b, little, False, 3) and _explicit_count(b) >= 2:
-        # pydicom switches to explicit VR here with only a warning (D8).
-        raise FileProblem("ts_mismatch", f"{ts} declares implicit VR but the body is explicit VR")
-
-
-def _explicit_count(b: bytes) -> int:
-    """How many whole explicit VR LE elements start ``b`` (probe helper)."""
-    pos = count = 0
-    while pos + 8 <= len(b) and b[pos + 4 : pos + 6] in VRS:
-        if b[pos + 4 : pos + 6] in LONG_VRS:
-            if pos + 12 > len(b):
-                break
-            pos += 12 + _u32(b[pos + 8 : pos + 12], True)
-        else:
-            pos += 8 + _u16(b[pos + 6 : pos + 8], True)
-        count += 1
-    return count
 
 
 class _Walker:

@@ -1,0 +1,243 @@
+"""Reconciliation end to end: a disc from another hospital is filed under the
+local patient, held when nobody (or several) match, and a person's decisions
+release or discard it from the spool. The PACS is a real Orthanc; the
+identity source a CSV table (the sources themselves are tested against
+wlmscpfs and Orthanc in tests/reconcile/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures_dicom import make_ct_series
+
+from pdimport.cli import main
+from pdimport.record import auditchain
+
+KANJI = "Satou^Tarou=佐藤^太郎=さとう^たろう"
+JAPANESE = {"SpecificCharacterSet": ["ISO 2022 IR 6", "ISO 2022 IR 87"]}
+BORN = {"PatientBirthDate": "19800214", "PatientSex": "M"}
+
+
+def disc(root: Path, patients: list[tuple[str, str, dict]], n: int = 2) -> Path:
+    for pid, name, attrs in patients:
+        make_ct_series(root / pid, n, patient_id=pid, patient_name=name, **attrs)
+    return root
+
+
+def registry(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    lines = ["local_id,issuer,name,birth_date,sex"]
+    lines += [f"{lid},LOCALHOSP,{name},{born},{sex}" for lid, name, born, sex in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run(capsys, *args: str) -> tuple[int, dict]:
+    rc = main([*args, "--json"])
+    out = capsys.readouterr().out
+    return rc, (json.loads(out) if out.strip() else {})
+
+
+def held(capsys, state: Path) -> list[dict]:
+    assert main(["jobs", "--held", "--json", "--state-dir", str(state)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def audit_events(state: Path) -> list[dict]:
+    return list(auditchain.records(state / "audit"))
+
+
+@pytest.fixture
+def csv_source(tmp_path: Path) -> Path:
+    return registry(
+        tmp_path / "patients.csv",
+        [
+            ("L0001", "SATO^TARO=サトウ^タロウ", "19800214", "M"),  # another romanisation, katakana
+            ("L0002", "Suzuki^Hanako=鈴木^花子", "19800214", "F"),
+        ],
+    )
+
+
+def base_args(state: Path, orthanc, source: Path | None) -> list[str]:
+    args = ["--state-dir", str(state), "--dest", f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.port}"]
+    if source is not None:
+        args += ["--identity", f"csv://{source}"]
+    return args
+
+
+def test_kanji_disc_is_filed_under_the_local_patient(tmp_path, orthanc, csv_source, capsys):
+    src = disc(tmp_path / "disc", [("F123", KANJI, {**JAPANESE, **BORN})], n=3)
+    state = tmp_path / "state"
+    rc, report = run(capsys, "import", str(src), *base_args(state, orthanc, csv_source))
+    assert rc == 0, report["problems"]
+    [patient] = report["patients"]
+    assert patient["id"] == "F123" and patient["local_id"] == "L0001"
+    assert patient["match"]["source"] == f"csv://{csv_source}"
+    stored = orthanc.instances()
+    assert len(stored) == 3
+    on_disc = {i["sop_instance_uid"] for i in report["instances"]}
+    assert {i["SOPInstanceUID"] for i in stored} == on_disc  # UIDs unchanged
+    for tags in stored:
+        assert tags["PatientID"] == "L0001" and tags["IssuerOfPatientID"] == "LOCALHOSP"
+        assert tags["PatientName"].startswith("SATO^TARO")
+        others = tags["OtherPatientIDsSequence"]
+        assert {"F123"} <= {o["PatientID"] for o in others}
+        [coercion] = [
+            o
+            for o in tags["OriginalAttributesSequence"]
+            if o["ReasonForTheAttributeModification"] == "COERCE"
+        ]
+        old = coercion["ModifiedAttributesSequence"][0]
+        assert old["PatientID"] == "F123" and old["PatientName"].startswith("Satou^Tarou")
+    events = [r for r in audit_events(state) if r["event"] == "coercion"]
+    assert events and events[0]["local_id"] == "L0001" and events[0]["foreign_id"] == "F123"
+
+
+def test_coerced_objects_pass_dciodvfy(tmp_path, orthanc, csv_source, capsys):
+    if not shutil.which("dciodvfy"):
+        pytest.skip("dicom3tools dciodvfy not installed")
+    src = disc(tmp_path / "disc", [("F123", KANJI, {**JAPANESE, **BORN})], n=1)
+    state = tmp_path / "state"
+    rc, report = run(capsys, "import", str(src), *base_args(state, orthanc, csv_source))
+    assert rc == 0, report["problems"]
+    [iid] = orthanc.get("/instances")
+    blob = tmp_path / "stored.dcm"
+    with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file") as r:
+        blob.write_bytes(r.read())
+    res = subprocess.run(["dciodvfy", str(blob)], capture_output=True, text=True, check=False)
+    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+
+
+def test_two_candidates_hold_the_disc_with_both_listed(tmp_path, orthanc, capsys):
+    source = registry(
+        tmp_path / "twins.csv",
+        [("L1", "SATO^TARO", "19800214", "M"), ("L2", "Satoh^Taroh", "19800214", "M")],
+    )
+    src = disc(tmp_path / "disc", [("F123", KANJI, {**JAPANESE, **BORN})])
+    state = tmp_path / "state"
+    rc, report = run(capsys, "import", str(src), *base_args(state, orthanc, source))
+    assert rc == 1 and report["status"] == "held"
+    assert report["hold_reasons"] == ["ambiguous_match"]
+    [job] = held(capsys, state)
+    assert sorted(c["local_id"] for c in job["patients"][0]["candidates"]) == ["L1", "L2"]
+    assert orthanc.get("/instances") == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "patient_id"),
+    [("hold", "held", None), ("keep", "imported", "F999"), ("prefix", "imported", "EXT-F999")],
+)
+def test_no_candidate_under_each_policy(
+    tmp_path, orthanc, csv_source, capsys, policy, status, patient_id
+):
+    src = disc(tmp_path / "disc", [("F999", "Nobody^Known", BORN)])
+    state = tmp_path / "state"
+    cfg = tmp_path / "pdimport.toml"
+    cfg.write_text(f'[reconcile]\nunmatched = "{policy}"\n')
+    rc, report = run(
+        capsys, "import", str(src), "--config", str(cfg), *base_args(state, orthanc, csv_source)
+    )
+    assert report["status"] == status
+    assert [p["code"] for p in report["problems"]].count("no_match") == 1
+    stored = orthanc.instances()
+    if patient_id is None:
+        assert rc == 1 and stored == [] and report["hold_reasons"] == ["no_match"]
+    else:
+        assert rc == 0 and {t["PatientID"] for t in stored} == {patient_id}
+        assert {t["IssuerOfPatientID"] for t in stored} == {"TESTHOSP"}
+
+
+def test_a_source_that_is_down_holds_the_disc(tmp_path, orthanc, capsys):
+    src = disc(tmp_path / "disc", [("F123", KANJI, {**JAPANESE, **BORN})])
+    state = tmp_path / "state"
+    rc, report = run(
+        capsys, "import", str(src), *base_args(state, orthanc, tmp_path / "no-such-table.csv")
+    )
+    assert rc == 1 and report["hold_reasons"] == ["identity_source_down"]
+    assert orthanc.get("/instances") == []  # never sent under the foreign ID by accident
+
+
+def test_two_patient_disc_released_one_patient_at_a_time(tmp_path, orthanc, csv_source, capsys):
+    src = disc(
+        tmp_path / "disc",
+        [("F123", KANJI, {**JAPANESE, **BORN}), ("F456", "Other^Person", BORN)],
+    )
+    state = tmp_path / "state"
+    args = base_args(state, orthanc, csv_source)
+    rc, report = run(capsys, "import", str(src), *args)
+    assert rc == 1 and report["hold_reasons"] == ["multi_patient"]
+    job = report["job"]
+    shutil.rmtree(src)  # the disc went home with the patient: the spool has it all
+    rc, report = run(
+        capsys,
+        "release",
+        job,
+        "--patient",
+        "F123",
+        "--local-id",
+        "L0001",
+        "--operator",
+        "Tanaka",
+        *args,
+    )
+    assert rc == 1 and report["status"] == "held"  # F456 still waits
+    assert {t["PatientID"] for t in orthanc.instances()} == {"L0001"}
+    rc, report = run(
+        capsys, "release", job, "--patient", "F456", "--keep-foreign", "--operator", "Tanaka", *args
+    )
+    assert rc == 0 and report["status"] == "imported"
+    assert sorted(t["PatientID"] for t in orthanc.instances()) == ["F456", "F456", "L0001", "L0001"]
+    assert [d["patient"] for d in report["decisions"]] == ["F123", "F456"]
+    assert main(["jobs", "--json", "--state-dir", str(state)]) == 0
+    jobs = json.loads(capsys.readouterr().out)
+    assert {j["job"]: j["state"] for j in jobs}[job] == "imported"
+    releases = [r for r in audit_events(state) if r["event"] == "release"]
+    assert [(r["actor"], r["patient"]) for r in releases] == [
+        ("Tanaka", "F123"),
+        ("Tanaka", "F456"),
+    ]
+
+
+def test_discard_records_the_decision(tmp_path, orthanc, capsys):
+    src = disc(tmp_path / "disc", [("A1", "One^Patient", BORN), ("B2", "Two^Patient", BORN)])
+    state = tmp_path / "state"
+    args = base_args(state, orthanc, None)
+    rc, report = run(capsys, "import", str(src), *args)
+    assert report["status"] == "held"
+    rc, report = run(
+        capsys, "discard", report["job"], "--reason", "wrong disc", "--operator", "Sato", *args
+    )
+    assert report["status"] == "discarded" and rc == 1
+    assert {d["action"] for d in report["decisions"]} == {"discard"}
+    assert orthanc.get("/instances") == []
+    discards = [r for r in audit_events(state) if r["event"] == "discard"]
+    assert sorted(r["patient"] for r in discards) == ["A1", "B2"]
+    assert all(r["actor"] == "Sato" and r["reason"] == "wrong disc" for r in discards)
+
+
+def test_unknown_job_or_patient_is_a_usage_error_and_changes_nothing(
+    tmp_path, orthanc, csv_source, capsys
+):
+    src = disc(tmp_path / "disc", [("A1", "One^Patient", BORN), ("B2", "Two^Patient", BORN)])
+    state = tmp_path / "state"
+    args = base_args(state, orthanc, csv_source)
+    _, report = run(capsys, "import", str(src), *args)
+    job = report["job"]
+    before = held(capsys, state)
+    for extra in (
+        ["release", "no-such-job", "--local-id", "L0001"],
+        ["release", job, "--patient", "ZZZ", "--local-id", "L0001"],
+        ["release", job, "--patient", "A1", "--local-id", "UNKNOWN-LOCAL"],
+        ["release", job, "--local-id", "L0001"],  # two patients held: which one?
+        ["discard", "no-such-job", "--reason", "x"],
+    ):
+        assert main([*extra, "--operator", "Tanaka", *args]) == 64, extra
+        err = capsys.readouterr().err
+        assert err.startswith("pdimport: ") and "Traceback" not in err
+    assert held(capsys, state) == before
+    assert not [r for r in audit_events(state) if r["event"] in ("release", "discard")]

@@ -159,3 +159,45 @@ def test_status_jobs_report_result_file_and_label_agree(daemon_factory, tmp_path
         assert len(list(pacs.glob("*"))) == 3 + 4 + 3
     finally:
         _stop(proc)
+
+
+def test_a_release_from_the_shell_reaches_the_running_daemon(daemon_factory, tmp_path):
+    """A held watch-folder job released with ``pdimport release`` in another
+    process ends ``imported`` everywhere, the daemon's status and the watch
+    folder's result file included."""
+    port = free_port()
+    state_dir, watch, pacs = tmp_path / "state", tmp_path / "watch", tmp_path / "pacs"
+    watch.mkdir()
+    pacs.mkdir()
+    dest = f"dicom://STORESCP@127.0.0.1:{port}"
+    daemon_factory(
+        {"state_dir": str(state_dir), "dest": [dest], "network.connection_timeout": 2.0},
+        {"devices": [], "watch": str(watch), "watch_settle": 0.5},
+    )
+    proc = storescp(port, pacs)
+    try:
+
+        def two_patients(d: Path) -> None:
+            make_ct_series(d / "A", 2, patient_id="PATA")
+            make_ct_series(d / "B", 1, patient_id="PATB")
+
+        drop(watch, "TWO", two_patients)
+        job = assert_agree(state_dir, watch, "TWO", "held", tmp_path)
+        for patient in ("PATA", "PATB"):
+            done = pdimport(
+                state_dir,
+                "release",
+                job,
+                "--patient",
+                patient,
+                "--keep-foreign",
+                "--operator",
+                "Tanaka",
+                "--dest",
+                dest,
+            )
+            assert done.returncode in (0, 1), done.stderr
+        assert assert_agree(state_dir, watch, "TWO", "imported", tmp_path) == job
+        assert len(list(pacs.glob("*"))) == 3
+    finally:
+        _stop(proc)

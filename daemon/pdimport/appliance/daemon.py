@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Self
 
 from pdimport.appliance import udev
+from pdimport.appliance.control import ControlListener
 from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.retry import DeliveryRetrier
@@ -258,6 +259,7 @@ class Daemon:
         self.udev: udev.UdevSource | None = None
         self.watch: WatchFolder | None = None
         self._watch_ledger: WatchLedger | None = None
+        self.control: ControlListener | None = None
 
     # ---------------------------------------------------------- lifecycle
     def run(self, install_signals: bool = True) -> int:
@@ -292,6 +294,8 @@ class Daemon:
         if not self.runner.destinations:
             log.warning("no destination configured (--dest): jobs will be read and held")
         self.retrier.start()
+        self.control = ControlListener(self.cfg.state_path, self.job_changed_elsewhere)
+        self.control.start()
         self._recover()
         self.router.start()
         if self.patterns:
@@ -343,6 +347,8 @@ class Daemon:
     def all_alive(self) -> bool:
         """True while every long-lived worker thread runs."""
         threads: list[Any] = [self.retrier, self.router]
+        if self.control is not None:
+            threads.append(self.control)
         with self._workers_lock:
             threads.extend(self.workers.values())
         alive = all(t.is_alive() for t in threads)
@@ -366,6 +372,8 @@ class Daemon:
             worker.inbox.put(None)
         if self.watch is not None:
             self.watch.stop(timeout=max(0.1, deadline - time.monotonic()))
+        if self.control is not None:
+            self.control.stop(max(0.1, deadline - time.monotonic()))
         for thread in [self.router, self.retrier, *workers]:
             if thread.is_alive():
                 thread.join(max(0.1, deadline - time.monotonic()))
@@ -425,6 +433,19 @@ class Daemon:
         if result.state == JobState.WAITING_FOR_DESTINATION:
             self.retrier.submit(job_id)
         return result
+
+    def job_changed_elsewhere(self, job_id: str) -> None:
+        """Another process (a person's release or discard) changed a job:
+        the status board, the watch folder and the retry queue follow."""
+        job = self.runner.journal.job(job_id)
+        if job is None:
+            return
+        log.info("job %s is %s now (changed by another process)", job_id, job.state)
+        self.board.job(job_id, state=job.state)
+        if self.watch is not None:
+            self.watch.job_changed(job_id, job.state)
+        if job.state == JobState.WAITING_FOR_DESTINATION:
+            self.retrier.submit(job_id)
 
     def unreadable_medium(self, event: udev.MediaEvent, what: str) -> JobResult:
         """A disc with nothing to import (blank, audio) is a failed job with

@@ -20,6 +20,7 @@ from pdimport.job.lifecycle import JobState
 from pdimport.job.reconcile import identity_dict, identity_of
 from pdimport.reconcile.model import Candidate
 from pdimport.send import parse_dest
+from pdimport.store import notify
 from pdimport.store.journal import Journal
 
 
@@ -215,6 +216,9 @@ def decision_main(imp: Importer, args: Any, dests: list[str]) -> int:
         )
     else:
         result = discard(imp, args.job, args.operator, args.reason, args.patient, dests=dests)
+    # A daemon on this state directory shows the job too: its status, its
+    # watch-folder result file and its retry queue follow the decision.
+    notify.job_changed(imp.settings.state_path, result.job_id)
     if args.json:
         print(report_mod.dumps(result.report))
     else:

@@ -53,7 +53,6 @@ class ControlListener(threading.Thread):
                 self.path.unlink()
 
     def stop(self, timeout: float = 5.0) -> None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            with contextlib.suppress(OSError):
-                sock.sendto(_STOP, str(self.path))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(_STOP, str(self.path))
         self.join(timeout)

@@ -60,6 +60,13 @@ class Worker:
         self.deadline = time.monotonic() + self.timeout if self.held else math.inf
         return key
 
+    def take_back(self) -> list[Any]:
+        """Forget every held item (the owner reports them): their keys, oldest first."""
+        keys = list(self.held)
+        self.held.clear()
+        self.deadline = math.inf
+        return keys
+
     def messages(self) -> Iterator[Any]:
         """What the worker has sent so far, without blocking."""
         try:
@@ -156,8 +163,9 @@ class Supervisor:
         """Block until one of `watched` has sent something, died or overrun.
 
         Returns those workers, in `watched` order. The ones that held an item
-        past its deadline have been killed (``timed_out``); read what each
-        sent with :meth:`Worker.messages`, then look at :attr:`Worker.alive`.
+        past its deadline have been killed (``timed_out``), the dead ones
+        reaped; read what each sent with :meth:`Worker.messages` (what it
+        wrote before dying included), then look at :attr:`Worker.alive`.
         """
         if not watched:
             raise ValueError("nothing to wait for")
@@ -169,7 +177,12 @@ class Supervisor:
         now = time.monotonic()
         due = []
         for worker in watched:
-            if worker.held and worker.deadline <= now and worker.alive:
+            if worker.proc.sentinel in ready:
+                # It is exiting: reap it, so that it is not alive any more and
+                # its exit status is known (the kernel closes its pipe ends
+                # one by one, the sentinel may come first).
+                worker.proc.join(REAP_TIMEOUT)
+            elif worker.held and worker.deadline <= now and worker.alive:
                 worker.kill()
                 worker.timed_out = True
             if worker.timed_out or worker.proc.sentinel in ready or worker.conn in ready:

@@ -41,8 +41,9 @@ from pynetdicom.presentation import build_context
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import Batch
-from pdimport.send.link import LinkDown
+from pdimport.send.dicom import Batch, give_back
+from pdimport.send.link import LinkDown, new_link
+from pdimport.transcode.decode import DEFAULT_TIMEOUT
 from pdimport.workers import Supervisor, Worker
 
 LOGGER = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _context() -> Any:
     # of a threaded process copies held locks); pynetdicom is preloaded
     # once, so a worker starts in ~10 ms instead of ~0.5 s for spawn.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pdimport.send.link", "pdimport.send.scu"])
+    ctx.set_forkserver_preload(["pdimport.send.pool"])
     return ctx
 
 
@@ -76,8 +77,6 @@ def _worker(
     workdir: Path,
 ) -> None:
     """Worker process: connect, say "ready", then items in, outcomes out."""
-    from pdimport.send.scu import new_link
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     parent = mp.parent_process()
     link = new_link(dest, [build_context(c, ts) for c, ts in contexts], settings, workdir)
@@ -118,8 +117,6 @@ class _Assoc:
 def item_timeout_for(settings: Any) -> float:
     """Longest a worker may hold one item: a conversion (the decode pool's
     per-file limit) plus writing it and waiting for its response."""
-    from pdimport.transcode.decode import DEFAULT_TIMEOUT
-
     return DEFAULT_TIMEOUT + 2 * float(settings.get("network.dimse_timeout"))
 
 
@@ -198,9 +195,9 @@ def _serve(
         rest = [items[i] for i in todo]
         todo.clear()
         if last_down is None:
-            _give_back(rest, "association_failed", f"{dest.key}: no association left", on_outcome)
+            give_back(rest, "association_failed", f"{dest.key}: no association left", on_outcome)
         else:
-            _give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
+            give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
     return last_down if answered == 0 else None
 
 
@@ -234,7 +231,7 @@ def _collect(
             down = link_down if got == 0 else None  # only then may it stop further batches
             assoc.open = False
             rest = [items[i] for i in worker.take_back()]
-            _give_back(rest, link_down.code, link_down.detail, on_outcome, link_down.state)
+            give_back(rest, link_down.code, link_down.detail, on_outcome, link_down.state)
         if not assoc.open:
             break
     if worker.hung_up or not worker.alive:
@@ -260,14 +257,7 @@ def _lost(
             f"{detail} while this instance was in flight",
         )
     )
-    _give_back(rest, "association_failed", detail, on_outcome)
-
-
-def _give_back(
-    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
-) -> None:
-    for item in items:
-        on_outcome(SendOutcome(item.key, state, None, code, detail))
+    give_back(rest, "association_failed", detail, on_outcome)
 
 
 __all__ = ["DEPTH", "send_parallel"]

@@ -282,8 +282,8 @@ def test_a_send_worker_stuck_on_one_item_is_stopped(silent_scp, cfg, tmp_path) -
     """Parallel delivery: a worker that holds one instance far too long (here
     a peer that never answers it, with a DIMSE timeout of minutes) is killed;
     that instance is 'unknown' (sent again later), the others are delivered."""
+    from pdimport.send.dicom import NetSettings
     from pdimport.send.pool import send_parallel
-    from pdimport.send.scu import NetSettings
 
     items = [make_item(tmp_path, CT) for _ in range(6)]
     stuck = items[2]
@@ -329,8 +329,8 @@ def test_permanent_rejection_fails_after_one_attempt(scripted_scp, cfg, tmp_path
 
 
 def test_permanent_rejection_over_parallel_associations_fails(scripted_scp, cfg, tmp_path) -> None:
+    from pdimport.send.dicom import NetSettings
     from pdimport.send.pool import send_parallel
-    from pdimport.send.scu import NetSettings
 
     scp = scripted_scp()
     scp._server.ae.require_called_aet = True

@@ -26,8 +26,8 @@ from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, deliver, parse_dest, wire
 from pdimport.send import compat as compat_mod
 from pdimport.send import dicom as dicom_mod
-from pdimport.send.link import RESENT
-from pdimport.send.scu import association_count, new_link
+from pdimport.send.link import RESENT, new_link
+from pdimport.send.scu import association_count
 
 LOAD = 5000
 

@@ -227,7 +227,7 @@ def test_a_decode_that_never_ends_is_stopped_and_fails_alone(
     items = [(src, tmp_path / "out" / f"{n}.dcm", n) for n, src in enumerate(sources)]
     with DecodePool(workers=2, decode=hang_on_marker, timeout=2) as pool:
         results = list(pool.map(items, ExplicitVRLittleEndian))
-        assert all(w.proc.is_alive() for w in pool._pool)  # the stuck one was replaced
+        assert all(w.alive for w in pool._pool.workers)  # the stuck one was replaced
     assert [r.item for r in results] == items
     assert [(r.item[0], r.ok) for r in results if not r.ok] == [(hang, False)]
     assert "took longer than 2 s" in results[1].detail

@@ -13,6 +13,7 @@ from typing import Any
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import Destination, DicomDest, FileDest, parse_dest
+from pdimport.send.files import send_files
 
 __all__ = ["Destination", "DicomDest", "FileDest", "deliver", "parse_dest"]
 
@@ -40,12 +41,12 @@ def deliver(
         Scratch folder for converted copies.
     """
     if isinstance(dest, DicomDest):
-        from pdimport.send.scu import send_dicom  # pynetdicom only when needed
+        # pydicom and pynetdicom take ~0.3 s to import: only when a DICOM
+        # destination is used, not for every CLI command that imports us.
+        from pdimport.send.scu import send_dicom
 
         send_dicom(dest, items, settings, on_outcome, workdir)
     elif isinstance(dest, FileDest):
-        from pdimport.send.files import send_files
-
         send_files(dest, items, settings, on_outcome, workdir)
     else:
         raise TypeError(f"unknown destination {dest!r}")

@@ -25,7 +25,7 @@ from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send import compat
+from pdimport.send.compat import StoreAE, stream_datasets_from_files
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,6 +35,38 @@ MAX_CONTEXTS = 128
 FALLBACK_TS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 OutcomeCallback = Callable[[SendOutcome], None]
+
+#: Settings the sender reads; snapshotted for worker processes.
+NET_SETTINGS = (
+    "calling_aet",
+    "network.connection_timeout",
+    "network.acse_timeout",
+    "network.dimse_timeout",
+    "network.network_timeout",
+    "network.max_pdu",
+)
+
+
+@dataclass(frozen=True)
+class NetSettings:
+    """A picklable snapshot of the settings a sender needs.
+
+    :class:`pdimport.settings.Settings` is deliberately frozen and not
+    picklable; worker processes get this instead (same ``get`` interface).
+    """
+
+    values: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, settings: Any) -> NetSettings:
+        return cls(tuple((name, settings.get(name)) for name in NET_SETTINGS))
+
+    def get(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+    @property
+    def calling_aet(self) -> str:
+        return str(self.get("calling_aet"))
 
 
 def make_ae(settings: Any, nodelay: bool = True, quickack: bool = True) -> AE:
@@ -52,8 +84,8 @@ def make_ae(settings: Any, nodelay: bool = True, quickack: bool = True) -> AE:
     nodelay, quickack : bool
         Socket options of the destination (``?nodelay=0`` / ``?quickack=0``).
     """
-    compat.stream_datasets_from_files()
-    ae = compat.StoreAE(ae_title=settings.calling_aet.strip())
+    stream_datasets_from_files()
+    ae = StoreAE(ae_title=settings.calling_aet.strip())
     ae.nodelay = nodelay
     ae.quickack = quickack
     ae.connection_timeout = float(settings.get("network.connection_timeout"))
@@ -163,3 +195,12 @@ def outcome_from_status(
     if detail and comment:
         detail += f" {comment}"
     return SendOutcome(item.key, state, status, code, detail, ts, converted)
+
+
+def give_back(
+    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
+) -> None:
+    """Report `items` as not sent: ``retry`` (or ``failed``, when the peer
+    refused us for good) with `code`."""
+    for item in items:
+        on_outcome(SendOutcome(item.key, state, None, code, detail))

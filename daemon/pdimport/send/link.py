@@ -41,9 +41,19 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send import compat, wire
+from pdimport.send.compat import (
+    ResponseKeeper,
+    bound_writes,
+    keep_store_responses,
+    no_response,
+    pause_reactor,
+    raw_socket,
+    response_status,
+    resume_reactor,
+)
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import FALLBACK_TS, outcome_from_status
+from pdimport.send.dicom import FALLBACK_TS, make_ae, outcome_from_status
+from pdimport.send.wire import command_buffers, dataset_buffers, encode_store_rq, fragment_size
 from pdimport.transcode.reencode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
@@ -101,7 +111,7 @@ class Link:
     answered: int = 0
     sent: int = 0
     _assoc: Association | None = field(default=None, repr=False)
-    _keeper: compat.ResponseKeeper | None = field(default=None, repr=False)
+    _keeper: ResponseKeeper | None = field(default=None, repr=False)
     _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _no_context: bool = False
@@ -188,10 +198,10 @@ class Link:
                 f"{self.dest.key}: association aborted or timed out by the peer",
             )
         self._assoc = assoc
-        self._keeper = compat.keep_store_responses(assoc)
+        self._keeper = keep_store_responses(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
         self.sent = 0
-        compat.bound_writes(assoc)
+        bound_writes(assoc)
 
     def connect(self) -> None:
         """Establish the association now (else the first :meth:`send` does).
@@ -316,6 +326,12 @@ class Link:
 
 
 # ----------------------------------------------------------- per item
+def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path) -> Link:
+    """A :class:`Link` with an AE configured from `settings` and `dest`."""
+    ae = make_ae(settings, nodelay=dest.nodelay, quickack=dest.quickack)
+    return Link(ae, dest, batch_contexts, workdir, max_pdu=int(settings.get("network.max_pdu")))
+
+
 def _prepare(
     item: SendItem, accepted: dict[str, list[str]], dest: DicomDest, workdir: Path
 ) -> tuple[Path, str, Path | None] | SendOutcome:
@@ -359,7 +375,7 @@ def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
 
 def _c_store(
     assoc: Association,
-    keeper: compat.ResponseKeeper,
+    keeper: ResponseKeeper,
     cx_ids: dict[tuple[str, str], int],
     path: Path,
     msg_id: int,
@@ -382,8 +398,8 @@ def _c_store(
     sop_class = str(meta.MediaStorageSOPClassUID)
     sop_instance = str(meta.MediaStorageSOPInstanceUID)
     cx_id = cx_ids[(sop_class, str(meta.TransferSyntaxUID))]
-    command = wire.encode_store_rq(sop_class, sop_instance, msg_id)
-    compat.pause_reactor(assoc)
+    command = encode_store_rq(sop_class, sop_instance, msg_id)
+    pause_reactor(assoc)
     keeper.awaiting = msg_id
     try:
         with open(path, "rb") as fp:
@@ -392,11 +408,11 @@ def _c_store(
         rsp = assoc.dimse.get_msg(block=True)[1] if written else None
     finally:
         keeper.awaiting = None
-        compat.resume_reactor(assoc)
+        resume_reactor(assoc)
     if rsp is None:
-        compat.no_response(assoc)
+        no_response(assoc)
         return Dataset()
-    return compat.response_status(assoc, rsp)
+    return response_status(assoc, rsp)
 
 
 def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> bool:
@@ -407,19 +423,19 @@ def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> b
     does not matter any more. P-DATA needs no state change in Sta6 (PS3.8
     9.2, DT-1), so bypassing the state machine keeps it consistent.
     """
-    sock = compat.raw_socket(assoc)
+    sock = raw_socket(assoc)
     if sock is None:
         return False
-    fragment = wire.fragment_size(assoc.acceptor.maximum_length or 0)
+    fragment = fragment_size(assoc.acceptor.maximum_length or 0)
     block_size = fragment * max(1, READ_BLOCK // fragment)
     try:
-        buffers = wire.command_buffers(cx_id, command, fragment)
+        buffers = command_buffers(cx_id, command, fragment)
         block = memoryview(fp.read(block_size))
         if not block:
             raise ValueError("empty data set")
         while block:
             following = memoryview(fp.read(block_size))
-            for batch in wire.dataset_buffers(cx_id, block, fragment, not following):
+            for batch in dataset_buffers(cx_id, block, fragment, not following):
                 _sendmsg_all(sock, buffers + batch)
                 buffers = []
             block = following

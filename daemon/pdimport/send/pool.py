@@ -28,14 +28,12 @@ decode pool converts them and stops a stuck decode.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import signal
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +41,10 @@ from pynetdicom.presentation import build_context
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import Batch
-from pdimport.send.link import LinkDown
+from pdimport.send.dicom import Batch, give_back
+from pdimport.send.link import LinkDown, new_link
+from pdimport.transcode.decode import DEFAULT_TIMEOUT
+from pdimport.workers import Supervisor, Worker
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _context() -> Any:
     # of a threaded process copies held locks); pynetdicom is preloaded
     # once, so a worker starts in ~10 ms instead of ~0.5 s for spawn.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pdimport.send.link", "pdimport.send.scu"])
+    ctx.set_forkserver_preload(["pdimport.send.pool"])
     return ctx
 
 
@@ -77,8 +77,6 @@ def _worker(
     workdir: Path,
 ) -> None:
     """Worker process: connect, say "ready", then items in, outcomes out."""
-    from pdimport.send.scu import new_link
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     parent = mp.parent_process()
     link = new_link(dest, [build_context(c, ts) for c, ts in contexts], settings, workdir)
@@ -107,27 +105,18 @@ def _worker(
 
 
 # ------------------------------------------------------------------ parent
-@dataclass
-class _Worker:
-    proc: Any
-    conn: Connection
-    held: deque[int] = field(default_factory=deque)
+@dataclass(eq=False)
+class _Assoc:
+    """A send worker and what the parent knows of its association."""
+
+    worker: Worker
     ready: bool = False  # association established
     open: bool = True  # may still take items
-    deadline: float = math.inf  # by when the first held item must be answered
-
-    def give(self, index: int, item: SendItem, timeout: float) -> None:
-        self.conn.send((index, item))
-        if not self.held:
-            self.deadline = time.monotonic() + timeout
-        self.held.append(index)
 
 
 def item_timeout_for(settings: Any) -> float:
     """Longest a worker may hold one item: a conversion (the decode pool's
     per-file limit) plus writing it and waiting for its response."""
-    from pdimport.transcode.decode import DEFAULT_TIMEOUT
-
     return DEFAULT_TIMEOUT + 2 * float(settings.get("network.dimse_timeout"))
 
 
@@ -147,32 +136,28 @@ def send_parallel(
     LinkDown or None
         When no worker got a single answer, why the last one stopped.
     """
-    ctx = _context()
     contexts = [
         (str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax]) for cx in batch.contexts
     ]
-    workers = []
-    for _ in range(count):
-        parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(
-            target=_worker,
-            args=(child_end, dest, contexts, settings, workdir),
-            daemon=True,
-            name=f"pdimport-send-{dest.port}",
-        )
-        proc.start()
-        child_end.close()
-        workers.append(_Worker(proc, parent_end))
-    todo = deque(range(len(batch.items)))
     if item_timeout is None:
         item_timeout = item_timeout_for(settings)
+    workers = Supervisor(
+        _context(),
+        _worker,
+        (dest, contexts, settings, workdir),
+        name=f"pdimport-send-{dest.port}",
+        timeout=item_timeout,
+    )
     try:
-        verdict = _serve(dest, batch.items, on_outcome, todo, workers, item_timeout)
+        assocs = [_Assoc(workers.start()) for _ in range(count)]
+        todo = deque(range(len(batch.items)))
+        verdict = _serve(dest, batch.items, on_outcome, todo, workers, assocs)
     except BaseException:
-        for worker in workers:
-            _kill(worker)
+        workers.kill()
         raise
-    _stop(workers)
+    # A worker still waiting for its association holds nothing: it is
+    # killed at once. The others release their association first.
+    workers.stop(STOP_GRACE, asked=[a.worker for a in assocs if a.ready])
     return verdict
 
 
@@ -181,8 +166,8 @@ def _serve(
     items: list[SendItem],
     on_outcome: OutcomeCallback,
     todo: deque[int],
-    workers: list[_Worker],
-    item_timeout: float,
+    workers: Supervisor,
+    assocs: list[_Assoc],
 ) -> LinkDown | None:
     """Deal items to ready workers and collect outcomes until every item has one.
 
@@ -190,100 +175,79 @@ def _serve(
     that serves one association at a time, the others just wait and are
     stopped at the end, holding nothing.
     """
+    by_worker = {a.worker: a for a in assocs}
     answered, last_down = 0, None
-    while any(w.held for w in workers) or (todo and any(w.open for w in workers)):
-        watched = [w for w in workers if w.held or w.open]
-        first = min((w.deadline for w in watched if w.held), default=math.inf)
-        ready = wait(
-            [w.conn for w in watched] + [w.proc.sentinel for w in watched],
-            timeout=None if first == math.inf else max(0.0, first - time.monotonic()),
-        )
-        now = time.monotonic()
-        for worker in watched:
-            stuck = bool(worker.held) and worker.deadline <= now and worker.proc.is_alive()
-            if stuck:
+    while any(a.worker.held for a in assocs) or (todo and any(a.open for a in assocs)):
+        watched = [a.worker for a in assocs if a.worker.held or a.open]
+        for worker in workers.wait(watched):
+            if worker.timed_out:
                 LOGGER.error(
-                    "%s: send worker held one instance for %.0f s: stopped", dest.key, item_timeout
+                    "%s: send worker held one instance for %.0f s: stopped",
+                    dest.key,
+                    workers.timeout,
                 )
-                worker.proc.kill()
-                worker.proc.join(5)
-            if stuck or worker.conn in ready or worker.proc.sentinel in ready:
-                got, down = _collect(dest, items, worker, on_outcome, item_timeout)
-                answered += got
-                last_down = down or last_down
-                _fill(worker, items, todo, item_timeout)
+            got, down = _collect(dest, items, by_worker[worker], on_outcome)
+            answered += got
+            last_down = down or last_down
+            _fill(by_worker[worker], items, todo)
     if todo:
         # Every association is down: the rest goes back to the caller.
         rest = [items[i] for i in todo]
         todo.clear()
         if last_down is None:
-            _give_back(rest, "association_failed", f"{dest.key}: no association left", on_outcome)
+            give_back(rest, "association_failed", f"{dest.key}: no association left", on_outcome)
         else:
-            _give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
+            give_back(rest, last_down.code, last_down.detail, on_outcome, last_down.state)
     return last_down if answered == 0 else None
 
 
-def _fill(worker: _Worker, items: list[SendItem], todo: deque[int], timeout: float) -> None:
-    while worker.ready and worker.open and todo and len(worker.held) < DEPTH:
+def _fill(assoc: _Assoc, items: list[SendItem], todo: deque[int]) -> None:
+    while assoc.ready and assoc.open and todo and len(assoc.worker.held) < DEPTH:
         index = todo.popleft()
         try:
-            worker.give(index, items[index], timeout)
+            assoc.worker.give(index, (index, items[index]))
         except OSError:
             todo.appendleft(index)  # it died: _collect reports what it held
-            worker.open = False
+            assoc.open = False
 
 
 def _collect(
-    dest: DicomDest,
-    items: list[SendItem],
-    worker: _Worker,
-    on_outcome: OutcomeCallback,
-    timeout: float,
+    dest: DicomDest, items: list[SendItem], assoc: _Assoc, on_outcome: OutcomeCallback
 ) -> tuple[int, LinkDown | None]:
-    """Read what `worker` reported; (answers counted, why it went down or None)."""
+    """Read what a worker reported; (answers counted, why it went down or None)."""
+    worker = assoc.worker
     answered, down = 0, None
-    try:
-        while worker.open and worker.conn.poll():
-            msg = worker.conn.recv()
-            if msg[0] == "ready":
-                worker.ready = True
-            elif msg[0] == "out":
-                assert worker.held and msg[1] == worker.held[0], "answers come in order"
-                worker.held.popleft()
-                worker.deadline = time.monotonic() + timeout if worker.held else math.inf
-                answered += msg[2].status is not None
-                on_outcome(msg[2])
-            else:
-                answered += msg[3]
-                down = msg[2] if msg[3] == 0 else None  # only then may it stop further batches
-                _went_down(items, worker, msg[2], on_outcome)
-    except (EOFError, OSError):
-        worker.open = False
-    if not worker.proc.is_alive():
-        worker.open = False
-        if worker.held:
-            _lost(dest, items, worker, on_outcome)
+    for msg in worker.messages():
+        if msg[0] == "ready":
+            assoc.ready = True
+        elif msg[0] == "out":
+            index = worker.done()
+            assert index == msg[1], "answers come in order"
+            answered += msg[2].status is not None
+            on_outcome(msg[2])
+        else:
+            _, _, link_down, got = msg
+            answered += got
+            down = link_down if got == 0 else None  # only then may it stop further batches
+            assoc.open = False
+            rest = [items[i] for i in worker.take_back()]
+            give_back(rest, link_down.code, link_down.detail, on_outcome, link_down.state)
+        if not assoc.open:
+            break
+    if worker.hung_up or not worker.alive:
+        assoc.open = False
+    if worker.held and not worker.alive:
+        _lost(dest, items, worker, on_outcome)
     return answered, down
 
 
-def _went_down(
-    items: list[SendItem], worker: _Worker, down: LinkDown, on_outcome: OutcomeCallback
-) -> None:
-    worker.open = False
-    _give_back([items[i] for i in worker.held], down.code, down.detail, on_outcome, down.state)
-    worker.held.clear()
-
-
 def _lost(
-    dest: DicomDest, items: list[SendItem], worker: _Worker, on_outcome: OutcomeCallback
+    dest: DicomDest, items: list[SendItem], worker: Worker, on_outcome: OutcomeCallback
 ) -> None:
     """A worker died: its item in flight is unknown, the rest retry."""
-    worker.proc.join(0)
-    detail = f"{dest.key}: send worker exited with status {worker.proc.exitcode}"
+    detail = f"{dest.key}: send worker exited with status {worker.exitcode}"
     LOGGER.error("%s with %d items outstanding", detail, len(worker.held))
-    worker.open = False
-    first, *rest = (items[i] for i in worker.held)
-    worker.held.clear()
+    first, *rest = (items[i] for i in worker.take_back())
     on_outcome(
         SendOutcome(
             first.key,
@@ -293,36 +257,7 @@ def _lost(
             f"{detail} while this instance was in flight",
         )
     )
-    _give_back(rest, "association_failed", detail, on_outcome)
-
-
-def _give_back(
-    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
-) -> None:
-    for item in items:
-        on_outcome(SendOutcome(item.key, state, None, code, detail))
-
-
-def _stop(workers: list[_Worker]) -> None:
-    # A worker still waiting for its association holds nothing: end it now.
-    # The others release their association first.
-    for worker in workers:
-        if worker.ready:
-            try:
-                worker.conn.send(None)
-            except OSError:
-                pass
-    for worker in workers:
-        if worker.ready:
-            worker.proc.join(STOP_GRACE)
-        _kill(worker)
-
-
-def _kill(worker: _Worker) -> None:
-    if worker.proc.is_alive():
-        worker.proc.terminate()
-        worker.proc.join(5)
-    worker.conn.close()
+    give_back(rest, "association_failed", detail, on_outcome)
 
 
 __all__ = ["DEPTH", "send_parallel"]

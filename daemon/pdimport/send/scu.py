@@ -23,14 +23,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import Batch, make_ae, plan_batches
-from pdimport.send.link import Link, LinkDown, converted_path, decode_failed
+from pdimport.send.dicom import Batch, NetSettings, give_back, plan_batches
+from pdimport.send.link import Link, LinkDown, converted_path, decode_failed, new_link
+from pdimport.send.pool import send_parallel
+from pdimport.transcode import decode
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,38 +48,6 @@ DEFAULT_ASSOCIATIONS = 4
 #: in the caller's thread, which also keeps "journal before next C-STORE".
 MIN_ITEMS_PER_ASSOCIATION = 64
 MIN_BYTES_PER_ASSOCIATION = 64 << 20
-
-#: Settings the sender reads; snapshotted for worker processes.
-NET_SETTINGS = (
-    "calling_aet",
-    "network.connection_timeout",
-    "network.acse_timeout",
-    "network.dimse_timeout",
-    "network.network_timeout",
-    "network.max_pdu",
-)
-
-
-@dataclass(frozen=True)
-class NetSettings:
-    """A picklable snapshot of the settings a sender needs.
-
-    :class:`pdimport.settings.Settings` is deliberately frozen and not
-    picklable; worker processes get this instead (same ``get`` interface).
-    """
-
-    values: tuple[tuple[str, Any], ...]
-
-    @classmethod
-    def of(cls, settings: Any) -> NetSettings:
-        return cls(tuple((name, settings.get(name)) for name in NET_SETTINGS))
-
-    def get(self, name: str) -> Any:
-        return dict(self.values)[name]
-
-    @property
-    def calling_aet(self) -> str:
-        return str(self.get("calling_aet"))
 
 
 def association_count(dest: DicomDest, settings: Any, items: list[SendItem]) -> int:
@@ -127,8 +96,6 @@ def send_dicom(
     for index, batch in enumerate(batches):
         count = association_count(dest, settings, batch.items)
         if count > 1:
-            from pdimport.send.pool import send_parallel  # multiprocessing only when needed
-
             verdict = send_parallel(dest, batch, net, on_outcome, workdir, count)
         else:
             verdict = send_batch(dest, batch, net, on_outcome, workdir)
@@ -140,12 +107,6 @@ def send_dicom(
                 rest, verdict.code, f"not attempted: {verdict.detail}", on_outcome, verdict.state
             )
             return
-
-
-def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path) -> Link:
-    """A :class:`Link` with an AE configured from `settings` and `dest`."""
-    ae = make_ae(settings, nodelay=dest.nodelay, quickack=dest.quickack)
-    return Link(ae, dest, batch_contexts, workdir, max_pdu=int(settings.get("network.max_pdu")))
 
 
 def send_batch(
@@ -207,8 +168,6 @@ def converted_ahead(
     if not plan:
         yield from ((item, None) for item in items)
         return
-    from pdimport.transcode import decode
-
     streams: dict[str, Generator[tuple[Any, bool, str]]] = {}
     try:
         for target, pooled in plan.items():
@@ -243,22 +202,11 @@ def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> dict[str, li
     return plan
 
 
-def give_back(
-    items: list[SendItem], code: str, detail: str, on_outcome: OutcomeCallback, state: str = "retry"
-) -> None:
-    """Report `items` as not sent: ``retry`` (or ``failed``, when the peer
-    refused us for good) with `code`."""
-    for item in items:
-        on_outcome(SendOutcome(item.key, state, None, code, detail))
-
-
 __all__ = [
     "DEFAULT_ASSOCIATIONS",
     "MIN_ITEMS_PER_ASSOCIATION",
-    "NetSettings",
     "association_count",
     "converted_ahead",
-    "give_back",
     "send_batch",
     "send_dicom",
 ]

@@ -32,10 +32,9 @@ import logging
 import multiprocessing
 import os
 import signal
-import time
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Self
 
 from pdimport.transcode.reencode import (
@@ -45,6 +44,7 @@ from pdimport.transcode.reencode import (
     convert,
     decoder_for,
 )
+from pdimport.workers import Supervisor, Worker
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: (bench/bench_decode.py) takes about 30 s: a codec still busy after 5
 #: minutes is looping on its input.
 DEFAULT_TIMEOUT = 300.0
+#: Seconds a worker gets to finish its file when the pool closes.
+STOP_GRACE = 5.0
 
 #: What the workers run by default: the one single-file conversion (decode to
 #: uncompressed little endian, lossy marking and photometric fix included).
@@ -106,31 +108,6 @@ def _worker_main(conn: Connection, memory: int = 0) -> None:
             conn.send((seq, False, f"{type(exc).__name__}: {exc}"))
 
 
-class _Worker:
-    """One worker process and the task it is working on (None = idle)."""
-
-    def __init__(self, ctx: Any, memory: int) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child, memory), name="pdimport-decode", daemon=True
-        )
-        self.proc.start()
-        child.close()
-        self.task: int | None = None
-        self.deadline = 0.0  # monotonic time by which the task must be answered
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        self.conn.close()
-
-
 class DecodePool:
     """Decode many files on every core, streaming, in submission order.
 
@@ -175,14 +152,16 @@ class DecodePool:
         self.memory = default_memory_limit() if memory is None else int(memory)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.lookahead = max(self.workers, lookahead or 2 * self.workers)
-        self._ctx = multiprocessing.get_context(start_method)
+        ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # Workers fork from a server that has pydicom and numpy loaded
             # already: a replacement after a crash starts in milliseconds.
-            self._ctx.set_forkserver_preload(
+            ctx.set_forkserver_preload(
                 ["pdimport.transcode.decode", "pdimport.transcode.reencode", "pydicom", "numpy"]
             )
-        self._pool: list[_Worker] = []
+        self._pool = Supervisor(
+            ctx, _worker_main, (self.memory,), name="pdimport-decode", timeout=self.timeout
+        )
         #: Largest number of items ever in flight or waiting (tests check the bound).
         self.peak_outstanding = 0
 
@@ -193,9 +172,7 @@ class DecodePool:
         self.close()
 
     def close(self) -> None:
-        for worker in self._pool:
-            worker.stop()
-        self._pool.clear()
+        self._pool.stop(STOP_GRACE)
 
     def map(self, items: Iterable[tuple[Any, ...]], target_ts: str) -> Iterator[DecodeResult]:
         """Decode items; one :class:`DecodeResult` per item, in order.
@@ -230,78 +207,46 @@ class DecodePool:
                 self._collect(taken, done)
 
     def _ensure_workers(self) -> None:
-        while len(self._pool) < self.workers:
-            self._pool.append(_Worker(self._ctx, self.memory))
+        while len(self._pool.workers) < self.workers:
+            self._pool.start()
 
     def _dispatch(
         self, queued: list[int], taken: dict[int, tuple[Any, Any]], target_ts: str
     ) -> None:
-        for worker in self._pool:
+        for worker in self._pool.workers:
             if not queued:
                 return
-            if worker.task is None:
-                seq = queued.pop(0)
+            if not worker.held:
+                seq = queued[0]
                 src, dst = taken[seq][0], taken[seq][1]
-                worker.task = seq
-                worker.deadline = time.monotonic() + self.timeout
-                worker.conn.send((seq, os.fspath(src), os.fspath(dst), target_ts, self._decode))
+                try:
+                    worker.give(seq, (seq, os.fspath(src), os.fspath(dst), target_ts, self._decode))
+                except OSError:
+                    continue  # it died idle: _collect replaces it, the file waits
+                queued.pop(0)
 
     def _collect(self, taken: dict[int, tuple[Any, Any]], done: dict[int, DecodeResult]) -> None:
-        """Wait for at least one worker to answer or die."""
-        busy = [w for w in self._pool if w.task is not None]
-        by_handle: dict[Any, _Worker] = {}
-        for w in busy:
-            by_handle[w.conn] = w
-            by_handle[w.proc.sentinel] = w
-        first = min(w.deadline for w in busy)
-        ready = wait(list(by_handle), timeout=max(0.0, first - time.monotonic()))
-        if not ready:
-            now = time.monotonic()
-            for worker in busy:
-                if worker.deadline <= now:
-                    worker.proc.kill()
-                    self._replace_dead(
-                        worker, taken, done, f"took longer than {self.timeout:g} s; stopped"
-                    )
-            return
-        for handle in ready:
-            worker = by_handle[handle]
-            if worker.task is None:
-                continue  # its answer and its death both fired
-            if handle is worker.conn:
-                self._answer(worker, taken, done)
-            else:
-                self._replace_dead(worker, taken, done)
+        """Wait for at least one worker to answer, die or overrun its file."""
+        # All of them: an idle worker that died is replaced before it is given a file.
+        for worker in self._pool.wait(self._pool.workers):
+            for seq, ok, detail in worker.messages():
+                held = worker.done()
+                assert held == seq, "a worker answers the one file it holds"
+                done[seq] = DecodeResult(taken[seq], ok, detail)
+            if worker.alive and not worker.hung_up:
+                continue
+            if worker.held:
+                self._fail(worker, taken, done)
+            self._pool.replace(worker)
 
-    def _answer(
-        self, worker: _Worker, taken: dict[int, tuple[Any, Any]], done: dict[int, DecodeResult]
+    def _fail(
+        self, worker: Worker, taken: dict[int, tuple[Any, Any]], done: dict[int, DecodeResult]
     ) -> None:
-        try:
-            seq, ok, detail = worker.conn.recv()
-        except (EOFError, OSError):
-            self._replace_dead(worker, taken, done)
-            return
-        worker.task = None
-        done[seq] = DecodeResult(taken[seq], ok, detail)
-
-    def _replace_dead(
-        self,
-        worker: _Worker,
-        taken: dict[int, tuple[Any, Any]],
-        done: dict[int, DecodeResult],
-        killed: str = "",
-    ) -> None:
-        """The worker died (or was ``killed``, saying why) mid-file: that
-        file fails, a new worker takes over."""
-        seq, worker.task = worker.task, None
-        assert seq is not None
-        worker.proc.join()
-        code = worker.proc.exitcode
-        why = (
-            f"signal {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exit status {code}"
-        )
+        """The worker died (or was killed past its deadline) mid-file: that file fails."""
+        worker.kill()  # reaped, so that its exit status is known
+        seq = worker.done()
+        why = worker.exit_reason()
+        killed = f"took longer than {self.timeout:g} s; stopped" if worker.timed_out else ""
         log.warning(
             "decode worker %s (%s) on %s",
             "stopped" if killed else "died",
@@ -310,8 +255,6 @@ class DecodePool:
         )
         detail = f"decoder {killed}" if killed else f"decoder crashed ({why})"
         done[seq] = DecodeResult(taken[seq], False, detail)
-        worker.conn.close()
-        self._pool[self._pool.index(worker)] = _Worker(self._ctx, self.memory)
 
 
 def decode_many(

@@ -40,6 +40,7 @@ from pdimport.appliance.retry import DeliveryRetrier
 from pdimport.appliance.status import StatusBoard
 from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import WatchFolder, WatchLedger, WatchResult
+from pdimport.job.holdqueue import purge_discarded
 from pdimport.job.importer import Importer, JobResult
 from pdimport.job.lifecycle import FINAL_JOB_STATES, Interrupted, JobState
 from pdimport.job.prescan import PrescanStore
@@ -49,6 +50,8 @@ from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
+
+_PURGE_EVERY = 86400.0
 
 
 # ------------------------------------------------------- cancellable read
@@ -326,15 +329,19 @@ class Daemon:
     def _main_loop(self) -> None:
         interval = self.notifier.watchdog_interval()
         next_ping = time.monotonic()
+        next_purge = time.monotonic()  # at start, then once a day
         while True:
-            timeout = None if interval is None else max(0.0, next_ping - time.monotonic())
+            due = next_purge if interval is None else min(next_ping, next_purge)
             try:
-                kind, value = self.events.get(timeout=timeout)
+                kind, value = self.events.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
                 kind, value = "tick", None
             if interval is not None and time.monotonic() >= next_ping:
                 self.notifier.watchdog(self.all_alive)
                 next_ping = time.monotonic() + interval
+            if time.monotonic() >= next_purge:
+                self._purge()
+                next_purge = time.monotonic() + _PURGE_EVERY
             if kind == "signal" and value in (signal.SIGTERM, signal.SIGINT):
                 log.info("signal %s: stopping", signal.Signals(value).name)
                 return
@@ -343,6 +350,21 @@ class Daemon:
                 self.notifier.reloading()
                 self.board.publish()
                 self.notifier.ready(self.board.line())
+
+    def _purge(self) -> None:
+        """Discarded media leave the spool after ``spool.retention_days``."""
+        try:
+            n = purge_discarded(
+                self.runner.journal,
+                self.runner.spool,
+                float(self.cfg.get("spool.retention_days")),
+                time.time(),
+            )
+        except OSError:
+            log.exception("purge of discarded media failed")
+            return
+        if n:
+            log.info("purged %d spooled file(s) of discarded media", n)
 
     def all_alive(self) -> bool:
         """True while every long-lived worker thread runs."""

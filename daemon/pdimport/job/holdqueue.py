@@ -22,6 +22,7 @@ from pdimport.reconcile.model import Candidate
 from pdimport.send import parse_dest
 from pdimport.store import notify
 from pdimport.store.journal import Journal
+from pdimport.store.spool import Spool
 
 
 class HoldError(ValueError):
@@ -178,6 +179,14 @@ def discard(
         imp.journal.add_decision(job_id, foreign, "discard", None, operator, reason.strip())
         imp.audit_event("discard", job=job_id, actor=operator, patient=foreign, reason=reason)
     return imp.process(job_id, [parse_dest(d) for d in dests or []])
+
+
+def purge_discarded(journal: Journal, spool: Spool, retention_days: float, now: float) -> int:
+    """Delete the spooled files of media discarded more than
+    ``retention_days`` ago (content another job still holds is kept);
+    returns how many files went."""
+    gone = journal.purgeable(now - retention_days * 86400)
+    return sum(1 for sha in gone if spool.remove(sha))
 
 
 # ------------------------------------------------------------ command line

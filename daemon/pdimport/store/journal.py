@@ -396,6 +396,23 @@ class Journal:
             )
         ]
 
+    def purgeable(self, discarded_before: float) -> set[str]:
+        """Spooled content only jobs discarded before ``discarded_before``
+        refer to (their files and what was derived from them)."""
+        old = "SELECT id FROM jobs WHERE state='discarded' AND updated < ?"
+        rows = self._rows(
+            f"""
+            WITH gone AS (SELECT sha256 FROM files WHERE job_id IN ({old}) AND sha256 IS NOT NULL
+                          EXCEPT
+                          SELECT sha256 FROM files WHERE job_id NOT IN ({old})
+                                 AND sha256 IS NOT NULL)
+            SELECT sha256 FROM gone
+            UNION SELECT out_sha256 FROM derived WHERE sha256 IN (SELECT sha256 FROM gone)
+            """,
+            (discarded_before, discarded_before),
+        )
+        return {r[0] for r in rows}
+
     # --------------------------------------------------------------- files
     def record_file(
         self,

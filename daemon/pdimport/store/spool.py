@@ -41,6 +41,14 @@ class Spool:
             return False
         return size is None or st.st_size == size
 
+    def remove(self, sha256: str) -> bool:
+        """Delete one spooled file (the retention of discarded media)."""
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def put(self, chunks: Iterable[bytes]) -> tuple[str, int]:
         """Store a stream durably; return ``(sha256, size)``.
 

@@ -1,0 +1,311 @@
+"""Every setting of pdimport, declared once (see :mod:`pdimport.settings`)."""
+
+from __future__ import annotations
+
+from pdimport.settings_decl import ALL, Setting
+
+_IMPORT = ("import",)
+_SEND = ("import", "daemon")
+_DAEMON = ("daemon",)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "state_dir",
+        str,
+        "/var/lib/pdimport",
+        "journal, spool, reports and audit trail",
+        flag="--state-dir",
+        commands=ALL,
+        metavar="DIR",
+        min=1,
+    ),
+    Setting(
+        "dest",
+        str,
+        [],
+        "default destinations: dicom://AET@host:port or file:///path (flag repeatable)",
+        flag="--dest",
+        commands=_SEND,
+        multiple=True,
+        metavar="URL",
+    ),
+    Setting(
+        "calling_aet",
+        str,
+        "PDIMPORT",
+        "our AE title when we call a destination",
+        flag="--calling-aet",
+        commands=_SEND,
+        metavar="AET",
+        validate=lambda v: 0 < len(v.strip()) <= 16,
+        allowed="1 to 16 characters",
+    ),
+    # the appliance (pdimport daemon)
+    Setting(
+        "devices",
+        str,
+        ["sr*", "sd*"],
+        "kernel names of block devices watched, e.g. "
+        "'sr*' 'loop*'; sd* only ever matches USB (ID_BUS=usb)",
+        flag="--devices",
+        commands=_DAEMON,
+        multiple=True,
+        nargs="+",
+        metavar="GLOB",
+        min=1,
+    ),
+    Setting(
+        "watch",
+        str,
+        "",
+        "watch folder for ISO/zip/folder packages (empty = off)",
+        flag="--watch",
+        commands=_DAEMON,
+        metavar="DIR",
+    ),
+    Setting(
+        "eject_after",
+        str,
+        "delivered",
+        "when the disc comes out: read | delivered",
+        flag="--eject-after",
+        commands=_DAEMON,
+        choices=("read", "delivered"),
+    ),
+    Setting(
+        "debounce",
+        float,
+        1.5,
+        "seconds with no newer udev event before a disc is read",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "watch_settle",
+        float,
+        5.0,
+        "seconds a dropped package must stay unchanged",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "retry_max_delay",
+        float,
+        300.0,
+        "longest back-off while a destination is down",
+        min=0,
+        min_open=True,
+    ),
+    Setting("stop_timeout", float, 15.0, "grace period on SIGTERM, seconds", min=0, min_open=True),
+    Setting("eject_retries", int, 5, "attempts to eject an optical tray", min=1),
+    # policy: AI results, Other Content, routes (issue 5)
+    Setting(
+        "ai.policy",
+        str,
+        "mark",
+        "AI results: mark (prefix and send), hold the job, or skip them",
+        flag="--ai",
+        commands=_IMPORT,
+        choices=("mark", "hold", "skip"),
+    ),
+    Setting(
+        "ai.prefix",
+        str,
+        "[AI]",
+        "prefix put on SeriesDescription of AI results",
+        validate=lambda v: 0 < len(v.strip()) <= 16,
+        allowed="1 to 16 characters",
+    ),
+    Setting(
+        "ai.patterns",
+        str,
+        [],
+        "regular expressions naming AI products/keywords (empty = the built-in list)",
+        multiple=True,
+    ),
+    Setting("convert_other_content", bool, True, "turn PDF/JPEG/PNG/TIFF/BMP/text into DICOM"),
+    Setting(
+        "route",
+        str,
+        [],
+        "KIND[:MODALITY]=URL: also send KIND (image, rt, ai, document, "
+        "sr, other) there, e.g. rt=dicom://TPS@host:104 (flag repeatable)",
+        flag="--route",
+        commands=_IMPORT,
+        multiple=True,
+        metavar="KIND=URL",
+    ),
+    # patient reconciliation (IHE Import Reconciliation Workflow)
+    Setting(
+        "reconcile.sources",
+        str,
+        [],
+        "where local patients are looked up, tried in order: mwl://AET@host:port, "
+        "pdq://AET@host:port, csv:///path, sqlite:///path, expect: (flag repeatable; "
+        "empty = no reconciliation)",
+        flag="--identity",
+        commands=("import", "daemon", "release"),
+        multiple=True,
+        metavar="URL",
+    ),
+    Setting(
+        "reconcile.timeout",
+        float,
+        10.0,
+        "seconds an identity source may take to answer",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "reconcile.unmatched",
+        str,
+        "hold",
+        "when no local patient matches: hold (a person decides), keep (foreign ID, "
+        "issuer = the sending institution) or prefix (reconcile.prefix + foreign ID)",
+        choices=("hold", "keep", "prefix"),
+    ),
+    Setting(
+        "reconcile.prefix",
+        str,
+        "EXT-",
+        "prefix put on a foreign Patient ID under reconcile.unmatched = prefix",
+        validate=lambda v: 0 < len(v) <= 16 and "\\" not in v,
+        allowed="1 to 16 characters, no backslash",
+    ),
+    Setting(
+        "reconcile.accession",
+        str,
+        "keep",
+        "AccessionNumber on reconciled instances: keep, clear, or worklist "
+        "(the matched worklist entry's)",
+        choices=("keep", "clear", "worklist"),
+    ),
+    Setting(
+        "reconcile.issuer",
+        str,
+        "",
+        "IssuerOfPatientID of local IDs when the identity source names none",
+    ),
+    Setting(
+        "spool.retention_days",
+        float,
+        30.0,
+        "days a discarded medium's spooled files are kept before they are purged",
+        min=0,
+    ),
+    Setting(
+        "policy.multi_patient",
+        str,
+        "hold",
+        "a medium with several patients: hold (a person releases each) or split "
+        "(each reconciled and delivered on its own, never merged)",
+        choices=("hold", "split"),
+    ),
+    # label printer
+    Setting(
+        "printer.backend",
+        str,
+        "none",
+        "label printer back-end",
+        choices=("none", "zpl", "cups", "file"),
+    ),
+    Setting(
+        "printer.target",
+        str,
+        "",
+        "zpl: tcp://host:9100 or /dev/usb/lp0; cups: queue name; file: folder",
+    ),
+    Setting(
+        "printer.size",
+        str,
+        "62mm",
+        "label stock: 62mm (continuous) or 4x2 inches",
+        choices=("62mm", "4x2"),
+    ),
+    Setting("printer.dpi", int, 203, "ZPL print-head resolution", choices=(203, 300, 600)),
+    Setting("printer.format", str, "pdf", "file back-end output", choices=("pdf", "png")),
+    Setting(
+        "printer.timeout",
+        float,
+        10.0,
+        "printer connection / lp timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting("printer.cups_options", str, "", "extra lp -o options, space-separated"),
+    # audit trail
+    Setting("audit.consent", str, "unknown", "the consent field written into every audit record"),
+    Setting("audit.syslog", str, "", "PS3.15 audit repository: udp://host:514 or tcp://host:601"),
+    Setting("audit.site_id", str, "", "AuditEnterpriseSiteID in PS3.15 messages"),
+    Setting("audit.facility", str, "", "this site's name, recorded as the importing facility"),
+    # network
+    Setting(
+        "network.connection_timeout",
+        float,
+        10.0,
+        "TCP connect timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.acse_timeout",
+        float,
+        30.0,
+        "association negotiation timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.dimse_timeout",
+        float,
+        60.0,
+        "wait for one C-STORE response, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "network.network_timeout",
+        float,
+        60.0,
+        "idle network timeout, seconds",
+        min=0,
+        min_open=True,
+    ),
+    Setting("network.max_pdu", int, 0, "maximum PDU we receive (0 = unlimited)", min=0),
+    Setting(
+        "network.associations",
+        int,
+        4,
+        "parallel associations (one worker process each) "
+        "per destination, for deliveries of at least 64 instances or 64 MB; a "
+        "destination's ?associations=N overrides",
+        min=1,
+        max=32,
+    ),
+    Setting("network.retries", int, 3, "attempts per delivery run before the job waits", min=1),
+    Setting("network.retry_delay", float, 2.0, "first back-off between attempts, seconds", min=0),
+    # reading limits (hostile media)
+    Setting("limits.max_file_size", int, 8 << 30, "largest single file accepted, bytes", min=1),
+    Setting(
+        "limits.max_medium_size",
+        int,
+        128 << 30,
+        "largest total a medium may expand to, bytes",
+        min=1,
+    ),
+    Setting("limits.max_files", int, 500_000, "most entries a medium may hold", min=1),
+    Setting("limits.max_zip_ratio", int, 200, "largest compression ratio of a zip entry", min=1),
+    Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)", min=1),
+    Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes", min=1),
+    Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked", min=1),
+    # scanning
+    Setting(
+        "scanner",
+        str,
+        "auto",
+        "header scanner",
+        flag="--scanner",
+        commands=("import", "scan"),
+        choices=("auto", "pydicom", "numba"),
+    ),
+)

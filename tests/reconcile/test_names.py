@@ -299,3 +299,18 @@ def test_keys_survive_hiragana_katakana_swaps(pn):
 @given(_PN)
 def test_a_name_is_its_own_name(pn):
     assert (same_name(pn, pn) is None) == (not name_keys(pn))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Ono^Taro=大野^太郎=オオノ^タロウ", "Ono^Taro=小野^太郎=オノ^タロウ"),  # kanji and kana differ
+        ("Ono^Taro=オオノ^タロウ", "ONO^TARO=オノ^タロウ"),  # kana differ, romaji folded alike
+    ],
+)
+def test_folded_latin_never_outweighs_different_kanji_or_kana(a: str, b: str) -> None:
+    assert same_name(a, b) is None
+
+
+def test_folded_latin_matches_when_nothing_stronger_disagrees() -> None:
+    assert same_name("Ohno^Taro=大野^太郎", "ONO^TARO=オオノ^タロウ") == "alphabetic"

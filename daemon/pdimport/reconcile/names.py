@@ -374,4 +374,13 @@ def same_name(a: str, b: str) -> str | None:
     for key in ka.keys() & kb.keys():
         kind_a, kind_b = ka[key], kb[key]
         kinds.add(kind_a if kind_a == kind_b else "romaji")
+    if kinds and not kinds & {"ideographic", "phonetic"}:
+        # Latin spellings fold long vowels together (Ōno, Ono): when both
+        # names also carry kanji, or both carry kana, and those differ
+        # (大野 オオノ / 小野 オノ), the stronger evidence says "another person".
+        for strong in ("ideographic", "phonetic"):
+            mine = {k for k, kind in ka.items() if kind == strong}
+            theirs = {k for k, kind in kb.items() if kind == strong}
+            if mine and theirs and not mine & theirs:
+                return None
     return next((kind for kind in _KIND_ORDER if kind in kinds), None)

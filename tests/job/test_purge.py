@@ -30,7 +30,7 @@ def _job(journal: Journal, spool: Spool, name: str, contents: list[bytes]) -> tu
 def test_discarded_media_are_purged_after_retention_shared_content_stays(tmp_path: Path) -> None:
     journal, spool = Journal(tmp_path / "journal.sqlite"), Spool(tmp_path / "spool")
     gone_job, (only_here, shared) = _job(journal, spool, "a", [b"only on a" * 10, b"on both" * 10])
-    kept_job, _ = _job(journal, spool, "b", [b"on both" * 10])
+    _job(journal, spool, "b", [b"on both" * 10])  # still held: keeps its files
     derived, _ = spool.put_bytes(b"a coerced copy of only-on-a")
     journal.record_derived(only_here, "coerce:x", derived)
     journal.transition(gone_job, JobEvent.DISCARD, "wrong disc")

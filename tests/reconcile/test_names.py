@@ -304,7 +304,10 @@ def test_a_name_is_its_own_name(pn):
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        ("Ono^Taro=大野^太郎=オオノ^タロウ", "Ono^Taro=小野^太郎=オノ^タロウ"),  # kanji and kana differ
+        (
+            "Ono^Taro=大野^太郎=オオノ^タロウ",
+            "Ono^Taro=小野^太郎=オノ^タロウ",
+        ),  # kanji and kana differ
         ("Ono^Taro=オオノ^タロウ", "ONO^TARO=オノ^タロウ"),  # kana differ, romaji folded alike
     ],
 )

@@ -11,6 +11,10 @@ Reason: the defined terms (C.12.1.1.9.2, Table C.12.1.1.9-1) are ``COERCE``
 institution") and ``CORRECT`` ("replace incorrect values"). The original
 SeriesDescription is not wrong; we replace it by local policy on import, so
 the reason is ``COERCE``.
+
+:func:`record_coercion` writes that record for any coercion; patient
+reconciliation (:mod:`pdimport.reconcile.coerce`) uses it too, so every change
+pdimport makes to an imported instance is recorded the same way.
 """
 
 from __future__ import annotations
@@ -72,22 +76,55 @@ def mark_ai(
     old_text = "" if old is None else str(old)
     if old_text.strip().startswith(prefix):
         return False
-    moment = (now or _dt.datetime.now().astimezone()).strftime("%Y%m%d%H%M%S.%f%z")
+    moment = coercion_datetime(now)
+    previous = Dataset()
+    previous.SeriesDescription = old_text  # zero length when it was absent or empty
+    ds.SeriesDescription = marked_description(old_text, prefix)
+    record_coercion(
+        ds,
+        previous,
+        system=system,
+        source=str(ds.get("InstitutionName", "")) if source is None else source,
+        moment=moment,
+    )
+    return True
 
-    modified = Dataset()
-    modified.SeriesDescription = old_text  # zero length when it was absent or empty
+
+def coercion_datetime(now: _dt.datetime | None = None) -> str:
+    """A DT value for AttributeModificationDateTime and InstanceCoercionDateTime:
+    ``now`` (default: the current local time, with its UTC offset)."""
+    return (now or _dt.datetime.now().astimezone()).strftime("%Y%m%d%H%M%S.%f%z")
+
+
+def record_coercion(
+    ds: Dataset,
+    previous: Dataset,
+    *,
+    system: str = SYSTEM_NAME,
+    source: str = "",
+    moment: str,
+) -> None:
+    """Record one coercion of ``ds`` (PS3.3 C.12.1.1.9) after the fact.
+
+    Appends one Original Attributes Sequence item holding
+    AttributeModificationDateTime ``moment``, ModifyingSystem ``system``,
+    SourceOfPreviousValues ``source`` (Type 2: empty when unknown),
+    ReasonForTheAttributeModification ``COERCE`` and a Modified Attributes
+    Sequence whose one item is ``previous``: the attributes replaced, added
+    or removed, with their prior values (zero length for ones that were
+    absent, C.12.1.1.9.1). Existing items are preserved, as the standard
+    requires. Sets Instance Coercion DateTime (0008,0015) to ``moment``.
+
+    ``source`` is the source of the *previous* values (the standard's example
+    is the institution imported instances came from), not of the new ones.
+    """
     item = Dataset()
     item.AttributeModificationDateTime = moment
     item.ModifyingSystem = clip(system, "LO")
-    item.SourceOfPreviousValues = clip(
-        str(ds.get("InstitutionName", "")) if source is None else source, "LO"
-    )
+    item.SourceOfPreviousValues = clip(source, "LO")
     item.ReasonForTheAttributeModification = REASON
-    item.ModifiedAttributesSequence = Sequence([modified])
-
+    item.ModifiedAttributesSequence = Sequence([previous])
     if "OriginalAttributesSequence" not in ds:
         ds.OriginalAttributesSequence = Sequence()
     ds.OriginalAttributesSequence.append(item)
-    ds.SeriesDescription = marked_description(old_text, prefix)
     ds.InstanceCoercionDateTime = moment
-    return True

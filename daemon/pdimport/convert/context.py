@@ -318,7 +318,15 @@ def read_capped(path: Path, cap: int) -> bytes:
 
 # --------------------------------------------------------------- charset
 def _fits(value: str, charset: str) -> bool:
-    encodings = convert_encodings(charset.split("\\"))
+    terms = charset.split("\\")
+    if len(terms) > 1 and terms[0] in ("", "ISO 2022 IR 6"):
+        # Code extensions over the default repertoire (PS3.5 6.1.2.5.3): G0 is
+        # ASCII and nothing else is designated, but pydicom encodes that first
+        # value as Latin-1, so "é" would pass as a byte no escape sequence
+        # announces. Each other character must fit one of the extensions.
+        others = "\\".join(terms[1:])
+        return all(c.isascii() or _fits(c, others) for c in value)
+    encodings = convert_encodings(terms)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pydicom warns, then replaces, on a miss
         try:

@@ -18,6 +18,7 @@ for _area in sorted(Path(__file__).resolve().parent.iterdir()):
     if _area.is_dir() and not _area.name.startswith((".", "_")) and str(_area) not in sys.path:
         sys.path.append(str(_area))
 from fixtures_dicom import *
+from fixtures_identity import *
 from fixtures_media import *
 from fixtures_peers import *
 

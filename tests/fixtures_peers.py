@@ -192,6 +192,9 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
         "DicomPort": peer.port,
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
+        # C-FIND from any AE title: the identity-source tests ask it as a
+        # Patient Root registry (Orthanc 1.10 refuses unknown modalities).
+        "DicomAlwaysAllowFind": True,
         "HttpServerEnabled": True,
         "HttpPort": peer.http_port,
         # HTTP on the loopback only, and therefore no credentials needed.

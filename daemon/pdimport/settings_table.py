@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pdimport.settings_decl import ALL, Setting
 
-_IMPORT = ("import",)
-_SEND = ("import", "daemon")
+#: Commands that deliver: an import, or a person's decision on a held job.
+_IMPORT = ("import", "release", "discard")
+_SEND = ("import", "daemon", "release", "discard")
 _DAEMON = ("daemon",)
 
 SETTINGS: tuple[Setting, ...] = (
@@ -144,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
         "pdq://AET@host:port, csv:///path, sqlite:///path, expect: (flag repeatable; "
         "empty = no reconciliation)",
         flag="--identity",
-        commands=("import", "daemon", "release"),
+        commands=("import", "daemon", "release", "discard"),
         multiple=True,
         metavar="URL",
     ),

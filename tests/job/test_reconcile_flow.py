@@ -47,6 +47,11 @@ def held(capsys, state: Path) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
+def dciodvfy_errors(path: Path) -> set[str]:
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return {line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")}
+
+
 def audit_events(state: Path) -> list[dict]:
     return list(auditchain.records(state / "audit"))
 
@@ -108,9 +113,12 @@ def test_coerced_objects_pass_dciodvfy(tmp_path, orthanc, csv_source, capsys):
     blob = tmp_path / "stored.dcm"
     with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file") as r:
         blob.write_bytes(r.read())
-    res = subprocess.run(["dciodvfy", str(blob)], capture_output=True, text=True, check=False)
-    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
-    assert errors == []
+    original = next((src / "F123").iterdir())
+    # The synthetic CT lacks a few Type 2 attributes; the coercion must add no error.
+    assert dciodvfy_errors(blob) <= dciodvfy_errors(original)
+    assert dciodvfy_errors(original) == {
+        e for e in dciodvfy_errors(original) if "Missing attribute" in e
+    }
 
 
 def test_two_candidates_hold_the_disc_with_both_listed(tmp_path, orthanc, capsys):

@@ -65,15 +65,11 @@ def identity_dict(identity: LocalIdentity | None) -> dict[str, Any] | None:
 
 
 def identity_of(candidate: Candidate, default_issuer: str) -> LocalIdentity:
-    return LocalIdentity(
-        patient_id=candidate.local_id,
-        issuer=candidate.issuer or default_issuer,
-        name=candidate.name,
-        birth_date=candidate.birth_date,
-        sex=candidate.sex,
-        source=candidate.source,
-        accession_number=candidate.accession_number or None,
-    )
+    """A matched candidate's identity; ``reconcile.issuer`` where the source names none."""
+    identity = LocalIdentity.from_candidate(candidate)
+    if not identity.issuer and default_issuer:
+        identity = dataclasses.replace(identity, issuer=default_issuer)
+    return identity
 
 
 def demographics(patient: Patient) -> Demographics:

@@ -6,12 +6,14 @@ wlmscpfs and Orthanc in tests/reconcile/)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
 
+import pydicom
 import pytest
 from fixtures_dicom import make_ct_series
 
@@ -249,3 +251,88 @@ def test_unknown_job_or_patient_is_a_usage_error_and_changes_nothing(
         assert err.startswith("pdimport: ") and "Traceback" not in err
     assert held(capsys, state) == before
     assert not [r for r in audit_events(state) if r["event"] in ("release", "discard")]
+
+
+def test_worklist_match_takes_the_accession_number(tmp_path, orthanc, wlmscpfs, capsys):
+    ris = wlmscpfs()  # entries in ISO 2022 IR 87 (tests/fixtures_identity.py)
+    src = disc(
+        tmp_path / "disc",
+        [
+            (
+                "F55",
+                "Satou^Ichirou=佐藤^一郎",
+                {**JAPANESE, "PatientBirthDate": "19800505", "PatientSex": "M"},
+            )
+        ],
+    )
+    state = tmp_path / "state"
+    cfg = tmp_path / "pdimport.toml"
+    cfg.write_text('[reconcile]\naccession = "worklist"\n')
+    args = [*base_args(state, orthanc, None), "--identity", ris.url, "--config", str(cfg)]
+    rc, report = run(capsys, "import", str(src), *args)
+    assert rc == 0, report["problems"]
+    assert report["patients"][0]["match"]["source"] == ris.url
+    stored = orthanc.instances()
+    assert {t["PatientID"] for t in stored} == {"L1005"}
+    assert {t["AccessionNumber"] for t in stored} == {"A1005"}
+    # the name as the worklist gave it, in the object (Orthanc's own JSON may
+    # not decode every ISO 2022 declaration, so read the stored file itself)
+    for iid in orthanc.get("/instances"):
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file"
+        ) as r:
+            ds = pydicom.dcmread(io.BytesIO(r.read()))
+        assert str(ds.PatientName) == "Sato^Ichiro=佐藤^一郎=さとう^いちろう"
+
+
+def test_an_expectation_registered_ahead_names_the_patient(tmp_path, orthanc, capsys):
+    state = tmp_path / "state"
+    assert (
+        main(
+            [
+                "expect",
+                "--local-id",
+                "L777",
+                "--name",
+                "Katou^Ken",
+                "--birth",
+                "19900101",
+                "--sex",
+                "M",
+                "--note",
+                "referral 12",
+                "--state-dir",
+                str(state),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    src = disc(
+        tmp_path / "disc", [("F9", "KATO^KEN", {"PatientBirthDate": "19900101", "PatientSex": "M"})]
+    )
+    args = [*base_args(state, orthanc, None), "--identity", "expect:"]
+    rc, report = run(capsys, "import", str(src), *args)
+    assert rc == 0, report["problems"]
+    assert {t["PatientID"] for t in orthanc.instances()} == {"L777"}
+    assert main(["expect", "--list", "--json", "--state-dir", str(state)]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["local_id"] == "L777" and row["note"] == "referral 12"
+
+
+def test_split_policy_reconciles_each_patient_and_never_merges(tmp_path, orthanc, capsys):
+    source = registry(
+        tmp_path / "two.csv",
+        [("L1", "One^Patient", "19800214", "M"), ("L2", "Two^Patient", "19800214", "M")],
+    )
+    src = disc(tmp_path / "disc", [("A1", "One^Patient", BORN), ("B2", "Two^Patient", BORN)])
+    state = tmp_path / "state"
+    cfg = tmp_path / "pdimport.toml"
+    cfg.write_text('[policy]\nmulti_patient = "split"\n')
+    rc, report = run(
+        capsys, "import", str(src), "--config", str(cfg), *base_args(state, orthanc, source)
+    )
+    assert rc == 0 and report["status"] == "imported", report["problems"]
+    by_uid = {i["sop_instance_uid"]: i["path"].split("/")[0] for i in report["instances"]}
+    stored = {t["SOPInstanceUID"]: t["PatientID"] for t in orthanc.instances()}
+    assert {uid: {"A1": "L1", "B2": "L2"}[by_uid[uid]] for uid in by_uid} == stored

@@ -270,3 +270,19 @@ def test_no_font_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(label.LabelError, match="unknown label size"):
         label.render_label(sample_report(), "A4", tmp_path / "x.pdf")
+
+
+def test_decisions_are_on_the_label_with_who_took_them() -> None:
+    r = sample_report("imported") | {
+        "decisions": [
+            {"patient": "F123", "action": "release", "local_id": "L0001", "operator": "Tanaka"},
+            {"patient": "F456", "action": "release", "local_id": None, "operator": "Tanaka"},
+            {"patient": "F789", "action": "discard", "reason": "wrong disc", "operator": "Sato"},
+        ]
+    }
+    texts = [line.text for line in content.label_content(r, now=NOW) if line.kind == "decision"]
+    assert texts == [
+        "承認 released F123 → 当院ID L0001 (Tanaka)",
+        "承認 released F456 as on the disc (Tanaka)",
+        "破棄 discarded F789: wrong disc (Sato)",
+    ]

@@ -201,6 +201,7 @@ def label_content(
         Line(f"・{r_ja} / {r_en}", 7.5, wrap=True, kind="reason") for r_ja, r_en in reasons(report)
     ]
     lines += _patient_lines(report, max_studies)
+    lines += [Line(text, 6.5, wrap=True, kind="decision") for text in decision_lines(report)]
     tags = markers(report)
     if tags:
         lines.append(Line("|".join(tags), 7.0, "tags", wrap=False, kind="tags"))
@@ -317,6 +318,20 @@ def _patient_lines(report: dict[str, Any], max_studies: int | None) -> list[Line
             Line(f"他 {total - shown} 検査 / +{total - shown} more studies", 6.5, kind="more")
         )
     return lines
+
+
+def decision_lines(report: dict[str, Any]) -> list[str]:
+    """A person's decisions on the job, each with who took it."""
+    out = []
+    for d in report.get("decisions") or []:
+        who, patient = d.get("operator", ""), d.get("patient") or "-"
+        if d.get("action") == "discard":
+            out.append(f"破棄 discarded {patient}: {d.get('reason', '')} ({who})")
+        elif d.get("local_id") and d.get("local_id") != patient:
+            out.append(f"承認 released {patient} → 当院ID {d['local_id']} ({who})")
+        else:
+            out.append(f"承認 released {patient} as on the disc ({who})")
+    return out
 
 
 def _patient_ids(p: dict[str, Any]) -> str:

@@ -97,6 +97,11 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "unsupported_content": ("warning", "a file of a kind pdimport does not import"),
     # --- grouping and policy -----------------------------------------------
     "multi_patient": ("error", "more than one patient on one medium"),
+    "unidentified_patient": (
+        "error",
+        "a file names no patient (no ID, name or birth date) and no study links it to one; "
+        "the medium is held",
+    ),
     # --- reconciliation (IHE Import Reconciliation Workflow) ---------------
     "identity_source_down": (
         "error",
@@ -116,6 +121,19 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "the same SOP Instance UID with different content; the later copy is kept, not sent",
     ),
     # --- delivery ---------------------------------------------------------
+    "meta_repaired": (
+        "warning",
+        "the file meta information was missing or disagreed with the dataset and was rebuilt "
+        "from it (the dataset is authoritative; the original stays in the spool)",
+    ),
+    "length_repaired": (
+        "warning",
+        "an odd element or fragment length was padded to even, as PS3.5 requires of a sender",
+    ),
+    "association_aborted": (
+        "error",
+        "the destination aborted the association (its reason, where it gave one, is in the detail)",
+    ),
     "association_rejected": ("error", "the destination rejected the association"),
     "association_failed": (
         "error",

@@ -125,6 +125,7 @@ class JobRunner:
                 audit=self.audit,
                 prescans=self.prescans,
                 stop=self.stop,
+                progress=lambda job_id, fields: self.board.job(job_id, progress=fields),
             )
             self._local.importer = imp
         return imp

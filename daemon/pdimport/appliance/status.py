@@ -17,6 +17,7 @@ from typing import Any
 
 from pdimport.appliance.systemd import Notifier
 from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState, Transition
+from pdimport.job.progress import describe
 from pdimport.store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,10 @@ _SHOWN = (
 
 def status_line(snap: dict[str, Any]) -> str:
     """One line for ``STATUS=``: drives, jobs, queue."""
+    jobs = snap.get("jobs", {})
     drives_part = (
         ", ".join(
-            f"{os.path.basename(d)} {v.get('state', '?')}"
+            f"{os.path.basename(d)} {v.get('state', '?')}{_percent(jobs.get(v.get('job') or ''))}"
             for d, v in sorted(snap.get("drives", {}).items())
         )
         or "none"
@@ -120,6 +122,17 @@ def status_line(snap: dict[str, Any]) -> str:
     jobs_part = f"{active} active" + "".join(f", {states[s]} {s}" for s in _SHOWN if states.get(s))
     queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
     return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
+
+
+def _percent(job: dict[str, Any] | None) -> str:
+    progress = (job or {}).get("progress")
+    if not progress or (job or {}).get("state") not in _MOVING:
+        return ""
+    return f" {progress.get('percent', 0):.0f}%"
+
+
+#: Job states in which progress moves.
+_MOVING = (JobState.READING, JobState.DELIVERING)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -154,7 +167,10 @@ def status_main(cfg: Any, as_json: bool = False) -> int:
             f"{drive.get('detail', '')}".rstrip()
         )
     for job_id, job in sorted(snap.get("jobs", {}).items()):
-        print(f"  job {job_id} {job.get('state', '?')} {job.get('source', '')}".rstrip())
+        state = job.get("state", "?")
+        moving = job.get("progress") if state in _MOVING else None
+        how = f"{describe(moving)} " if moving else ""
+        print(f"  job {job_id} {state} {how}{job.get('source', '')}".rstrip())
     return 0 if running else 3
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from pdimport.job.inventory import Inventory
 from pdimport.job.lifecycle import Interrupted
+from pdimport.job.progress import ProgressMeter, ProgressSink
 from pdimport.model import SendItem, SendOutcome
 from pdimport.policy import rules as policy
 from pdimport.policy.group import Instance
@@ -56,12 +57,14 @@ class Deliverer:
         spool: Spool,
         event: Event,
         stop: threading.Event,
+        progress: ProgressSink | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self.spool = spool
         self._event = event
         self.stop = stop
+        self._progress = progress
 
     def routes(self, destinations: list[Any]) -> list[tuple[Any, Callable[[Instance], bool]]]:
         """Default destinations take everything; each route adds a
@@ -111,12 +114,16 @@ class Deliverer:
                 continue
             todo[inst.sha256 + inst.uid] = inst
         outcomes: dict[str, SendOutcome] = {}
+        sizes = {key: self._size(inst) for key, inst in todo.items()}
+        meter = ProgressMeter(job.id, "delivering", len(todo), sum(sizes.values()), self._progress)
 
         def on_outcome(out: SendOutcome) -> None:
             inst = todo[out.key]
             self.journal.record_delivery(
                 dest.key, inst.uid, inst.sha256, out.state, out.status, out.code, out.detail, job.id
             )
+            if out.key not in outcomes:
+                meter.add(files=1, nbytes=sizes[out.key])
             outcomes[out.key] = out
 
         workdir = self.settings.state_path / "work"
@@ -127,6 +134,7 @@ class Deliverer:
             # converted copies live as long as the delivery: a resend within
             # it sends the same bytes, a later one converts again
             remove_converted(workdir, todo)
+        meter.finish()
         self._apply_outcomes(dest, todo, outcomes, inv)
         self._event(
             "instances_delivered",
@@ -179,6 +187,12 @@ class Deliverer:
                 # Stopping: the acknowledged instances are journaled; the job
                 # stays ``delivering`` and resumes at the next start.
                 raise Interrupted()
+
+    def _size(self, inst: Instance) -> int:
+        try:
+            return self.spool.path(inst.send_sha256).stat().st_size
+        except (OSError, ValueError):
+            return 0
 
     def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
         return any(

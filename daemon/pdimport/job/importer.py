@@ -42,6 +42,7 @@ from pdimport.job.deliver import Deliverer, settle
 from pdimport.job.inventory import Inventory, InventoryTaker
 from pdimport.job.lifecycle import JobEvent, JobState
 from pdimport.job.prescan import PrescanStore, PrescanWorker
+from pdimport.job.progress import ProgressMeter, ProgressSink
 from pdimport.job.reconcile import DELIVER, DISCARD, HOLD, Reconciler, Settled
 from pdimport.job.spoolwriter import SpoolWriter
 from pdimport.media import MediumOpenError, open_medium
@@ -104,6 +105,7 @@ class Importer:
         audit: AuditLog | None = None,
         prescans: PrescanStore | None = None,
         stop: threading.Event | None = None,
+        progress: ProgressSink | None = None,
     ) -> None:
         self.settings = settings
         state = settings.state_path
@@ -120,8 +122,12 @@ class Importer:
         #: scan results of the read, for phase 2 (shared by a runner's importers)
         self.prescans = prescans if prescans is not None else PrescanStore()
         self.stop = stop if stop is not None else threading.Event()
+        #: told how far a read or a delivery is (the daemon's status board)
+        self.progress = progress
         self._inventory = InventoryTaker(settings, self.journal, self.spool, self.scanner)
-        self._deliverer = Deliverer(settings, self.journal, self.spool, self.audit_event, self.stop)
+        self._deliverer = Deliverer(
+            settings, self.journal, self.spool, self.audit_event, self.stop, progress
+        )
         self.reconciler = Reconciler(settings, self.journal, self.spool)
 
     # ------------------------------------------------------------ public
@@ -202,6 +208,9 @@ class Importer:
         scanner.start()
         writer.start()
         finished = False
+        meter = ProgressMeter(
+            job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
+        )
         try:
             for seq, entry in enumerate(entries):
                 rec = done.get(entry.path)
@@ -212,9 +221,11 @@ class Importer:
                     and self.spool.has(rec.sha256, entry.size)
                 ):
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
+                    meter.add(files=1, nbytes=entry.size)
                     continue
-                self._read_entry(medium, seq, entry, writer)
+                self._read_entry(medium, seq, entry, writer, meter)
             finished = True
+            meter.finish()
         finally:
             # Interrupted (daemon stopping) or failed: the file being copied
             # is dropped and queued scans are abandoned; the resumed read
@@ -230,13 +241,17 @@ class Importer:
         self.audit_event("read_completed", job=job.id, files=len(entries))
 
     @staticmethod
-    def _read_entry(medium: Any, seq: int, entry: Any, writer: SpoolWriter) -> None:
+    def _read_entry(
+        medium: Any, seq: int, entry: Any, writer: SpoolWriter, meter: ProgressMeter
+    ) -> None:
         """Stream one entry's bytes to the writer; a read error ends it as a problem."""
         writer.begin(seq, entry)
+        meter.add(files=1)
         try:
             with medium.open(entry) as fp:
                 for chunk in iter_chunks(fp):
                     writer.data(chunk)
+                    meter.add(nbytes=len(chunk))
         except MediumReadError as exc:
             writer.fail(exc.code, exc.detail)
             return

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_import import problems, run_cli
 
+from pdimport.cli import main
 from pdimport.model import Header
 from pdimport.policy.group import Instance, Patient, group_patients, normalise_name
 
@@ -270,6 +271,13 @@ def test_the_bug_medium_is_held_and_nothing_is_delivered(tmp_path, state, stores
     assert "A/IM0001" in unidentified["detail"]
     assert {i["state"] for i in rep["instances"]} == {"held"}
     assert scp.files() == []
+    # Both named patients are "" to a decision: a release would file them as one.
+    base = ["--operator", "Sato", "--dest", scp.url, "--state-dir", str(state)]
+    for patient in ("", None):
+        which = ["--patient", patient] if patient is not None else []
+        assert main(["release", rep["job"], *which, "--keep-foreign", *base]) == 64
+        assert "Traceback" not in capsys.readouterr().err
+    assert scp.files() == []
 
 
 def test_an_unlinked_blank_file_holds_a_one_patient_medium(tmp_path, state, storescp, capsys):
@@ -289,3 +297,16 @@ def test_an_unlinked_blank_file_holds_a_one_patient_medium(tmp_path, state, stor
     assert rc == 0 and rep["status"] == "imported", rep
     assert len(scp.files()) == 2
     assert sorted(i["state"] for i in rep["instances"]) == ["sent", "sent", "skipped"]
+
+
+def test_files_that_name_no_patient_cannot_be_released(tmp_path, state, storescp, capsys):
+    disc = tmp_path / "disc"
+    make_ct_series(disc / "A", 1, patient_id="", patient_name="", PatientBirthDate="")
+    scp = storescp()
+    rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--state-dir", str(state))
+    assert rc == 1 and rep["hold_reasons"] == ["unidentified_patient"]
+    assert [p["unidentified"] for p in rep["patients"]] == [True]
+    args = ["--keep-foreign", "--operator", "Sato", "--dest", scp.url, "--state-dir", str(state)]
+    assert main(["release", rep["job"], *args]) == 64
+    assert "cannot be released" in capsys.readouterr().err
+    assert scp.files() == []

@@ -121,26 +121,25 @@ class _Identity:
     PatientName: str  # normalise_name
     PatientBirthDate: str
     PatientSex: str
+    #: alphabetic, ideographic and phonetic components (PS3.5 §6.2.1.2)
+    name_groups: tuple[str, ...]
 
     @classmethod
     def of(cls, h: Header) -> _Identity:
+        name = normalise_name(h.patient_name)
         return cls(
             h.patient_id.strip(),
             h.issuer_of_patient_id.strip(),
-            normalise_name(h.patient_name),
+            name,
             h.patient_birth_date.strip(),
             h.patient_sex.strip().upper(),
+            tuple(name.split("=")) if name else (),
         )
 
     @property
     def blank(self) -> bool:
         """Names no one: sex and issuer alone identify no patient."""
         return not (self.PatientID or self.PatientName or self.PatientBirthDate)
-
-    @property
-    def name_groups(self) -> list[str]:
-        """Alphabetic, ideographic and phonetic components (PS3.5 §6.2.1.2)."""
-        return self.PatientName.split("=") if self.PatientName else []
 
 
 def _differ(a: str, b: str) -> bool:

@@ -210,6 +210,7 @@ def test_compressed_objects(tmp_path, state, storescp, capsys, accept_all):
             patient_id="CMP1",
             PatientName="Comp^Ressed",
             PatientBirthDate="19600101",
+            PatientSex="F",  # the bundled files differ (M, F): two patients otherwise
         )
         for name in ("JPEG2000.dcm", "MR_small_RLE.dcm")
     }

@@ -95,6 +95,22 @@ def _patient(report: dict[str, Any], job_id: str, patient: str | None) -> dict[s
     return found[0]
 
 
+def _releasable(report: dict[str, Any], job_id: str, chosen: dict[str, Any]) -> None:
+    """A decision names a patient by the ID the medium gave; a release that
+    would name several (two patients without ID) would file them as one."""
+    if chosen.get("unidentified"):
+        raise HoldError(
+            f"job {job_id}: files that name no patient cannot be released; discard them"
+        )
+    foreign = chosen.get("id", "")
+    same = [p for p in held_patients(report) if p.get("id", "") == foreign]
+    if len(same) > 1:
+        raise HoldError(
+            f"job {job_id} holds {len(same)} patients as {foreign or '(no ID)'}: a release"
+            " would file them as one; discard the medium"
+        )
+
+
 def _operator(name: str) -> str:
     if not name.strip():
         raise HoldError("--operator: the name of the person deciding is required")
@@ -124,6 +140,7 @@ def release(
         raise HoldError("give either --local-id ID or --keep-foreign")
     report = _held_job(imp, job_id)
     chosen = _patient(report, job_id, patient)
+    _releasable(report, job_id, chosen)
     identity = None
     if local_id:
         known = [Candidate(**c) for c in chosen.get("candidates", []) if c["local_id"] == local_id]

@@ -43,13 +43,20 @@ from pdimport.job.inventory import Inventory, InventoryTaker
 from pdimport.job.lifecycle import JobEvent, JobState
 from pdimport.job.prescan import PrescanStore, PrescanWorker
 from pdimport.job.progress import ProgressMeter, ProgressSink
-from pdimport.job.reconcile import DELIVER, DISCARD, HOLD, Reconciler, Settled
+from pdimport.job.reconcile import (
+    DELIVER,
+    DISCARD,
+    HOLD,
+    Reconciler,
+    Settled,
+    patient_instances,
+)
 from pdimport.job.spoolwriter import SpoolWriter
 from pdimport.media import MediumOpenError, open_medium
 from pdimport.media.blockdev import device_size
 from pdimport.model import MediumReadError, iter_chunks
 from pdimport.policy import rules as policy
-from pdimport.policy.group import Instance, group_patients
+from pdimport.policy.group import Instance, Patient, group_patients
 from pdimport.problems import Problem
 from pdimport.record.audit import AuditLog
 from pdimport.scan import get_scanner
@@ -281,9 +288,12 @@ class Importer:
         facility = report_mod.facility(inv)
         hold_reasons: list[str] = []
         settled: list[Settled] = []
+        identified = [p for p in patients if not p.unidentified]
         if mode == "scan":
-            if len(patients) > 1:
+            if len(identified) > 1:
                 hold_reasons.append("multi_patient")
+            if len(identified) < len(patients):
+                hold_reasons.append("unidentified_patient")
         else:
             settled = self.reconciler.settle(job.id, patients, facility, inv.problems)
             for s in settled:
@@ -296,8 +306,10 @@ class Importer:
                         inst.state = "skipped"
                         inst.detail = f"discarded by {s.decision.operator}: {s.decision.reason}"
         if "multi_patient" in hold_reasons:
-            names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in patients)
+            names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in identified)
             inv.problems.append(Problem("multi_patient", "", names))
+        if "unidentified_patient" in hold_reasons:
+            _hold_unidentified(patients, pending, inv.problems)
         ai_policy = self.settings.get("ai.policy")
         if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
             hold_reasons.append("ai_content")
@@ -443,6 +455,19 @@ class Importer:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _hold_unidentified(
+    patients: list[Patient], pending: list[Instance], problems: list[Problem]
+) -> None:
+    """Files that name no patient hold the whole medium: whose they are is
+    unknown, so no other patient's files may be taken as complete."""
+    paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))
+    for inst in pending:
+        if inst.state == "pending":
+            inst.state = "held"
 
 
 def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:

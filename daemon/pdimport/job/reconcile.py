@@ -4,7 +4,10 @@ For every patient the medium holds, in order:
 
 1. a person's decision (``pdimport release`` / ``discard``) decides;
 2. else, with several patients and ``policy.multi_patient = hold``, the
-   patient is held (``multi_patient``);
+   patient is held (``multi_patient``); the files that name no patient
+   (:func:`~pdimport.policy.group.group_patients`) are held
+   (``unidentified_patient``) until a person discards them, and are not
+   counted as a patient;
 3. else the identity sources are asked in order (``reconcile.sources``): the
    first that names exactly one matching local patient decides; one that
    names several holds the patient (``ambiguous_match``); one that does not
@@ -125,12 +128,15 @@ class Reconciler:
     ) -> list[Settled]:
         """Decide each patient's fate; problems found on the way are appended."""
         decisions = {d.patient: d for d in self.journal.decisions(job_id)}  # the last one counts
-        several = len(patients) > 1
+        several = len([p for p in patients if not p.unidentified]) > 1
         out: list[Settled] = []
         for patient in patients:
             insts = patient_instances(patient)
-            decision = decisions.get(patient.id) or (decisions.get("") if not several else None)
-            if decision is not None:
+            only = len(patients) == 1
+            decision = decisions.get(patient.id) or (decisions.get("") if only else None)
+            if patient.unidentified:
+                out.append(self._unidentified(patient, insts, decision))
+            elif decision is not None:
                 out.append(self._decided(patient, insts, decision))
             elif several and self.settings.get("policy.multi_patient") == "hold":
                 out.append(Settled(patient, insts, HOLD, hold_reason="multi_patient"))
@@ -139,6 +145,16 @@ class Reconciler:
             else:
                 out.append(self._ask(patient, insts, facility, problems))
         return out
+
+    @staticmethod
+    def _unidentified(
+        patient: Patient, insts: list[Instance], decision: Decision | None
+    ) -> Settled:
+        """Files that name no one are never delivered as anybody: held until a
+        person discards them (a release cannot say whose they are)."""
+        if decision is not None and decision.action == DISCARD:
+            return Settled(patient, insts, DISCARD, decision=decision)
+        return Settled(patient, insts, HOLD, hold_reason="unidentified_patient")
 
     def _decided(self, patient: Patient, insts: list[Instance], decision: Decision) -> Settled:
         if decision.action == DISCARD:

@@ -77,6 +77,8 @@ def build(
     everyone_discarded = bool(reconciled) and all(r.action == "discard" for r in reconciled)
     status = status_of(inv, hold_reasons, mode, failed, everyone_discarded)
     by_patient = {r.patient.id: r for r in reconciled}
+    # Patients without an ID share the key "": the settled patient itself first.
+    by_object = {id(r.patient): r for r in reconciled}
     counts = {
         "files": inv.files,
         "dicom": len(inv.instances),
@@ -111,7 +113,7 @@ def build(
             "ai": "ai" in kinds,
             "other_content": bool(inv.other_content),
         },
-        "patients": [_patient(p, by_patient.get(p.id)) for p in patients],
+        "patients": [_patient(p, by_object.get(id(p)) or by_patient.get(p.id)) for p in patients],
         "decisions": [d.as_dict() for d in decisions or []],
         "counts": counts,
         "instances": [_instance(i) for i in inv.instances],
@@ -131,6 +133,7 @@ def _patient(p: Patient, settled: Settled | None) -> dict[str, Any]:
         "name": p.name,
         "birth_date": p.birth_date,
         "sex": p.sex,
+        "unidentified": p.unidentified,
         "local_id": identity.patient_id if identity is not None else p.local_id,
         "local_issuer": identity.issuer if identity is not None else None,
         "local_name": identity.name if identity is not None else None,

@@ -47,6 +47,7 @@ UNKNOWN_STATUS = ("要確認", "CHECK", "状態不明", "unknown status")
 #: ``{s}`` the English plural ending.
 REASON_WORDS: dict[str, tuple[str, str]] = {
     "multi_patient": ("1枚に複数の患者 ({n}名)", "{n} patients on the disc"),
+    "unidentified_patient": ("患者を特定できない画像あり", "images that name no patient"),
     "no_local_patient": ("当院の患者と一致しません", "no matching local patient"),
     "no_match": ("当院の患者と一致しません", "no matching local patient"),
     "ambiguous_match": ("当院の患者が複数該当", "several local patients match"),

@@ -67,12 +67,24 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "deflate_bomb": ("error", "a deflated dataset inflates beyond the cap"),
     "missing_attribute": (
         "error",
-        "a required identifying attribute (SOP Class/Instance UID) is absent",
+        (
+            "the SOP Class or SOP Instance UID is absent or unusable (empty, multi-valued, "
+            "control or non-ASCII characters); the file is not sent"
+        ),
     ),
-    "invalid_uid": ("error", "a UID is syntactically invalid"),
+    "invalid_uid": (
+        "warning",
+        (
+            "a UID breaks PS3.5 9.1 (letters, empty component, over 64 characters) but is "
+            "unambiguous; delivered as it is, as a PACS would store it (the detail names the UID)"
+        ),
+    ),
     "uid_mismatch": (
-        "error",
-        "File Meta Media Storage SOP Instance UID differs from SOP Instance UID",
+        "warning",
+        (
+            "File Meta Media Storage SOP Instance (or Class) UID differs from the dataset's; "
+            "delivered, the dataset is authoritative"
+        ),
     ),
     "pixel_length_mismatch": (
         "error",
@@ -99,8 +111,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "multi_patient": ("error", "more than one patient on one medium"),
     "unidentified_patient": (
         "error",
-        "a file names no patient (no ID, name or birth date) and no study links it to one; "
-        "the medium is held",
+        (
+            "a file names no patient (no ID, name or birth date) and no study links it to one; "
+            "the medium is held"
+        ),
     ),
     # --- reconciliation (IHE Import Reconciliation Workflow) ---------------
     "identity_source_down": (
@@ -123,8 +137,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     # --- delivery ---------------------------------------------------------
     "meta_repaired": (
         "warning",
-        "the file meta information was missing or disagreed with the dataset and was rebuilt "
-        "from it (the dataset is authoritative; the original stays in the spool)",
+        (
+            "the file meta information was missing or disagreed with the dataset and was rebuilt "
+            "from it (the dataset is authoritative; the original stays in the spool)"
+        ),
     ),
     "length_repaired": (
         "warning",

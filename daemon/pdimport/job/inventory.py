@@ -177,7 +177,7 @@ class InventoryTaker:
             inv.problems.append(Problem(res.code, path, res.detail))
             return
         for code in res.warnings:
-            inv.problems.append(Problem(code, path, ""))
+            inv.problems.append(Problem(code, path, res.warning_detail(code)))
         reason = res.extra.get("scan_fallback")
         if reason:
             inv.scan_fallbacks[reason] += 1

@@ -130,6 +130,13 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "warning",
         "more than one local patient matches the patient on the medium; a person decides",
     ),
+    "copy_undecodable": (
+        "warning",
+        (
+            "a copy of an instance whose pixel data do not decode; another copy of the same "
+            "instance, equal once decoded, is imported in its place (the detail says why)"
+        ),
+    ),
     "uid_conflict": (
         "error",
         "the same SOP Instance UID with different content; the later copy is kept, not sent",

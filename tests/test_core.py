@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from pdimport.model import Header
-from pdimport.policy.group import Instance, group_patients, normalise_name, split_duplicates
+from pdimport.policy.group import Instance, group_patients, normalise_name
 from pdimport.problems import Problem
 from pdimport.settings import SettingsError, load
 from pdimport.store.journal import Journal
@@ -154,12 +154,3 @@ def test_different_person_is_a_second_patient(change):
 def test_normalise_name():
     assert normalise_name("doe^john^^=") == "DOE^JOHN"
     assert normalise_name("") == ""
-
-
-def test_split_duplicates():
-    first = _inst("1", sha="a" * 64)
-    same = _inst("1", sha="a" * 64)
-    other = _inst("1", sha="b" * 64)
-    unique, identical, conflicts = split_duplicates([first, same, other, _inst("2")])
-    assert unique == [first, unique[1]] and unique[1].uid == "2"
-    assert identical == [same] and conflicts == [other]

@@ -115,6 +115,19 @@ class Header:
     extra: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # problem codes of severity warning
 
+    def warn(self, code: str, detail: str = "") -> None:
+        """Record warning ``code`` once; its details, joined, go to
+        ``extra["problem:<code>"]`` for the report."""
+        if code not in self.warnings:
+            self.warnings.append(code)
+        if detail:
+            key = f"problem:{code}"
+            self.extra[key] = f"{self.extra[key]}; {detail}" if key in self.extra else detail
+
+    def warning_detail(self, code: str) -> str:
+        """What :meth:`warn` recorded about ``code`` ("" if nothing)."""
+        return self.extra.get(f"problem:{code}", "")
+
 
 class Scanner(Protocol):
     """Header scanner plugin (pydicom now, numba later), like pydicom's pixel

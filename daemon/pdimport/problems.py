@@ -67,12 +67,24 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "deflate_bomb": ("error", "a deflated dataset inflates beyond the cap"),
     "missing_attribute": (
         "error",
-        "a required identifying attribute (SOP Class/Instance UID) is absent",
+        (
+            "the SOP Class or SOP Instance UID is absent or unusable (empty, multi-valued, "
+            "control or non-ASCII characters); the file is not sent"
+        ),
     ),
-    "invalid_uid": ("error", "a UID is syntactically invalid"),
+    "invalid_uid": (
+        "warning",
+        (
+            "a UID breaks PS3.5 9.1 (letters, empty component, over 64 characters) but is "
+            "unambiguous; delivered as it is, as a PACS would store it (the detail names the UID)"
+        ),
+    ),
     "uid_mismatch": (
-        "error",
-        "File Meta Media Storage SOP Instance UID differs from SOP Instance UID",
+        "warning",
+        (
+            "File Meta Media Storage SOP Instance (or Class) UID differs from the dataset's; "
+            "delivered, the dataset is authoritative"
+        ),
     ),
     "pixel_length_mismatch": (
         "error",
@@ -114,6 +126,13 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "ambiguous_match": (
         "warning",
         "more than one local patient matches the patient on the medium; a person decides",
+    ),
+    "copy_undecodable": (
+        "warning",
+        (
+            "a copy of an instance whose pixel data do not decode; another copy of the same "
+            "instance, equal once decoded, is imported in its place (the detail says why)"
+        ),
     ),
     "uid_conflict": (
         "error",

@@ -49,7 +49,7 @@ from pydicom.multival import MultiValue
 from pdimport.model import Header
 from pdimport.problems import PROBLEM_CODES, FileProblem, Problem
 from pdimport.scan import ScannerUnavailable, available_scanners, get_scanner
-from pdimport.scan.encoding import detect_encoding
+from pdimport.scan.encoding import detect_encoding, uid_usable
 from pdimport.scan.pydicom_scanner import HEADER_KEYWORDS, uid_ok
 from pdimport.scan.reference import REFERENCE, Reference
 from pdimport.scan.walker import walk
@@ -159,10 +159,9 @@ BROKEN = [
     ("nesting_5000", lambda p: make_nested(p, 5000), "nesting_too_deep"),
     ("le_body_be_meta", make_le_body_be_meta, "ts_mismatch"),
     ("implicit_body_explicit_meta", make_implicit_body_explicit_meta, "ts_mismatch"),
-    ("uid_mismatch", make_uid_mismatch, "uid_mismatch"),
-    ("invalid_uid", make_invalid_uid, "invalid_uid"),
-    ("long_uid", lambda p: make_invalid_uid(p, "1." + "2" * 64), "invalid_uid"),
     ("missing_sop_uid", make_missing_sop_uid, "missing_attribute"),
+    ("control_char_sop_uid", lambda p: make_invalid_uid(p, "1.2.3\x01.4"), "missing_attribute"),
+    ("multi_valued_sop_uid", lambda p: make_invalid_uid(p, "1.2.3\\1.2.4"), "missing_attribute"),
     ("duplicate_tag", make_duplicate_tag, "tag_order"),
     ("pixel_length", make_pixel_length_mismatch, "pixel_length_mismatch"),
 ]
@@ -174,6 +173,47 @@ def test_broken_file_gives_its_code(tmp_path: Path, maker, code):
     result = _scan(path)
     assert isinstance(result, Problem), f"accepted: {result}"
     assert result.code == code, result.detail
+
+
+#: What storescp, dcmsend and Orthanc store although PS3.5 forbids it: a
+#: Header with a warning that says which UID (the file is delivered).
+UID_QUIRKS = [
+    ("uid_mismatch", make_uid_mismatch, "uid_mismatch", "meta '"),
+    ("invalid_uid", make_invalid_uid, "invalid_uid", "SOPInstanceUID '1.2.840.abc.0..5'"),
+    ("long_uid", lambda p: make_invalid_uid(p, "1." + "2" * 64), "invalid_uid", "SOPInstanceUID"),
+    ("padded_uid", lambda p: make_invalid_uid(p, "1.2.3.4 "), None, ""),
+]
+
+
+@pytest.mark.parametrize("scanner", available_scanners())
+@pytest.mark.parametrize(
+    "maker, code, detail", [q[1:] for q in UID_QUIRKS], ids=[q[0] for q in UID_QUIRKS]
+)
+def test_uid_quirk_is_a_warning_not_a_refusal(tmp_path: Path, scanner: str, maker, code, detail):
+    path = maker(tmp_path / "IM0001")
+    result = _scan(path, scanner=scanner)
+    assert isinstance(result, Header), result
+    assert result.warnings == ([code] if code else [])
+    if code:
+        assert detail in result.warning_detail(code), result.extra
+        assert PROBLEM_CODES[code][0] == "warning"
+
+
+@pytest.mark.parametrize(
+    "usable, uid",
+    [
+        (True, "1.2.840.10008.1.2"),
+        (True, "1.2.840.abc.0..5"),
+        (True, "1." + "2" * 70),
+        (False, ""),
+        (False, "1.2 .3"),
+        (False, "1.2\\3.4"),
+        (False, "1.2.\x013"),
+        (False, "1.2.\u00e93"),
+    ],
+)
+def test_uid_usable(usable: bool, uid: str):
+    assert uid_usable(uid) is usable
 
 
 def test_empty_file_is_empty_file(tmp_path: Path):

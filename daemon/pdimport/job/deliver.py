@@ -92,17 +92,25 @@ class Deliverer:
         select: Callable[[Instance], bool] = lambda i: True,
     ) -> None:
         """Send every pending instance ``select`` picks to one destination,
-        with retries; the outcome of each is journaled as it arrives."""
+        with retries; the outcome of each is journaled as it arrives.
+
+        An instance with several encodings on the medium
+        (:attr:`Instance.copies`) is sent once, in the first copy the
+        destination takes: the preferred one, else the next when the
+        destination could not take it (no context for it, or it did not
+        decode for a destination that wanted it uncompressed).
+        """
         sent = self.journal.sent_set(dest.key)
         todo: dict[str, Instance] = {}
-        for inst in inv.instances:
-            if inst.state != "pending" or not select(inst):
+        spare: dict[str, list[Instance]] = {}  # key -> the copies not tried yet
+        for copies in self._units(inv, select):
+            inst = copies[0]
+            done = next((c for c in copies if (c.uid, c.sha256) in sent), None)
+            if done is not None:
+                done.previously_sent = True
+                done.dest_states[dest.key] = "sent"
                 continue
-            if (inst.uid, inst.sha256) in sent:
-                inst.previously_sent = True
-                inst.dest_states[dest.key] = "sent"
-                continue
-            if self._historic_conflict(dest.key, inst):
+            if self._historic_conflict(dest.key, inst, {c.sha256 for c in copies}):
                 inst.dest_states[dest.key] = "conflict"
                 inv.problems.append(
                     Problem(
@@ -113,6 +121,7 @@ class Deliverer:
                 )
                 continue
             todo[inst.sha256 + inst.uid] = inst
+            spare[inst.sha256 + inst.uid] = copies[1:]
         outcomes: dict[str, SendOutcome] = {}
         sizes = {key: self._size(inst) for key, inst in todo.items()}
         meter = ProgressMeter(job.id, "delivering", len(todo), sum(sizes.values()), self._progress)
@@ -128,27 +137,69 @@ class Deliverer:
 
         workdir = self.settings.state_path / "work"
         workdir.mkdir(exist_ok=True)
+        final = dict(todo)
         try:
-            self._attempts(dest, todo, outcomes, on_outcome, workdir)
+            batch = dict(todo)
+            while batch:
+                self._attempts(dest, batch, outcomes, on_outcome, workdir)
+                batch = self._next_copies(dest, final, spare, outcomes)
+                todo.update(batch)
         finally:
             # converted copies live as long as the delivery: a resend within
             # it sends the same bytes, a later one converts again
             remove_converted(workdir, todo)
         meter.finish()
-        self._apply_outcomes(dest, todo, outcomes, inv)
+        self._apply_outcomes(dest, final, outcomes, inv)
         self._event(
             "instances_delivered",
             job=job.id,
             dest=dest.key,
             dest_aet=getattr(dest, "aet", ""),
-            sent=sum(1 for o in outcomes.values() if o.state == "sent"),
-            failed=sum(1 for o in outcomes.values() if o.state != "sent"),
+            sent=sum(1 for k in final if k in outcomes and outcomes[k].state == "sent"),
+            failed=sum(1 for k in final if k not in outcomes or outcomes[k].state != "sent"),
             already_sent=sum(
                 1
                 for i in inv.instances
                 if i.dest_states.get(dest.key) == "sent" and i.previously_sent
             ),
         )
+
+    @staticmethod
+    def _units(inv: Inventory, select: Callable[[Instance], bool]) -> list[list[Instance]]:
+        """What to deliver, in medium order: each instance as the list of its
+        pending copies ``select`` picks, preferred first."""
+        units: list[list[Instance]] = []
+        seen: set[int] = set()
+        for inst in inv.instances:
+            if inst.state != "pending" or not select(inst) or id(inst) in seen:
+                continue
+            copies = [c for c in inst.copies if c.state == "pending" and select(c)] or [inst]
+            seen.update(id(c) for c in copies)
+            units.append(copies)
+        return units
+
+    @staticmethod
+    def _next_copies(
+        dest: Any,
+        final: dict[str, Instance],
+        spare: dict[str, list[Instance]],
+        outcomes: dict[str, SendOutcome],
+    ) -> dict[str, Instance]:
+        """The next copy of each instance whose copy the destination could
+        not take, in place of that one (which is then left out of the report:
+        the instance is not lost while another copy can go)."""
+        batch: dict[str, Instance] = {}
+        for key in list(final):
+            out = outcomes.get(key)
+            if out is None or out.code not in _ANOTHER_COPY_MAY_GO or not spare.get(key):
+                continue
+            tried = final.pop(key)
+            nxt, *rest = spare.pop(key)
+            tried.detail = f"{dest.key} could not take this copy ({out.code}); another went"
+            new = nxt.sha256 + nxt.uid
+            final[new] = batch[new] = nxt
+            spare[new] = rest
+        return batch
 
     def _attempts(
         self,
@@ -194,9 +245,10 @@ class Deliverer:
         except (OSError, ValueError):
             return 0
 
-    def _historic_conflict(self, dest_key: str, inst: Instance) -> bool:
+    def _historic_conflict(self, dest_key: str, inst: Instance, shas: set[str]) -> bool:
+        """The destination holds this UID in content none of its copies has."""
         return any(
-            d.state == "sent" and d.sha256 != inst.sha256
+            d.state == "sent" and d.sha256 not in shas
             for d in self.journal.deliveries_for_uid(dest_key, inst.uid)
         )
 
@@ -241,6 +293,10 @@ class Deliverer:
             inv.problems.append(Problem(code, inst.path, f"{dest.key}: {out.detail}".rstrip(": ")))
 
 
+#: Failures for which another encoding of the instance may still go.
+_ANOTHER_COPY_MAY_GO = frozenset({"decode_failed", "no_presentation_context"})
+
+
 def _out_of_resources(status: int | None) -> bool:
     """C-STORE "Refused: Out of Resources" (PS3.4 Annex B.2.3: 0xA7xx): transient."""
     return status is not None and status & 0xFF00 == 0xA700
@@ -252,9 +308,21 @@ def _matches_any(routes: list[Any]) -> Callable[[Instance], bool]:
 
 
 def settle(instances: list[Instance]) -> None:
-    """An instance is sent when every destination it was meant for has it."""
+    """An instance is sent when every destination it was meant for has it.
+
+    A copy no destination was given, because another encoding of the same
+    instance went in its place, is skipped.
+    """
     for inst in instances:
-        if inst.state != "pending" or not inst.dest_states:
+        if inst.state != "pending":
+            continue
+        if not inst.dest_states:
+            went = [c for c in inst.copies if c.dest_states]
+            if went:
+                inst.state = "skipped"
+                inst.detail = inst.detail or (
+                    f"another encoding of this instance was delivered: {went[0].path}"
+                )
             continue
         states = set(inst.dest_states.values())
         inst.state = (

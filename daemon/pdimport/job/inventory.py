@@ -15,7 +15,8 @@ from typing import Any
 from pdimport.job.prescan import SCAN_BATCH, Prescan
 from pdimport.model import Header, Identity
 from pdimport.policy.classify import classify
-from pdimport.policy.group import Instance, split_duplicates
+from pdimport.policy.duplicates import sort_copies
+from pdimport.policy.group import Instance
 from pdimport.problems import Problem
 from pdimport.scan.dicomdir import match_path, read_dicomdir
 from pdimport.scan.identify import identify, medium_context
@@ -23,6 +24,7 @@ from pdimport.settings import Settings
 from pdimport.store.journal import Job, Journal
 from pdimport.store.part10 import wrap_part10
 from pdimport.store.spool import Spool
+from pdimport.transcode.digest import pixel_digests
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,23 @@ class InventoryTaker:
                             "not named in the DICOMDIR; imported anyway",
                         )
                     )
-        _unique, identical, conflicts = split_duplicates(inv.instances)
-        for dup in identical:
+        self._sort_copies(inv)
+        return inv
+
+    def _sort_copies(self, inv: Inventory) -> None:
+        """Copies of one SOP Instance UID (:mod:`pdimport.policy.duplicates`)."""
+        found = sort_copies(inv.instances, self._pixel_digests)
+        for dup in found.identical:
             dup.state = "skipped"
             dup.detail = "identical copy of an instance already on this medium"
-        for dup in conflicts:
+        for copies in found.encodings:
+            for inst in copies:  # all stay pending: the deliverer picks one per destination
+                inst.copies = copies
+        for inst, why in found.undecodable:
+            inst.state = "skipped"
+            inst.detail = "its pixel data do not decode; another encoding of it is imported"
+            inv.problems.append(Problem("copy_undecodable", inst.path, why))
+        for dup in found.conflicts:
             dup.state = "conflict"
             inv.problems.append(
                 Problem(
@@ -122,7 +136,16 @@ class InventoryTaker:
                     f"SOP Instance UID {dup.uid} also at another path with different content",
                 )
             )
-        return inv
+
+    def _pixel_digests(self, copies: list[Instance]) -> dict[str, tuple[str, str]]:
+        """sha256 -> (digest of the decoded pixels, why not), decoded in the
+        pool's worker processes, never here."""
+        try:
+            results = pixel_digests([self.spool.path(c.send_sha256) for c in copies])
+        except Exception as exc:  # no comparison: the copies clash, as they did before
+            log.exception("comparing the pixels of %d copies failed", len(copies))
+            results = [("", f"not compared: {exc}")] * len(copies)
+        return {c.sha256: res for c, res in zip(copies, results)}
 
     @staticmethod
     def _file_identity(path: str, sha: str, ident: Identity, inv: Inventory, dicom: list) -> None:
@@ -177,7 +200,7 @@ class InventoryTaker:
             inv.problems.append(Problem(res.code, path, res.detail))
             return
         for code in res.warnings:
-            inv.problems.append(Problem(code, path, ""))
+            inv.problems.append(Problem(code, path, res.warning_detail(code)))
         reason = res.extra.get("scan_fallback")
         if reason:
             inv.scan_fallbacks[reason] += 1

@@ -92,8 +92,6 @@ UNREADABLE_CODES = frozenset(
         "bad_file_meta",
         "deflate_bomb",
         "missing_attribute",
-        "invalid_uid",
-        "uid_mismatch",
         "pixel_length_mismatch",
         "unparsable",
     }

@@ -65,6 +65,9 @@ class Instance:
     converted: bool = False  # made by pdimport from Other Content
     detail: str = ""
     dest_states: dict[str, str] = field(default_factory=dict)
+    #: every encoding of this instance on the medium, this one included,
+    #: preferred first (one list shared by them; see policy/duplicates.py)
+    copies: list[Instance] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def uid(self) -> str:
@@ -314,28 +317,3 @@ def _patient(files: list[Header]) -> Patient:
         birth_date=first("patient_birth_date"),
         sex=first("patient_sex"),
     )
-
-
-def split_duplicates(
-    instances: list[Instance],
-) -> tuple[list[Instance], list[Instance], list[Instance]]:
-    """Separate instances by SOP Instance UID.
-
-    Returns ``(unique, identical, conflicts)``: the first copy of each UID;
-    later copies with the same bytes (imported once); later copies with
-    different bytes (``uid_conflict``: kept in the spool, not sent).
-    """
-    first: dict[str, Instance] = {}
-    unique: list[Instance] = []
-    identical: list[Instance] = []
-    conflicts: list[Instance] = []
-    for inst in instances:
-        seen = first.get(inst.uid)
-        if seen is None:
-            first[inst.uid] = inst
-            unique.append(inst)
-        elif seen.sha256 == inst.sha256:
-            identical.append(inst)
-        else:
-            conflicts.append(inst)
-    return unique, identical, conflicts

@@ -188,6 +188,18 @@ def uid_ok(uid: str) -> bool:
     return all(part.isdigit() and part.isascii() for part in uid.split("."))
 
 
+def uid_usable(uid: str) -> bool:
+    """Whether a UID, valid or not, still names one thing unambiguously.
+
+    What storescp, dcmsend and Orthanc store: any non-empty value of
+    printable ASCII without a value separator ('\\', PS3.5 §6.4), once its
+    padding is gone. A UID that breaks only PS3.5 §9.1 (a letter, an empty
+    component, more than 64 characters) is usable; one that is empty,
+    multi-valued or holds control or non-ASCII bytes is not.
+    """
+    return bool(uid) and all("!" <= ch <= "~" and ch != "\\" for ch in uid)
+
+
 def _read_meta_prefix(fp: BinaryIO, offset: int, size: int) -> bytes:
     fp.seek(0)
     return fp.read(min(size, offset + _MAX_META))

@@ -143,9 +143,13 @@ class SeriesDecoder:
             if ms_off >= 0:
                 meta = {**meta, "MediaStorageSOPInstanceUID": ms_sop}
             try:
-                _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)  # type: ignore[arg-type]  # reads .meta only
+                quirks = _check_identity(_MetaOnly(meta), tpl.sop_class, sop, tpl.values)  # type: ignore[arg-type]  # reads .meta only
             except FileProblem as exc_:
                 return Problem(exc_.code, "", exc_.detail)
+            header = self._header(tpl, v, i, sop, number, suspect)
+            for code, detail in quirks:  # delivered with a warning, as a PACS would
+                header.warn(code, detail)
+            return header
         return self._header(tpl, v, i, sop, number, suspect)
 
     def _header(

@@ -20,7 +20,7 @@ from typing import Any
 from pdimport.model import Header
 from pdimport.problems import FileProblem, Problem
 from pdimport.scan import walker
-from pdimport.scan.encoding import uid_ok
+from pdimport.scan.encoding import uid_ok, uid_usable
 from pdimport.scan.walker import WalkResult
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def scan_file(path: Path, encoding: str, limits: Any = None) -> Header:
     Raises
     ------
     FileProblem
-        A walker code, or ``missing_attribute``, ``invalid_uid``,
-        ``uid_mismatch``, ``unparsable``.
+        A walker code, or ``missing_attribute``, ``unparsable``
+        (``invalid_uid`` and ``uid_mismatch`` are warnings of the Header).
     """
     res = walker.walk(path, encoding, limits)
     ds = _read_dataset(path, res)
@@ -126,7 +126,7 @@ def scan_file(path: Path, encoding: str, limits: Any = None) -> Header:
         sop_instance = element_text(ds, "SOPInstanceUID")
     if any(_matches(w, _CHARSET_WARNINGS) for w in caught):
         suspect = True
-    _check_identity(res, sop_class, sop_instance, values)
+    quirks = _check_identity(res, sop_class, sop_instance, values)
     header = Header(
         encoding=res.encoding,
         transfer_syntax=res.transfer_syntax,
@@ -142,6 +142,8 @@ def scan_file(path: Path, encoding: str, limits: Any = None) -> Header:
     header.warnings.extend(res.warnings)
     if suspect:
         header.warnings.append("charset_suspect")
+    for code, detail in quirks:
+        header.warn(code, detail)
     return header
 
 
@@ -230,13 +232,33 @@ def _one(v: Any) -> str:
 # ------------------------------------------------------------ checks
 def _check_identity(
     res: WalkResult, sop_class: str, sop_instance: str, values: dict[str, str]
-) -> None:
-    """The identifying attributes (PS3.3 C.12.1, PS3.10 §7.1)."""
-    missing = [
-        k for k, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)) if not v
+) -> list[tuple[str, str]]:
+    """The identifying attributes (PS3.3 C.12.1, PS3.10 §7.1).
+
+    Be tolerant when reading: a PACS (storescp, dcmsend, Orthanc) stores a
+    file whose UIDs break PS3.5 §9.1 or whose File Meta disagrees with the
+    dataset, so do we. Only an object without a usable SOP Class or SOP
+    Instance UID cannot be filed and is refused.
+
+    Returns
+    -------
+    list of (code, detail)
+        ``invalid_uid`` and ``uid_mismatch`` warnings, in a fixed order.
+
+    Raises
+    ------
+    FileProblem
+        ``missing_attribute``: SOP Class or SOP Instance UID absent or
+        unusable (:func:`~pdimport.scan.encoding.uid_usable`).
+    """
+    unusable = [
+        f"{k} {v[:80]!r}" if v else k
+        for k, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance))
+        if not uid_usable(v)
     ]
-    if missing:
-        raise FileProblem("missing_attribute", ", ".join(missing))
+    if unusable:
+        raise FileProblem("missing_attribute", ", ".join(unusable))
+    found: list[tuple[str, str]] = []
     checks = {
         "SOPClassUID": sop_class,
         "SOPInstanceUID": sop_instance,
@@ -246,13 +268,14 @@ def _check_identity(
     }
     for keyword, uid in checks.items():
         if uid and not uid_ok(uid):
-            raise FileProblem("invalid_uid", f"{keyword} {uid[:80]!r}")
+            found.append(("invalid_uid", f"{keyword} {uid[:80]!r}"))
     meta_instance = res.meta.get("MediaStorageSOPInstanceUID", "")
     if meta_instance and meta_instance != sop_instance:
-        raise FileProblem("uid_mismatch", f"meta {meta_instance!r} != dataset {sop_instance!r}")
+        found.append(("uid_mismatch", f"meta {meta_instance!r} != dataset {sop_instance!r}"))
     meta_class = res.meta.get("MediaStorageSOPClassUID", "")
     if meta_class and meta_class != sop_class:
-        raise FileProblem("uid_mismatch", f"meta SOP Class {meta_class!r} != dataset {sop_class!r}")
+        found.append(("uid_mismatch", f"meta SOP Class {meta_class!r} != dataset {sop_class!r}"))
+    return found
 
 
 # ------------------------------------------------------------ charsets

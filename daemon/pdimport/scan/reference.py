@@ -319,7 +319,20 @@ REFERENCE: tuple[Reference, ...] = (
     Reference("rtplan_truncated.dcm", "part10", problem="truncated"),
     Reference("SC_rgb_jpeg.dcm", "part10", problem="ts_mismatch"),
     Reference("meta_missing_tsyntax.dcm", "part10", problem="bad_file_meta"),
-    Reference("rtplan.dcm", "part10", problem="uid_mismatch"),
+    Reference(
+        # Its File Meta names another SOP Instance UID than its dataset:
+        # a PACS stores it, so it is delivered with a warning.
+        "rtplan.dcm",
+        "part10",
+        {
+            "transfer_syntax": "1.2.840.10008.1.2",
+            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.481.5",
+            "sop_instance_uid": "1.2.777.777.77.7.7777.7777.20030903150023",
+            "patient_id": "id00001",
+            "modality": "RTPLAN",
+            "warnings": ["uid_mismatch"],
+        },
+    ),
     Reference("UN_sequence.dcm", "part10", problem="missing_attribute"),
     Reference("no_meta.dcm", None),
     Reference("README.txt", None),

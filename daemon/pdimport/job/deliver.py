@@ -131,7 +131,7 @@ class Deliverer:
             self.journal.record_delivery(
                 dest.key, inst.uid, inst.sha256, out.state, out.status, out.code, out.detail, job.id
             )
-            if out.key not in outcomes:
+            if out.key in sizes and out.key not in outcomes:  # a later copy counts no more
                 meter.add(files=1, nbytes=sizes[out.key])
             outcomes[out.key] = out
 

@@ -50,9 +50,7 @@ def test_a_copied_file_set_resolves_against_its_own_folder(tmp_path: Path, capsy
     assert len(named) == 6 and rep["counts"]["dicom"] == 6
 
 
-def test_a_file_missing_from_a_nested_set_is_reported_in_its_folder(
-    tmp_path: Path, capsys
-) -> None:
+def test_a_file_missing_from_a_nested_set_is_reported_in_its_folder(tmp_path: Path, capsys) -> None:
     medium = tmp_path / "medium"
     make_dicomdir(medium, n=3)
     nested = make_dicomdir(medium / "SUB", n=3)
@@ -79,8 +77,6 @@ def test_a_medium_with_only_a_nested_dicomdir(tmp_path: Path, capsys) -> None:
     assert problems(rep, "missing_file") == []
     # The nested DICOMDIR indexes its own folder only: the stray file in it
     # is unindexed; the loose file elsewhere is no DICOMDIR's business.
-    assert [p["path"] for p in problems(rep, "unindexed_file")] == [
-        str(stray.relative_to(medium))
-    ]
+    assert [p["path"] for p in problems(rep, "unindexed_file")] == [str(stray.relative_to(medium))]
     paths = {i["path"] for i in rep["instances"]}
     assert paths == {str(p.relative_to(medium)) for p in [*dicomdir_files(nested), loose, stray]}

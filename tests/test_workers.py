@@ -1,20 +1,28 @@
 """The worker-process supervisor (pdimport.workers), with real processes:
 a worker that answers, one that hangs past its deadline, one that dies
-mid-item, and stopping them all."""
+mid-item, stopping them all, and workers that import nothing from the
+folder they were started in."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
-from pdimport.workers import Supervisor
+from pdimport.workers import Supervisor, installation_path
+
+#: Module names a hostile folder shadows: gdcm's ``import dl`` (the field
+#: fault), and what a decode worker imports.
+HOSTILE = ("dl", "gdcm", "numpy", "pydicom")
 
 
 def obey(conn: Connection) -> None:
@@ -104,3 +112,70 @@ def test_stop_asks_then_kills(supervisor: Supervisor) -> None:
 def test_waiting_on_nothing_is_refused(supervisor: Supervisor) -> None:
     with pytest.raises(ValueError, match="nothing to wait for"):
         supervisor.wait([])
+
+
+# ------------------------------------------------------- a clean import path
+def hostile_folder(root: Path) -> Path:
+    """A folder whose modules shadow :data:`HOSTILE`: each leaves a marker
+    ``<name>.imported`` next to it and raises."""
+    root.mkdir()
+    for name in HOSTILE:
+        (root / f"{name}.py").write_text(
+            "import pathlib\n"
+            "pathlib.Path(__file__).with_suffix('.imported').touch()\n"
+            f"raise RuntimeError('hostile {name} imported')\n"
+        )
+    return root
+
+
+def report_imports(conn: Connection) -> None:
+    """Worker: on any message, where its imports come from, then gdcm
+    (whose ``import dl`` failed in the field), numpy and pydicom imported."""
+    conn.recv()
+    found = {}
+    for name in HOSTILE:
+        spec = importlib.util.find_spec(name)
+        found[name] = spec.origin if spec else None
+    import gdcm  # noqa: F401
+    import numpy  # noqa: F401
+    import pydicom  # noqa: F401
+
+    conn.send((list(sys.path), bool(sys.flags.safe_path), found))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_workers_import_nothing_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    # The parent as ``python -m`` / ``-c`` leaves it when started there.
+    hostile = hostile_folder(tmp_path / "hostile")
+    monkeypatch.chdir(hostile)
+    monkeypatch.setattr(sys, "path", ["", str(hostile), *sys.path])
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    sup = Supervisor(
+        multiprocessing.get_context(method), report_imports, name="test-worker", timeout=60
+    )
+    try:
+        worker = sup.start()
+        worker.give("where", "where")
+        assert sup.wait([worker]) == [worker]
+        [(path, _safe, found)] = list(worker.messages())
+    finally:
+        sup.kill()
+    assert "" not in path and str(hostile) not in path
+    assert all(os.path.isabs(entry) for entry in path)
+    assert found["dl"] is None
+    for name in ("gdcm", "numpy", "pydicom"):
+        assert found[name] and not found[name].startswith(str(hostile)), found
+    assert not list(hostile.glob("*.imported"))
+    # The parent's own path and environment are as they were.
+    assert sys.path[:2] == ["", str(hostile)] and "PYTHONSAFEPATH" not in os.environ
+
+
+def test_the_installation_path_drops_what_the_start_folder_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    site = str(Path(multiprocessing.__file__).parent.parent)
+    path = ["", ".", "relative/dir", str(tmp_path), f"{tmp_path}/", site]
+    assert installation_path(path) == [site]

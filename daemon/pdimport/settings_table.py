@@ -124,6 +124,23 @@ SETTINGS: tuple[Setting, ...] = (
         "regular expressions naming AI products/keywords (empty = the built-in list)",
         multiple=True,
     ),
+    Setting(
+        "ai.segment_algorithm_types",
+        str,
+        ["AUTOMATIC"],
+        "Segment Algorithm Type values that make a SEG an AI result (MANUAL and "
+        "SEMIAUTOMATIC are a person's work); a SEG with none of them is AI only "
+        "by an algorithm identification",
+        multiple=True,
+        choices=("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"),
+    ),
+    Setting(
+        "ai.algorithm_identification",
+        bool,
+        True,
+        "an Algorithm Identification item naming an algorithm (Segmentation or "
+        "Derivation Algorithm Identification, PS3.3 Table 10-19) makes an object an AI result",
+    ),
     Setting("convert_other_content", bool, True, "turn PDF/JPEG/PNG/TIFF/BMP/text into DICOM"),
     Setting(
         "route",

@@ -13,20 +13,86 @@ loop), kills the ones past their deadline, and stops them all: asked to
 finish first, killed after a grace period. What an answer, a death or a
 timeout *means* (``decode_failed``, an instance ``unknown``, a retry) stays
 with the owner: :mod:`pdimport.transcode.decode` and :mod:`pdimport.send.pool`.
+
+Workers import only from the installation. A worker (and the forkserver it
+forks from) is a fresh interpreter started with ``-c``, which puts ``''``,
+the working directory, first on its :data:`sys.path`; the daemon started
+with ``python -m`` has the working directory there too, and a spawned or
+forked child takes over the parent's path. Started from a folder holding a
+directory named ``dl``, pydicom's ``import gdcm`` in a worker then ran
+gdcm's ``import dl`` from that folder and every decode failed. So every start
+goes through :func:`isolated_start`: the child interpreter starts with
+``PYTHONSAFEPATH`` (``python -P``: nothing prepended) and inherits
+:func:`installation_path`, the parent's path without ``''``, relative entries
+and the working directory.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing import process
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 #: Seconds to wait for a killed worker to be reaped by the kernel.
 REAP_TIMEOUT = 5.0
+
+#: One start at a time: :func:`isolated_start` swaps process-wide state.
+_START_LOCK = threading.Lock()
+
+
+def installation_path(path: Sequence[str] | None = None) -> list[str]:
+    """`path` (default :data:`sys.path`) without the entries that depend on
+    where the process was started: ``''`` and every relative entry (they mean
+    the working directory of whoever imports), and the working directory now
+    and at start-up (``python -m`` and ``-c`` put it first). What remains was
+    configured: the standard library, site-packages, ``.pth`` files,
+    ``PYTHONPATH``."""
+    # multiprocessing notes the start-up folder when it is first imported (the
+    # daemon imports it early); it puts that in place of '' for a child.
+    started = getattr(process, "ORIGINAL_DIR", None)
+    here = {os.path.realpath(d) for d in (os.getcwd(), started) if d}
+    return [
+        entry
+        for entry in (sys.path if path is None else path)
+        if entry and os.path.isabs(entry) and os.path.realpath(entry) not in here
+    ]
+
+
+@contextmanager
+def isolated_start() -> Iterator[None]:
+    """Start processes inside this block with a clean import path.
+
+    multiprocessing hands a spawned or forkserver child the parent's
+    :data:`sys.path` (a forked one copies it) and starts a fresh interpreter
+    (the child, the forkserver, its resource tracker) as ``python -c``, with
+    :data:`os.environ`. So for the duration of the start the parent's path is
+    :func:`installation_path` and ``PYTHONSAFEPATH`` is set (the
+    interpreter's ``-P``, :data:`sys.flags.safe_path` in the child). Both are restored
+    after: the parent's own imports are the entry point's business
+    (``pdimport/__main__.py``). A thread that edits :data:`sys.path` during a
+    start loses its edit; none of ours does.
+    """
+    with _START_LOCK:
+        saved_path, saved_safe = sys.path, os.environ.get("PYTHONSAFEPATH")
+        sys.path = installation_path(saved_path)
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            yield
+        finally:
+            sys.path = saved_path
+            if saved_safe is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = saved_safe
 
 
 class Worker:
@@ -148,7 +214,8 @@ class Supervisor:
         proc = self._ctx.Process(
             target=self._target, args=(child_end, *self._args), name=self.name, daemon=True
         )
-        proc.start()
+        with isolated_start():
+            proc.start()
         child_end.close()  # so that the parent sees EOF when the worker dies
         return Worker(proc, parent_end, self.timeout)
 
@@ -210,4 +277,4 @@ class Supervisor:
         self.workers.clear()
 
 
-__all__ = ["Supervisor", "Worker"]
+__all__ = ["Supervisor", "Worker", "installation_path", "isolated_start"]

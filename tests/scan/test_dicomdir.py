@@ -20,7 +20,13 @@ from fixtures_dicom import (
 )
 from pydicom import dcmread
 
-from pdimport.scan.dicomdir import DicomdirIndex, match_path, read_dicomdir, unsafe_file_id
+from pdimport.scan.dicomdir import (
+    DicomdirIndex,
+    indexed_by,
+    match_path,
+    read_dicomdir,
+    unsafe_file_id,
+)
 from pdimport.scan.identify import identify
 from pdimport.settings import defaults
 
@@ -179,3 +185,13 @@ def test_match_path_like_real_discs():
 def test_match_path_sees_a_new_listing():
     assert match_path("A/B", ["A/B"]) == "A/B"
     assert match_path("A/B", ["X/Y"]) is None
+
+
+def test_a_dicomdir_indexes_its_own_folder_and_below():
+    assert indexed_by("LOOSE/CT1.DCM", ["DICOMDIR"])  # the root one: the whole medium
+    assert indexed_by("Copy/Disc1/IM1", ["COPY/DISC1/DICOMDIR;1"])  # case, ISO version
+    assert indexed_by("COPY/DISC1/A/B/IM1", ["COPY/DISC1/DICOMDIR"])
+    assert not indexed_by("LOOSE/CT1.DCM", ["COPY/DISC1/DICOMDIR"])
+    assert not indexed_by("COPY/DISC10/IM1", ["COPY/DISC1/DICOMDIR"])  # a sibling, not below
+    assert not indexed_by("COPY/IM1", ["COPY/DISC1/DICOMDIR"])
+    assert not indexed_by("IM1", [])

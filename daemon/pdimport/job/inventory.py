@@ -18,7 +18,7 @@ from pdimport.policy.classify import classify
 from pdimport.policy.duplicates import sort_copies
 from pdimport.policy.group import Instance
 from pdimport.problems import Problem
-from pdimport.scan.dicomdir import match_path, read_dicomdir
+from pdimport.scan.dicomdir import indexed_by, match_path, read_dicomdir
 from pdimport.scan.identify import identify, medium_context
 from pdimport.settings import Settings
 from pdimport.store.journal import Job, Journal
@@ -103,7 +103,7 @@ class InventoryTaker:
         self._scan(dicom, inv, prescanned)
         if indexes:
             for inst in inv.instances:
-                if inst.path not in named:
+                if inst.path not in named and indexed_by(inst.path, indexes):
                     inv.problems.append(
                         Problem(
                             "unindexed_file",
@@ -244,8 +244,10 @@ class InventoryTaker:
     def _crosscheck_dicomdirs(
         indexes: dict[str, Any], medium_paths: list[str], inv: Inventory
     ) -> set[str]:
-        """Match every File ID to a file on the medium; report the absent
-        ones as ``missing_file``. Returns the medium paths the DICOMDIRs name."""
+        """Match every File ID to a file on the medium, relative to the folder
+        of its DICOMDIR (a nested file-set describes its own folder); report
+        the absent ones as ``missing_file`` at that place. Returns the medium
+        paths the DICOMDIRs name."""
         named: set[str] = set()
         for path, index in indexes.items():
             base = path.rsplit("/", 1)[0] if "/" in path else ""

@@ -195,6 +195,9 @@ def _instance(i: Any) -> dict[str, Any]:
         out["destinations"] = dict(i.dest_states)
     if i.detail:
         out["detail"] = i.detail
+    evidence = getattr(i, "ai_evidence", "")  # policy.rules.detect_ai: the attribute that said AI
+    if evidence:
+        out["ai_evidence"] = evidence
     return out
 
 

@@ -1,8 +1,9 @@
 """What kind of object an instance is: image, rt, ai, document, sr or other.
 
 One table, keyed by SOP Class UID (PS3.4 Annex B.5, "Standard SOP Classes").
-Finer rules (AI detection from ImageType and algorithm attributes,
-configurable patterns) build on this table.
+Finer rules (AI detection from Segment Algorithm Type, algorithm
+identification, ImageType and configurable patterns, :class:`AIRules`)
+build on this table and say which attribute made an instance ``ai``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pdimport.model import Header
@@ -116,10 +118,62 @@ DEFAULT_AI_PATTERNS: tuple[str, ...] = (
     r"ProFound AI",
 )
 
+#: Segment Algorithm Type values (PS3.3 C.8.20.4) that make a segmentation
+#: an AI result: a segment no person drew. MANUAL and SEMIAUTOMATIC (a person
+#: guiding a tool, 3D Slicer's Segment Editor) are a person's work.
+DEFAULT_AI_SEGMENT_ALGORITHM_TYPES: tuple[str, ...] = ("AUTOMATIC",)
+
+#: Segmentation and Label Map Segmentation: judged by their segments, not
+#: by class (PS3.3 A.51, A.51.1a).
+SEGMENTATION_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+
+#: Names of the classes that are AI results by class alone, for the evidence.
+_AI_CLASS_NAMES = {
+    "1.2.840.10008.5.1.4.1.1.30": "Parametric Map",
+    "1.2.840.10008.5.1.4.1.1.88.50": "Mammography CAD SR",
+    "1.2.840.10008.5.1.4.1.1.88.65": "Chest CAD SR",
+    "1.2.840.10008.5.1.4.1.1.88.69": "Colon CAD SR",
+}
+
 #: Kinds the dataset rules may turn into ``ai``. RT objects stay ``rt`` (an
 #: auto-contoured structure set must still reach the planning system) and
 #: documents stay ``document``.
 _AI_CANDIDATE_KINDS = ("image", "sr", "other")
+
+_SHOWN = 64  # characters of a value from the medium quoted in the evidence
+
+
+@dataclass(frozen=True)
+class AIRules:
+    """What makes an instance an AI result (settings ``ai.*``).
+
+    Attributes
+    ----------
+    patterns : tuple
+        Regular expressions (matched without regard to case) naming AI
+        products and keywords, for Contributing Equipment and for DERIVED
+        SECONDARY images (``ai.patterns``).
+    segment_algorithm_types : tuple of str
+        Segment Algorithm Type values that make a SEG an AI result
+        (``ai.segment_algorithm_types``).
+    algorithm_identification : bool
+        An Algorithm Identification Macro item naming an algorithm (PS3.3
+        Table 10-19: Segmentation Algorithm Identification, Derivation
+        Algorithm, ...) makes the instance an AI result
+        (``ai.algorithm_identification``).
+    """
+
+    patterns: tuple[str | re.Pattern[str], ...] = DEFAULT_AI_PATTERNS
+    segment_algorithm_types: tuple[str, ...] = DEFAULT_AI_SEGMENT_ALGORITHM_TYPES
+    algorithm_identification: bool = True
+
+
+Rules = AIRules | Iterable[str | re.Pattern[str]]
+
+
+def as_rules(rules: Rules) -> AIRules:
+    """`rules`, or the default rules with `rules` as the patterns."""
+    return rules if isinstance(rules, AIRules) else AIRules(patterns=tuple(rules))
 
 
 @functools.lru_cache(maxsize=16)
@@ -140,6 +194,21 @@ def _text(ds: Any, keyword: str) -> str:
 def _items(ds: Any, keyword: str) -> list:
     value = ds.get(keyword) if hasattr(ds, "get") else None
     return list(value) if value else []
+
+
+def _shown(value: Any) -> str:
+    """A value from the medium, quoted and cut short, for a report line."""
+    text = str(value)
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
+
+
+def _which(patterns: tuple[str | re.Pattern[str], ...], text: str) -> str:
+    """The first of `patterns` that matches `text` (the evidence names it)."""
+    for p in patterns:
+        source = p.pattern if isinstance(p, re.Pattern) else p
+        if re.search(source, text, re.IGNORECASE):
+            return source
+    return ""
 
 
 #: Sequences whose items use the Algorithm Identification Macro (PS3.3
@@ -170,13 +239,24 @@ def _dictionary_vr(tag: Any) -> str:
         return ""
 
 
-def _names_algorithm(ds: Any, depth: int = 0) -> bool:
-    """An Algorithm Identification Macro item (PS3.3 Table 10-19) naming an
-    algorithm, at the top level or a few sequence levels down (SEG segments,
-    functional groups). Only the first items of each sequence are looked at,
-    so a 5,000-frame per-frame sequence costs no more than a small one."""
+def _named(item: Any, keyword: str) -> str:
+    """``AlgorithmName='NoduleNet'`` or the code meaning of a code sequence."""
+    value = item[keyword].value
+    if keyword == "AlgorithmName":
+        return f"{keyword}={_shown(value)}"
+    meaning = next((str(code.get("CodeMeaning", "")) for code in value), "")
+    return f"{keyword}={_shown(meaning)}"
+
+
+def _algorithm_evidence(ds: Any, depth: int = 0, where: str = "") -> str | None:
+    """Where an Algorithm Identification Macro item (PS3.3 Table 10-19)
+    names an algorithm, at the top level or a few sequence levels down (SEG
+    segments, functional groups): ``SegmentSequence[1].Segmentation
+    AlgorithmIdentificationSequence[1].AlgorithmName='NoduleNet'``. Only the
+    first items of each sequence are looked at, so a 5,000-frame per-frame
+    sequence costs no more than a small one."""
     if depth > _WALK_DEPTH or not hasattr(ds, "keys"):
-        return False
+        return None
     for tag in list(ds.keys()):
         # Only standard sequences are opened: converting every raw element
         # (or guessing at private ones) would cost more than the whole rule.
@@ -185,64 +265,128 @@ def _names_algorithm(ds: Any, depth: int = 0) -> bool:
         elem = ds[tag]
         if not elem.value:
             continue
-        items = list(elem.value)[:_WALK_ITEMS]
-        if elem.keyword in _ALGORITHM_SEQUENCES and any(
-            any(k in item and not item[k].is_empty for k in _ALGORITHM_NAMES) for item in items
-        ):
-            return True
-        if any(_names_algorithm(item, depth + 1) for item in items):
-            return True
-    return False
+        for n, item in enumerate(list(elem.value)[:_WALK_ITEMS], 1):
+            here = f"{where}{elem.keyword}[{n}]"
+            if elem.keyword in _ALGORITHM_SEQUENCES:
+                for k in _ALGORITHM_NAMES:
+                    if k in item and not item[k].is_empty:
+                        return f"{here}.{_named(item, k)}"
+            found = _algorithm_evidence(item, depth + 1, here + ".")
+            if found:
+                return found
+    return None
 
 
-def _equipment_matches(ds: Any, pattern: re.Pattern[str]) -> bool:
+def _segment_evidence(ds: Any, types: tuple[str, ...]) -> str | None:
+    """The first segment whose Segment Algorithm Type (0062,0008) is one of
+    `types`: ``SegmentSequence[2].SegmentAlgorithmType=AUTOMATIC``."""
+    wanted = {t.strip().upper() for t in types}
+    for n, segment in enumerate(_items(ds, "SegmentSequence"), 1):
+        value = _text(segment, "SegmentAlgorithmType").strip().upper()
+        if value in wanted:
+            return f"SegmentSequence[{n}].SegmentAlgorithmType={value}"
+    return None
+
+
+def _equipment_evidence(ds: Any, patterns: tuple[str | re.Pattern[str], ...]) -> str | None:
     """A Contributing Equipment item (PS3.3 C.12.1) naming an AI product."""
-    for item in _items(ds, "ContributingEquipmentSequence"):
-        fields = (
-            "Manufacturer",
-            "ManufacturerModelName",
-            "SoftwareVersions",
-            "ContributionDescription",
-        )
-        if any(pattern.search(_text(item, k)) for k in fields):
-            return True
-    return False
-
-
-def _derived_secondary_matches(ds: Any, pattern: re.Pattern[str]) -> bool:
-    """ImageType DERIVED\\SECONDARY plus an AI name on the instance."""
-    image_type = [v.strip().upper() for v in _text(ds, "ImageType").split("\\")]
-    if image_type[:2] != ["DERIVED", "SECONDARY"]:
-        return False
-    fields = ("Manufacturer", "ManufacturerModelName", "SeriesDescription")
-    return any(pattern.search(_text(ds, k)) for k in fields)
-
-
-def is_ai_dataset(ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS) -> bool:
-    """True when the attributes say the instance is an AI result (issue 5 rules)."""
-    if _names_algorithm(ds):
-        return True
-    pattern = _compile(tuple(patterns))
+    pattern = _compile(patterns)
     if pattern is None:
-        return False
-    return _equipment_matches(ds, pattern) or _derived_secondary_matches(ds, pattern)
+        return None
+    fields = (
+        "Manufacturer",
+        "ManufacturerModelName",
+        "SoftwareVersions",
+        "ContributionDescription",
+    )
+    for n, item in enumerate(_items(ds, "ContributingEquipmentSequence"), 1):
+        for k in fields:
+            text = _text(item, k)
+            if pattern.search(text):
+                return (
+                    f"ContributingEquipmentSequence[{n}].{k}={_shown(text)}"
+                    f" matches pattern '{_which(patterns, text)}'"
+                )
+    return None
 
 
-def classify_dataset(
-    ds: Any, patterns: Iterable[str | re.Pattern[str]] = DEFAULT_AI_PATTERNS
-) -> str:
-    """Kind of one instance from its full dataset (pydicom Dataset).
+def _derived_secondary_evidence(ds: Any, patterns: tuple[str | re.Pattern[str], ...]) -> str | None:
+    """ImageType DERIVED\\SECONDARY plus an AI name on the instance."""
+    pattern = _compile(patterns)
+    image_type = [v.strip().upper() for v in _text(ds, "ImageType").split("\\")]
+    if pattern is None or image_type[:2] != ["DERIVED", "SECONDARY"]:
+        return None
+    for k in ("Manufacturer", "ManufacturerModelName", "SeriesDescription"):
+        text = _text(ds, k)
+        if pattern.search(text):
+            return (
+                f"ImageType=DERIVED\\SECONDARY and {k}={_shown(text)}"
+                f" matches pattern '{_which(patterns, text)}'"
+            )
+    return None
 
-    The SOP class table decides first (SEG, Parametric Map and CAD SR are
-    ``ai`` by class). An image, SR or other object becomes ``ai`` when it
-    names an algorithm in an Algorithm Identification Macro sequence (e.g.
-    Derivation Algorithm Sequence), when a
-    Contributing Equipment item matches ``patterns``, or when ImageType is
-    DERIVED\\SECONDARY and Manufacturer, model or Series Description matches
-    ``patterns``. Reading is tolerant: missing or odd attributes never raise.
+
+def _dataset_evidence(ds: Any, rules: AIRules) -> str | None:
+    """Why an image, SR or other object is an AI result, or None."""
+    if rules.algorithm_identification:
+        found = _algorithm_evidence(ds)
+        if found:
+            return found
+    return _equipment_evidence(ds, rules.patterns) or _derived_secondary_evidence(
+        ds, rules.patterns
+    )
+
+
+def is_ai_dataset(ds: Any, patterns: Rules = DEFAULT_AI_PATTERNS) -> bool:
+    """True when the attributes say the instance is an AI result (issue 5 rules)."""
+    return _dataset_evidence(ds, as_rules(patterns)) is not None
+
+
+def classify_with_evidence(ds: Any, rules: Rules = DEFAULT_AI_PATTERNS) -> tuple[str, str]:
+    """Kind of one instance from its full dataset, and, for ``ai``, the
+    attribute that made it so (one line for the report).
+
+    * Segmentations (:data:`SEGMENTATION_CLASSES`) are ``ai`` only when a
+      segment's Segment Algorithm Type is one of
+      :attr:`AIRules.segment_algorithm_types` (AUTOMATIC) or, with
+      :attr:`AIRules.algorithm_identification`, an Algorithm Identification
+      Macro item names the algorithm (Segmentation Algorithm Identification
+      Sequence, PS3.3 C.8.20.4); otherwise they are ``other``. Segment
+      Algorithm Name alone is no evidence: PS3.3 requires it of every segment
+      that is not MANUAL, semi-automatic ones included.
+    * Parametric Map and CAD SR are ``ai`` by class (the SOP class table).
+    * An image, SR or other object becomes ``ai`` when it names an algorithm
+      in an Algorithm Identification Macro sequence (e.g. Derivation Algorithm
+      Sequence), when a Contributing Equipment item matches the patterns, or
+      when ImageType is DERIVED\\SECONDARY and Manufacturer, model or Series
+      Description matches them.
+
+    Reading is tolerant: missing or odd attributes never raise.
     """
-    uid = _text(ds, "SOPClassUID")
+    rules = as_rules(rules)
+    uid = _text(ds, "SOPClassUID").strip()
+    if uid in SEGMENTATION_CLASSES:
+        found = _segment_evidence(ds, rules.segment_algorithm_types)
+        if not found and rules.algorithm_identification:
+            found = _algorithm_evidence(ds)
+        return ("ai", found) if found else ("other", "")
     kind = classify(Header(encoding="", transfer_syntax="", sop_class_uid=uid, sop_instance_uid=""))
-    if kind in _AI_CANDIDATE_KINDS and is_ai_dataset(ds, patterns):
-        return "ai"
-    return kind
+    if kind == "ai":
+        return kind, class_evidence(uid)
+    if kind in _AI_CANDIDATE_KINDS:
+        found = _dataset_evidence(ds, rules)
+        if found:
+            return "ai", found
+    return kind, ""
+
+
+def class_evidence(uid: str) -> str:
+    """``SOPClassUID=1.2.840.10008.5.1.4.1.1.88.50 (Mammography CAD SR)``."""
+    name = _AI_CLASS_NAMES.get(uid)
+    return f"SOPClassUID={uid} ({name})" if name else f"SOPClassUID={uid}"
+
+
+def classify_dataset(ds: Any, patterns: Rules = DEFAULT_AI_PATTERNS) -> str:
+    """Kind of one instance from its full dataset (pydicom Dataset); see
+    :func:`classify_with_evidence`."""
+    return classify_with_evidence(ds, patterns)[0]

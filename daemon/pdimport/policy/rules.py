@@ -1,8 +1,9 @@
 """Policy between grouping and delivery: AI results, Other Content, routes.
 
-* AI results (CAD heat maps, derived secondary captures, SEG/SR) are found
-  from their attributes and, by policy, marked visibly (``mark``), held for a
-  person (``hold``) or kept in the spool and not sent (``skip``).
+* AI results (CAD heat maps, derived secondary captures, automatic SEG, CAD
+  SR) are found from their attributes, each with the attribute that says so
+  (``ai_evidence`` in the report), and, by policy, marked visibly (``mark``),
+  held for a person (``hold``) or kept in the spool and not sent (``skip``).
 * Clinical non-DICOM files become DICOM filed with the medium's one patient.
 * Routes send each kind (rt, ai, document, ...) to its own destinations on
   top of the default ones.
@@ -23,7 +24,16 @@ from typing import Any
 
 from pdimport.convert import SUBTYPES, PatientContext, convert_file, mark_ai
 from pdimport.model import Header
-from pdimport.policy.classify import DEFAULT_AI_PATTERNS, classify, classify_dataset
+from pdimport.policy.classify import (
+    DEFAULT_AI_PATTERNS,
+    SEGMENTATION_CLASSES,
+    AIRules,
+    Rules,
+    as_rules,
+    class_evidence,
+    classify,
+    classify_with_evidence,
+)
 from pdimport.policy.group import Instance
 from pdimport.problems import FileProblem, Problem
 
@@ -66,25 +76,38 @@ def parse_routes(specs: list[str], parse_dest: Callable[[str], Any]) -> list[Rou
 
 
 # ----------------------------------------------------------------------- AI
-def detect_ai(
-    instances: list[Instance], spool_path: Callable[[str], Path], patterns: list[str]
-) -> None:
-    """Re-classify instances whose attributes say they are AI results.
+def detect_ai(instances: list[Instance], spool_path: Callable[[str], Path], rules: Rules) -> None:
+    """Classify again, from the spooled file, the instances that may be AI
+    results (or, for segmentations, may not be), and note on each ``ai`` one
+    the attribute that made it so (:func:`ai_evidence`).
 
-    Only images that can be AI output are read in full (DERIVED ImageType or
-    a Secondary Capture class): reading every CT slice again would cost a
-    pydicom parse per file for nothing.
+    `rules` is an :class:`~pdimport.policy.classify.AIRules` (:func:`ai_rules`)
+    or just the patterns. Only images that can be AI output are read in full
+    (DERIVED ImageType or a Secondary Capture class), and every segmentation:
+    reading every CT slice again would cost a pydicom parse per file for
+    nothing. A file that cannot be read keeps the kind its class gave it.
     """
     from pydicom import dcmread
 
+    rules = as_rules(rules)
     for inst in instances:
-        if inst.kind not in ("image", "sr", "other") or not _ai_candidate(inst.header):
-            continue
-        try:
-            ds = dcmread(spool_path(inst.send_sha256), stop_before_pixels=True)
-            inst.kind = classify_dataset(ds, tuple(patterns))
-        except Exception:
-            log.exception("AI check of %s", inst.path)
+        uid = inst.header.sop_class_uid
+        evidence = class_evidence(uid) if inst.kind == "ai" else ""
+        if _worth_reading(inst):
+            try:
+                ds = dcmread(spool_path(inst.send_sha256), stop_before_pixels=True)
+                inst.kind, evidence = classify_with_evidence(ds, rules)
+            except Exception:
+                log.exception("AI check of %s", inst.path)
+                if inst.kind == "ai":
+                    evidence += " (its attributes could not be read)"
+        _note_evidence(inst, evidence)
+
+
+def _worth_reading(inst: Instance) -> bool:
+    if inst.header.sop_class_uid in SEGMENTATION_CLASSES:
+        return True
+    return inst.kind in ("image", "sr", "other") and _ai_candidate(inst.header)
 
 
 def _ai_candidate(h: Header) -> bool:
@@ -93,6 +116,22 @@ def _ai_candidate(h: Header) -> bool:
         or h.sop_class_uid.startswith(_SC_PREFIX)
         or h.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.")
     )
+
+
+#: Attribute of an Instance that holds why it is ``ai`` (read by job/report.py).
+AI_EVIDENCE = "ai_evidence"
+
+
+def _note_evidence(inst: Instance, evidence: str) -> None:
+    # Instance (policy/group.py) has no field for it yet: set by name, read
+    # with getattr by ai_evidence() and the report.
+    setattr(inst, AI_EVIDENCE, evidence if inst.kind == "ai" else "")
+
+
+def ai_evidence(inst: Any) -> str:
+    """Why `inst` is an AI result (``SegmentSequence[1].SegmentAlgorithmType
+    =AUTOMATIC``), or "" when it is not one or was not looked at."""
+    return str(getattr(inst, AI_EVIDENCE, "") or "")
 
 
 def mark_ai_instances(
@@ -257,6 +296,16 @@ class DerivedStore:
         return outs
 
 
-def ai_patterns(settings: Any) -> list[str]:
+def ai_rules(settings: Any) -> AIRules:
+    """The AI rules of `settings`: ``ai.patterns`` (empty: the built-in list),
+    ``ai.segment_algorithm_types``, ``ai.algorithm_identification``."""
     patterns = settings.get("ai.patterns")
-    return list(patterns) if patterns else list(DEFAULT_AI_PATTERNS)
+    return AIRules(
+        patterns=tuple(patterns) if patterns else DEFAULT_AI_PATTERNS,
+        segment_algorithm_types=tuple(settings.get("ai.segment_algorithm_types")),
+        algorithm_identification=bool(settings.get("ai.algorithm_identification")),
+    )
+
+
+#: The name job/importer.py calls it by; it hands the result to detect_ai.
+ai_patterns = ai_rules

@@ -11,12 +11,18 @@ union of DICOMDIR and walk).
 File IDs are hostile (M4, CVE-2026-32711): a record whose Referenced File ID
 could leave the medium root is refused, and File IDs are only ever *matched*
 against the medium's own listing (:func:`match_path`), never opened.
+
+A medium may hold more than one file-set: a DICOMDIR in a sub-folder (a
+copied disc) describes that folder. Its File IDs are relative to it (PS3.10
+§8.2, ``base`` of :func:`match_path`) and it indexes the files below it only
+(:func:`indexed_by`); the root DICOMDIR indexes the whole medium.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,3 +298,18 @@ def match_path(file_id_path: str, medium_paths: list[str], base: str = "") -> st
     if wanted in idx.exact:
         return wanted
     return idx.folded.get(normalise_path(wanted))
+
+
+def indexed_by(path: str, dicomdir_paths: Iterable[str]) -> bool:
+    """Whether one of the DICOMDIRs at `dicomdir_paths` describes the folder
+    of the medium file `path`: the DICOMDIR's own folder or one below it. A
+    file so described but named by none of them is ``unindexed_file``; a
+    file outside every file-set (a loose file beside a copied disc in a
+    sub-folder) is no DICOMDIR's business. Compared as :func:`match_path`
+    does, without regard to case or ISO 9660 versions."""
+    folder = normalise_path(path).rpartition("/")[0]
+    for dicomdir in dicomdir_paths:
+        base = normalise_path(dicomdir).rpartition("/")[0]
+        if not base or folder == base or folder.startswith(base + "/"):
+            return True
+    return False

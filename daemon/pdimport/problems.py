@@ -99,8 +99,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "multi_patient": ("error", "more than one patient on one medium"),
     "unidentified_patient": (
         "error",
-        "a file names no patient (no ID, name or birth date) and no study links it to one; "
-        "the medium is held",
+        (
+            "a file names no patient (no ID, name or birth date) and no study links it to one; "
+            "the medium is held"
+        ),
     ),
     # --- reconciliation (IHE Import Reconciliation Workflow) ---------------
     "identity_source_down": (
@@ -123,8 +125,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     # --- delivery ---------------------------------------------------------
     "meta_repaired": (
         "warning",
-        "the file meta information was missing or disagreed with the dataset and was rebuilt "
-        "from it (the dataset is authoritative; the original stays in the spool)",
+        (
+            "the file meta information was missing or disagreed with the dataset and was rebuilt "
+            "from it (the dataset is authoritative; the original stays in the spool)"
+        ),
     ),
     "length_repaired": (
         "warning",

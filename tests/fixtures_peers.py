@@ -238,11 +238,15 @@ class ScriptedSCP:
     ``status``: the C-STORE status to return (0xA700, 0xC000, 0xB000 ...).
     ``hang``: store the object, then never answer (until :meth:`stop`), so
     the SCU runs into its ``dimse_timeout``.
+    ``abort``: once the data set has arrived, send A-ABORT as a DUL
+    service-provider with this reason (PS3.8 9.3.8: 6 = invalid PDU
+    parameter value) instead of an answer.
     """
 
     out_dir: Path
     status: int = 0x0000
     hang: bool = False
+    abort: int | None = None
     aet: str = "SCRIPTED"
     port: int = 0
     stored: list[str] = field(default_factory=list)
@@ -270,6 +274,14 @@ class ScriptedSCP:
         uid = str(event.request.AffectedSOPInstanceUID)
         (self.out_dir / f"{len(self.stored)}.dcm").write_bytes(event.encoded_dataset())
         self.stored.append(uid)
+        if self.abort is not None:
+            from pynetdicom.pdu_primitives import A_P_ABORT
+
+            primitive = A_P_ABORT()
+            primitive.provider_reason = self.abort
+            event.assoc.dul.send_pdu(primitive)
+            event.assoc.is_aborted = True
+            event.assoc.is_established = False
         if self._hangs(uid):
             self._release.wait(30)  # stored, never answered (until stop)
         return self.status
@@ -286,11 +298,14 @@ class ScriptedSCP:
 
 @pytest.fixture
 def scripted_scp(tmp_path: Path) -> Iterator[Callable[..., ScriptedSCP]]:
-    """Factory: ``scripted_scp(status=0xC000)`` or ``scripted_scp(hang=True)``."""
+    """Factory: ``scripted_scp(status=0xC000)``, ``scripted_scp(hang=True)``
+    or ``scripted_scp(abort=6)``."""
     peers: list[ScriptedSCP] = []
 
-    def start(status: int = 0x0000, hang: bool = False) -> ScriptedSCP:
-        peer = ScriptedSCP(tmp_path / f"scripted-{len(peers)}", status=status, hang=hang)
+    def start(status: int = 0x0000, hang: bool = False, abort: int | None = None) -> ScriptedSCP:
+        peer = ScriptedSCP(
+            tmp_path / f"scripted-{len(peers)}", status=status, hang=hang, abort=abort
+        )
         peers.append(peer)
         return peer.start()
 

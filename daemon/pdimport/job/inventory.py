@@ -20,6 +20,7 @@ from pdimport.policy.group import Instance
 from pdimport.problems import Problem
 from pdimport.scan.dicomdir import indexed_by, match_path, read_dicomdir
 from pdimport.scan.identify import identify, medium_context
+from pdimport.send import repair
 from pdimport.settings import Settings
 from pdimport.store.journal import Job, Journal
 from pdimport.store.part10 import wrap_part10
@@ -206,7 +207,7 @@ class InventoryTaker:
             inv.scan_fallbacks[reason] += 1
         inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
         try:
-            inst.send_sha256 = self._sendable(sha, res)
+            inst.send_sha256 = self._repaired(self._sendable(sha, res), res, path, inv)
         except Exception as exc:
             log.exception("could not prepare %s", path)
             inv.problems.append(Problem("internal_error", path, str(exc)))
@@ -225,6 +226,30 @@ class InventoryTaker:
         wrap_part10(self.spool.path(sha), work, header)
         out, _ = self.spool.put_file(work)
         self.journal.record_derived(sha, "part10", out)
+        return out
+
+    def _repaired(self, sha: str, header: Header, path: str, inv: Inventory) -> str:
+        """The file to send with what PS3.5/PS3.10 require of a sender repaired
+        (:mod:`pdimport.send.repair`): ``sha`` itself when nothing needs it, else
+        a derived copy, recorded as ``meta_repaired`` / ``length_repaired``."""
+        fix = repair.plan(
+            self.spool.path(sha),
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            header.transfer_syntax,
+        )
+        if not fix:
+            return sha
+        for code, detail in zip(("meta_repaired", "length_repaired"), repair.summary(fix)):
+            if detail:
+                inv.problems.append(Problem(code, path, detail))
+        cached = self.journal.derived(sha, "repaired")
+        if cached and self.spool.has(cached):
+            return cached
+        work = self.spool.workfile(".dcm")
+        repair.write(self.spool.path(sha), work, fix)
+        out, _ = self.spool.put_file(work)
+        self.journal.record_derived(sha, "repaired", out)
         return out
 
     def _read_dicomdirs(self, files: list[Any], inv: Inventory) -> dict[str, Any]:

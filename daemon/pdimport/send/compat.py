@@ -5,7 +5,8 @@ correctness: an overridden requestor socket (``AE._create_socket``,
 ``AssociationSocket._create_socket`` / ``_shutdown_socket``), the
 association's reactor flags (``_reactor_checkpoint``, ``_is_paused``), its
 ``_serve_request`` (wrapped to repair a race), ``_handle_no_response`` /
-``_check_received_status``, the DUL's raw socket (PDUs written past the DUL),
+``_check_received_status``, the DUL's raw socket (PDUs written past the DUL), the DIMSE message queue
+(woken when the peer aborts, :class:`AbortWatch`),
 and the process-wide ``_config.STORE_SEND_CHUNKED_DATASET``. All of them are
 here, behind the small documented API below, so upgrading pynetdicom is this
 one file's work (STYLE.md).
@@ -23,15 +24,17 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pynetdicom
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 LOGGER = logging.getLogger(__name__)
@@ -212,6 +215,62 @@ def keep_store_responses(assoc: Association) -> ResponseKeeper:
 
 
 # ======================================================================
+# why the peer ended the association
+# ======================================================================
+@dataclass
+class AbortWatch:
+    """Names an A-ABORT (or a closed connection) from the peer during a C-STORE.
+
+    pynetdicom notices an abort in the association's reactor, which is
+    paused while we wait for a C-STORE-RSP (:func:`pause_reactor`): the
+    waiting ``dimse.get_msg()`` would sit out the whole ``dimse_timeout``
+    and the report would say "no response". The DUL thread decodes the
+    A-ABORT PDU (PS3.8 9.3.8: source, reason/diagnostic) and triggers
+    ``EVT_PDU_RECV``, and ``EVT_CONN_CLOSE`` when the connection goes: this
+    keeps the cause and, while a store is waiting, wakes it with the
+    ``(None, None)`` that ``get_msg()`` returns for "no message".
+    """
+
+    assoc: Association
+    waiting: bool = False
+    cause: str = ""
+    _seen: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def install(self) -> AbortWatch:
+        self.assoc.bind(evt.EVT_PDU_RECV, self._on_pdu)
+        self.assoc.bind(evt.EVT_CONN_CLOSE, self._on_close)
+        return self
+
+    def _on_pdu(self, event: Any) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ABORT_RQ):
+            reason = pdu.reason_str if pdu.source == 2 else "no reason given"
+            self._note(f"A-ABORT from the {pdu.source_str} (source {pdu.source}): {reason}")
+
+    def _on_close(self, _event: Any) -> None:
+        if self.waiting:
+            self._note("the peer closed the connection without A-ABORT")
+
+    def _note(self, cause: str) -> None:
+        if not self.cause:
+            self.cause = cause
+        self._seen.set()
+        if self.waiting:
+            self.assoc.dimse.msg_queue.put((None, None))
+
+    def wait(self, timeout: float) -> str:
+        """The cause, waiting up to `timeout` s for the DUL to read it
+        (a write that failed on a reset may come first); "" if none."""
+        self._seen.wait(timeout)
+        return self.cause
+
+
+def watch_aborts(assoc: Association) -> AbortWatch:
+    """Start naming the peer's aborts on an established association."""
+    return AbortWatch(assoc).install()
+
+
+# ======================================================================
 # driving a C-STORE past send_c_store
 # ======================================================================
 def pause_reactor(assoc: Association) -> None:
@@ -252,6 +311,7 @@ def bound_writes(assoc: Association) -> None:
 
 __all__ = [
     "VERIFIED_VERSIONS",
+    "AbortWatch",
     "ResponseKeeper",
     "StoreAE",
     "TunedSocket",
@@ -263,4 +323,5 @@ __all__ = [
     "response_status",
     "resume_reactor",
     "stream_datasets_from_files",
+    "watch_aborts",
 ]

@@ -42,6 +42,7 @@ from pynetdicom.presentation import PresentationContext
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.compat import (
+    AbortWatch,
     ResponseKeeper,
     bound_writes,
     keep_store_responses,
@@ -50,9 +51,11 @@ from pdimport.send.compat import (
     raw_socket,
     response_status,
     resume_reactor,
+    watch_aborts,
 )
 from pdimport.send.dest import DicomDest
 from pdimport.send.dicom import FALLBACK_TS, make_ae, outcome_from_status
+from pdimport.send.peer import Unresolvable, connect_failure, rejection_detail, resolve
 from pdimport.send.wire import command_buffers, dataset_buffers, encode_store_rq, fragment_size
 from pdimport.transcode.reencode import TranscodeError, convert
 
@@ -62,6 +65,8 @@ LOGGER = logging.getLogger(__name__)
 READ_BLOCK = 4 << 20
 
 RESENT = "resent once on a fresh association after no C-STORE response"
+#: Seconds a failed write waits for the DUL to read the peer's A-ABORT.
+ABORT_GRACE = 1.0
 
 
 class LinkDown(Exception):
@@ -112,6 +117,9 @@ class Link:
     sent: int = 0
     _assoc: Association | None = field(default=None, repr=False)
     _keeper: ResponseKeeper | None = field(default=None, repr=False)
+    _watch: AbortWatch | None = field(default=None, repr=False)
+    #: ``answered`` at the last abort by the peer (see :meth:`_aborted`)
+    _answered_at_abort: int | None = None
     _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _no_context: bool = False
@@ -160,7 +168,12 @@ class Link:
             if getattr(primitive, "result", None) in (0x01, 0x02):
                 rejections.append(primitive)
 
-        _resolve(self.dest.connect_host, self.dest.port)
+        try:
+            resolve(self.dest.connect_host, self.dest.port)
+        except Unresolvable as exc:
+            raise LinkDown(
+                "association_failed", exc.detail, "retry" if exc.transient else "failed"
+            ) from None
         assoc = self.ae.associate(
             self.dest.connect_host,
             self.dest.port,
@@ -176,7 +189,7 @@ class Link:
             permanent = bool(rejections) and rejections[-1].result == 0x01
             raise LinkDown(
                 "association_rejected",
-                _rejection_detail(self.dest, rejections),
+                rejection_detail(self.dest, rejections),
                 "failed" if permanent else "retry",
             )
         if not assoc.is_established:
@@ -187,7 +200,7 @@ class Link:
             if not connected:
                 raise LinkDown(
                     "association_failed",
-                    _connect_failure(
+                    connect_failure(
                         self.dest.connect_host,
                         self.dest.port,
                         float(self.ae.connection_timeout or 5),
@@ -199,6 +212,7 @@ class Link:
             )
         self._assoc = assoc
         self._keeper = keep_store_responses(assoc)
+        self._watch = watch_aborts(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
         self.sent = 0
         bound_writes(assoc)
@@ -301,7 +315,7 @@ class Link:
 
     def _send_one(self, item: SendItem) -> SendOutcome:
         assoc = self._assoc
-        assert assoc is not None and self._keeper is not None
+        assert assoc is not None and self._keeper is not None and self._watch is not None
         prepared = _prepare(item, self._accepted, self.dest, self.workdir)
         if isinstance(prepared, SendOutcome):
             return prepared
@@ -309,10 +323,14 @@ class Link:
         self.sent += 1
         msg_id = (self.sent - 1) % 0xFFFF + 1  # PS3.7 9.3.1.1: unique among outstanding
         try:
-            status_ds = _c_store(assoc, self._keeper, self._cx_ids, path, msg_id)
+            # The command and the context come from the data set (the scan),
+            # never from the File Meta, which a vendor may have left out.
+            cx_id = self._cx_ids[(item.sop_class_uid, ts)]
+            command = encode_store_rq(item.sop_class_uid, item.sop_instance_uid, msg_id)
+            status_ds = _c_store(assoc, self._keeper, self._watch, cx_id, command, path, msg_id)
         except (OSError, ValueError, KeyError) as exc:
-            # The spooled file is not what the header scan said (meta missing,
-            # no context for its real SOP class / syntax, unreadable).
+            # The spooled file is not what the header scan said (no context
+            # for its real SOP class / syntax, no Part 10 framing, unreadable).
             return SendOutcome(
                 item.key,
                 "failed",
@@ -322,7 +340,34 @@ class Link:
                 ts,
                 converted,
             )
+        if "Status" not in status_ds and self._watch.cause:
+            return self._aborted(item, self._watch.cause, ts, converted)
         return outcome_from_status(item, status_ds, ts, converted)
+
+    def _aborted(self, item: SendItem, cause: str, ts: str, converted: Path | None) -> SendOutcome:
+        """The peer aborted the association (or closed it) during this store.
+
+        Reported as ``association_aborted`` with the peer's reason, state
+        ``retry``: an abort ends the operation in progress (PS3.8 7.3), and
+        its cause may be passing (a restarting PACS, a full disc) or this
+        file (a malformed object a receiver refuses by aborting: the repairs
+        of :mod:`pdimport.send.repair` leave few of those). The caller's
+        back-off decides when to try again; within this delivery the link
+        opens a fresh association for the next item, so one instance a peer
+        refuses does not hold back the others, unless the peer aborted the
+        previous store too (then the link goes down, not hammering a peer
+        that aborts everything).
+        """
+        detail = f"{self.dest.key} aborted the association during this C-STORE: {cause}"
+        LOGGER.warning("%s (%s)", detail, item.sop_instance_uid)
+        self._drop_association()
+        if self._answered_at_abort == self.answered:
+            self._down = LinkDown(
+                "association_failed",
+                f"not sent: {self.dest.key} aborted two associations in a row ({cause})",
+            )
+        self._answered_at_abort = self.answered
+        return SendOutcome(item.key, "retry", None, "association_aborted", detail, ts, converted)
 
 
 # ----------------------------------------------------------- per item
@@ -376,7 +421,9 @@ def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
 def _c_store(
     assoc: Association,
     keeper: ResponseKeeper,
-    cx_ids: dict[tuple[str, str], int],
+    watch: AbortWatch,
+    cx_id: int,
+    command: bytes,
     path: Path,
     msg_id: int,
 ) -> Dataset:
@@ -385,28 +432,27 @@ def _c_store(
     Same flow as pynetdicom's ``send_c_store`` (pause the reactor, send, wait
     ``dimse_timeout`` for the response, abort without one), except that the
     request is written by :func:`_write_request` from this thread. An empty
-    Dataset means no response (the association is then aborted).
+    Dataset means no response (the association is then aborted); when the
+    peer aborted it, `watch` says why.
 
     Raises
     ------
-    KeyError
-        No accepted context for the file's SOP class and transfer syntax.
     ValueError, OSError
-        The file has no usable File Meta Information or cannot be read.
+        The file has no Part 10 framing or cannot be read.
     """
-    meta, offset = split_dataset(path)
-    sop_class = str(meta.MediaStorageSOPClassUID)
-    sop_instance = str(meta.MediaStorageSOPInstanceUID)
-    cx_id = cx_ids[(sop_class, str(meta.TransferSyntaxUID))]
-    command = encode_store_rq(sop_class, sop_instance, msg_id)
+    _meta, offset = split_dataset(path)
     pause_reactor(assoc)
     keeper.awaiting = msg_id
+    watch.waiting = True
     try:
         with open(path, "rb") as fp:
             fp.seek(offset)
             written = _write_request(assoc, cx_id, command, fp)
         rsp = assoc.dimse.get_msg(block=True)[1] if written else None
+        if not written:
+            watch.wait(ABORT_GRACE)  # a reset may beat the A-ABORT to us
     finally:
+        watch.waiting = False
         keeper.awaiting = None
         resume_reactor(assoc)
     if rsp is None:
@@ -525,60 +571,6 @@ def _with_detail(outcome: SendOutcome, detail: str) -> SendOutcome:
         outcome.transfer_syntax,
         outcome.converted_path,
     )
-
-
-def _rejection_detail(dest: DicomDest, rejections: list) -> str:
-    if not rejections:
-        return f"{dest.key}: association rejected"
-    rj = rejections[-1]
-    kind = "permanent" if rj.result == 0x01 else "transient"
-    return (
-        f"{dest.key}: association rejected ({kind}, not retried) by {rj.source_str}: "
-        f"{rj.reason_str}"
-        if kind == "permanent"
-        else f"{dest.key}: association rejected ({kind}) by {rj.source_str}: {rj.reason_str}"
-    )
-
-
-def _resolve(host: str, port: int) -> None:
-    """Raise :class:`LinkDown` when ``host`` does not resolve.
-
-    pynetdicom only logs the resolver's error. A name that does not exist
-    (EAI_NONAME) is a configuration error: retrying every job would only
-    repeat it, so its items end ``failed`` and the report says to check the
-    destination URL. A resolver that is merely unavailable (EAI_AGAIN) may
-    answer later: ``retry``.
-    """
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        if exc.errno == socket.EAI_AGAIN:
-            raise LinkDown(
-                "association_failed",
-                f"{host}:{port}: name lookup failed for now ({exc.strerror}); will retry",
-            ) from None
-        raise LinkDown(
-            "association_failed",
-            f"{host}:{port}: name does not resolve (check the destination URL)",
-            "failed",
-        ) from None
-
-
-def _connect_failure(host: str, port: int, timeout: float) -> str:
-    """Why the TCP connection to ``host:port`` failed, in words.
-
-    pynetdicom logs the socket error but does not return it; one more
-    connect attempt, bounded by the connection timeout, names the cause.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
-            return f"{host}:{port}: connection failed, then accepted on a second try"
-    except ConnectionRefusedError:
-        return f"connection refused by {host}:{port} (is the PACS running?)"
-    except TimeoutError:
-        return f"no answer from {host}:{port} within {min(timeout, 5.0):.0f} s (firewall?)"
-    except OSError as exc:
-        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
 
 
 __all__ = [

@@ -85,11 +85,13 @@ def fragment_size(peer_max_pdu: int) -> int:
     """Largest PDV value the peer accepts in one PDU (PS3.8 D.1.1).
 
     The peer's Maximum Length counts the PDV item header (4 + 2 bytes);
-    0 means unlimited, capped at :data:`UNLIMITED_FRAGMENT`.
+    0 means unlimited, capped at :data:`UNLIMITED_FRAGMENT`. Always even:
+    a message fragment of odd length is refused (dcmtk aborts with "Odd
+    Fragment Length"), and a peer may well announce an odd maximum.
     """
     if peer_max_pdu <= 0:
         return UNLIMITED_FRAGMENT
-    return max(1, min(peer_max_pdu - 6, UNLIMITED_FRAGMENT))
+    return max(2, min(peer_max_pdu - 6, UNLIMITED_FRAGMENT)) & ~1
 
 
 def command_buffers(context_id: int, command: bytes, fragment: int) -> list[bytes]:

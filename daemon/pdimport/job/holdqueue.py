@@ -17,7 +17,7 @@ from typing import Any
 from pdimport.job import report as report_mod
 from pdimport.job.importer import Importer, JobResult
 from pdimport.job.lifecycle import JobState
-from pdimport.job.reconcile import identity_dict, identity_of
+from pdimport.job.reconcile import UNIDENTIFIED, identity_dict, identity_of
 from pdimport.reconcile.model import Candidate
 from pdimport.send import parse_dest
 from pdimport.store import notify
@@ -88,20 +88,36 @@ def _patient(report: dict[str, Any], job_id: str, patient: str | None) -> dict[s
         raise HoldError(
             f"job {job_id} holds {len(waiting)} patients ({ids}); name one with --patient"
         )
-    found = [p for p in waiting if p.get("id", "") == patient]
+    if patient == UNIDENTIFIED:
+        found = [p for p in waiting if p.get("unidentified")]
+    else:
+        found = [p for p in waiting if p.get("id", "") == patient and not p.get("unidentified")]
     if not found:
         ids = ", ".join(p.get("id", "") or "(no ID)" for p in waiting) or "none"
         raise HoldError(f"job {job_id} holds no patient {patient!r} (held: {ids})")
     return found[0]
 
 
-def _releasable(report: dict[str, Any], job_id: str, chosen: dict[str, Any]) -> None:
+def decision_key(patient: dict[str, Any]) -> str:
+    """What a decision names a report patient by: the ID the medium gave it,
+    or :data:`UNIDENTIFIED` for the files that name no patient."""
+    return UNIDENTIFIED if patient.get("unidentified") else str(patient.get("id", ""))
+
+
+def _releasable(
+    report: dict[str, Any], job_id: str, chosen: dict[str, Any], local_id: str | None
+) -> None:
     """A decision names a patient by the ID the medium gave; a release that
-    would name several (two patients without ID) would file them as one."""
+    would name several (two patients without ID) would file them as one.
+    Files that name no patient may only go as they are: nothing says whose
+    they are, so a person may send them unchanged, never under a local ID."""
     if chosen.get("unidentified"):
-        raise HoldError(
-            f"job {job_id}: files that name no patient cannot be released; discard them"
-        )
+        if local_id:
+            raise HoldError(
+                f"job {job_id}: files that name no patient go only as they are "
+                "(--keep-foreign) or are discarded"
+            )
+        return
     foreign = chosen.get("id", "")
     same = [p for p in held_patients(report) if p.get("id", "") == foreign]
     if len(same) > 1:
@@ -140,7 +156,7 @@ def release(
         raise HoldError("give either --local-id ID or --keep-foreign")
     report = _held_job(imp, job_id)
     chosen = _patient(report, job_id, patient)
-    _releasable(report, job_id, chosen)
+    _releasable(report, job_id, chosen, local_id)
     identity = None
     if local_id:
         known = [Candidate(**c) for c in chosen.get("candidates", []) if c["local_id"] == local_id]
@@ -157,7 +173,7 @@ def release(
             )
         [candidate] = distinct.values()
         identity = identity_of(candidate, str(imp.settings.get("reconcile.issuer")))
-    foreign = chosen.get("id", "")
+    foreign = decision_key(chosen)
     imp.journal.add_decision(job_id, foreign, "release", identity_dict(identity), operator)
     imp.audit_event(
         "release",
@@ -192,7 +208,7 @@ def discard(
     report = _held_job(imp, job_id)
     chosen = [_patient(report, job_id, patient)] if patient is not None else held_patients(report)
     for p in chosen:
-        foreign = p.get("id", "")
+        foreign = decision_key(p)
         imp.journal.add_decision(job_id, foreign, "discard", None, operator, reason.strip())
         imp.audit_event("discard", job=job_id, actor=operator, patient=foreign, reason=reason)
     return imp.process(job_id, [parse_dest(d) for d in dests or []])

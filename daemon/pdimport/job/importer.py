@@ -309,7 +309,11 @@ class Importer:
             names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in identified)
             inv.problems.append(Problem("multi_patient", "", names))
         if "unidentified_patient" in hold_reasons:
-            _hold_unidentified(patients, pending, inv.problems)
+            # Whose the files are is unknown, so no other patient's files may be
+            # taken as complete; a site that splits media (a sender it knows)
+            # gets its named patients while the unnamed files wait.
+            whole = self.settings.get("policy.multi_patient") == "hold"
+            _hold_unidentified(patients, pending if whole else [], inv.problems)
         ai_policy = self.settings.get("ai.policy")
         if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
             hold_reasons.append("ai_content")
@@ -460,8 +464,7 @@ class Importer:
 def _hold_unidentified(
     patients: list[Patient], pending: list[Instance], problems: list[Problem]
 ) -> None:
-    """Files that name no patient hold the whole medium: whose they are is
-    unknown, so no other patient's files may be taken as complete."""
+    """Record the files that name no patient, and hold ``pending`` with them."""
     paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
     shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
     problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))

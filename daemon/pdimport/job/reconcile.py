@@ -43,6 +43,8 @@ from pdimport.store.spool import Spool
 log = logging.getLogger(__name__)
 
 DELIVER, HOLD, DISCARD = "deliver", "hold", "discard"
+#: The decision key of the files that name no patient (``--patient unidentified``).
+UNIDENTIFIED = "unidentified"
 
 
 @dataclass
@@ -135,7 +137,7 @@ class Reconciler:
             only = len(patients) == 1
             decision = decisions.get(patient.id) or (decisions.get("") if only else None)
             if patient.unidentified:
-                out.append(self._unidentified(patient, insts, decision))
+                out.append(self._unidentified(patient, insts, decisions.get(UNIDENTIFIED)))
             elif decision is not None:
                 out.append(self._decided(patient, insts, decision))
             elif several and self.settings.get("policy.multi_patient") == "hold":
@@ -151,9 +153,11 @@ class Reconciler:
         patient: Patient, insts: list[Instance], decision: Decision | None
     ) -> Settled:
         """Files that name no one are never delivered as anybody: held until a
-        person discards them (a release cannot say whose they are)."""
+        person discards them or sends them as they are (``--keep-foreign``)."""
         if decision is not None and decision.action == DISCARD:
             return Settled(patient, insts, DISCARD, decision=decision)
+        if decision is not None and decision.identity is None:
+            return Settled(patient, insts, DELIVER, decision=decision)
         return Settled(patient, insts, HOLD, hold_reason="unidentified_patient")
 
     def _decided(self, patient: Patient, insts: list[Instance], decision: Decision) -> Settled:

@@ -76,9 +76,9 @@ def build(
     reconciled = reconciled or []
     everyone_discarded = bool(reconciled) and all(r.action == "discard" for r in reconciled)
     status = status_of(inv, hold_reasons, mode, failed, everyone_discarded)
-    by_patient = {r.patient.id: r for r in reconciled}
-    # Patients without an ID share the key "": the settled patient itself first.
-    by_object = {id(r.patient): r for r in reconciled}
+    # Each reported patient is the settled one its files belong to (patients
+    # may be grouped again after conversion; several may have no ID).
+    by_instance = {id(i): r for r in reconciled for i in r.instances}
     counts = {
         "files": inv.files,
         "dicom": len(inv.instances),
@@ -113,7 +113,7 @@ def build(
             "ai": "ai" in kinds,
             "other_content": bool(inv.other_content),
         },
-        "patients": [_patient(p, by_object.get(id(p)) or by_patient.get(p.id)) for p in patients],
+        "patients": [_patient(p, _settled_of(p, by_instance)) for p in patients],
         "decisions": [d.as_dict() for d in decisions or []],
         "counts": counts,
         "instances": [_instance(i) for i in inv.instances],
@@ -162,6 +162,21 @@ def _patient(p: Patient, settled: Settled | None) -> dict[str, Any]:
             for st in p.studies.values()
         ],
     }
+
+
+def _settled_of(p: Patient, by_instance: dict[int, Settled]) -> Settled | None:
+    """The settled patient most of ``p``'s files belong to (converted objects
+    made for it are not in it)."""
+    votes: dict[int, int] = {}
+    for st in p.studies.values():
+        for se in st.series.values():
+            for inst in se.instances:
+                if (s := by_instance.get(id(inst))) is not None:
+                    votes[id(s)] = votes.get(id(s), 0) + 1
+    if not votes:
+        return None
+    best = max(votes, key=lambda k: votes[k])
+    return next(s for s in by_instance.values() if id(s) == best)
 
 
 def facility(inv: Inventory) -> str:

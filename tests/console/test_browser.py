@@ -46,6 +46,11 @@ def browser():
 
 def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def arrived(path: str) -> None:
+        # A click only starts the navigation: the old page's elements go stale.
+        WebDriverWait(browser, 15).until(lambda b: b.current_url.split("?")[0].endswith(path))
 
     shots = tmp_path / "artifacts"
     shots.mkdir()
@@ -73,8 +78,10 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
             form.find_element(By.NAME, "typed_id").send_keys(typed_id)
         action = "release" if typed_id else "keep_foreign"
         form.find_element(By.CSS_SELECTOR, f"button[value={action}]").click()
+        arrived("/decisions/confirm")
         shot(f"confirm-{patient}")
         browser.find_element(By.ID, "confirm").click()
+        arrived("/decisions/apply")
         return browser.find_element(By.ID, "result").text
 
     try:
@@ -84,6 +91,7 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         shot("login")
         browser.find_element(By.ID, "login").click()
+        arrived("/drives")
         assert browser.find_element(By.TAG_NAME, "h1").text == "Drives"
         assert "Watch folder" in browser.find_element(By.ID, "drives").text
         shot("drives")

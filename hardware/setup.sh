@@ -45,7 +45,8 @@ esac
 # Everything the appliance and its tests use from Debian. Tests start real
 # peers (dcmtk storescp/wlmscpfs, Orthanc, cupsd, systemd-udevd), build real
 # ISO images (genisoimage, xorriso), attach loop devices (losetup) and
-# validate what we create (dicom3tools dciodvfy).
+# validate what we create (dicom3tools dciodvfy); the console's browser test
+# drives Debian's headless chromium through chromedriver.
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc
     dcmtk orthanc dicom3tools
@@ -53,6 +54,7 @@ APT_PACKAGES=(
     udev util-linux
     cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools
     curl procps
+    chromium chromium-driver
 )
 
 missing_packages() {

@@ -185,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a, "audit")
     a.add_argument("--since", metavar="DATE", help="YYYY-MM-DD")
 
+    p = sub.add_parser("user", help="operator console accounts (STATE_DIR/users.sqlite)")
+    _common(p, "user")
+    user_sub = p.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
+    u = user_sub.add_parser("add", help="create a user, or give one a new password and role")
+    _common(u, "user")
+    u.add_argument("name")
+    u.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    u = user_sub.add_parser("remove", help="remove a user")
+    _common(u, "user")
+    u.add_argument("name")
+    u = user_sub.add_parser("list", help="users and their roles")
+    _common(u, "user")
+
     p = sub.add_parser("settings", help="every setting with its type, default and meaning")
     _common(p, "settings")
 
@@ -230,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "release": cmd_decision,
         "discard": cmd_decision,
         "expect": cmd_expect,
+        "user": cmd_user,
     }[args.command]
     try:
         if args.command in JOURNAL_COMMANDS:
@@ -432,6 +446,13 @@ def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.appliance.status import status_main
 
     return status_main(cfg, args.json)
+
+
+def cmd_user(args: argparse.Namespace, cfg: Any) -> int:
+    """The password comes from the terminal (asked twice) or one line of stdin."""
+    from pdimport.console.users import user_main
+
+    return user_main(cfg, args)
 
 
 def cmd_settings(args: argparse.Namespace, cfg: Any) -> int:

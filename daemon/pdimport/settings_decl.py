@@ -32,6 +32,7 @@ ALL = (
     "release",
     "discard",
     "expect",
+    "user",
 )
 
 

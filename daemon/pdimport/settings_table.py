@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from pdimport.settings_decl import ALL, Setting
 
 #: Commands that deliver: an import, or a person's decision on a held job.
 _IMPORT = ("import", "release", "discard")
 _SEND = ("import", "daemon", "release", "discard")
 _DAEMON = ("daemon",)
+#: ``HOST:PORT`` or ``[IPv6]:PORT`` (the console checks the address itself).
+_LISTEN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -316,6 +320,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)", min=1),
     Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes", min=1),
     Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked", min=1),
+    # the operator console (pdimport.console), served by the daemon
+    Setting("console.enabled", bool, True, "serve the operator console from the daemon"),
+    Setting(
+        "console.listen",
+        str,
+        "127.0.0.1:8104",
+        "HOST:PORT the console listens on; an address other than loopback needs "
+        "console.tls_cert and console.tls_key",
+        validate=lambda v: bool(_LISTEN.match(v)) and int(v.rsplit(":", 1)[1]) <= 65535,
+        allowed="HOST:PORT, e.g. 127.0.0.1:8104 or [::1]:8104",
+    ),
+    Setting("console.tls_cert", str, "", "PEM certificate file of the console (HTTPS)"),
+    Setting("console.tls_key", str, "", "PEM private key file of console.tls_cert"),
+    Setting(
+        "console.idle_timeout",
+        float,
+        900.0,
+        "seconds without a request before a console session ends",
+        min=0,
+        min_open=True,
+    ),
+    Setting(
+        "console.login_attempts",
+        int,
+        5,
+        "failed logins per name or address within 5 minutes before more are refused",
+        min=1,
+    ),
     # scanning
     Setting(
         "scanner",

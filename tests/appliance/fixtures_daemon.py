@@ -55,6 +55,8 @@ class DaemonProc:
         self.cond = threading.Condition()
         self.reader = threading.Thread(target=self._drain, name="notify-reader")
         self.reader.start()
+        # Each daemon's console on a port of its own (tests may run side by side).
+        base = {"console.listen": "127.0.0.1:0", **base}
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, json.dumps(base), json.dumps(extra)],

@@ -11,6 +11,8 @@ Threads (each blocks on its own queue; none sleep-polls):
 * ``watch-folder`` imports dropped ISO images, zip packages and folders;
 * ``delivery-retry`` re-delivers jobs whose destination was down, with
   exponential back-off, until the PACS answers;
+* ``console`` serves the operator console (:mod:`pdimport.console`) under
+  uvicorn; it reads the status board's snapshot, never the workers' queues;
 * the main thread only waits for signals (the handlers just enqueue) and pets
   the systemd watchdog while every worker lives.
 
@@ -40,6 +42,8 @@ from pdimport.appliance.retry import DeliveryRetrier
 from pdimport.appliance.status import StatusBoard
 from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import WatchFolder, WatchLedger, WatchResult
+from pdimport.console.app import ConsoleDeps
+from pdimport.console.server import ConsoleServer
 from pdimport.job.holdqueue import purge_discarded
 from pdimport.job.importer import Importer, JobResult
 from pdimport.job.lifecycle import FINAL_JOB_STATES, Interrupted, JobState
@@ -264,6 +268,7 @@ class Daemon:
         self.watch: WatchFolder | None = None
         self._watch_ledger: WatchLedger | None = None
         self.control: ControlListener | None = None
+        self.console: ConsoleServer | None = None
 
     # ---------------------------------------------------------- lifecycle
     def run(self, install_signals: bool = True) -> int:
@@ -294,6 +299,18 @@ class Daemon:
             signal.signal(sig, enqueue)
 
     def _start(self) -> None:
+        if self.cfg.get("console.enabled"):
+            # First: a console refused (no TLS off loopback, port taken) stops
+            # the start before any medium is touched.
+            self.console = ConsoleServer(
+                ConsoleDeps(
+                    self.cfg,
+                    self.board.snapshot,
+                    self.runner.importer,
+                    after_decision=self.job_changed_elsewhere,
+                    retry=lambda job_id: self.retrier.submit(job_id, now=True),
+                )
+            ).start()
         udev.ensure_media_polling()
         if not self.runner.destinations:
             log.warning("no destination configured (--dest): jobs will be read and held")
@@ -372,6 +389,8 @@ class Daemon:
         threads: list[Any] = [self.retrier, self.router]
         if self.control is not None:
             threads.append(self.control)
+        if self.console is not None:
+            threads.append(self.console)
         with self._workers_lock:
             threads.extend(self.workers.values())
         alive = all(t.is_alive() for t in threads)
@@ -397,6 +416,8 @@ class Daemon:
             self.watch.stop(timeout=max(0.1, deadline - time.monotonic()))
         if self.control is not None:
             self.control.stop(max(0.1, deadline - time.monotonic()))
+        if self.console is not None:
+            self.console.stop(max(0.1, deadline - time.monotonic()))
         for thread in [self.router, self.retrier, *workers]:
             if thread.is_alive():
                 thread.join(max(0.1, deadline - time.monotonic()))

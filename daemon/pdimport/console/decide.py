@@ -1,0 +1,169 @@
+"""The console's actions: decisions on held jobs (through
+:mod:`pdimport.job.holdqueue`, the one contract the CLI uses too), label
+reprints and retries. Each decision is asked for, then confirmed, then done
+with the logged-in user as the operator, and its result shown."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from pdimport.job.holdqueue import HoldError, discard, held_jobs, release
+from pdimport.label.content import reasons
+
+if TYPE_CHECKING:
+    from pdimport.console.app import Console
+
+ACTIONS = ("release", "keep_foreign", "discard")
+
+
+class DecisionPages:
+    def __init__(self, console: Console) -> None:
+        self.c = console
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/decisions", self.list_page),
+            Route("/decisions/confirm", self.confirm, methods=["POST"]),
+            Route("/decisions/apply", self.apply, methods=["POST"]),
+            Route("/jobs/{job_id}/label.png", self.label_png),
+            Route("/jobs/{job_id}/reprint", self.reprint, methods=["POST"]),
+            Route("/jobs/{job_id}/retry", self.retry, methods=["POST"]),
+        ]
+
+    # ---------------------------------------------------------- decisions
+    def list_page(self, request: Request) -> Response:
+        session = self.c.session(request)
+        jobs = held_jobs(self.c.journal)
+        t = self.c.words(request)
+        for job in jobs:
+            report = self.c.journal.report(job["job"]) or {}
+            job["reason_words"] = [ja if t.lang == "ja" else en for ja, en in reasons(report)]
+        return self.c.page(request, "decisions.html", session, jobs=jobs)
+
+    @staticmethod
+    def _decision(form: dict[str, str]) -> dict[str, str]:
+        """The decision a form asks for, checked for shape (holdqueue checks the rest)."""
+        action = form.get("action", "")
+        if action not in ACTIONS:
+            raise HTTPException(400, f"unknown action {action!r}")
+        local_id = (form.get("typed_id") or form.get("local_id") or "").strip()
+        if action == "release" and not local_id:
+            raise HTTPException(400, "choose a local patient or type a local patient ID")
+        reason = form.get("reason", "").strip()
+        if action == "discard" and not reason:
+            raise HTTPException(400, "say why the medium is discarded")
+        return {
+            "job": form.get("job", ""),
+            "patient": form.get("patient", ""),
+            "action": action,
+            "local_id": local_id if action == "release" else "",
+            "reason": reason if action == "discard" else "",
+        }
+
+    async def confirm(self, request: Request) -> Response:
+        session, form = await self.c.form(request, "operator")
+        decision = self._decision(form)
+        held = {j["job"]: j for j in await run_in_threadpool(held_jobs, self.c.journal)}
+        job = held.get(decision["job"])
+        patient = next(
+            (p for p in (job or {}).get("patients", []) if p["id"] == decision["patient"]), None
+        )
+        if job is None or patient is None:
+            raise HTTPException(409, self.c.words(request)("not_found"))
+        return self.c.page(
+            request, "confirm.html", session, decision=decision, job=job, patient=patient
+        )
+
+    async def apply(self, request: Request) -> Response:
+        session, form = await self.c.form(request, "operator")
+        decision = self._decision(form)
+        try:
+            result = await run_in_threadpool(self._apply, decision, session.user.name)
+        except HoldError as exc:
+            return self.c.page(
+                request, "result.html", session, 409, decision=decision, error=str(exc)
+            )
+        self.c.deps.after_decision(result.job_id)
+        return self.c.page(
+            request,
+            "result.html",
+            session,
+            decision=decision,
+            error="",
+            outcome=str(result.state),
+            report=result.report,
+        )
+
+    def _apply(self, d: dict[str, str], operator: str) -> Any:
+        imp = self.c.deps.importer()
+        dests = list(self.c.deps.settings.get("dest") or [])
+        if d["action"] == "discard":
+            return discard(imp, d["job"], operator, d["reason"], d["patient"], dests=dests)
+        return release(
+            imp,
+            d["job"],
+            operator,
+            local_id=d["local_id"] or None,
+            patient=d["patient"],
+            keep_foreign=d["action"] == "keep_foreign",
+            dests=dests,
+        )
+
+    # ------------------------------------------------------------- labels
+    def _report(self, job_id: str) -> dict[str, Any]:
+        report = self.c.journal.report(job_id)
+        if report is None:
+            raise HTTPException(404, "no report for this job yet")
+        return report
+
+    def label_png(self, request: Request) -> Response:
+        from pdimport.label.render import render_label
+
+        self.c.session(request)
+        report = self._report(request.path_params["job_id"])
+        size = str(self.c.deps.settings.get("printer.size"))
+        with tempfile.TemporaryDirectory(prefix="pdimport-label-") as tmp:
+            out = render_label(report, size, Path(tmp) / "label.png", "png", dpi=150)
+            data = out.read_bytes()
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def reprint(self, request: Request) -> Response:
+        session, _form = await self.c.form(request, "operator")
+        job_id = request.path_params["job_id"]
+        await run_in_threadpool(self._reprint, job_id, session.user.name)
+        return RedirectResponse(f"/jobs/{job_id}", 303)
+
+    def _reprint(self, job_id: str, operator: str) -> None:
+        from pdimport.label.printer import print_label
+
+        report = self._report(job_id)
+        result = print_label(report, self.c.deps.settings)
+        self.c.deps.importer().audit_event(
+            "label_printed",
+            job=job_id,
+            actor=operator,
+            reprint=True,
+            ok=result.ok,
+            detail=result.detail,
+            printer=result.backend,
+        )
+
+    async def retry(self, request: Request) -> Response:
+        await self.c.form(request, "operator")
+        job_id = request.path_params["job_id"]
+        if self.c.deps.retry is not None:
+            self.c.deps.retry(job_id)
+        else:
+            from pdimport.send import parse_dest
+
+            dests = [parse_dest(d) for d in self.c.deps.settings.get("dest") or []]
+            await run_in_threadpool(lambda: self.c.deps.importer().process(job_id, dests))
+        return RedirectResponse(f"/jobs/{job_id}", 303)

@@ -1,0 +1,202 @@
+"""The console's words in Japanese and English, and the choice between them:
+the ``lang`` cookie (the switch on every page), else the browser's
+Accept-Language, else English."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pdimport.label.content import format_person_name
+
+LANGS = ("en", "ja")
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "pdimport console",
+        "drives": "Drives",
+        "today": "Today",
+        "decisions": "Decisions",
+        "audit": "Audit",
+        "about": "About",
+        "login": "Log in",
+        "logout": "Log out",
+        "user": "Name",
+        "password": "Password",
+        "bad_login": "Wrong name or password.",
+        "throttled": "Too many failed attempts; try again in {s} seconds.",
+        "expired": "Your session ended; please log in again.",
+        "drive": "Drive",
+        "state": "State",
+        "disc": "Disc label",
+        "patient": "Patient",
+        "progress": "Progress",
+        "rate": "MB/s",
+        "eta": "Time left",
+        "no_drives": "No drive has seen a medium since the daemon started.",
+        "queues": "Queues",
+        "watch_queue": "Watch folder: {n} waiting",
+        "retry_queue": "Waiting for the PACS: {n}",
+        "jobs_now": "Jobs in progress",
+        "time": "Time",
+        "source": "Source",
+        "outcome": "Outcome",
+        "all": "all",
+        "date": "Date",
+        "filter": "Show",
+        "summary": "{done} of {total} imported",
+        "job": "Job",
+        "studies": "Studies",
+        "series": "Series",
+        "instances": "Instances",
+        "problems": "Problems",
+        "label": "Label",
+        "reprint": "Reprint the label",
+        "retry": "Retry delivery now",
+        "decisions_none": "No job waits for a decision.",
+        "reasons": "Why it is held",
+        "on_disc": "On the disc",
+        "candidates": "Local patients that may match",
+        "release_to": "Release as this patient",
+        "local_id": "Local patient ID",
+        "release_typed": "Release under the typed ID",
+        "keep_foreign": "Release under the disc's ID",
+        "discard": "Discard",
+        "reason": "Reason",
+        "confirm": "Confirm",
+        "cancel": "Cancel",
+        "confirm_q": "Please confirm this decision",
+        "result": "Result",
+        "verify": "Verify the audit trail",
+        "export": "Export",
+        "since": "From",
+        "until": "To",
+        "version": "Version",
+        "settings": "Settings in force",
+        "destinations": "Destinations",
+        "forbidden": "Your role ({role}) may not do this.",
+        "not_found": "Not found.",
+        "hold_error": "Nothing was changed: {e}",
+        "signed_in": "Logged in as {name} ({role})",
+    },
+    "ja": {
+        "title": "pdimport 操作画面",
+        "drives": "ドライブ",
+        "today": "本日",
+        "decisions": "要判断",
+        "audit": "監査",
+        "about": "情報",
+        "login": "ログイン",
+        "logout": "ログアウト",
+        "user": "ユーザー名",
+        "password": "パスワード",
+        "bad_login": "ユーザー名またはパスワードが違います。",
+        "throttled": "失敗が多すぎます。{s} 秒後に再試行してください。",
+        "expired": "セッションが終了しました。再度ログインしてください。",
+        "drive": "ドライブ",
+        "state": "状態",
+        "disc": "ディスク名",
+        "patient": "患者",
+        "progress": "進捗",
+        "rate": "MB/秒",
+        "eta": "残り時間",
+        "no_drives": "起動後、まだ媒体が挿入されていません。",
+        "queues": "待ち行列",
+        "watch_queue": "監視フォルダ: {n} 件待ち",
+        "retry_queue": "PACS 送信待ち: {n} 件",
+        "jobs_now": "処理中のジョブ",
+        "time": "時刻",
+        "source": "取込元",
+        "outcome": "結果",
+        "all": "すべて",
+        "date": "日付",
+        "filter": "表示",
+        "summary": "{total} 件中 {done} 件取込完了",
+        "job": "ジョブ",
+        "studies": "検査",
+        "series": "シリーズ",
+        "instances": "画像数",
+        "problems": "問題",
+        "label": "ラベル",
+        "reprint": "ラベルを再印刷",
+        "retry": "今すぐ再送信",
+        "decisions_none": "判断待ちのジョブはありません。",
+        "reasons": "保留の理由",
+        "on_disc": "ディスク上の情報",
+        "candidates": "該当しうる院内患者",
+        "release_to": "この患者として登録",
+        "local_id": "院内患者ID",
+        "release_typed": "入力したIDで登録",
+        "keep_foreign": "ディスクのIDのまま登録",
+        "discard": "破棄",
+        "reason": "理由",
+        "confirm": "確定",
+        "cancel": "取消",
+        "confirm_q": "この判断を確定してください",
+        "result": "結果",
+        "verify": "監査証跡を検証",
+        "export": "書き出し",
+        "since": "開始日",
+        "until": "終了日",
+        "version": "バージョン",
+        "settings": "現在の設定",
+        "destinations": "送信先",
+        "forbidden": "この操作は権限（{role}）では行えません。",
+        "not_found": "見つかりません。",
+        "hold_error": "変更されませんでした: {e}",
+        "signed_in": "{name}（{role}）でログイン中",
+    },
+}
+
+#: A job's state in plain words: (en, ja).
+OUTCOME_WORDS: dict[str, tuple[str, str]] = {
+    "imported": ("imported", "取込完了"),
+    "held": ("needs a decision", "判断待ち"),
+    "partial": ("partly delivered", "一部のみ送信"),
+    "waiting_for_destination": ("waiting for the PACS", "PACS 送信待ち"),
+    "failed": ("failed", "失敗"),
+    "discarded": ("discarded", "破棄"),
+    "scanned": ("inventory only", "確認のみ"),
+    "active": ("in progress", "処理中"),
+}
+
+
+def pick_lang(cookie: str | None, accept_language: str | None) -> str:
+    """``ja`` or ``en``: the switch's cookie, else the first language the browser names."""
+    if cookie in LANGS:
+        return str(cookie)
+    weighted = []
+    for i, part in enumerate((accept_language or "").split(",")):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0
+        except ValueError:
+            weight = 0.0
+        weighted.append((-weight, i, tag.strip().lower().split("-")[0]))
+    for _w, _i, tag in sorted(weighted):
+        if tag in LANGS:
+            return tag
+    return "en"
+
+
+class Words:
+    """``t("key", n=3)`` in one language (the templates call it)."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang if lang in LANGS else "en"
+        self._table = STRINGS[self.lang]
+
+    def __call__(self, key: str, **fields: Any) -> str:
+        text = self._table.get(key) or STRINGS["en"].get(key) or key
+        return text.format(**fields) if fields else text
+
+    def outcome(self, state: str) -> str:
+        en, ja = OUTCOME_WORDS.get(state, OUTCOME_WORDS["active"])
+        return ja if self.lang == "ja" else en
+
+    def person(self, pn: Any) -> str:
+        """A Patient's Name for this language: the kanji name first on a
+        Japanese page, the alphabetic one first on an English page."""
+        main, alpha = format_person_name(pn)
+        if self.lang == "ja":
+            return f"{main} / {alpha}" if alpha else main
+        return f"{alpha} ({main})" if alpha else main

@@ -1,0 +1,107 @@
+"""``/metrics`` in the Prometheus text format, counted from the journal and
+the status board at scrape time (nothing is kept in memory to drift from them).
+
+Metric names:
+
+* ``pdimport_jobs{outcome}`` — jobs in the journal by state;
+* ``pdimport_decisions_pending`` — held patients waiting for a person;
+  ``pdimport_held_jobs`` — jobs held;
+* ``pdimport_queue_length{queue}`` — the daemon's queues (``watch``, ``retry``);
+* ``pdimport_drives{state}`` — drives by state;
+* ``pdimport_files_read_total``, ``pdimport_bytes_read_total`` — files read
+  into the spool; ``pdimport_file_errors_total`` — files that could not be;
+* ``pdimport_instances_delivered_total{dest}`` — instances a destination acknowledged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from pdimport.job.holdqueue import held_jobs
+from pdimport.job.lifecycle import JobState
+from pdimport.store.journal import Journal
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    # A read-only connection of its own: a scrape never takes the daemon's
+    # journal lock and never writes (WAL readers do not block the writer).
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+
+
+class JournalCollector:
+    """A prometheus_client collector over ``journal.sqlite`` and the board."""
+
+    def __init__(
+        self, journal_path: Path, journal: Journal, snapshot: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.journal_path = journal_path
+        self.journal = journal
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "pdimport_jobs", "jobs in the journal by state", labels=["outcome"]
+        )
+        read = CounterMetricFamily("pdimport_files_read", "files read into the spool")
+        nbytes = CounterMetricFamily("pdimport_bytes_read", "bytes read into the spool")
+        errors = CounterMetricFamily("pdimport_file_errors", "files that could not be read")
+        sent = CounterMetricFamily(
+            "pdimport_instances_delivered", "instances acknowledged", labels=["dest"]
+        )
+        by_state = dict.fromkeys((str(s) for s in JobState), 0)
+        if self.journal_path.is_file():
+            db = _read_only(self.journal_path)
+            try:
+                for state, n in db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                    by_state[state] = n
+                files = db.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE state='read'"
+                ).fetchone()
+                failed = db.execute("SELECT count(*) FROM files WHERE state='error'").fetchone()
+                delivered = db.execute(
+                    "SELECT dest, count(*) FROM deliveries WHERE state='sent' GROUP BY dest"
+                ).fetchall()
+            finally:
+                db.close()
+            read.add_metric([], files[0])
+            nbytes.add_metric([], files[1])
+            errors.add_metric([], failed[0])
+            for dest, n in delivered:
+                sent.add_metric([dest], n)
+        for state, n in sorted(by_state.items()):
+            jobs.add_metric([state], n)
+        yield from (jobs, read, nbytes, errors, sent)
+        held = held_jobs(self.journal)
+        yield GaugeMetricFamily("pdimport_held_jobs", "jobs held for a decision", value=len(held))
+        yield GaugeMetricFamily(
+            "pdimport_decisions_pending",
+            "held patients waiting for a decision",
+            value=sum(len(j["patients"]) for j in held),
+        )
+        snap = self.snapshot()
+        queues = GaugeMetricFamily("pdimport_queue_length", "daemon queues", labels=["queue"])
+        for name, n in sorted({"watch": 0, "retry": 0, **snap.get("queue", {})}.items()):
+            queues.add_metric([name], n)
+        drives = GaugeMetricFamily("pdimport_drives", "drives by state", labels=["state"])
+        states: dict[str, int] = {}
+        for drive in snap.get("drives", {}).values():
+            states[drive.get("state", "?")] = states.get(drive.get("state", "?"), 0) + 1
+        for state, n in sorted(states.items()):
+            drives.add_metric([state], n)
+        yield from (queues, drives)
+
+
+def registry(collector: JournalCollector) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)

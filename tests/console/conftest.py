@@ -1,0 +1,3 @@
+"""Fixtures of the console tests."""
+
+from fixtures_console import *

@@ -510,13 +510,16 @@ def test_never_merges_patients(corpus_runs, medium, receiver):
     assert not faults, "\n".join(faults)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16, open: the 10 files that name no patient, sent as they are by a "
-    "person's release, are stored again by the second import (not yet explained)",
-)
 @pytest.mark.parametrize(("medium", "receiver"), RUNS)
-def test_second_import_sends_nothing(corpus_runs, medium, receiver):
+def test_second_import_sends_nothing(corpus_runs, medium, receiver, request):
+    if medium != "dicomdir":  # the DICOMDIR medium has no file without a patient
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="issue 16, open: the files that name no patient, sent as they are "
+                "by a person's release, are stored again by the second import",
+            )
+        )
     """Nothing the first import delivered is sent again (the journal knows);
     what it could not deliver may be."""
     run = corpus_runs.get(medium, receiver)

@@ -299,14 +299,23 @@ def test_an_unlinked_blank_file_holds_a_one_patient_medium(tmp_path, state, stor
     assert sorted(i["state"] for i in rep["instances"]) == ["sent", "sent", "skipped"]
 
 
-def test_files_that_name_no_patient_cannot_be_released(tmp_path, state, storescp, capsys):
+def test_files_that_name_no_patient_go_only_as_they_are(tmp_path, state, storescp, capsys):
     disc = tmp_path / "disc"
     make_ct_series(disc / "A", 1, patient_id="", patient_name="", PatientBirthDate="")
     scp = storescp()
     rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--state-dir", str(state))
     assert rc == 1 and rep["hold_reasons"] == ["unidentified_patient"]
     assert [p["unidentified"] for p in rep["patients"]] == [True]
-    args = ["--keep-foreign", "--operator", "Sato", "--dest", scp.url, "--state-dir", str(state)]
-    assert main(["release", rep["job"], *args]) == 64
-    assert "cannot be released" in capsys.readouterr().err
+    common = ["--operator", "Sato", "--dest", scp.url, "--state-dir", str(state)]
+    # Nothing says whose they are: never under a local ID ...
+    assert (
+        main(["release", rep["job"], "--patient", "unidentified", "--local-id", "L1", *common])
+        == 64
+    )
+    assert "go only as they are" in capsys.readouterr().err
     assert scp.files() == []
+    # ... but a person may send them as they are, as dcmsend would.
+    assert (
+        main(["release", rep["job"], "--patient", "unidentified", "--keep-foreign", *common]) == 0
+    )
+    assert len(scp.files()) == 1

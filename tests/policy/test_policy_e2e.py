@@ -433,3 +433,13 @@ def test_multi_patient_medium_converts_nothing(tmp_path, state, storescp, capsys
     assert len(rep["instances"]) == 4  # no converted object among them
     assert not any(i.get("converted") for i in rep["instances"])
     assert scp.files() == []
+
+
+def test_a_medium_of_documents_only_ends_partial_for_a_person(tmp_path, state, storescp, capsys):
+    disc = tmp_path / "disc"
+    write_other_content(disc)  # documents, and no DICOM patient to file them with
+    scp = storescp()
+    rc, rep = run_cli(capsys, "import", str(disc), "--dest", scp.url, "--state-dir", str(state))
+    assert rc == 1 and rep["status"] == "partial", rep["problems"]
+    assert main(["jobs", "--json", "--state-dir", str(state)]) == 0
+    assert '"state": "partial"' in capsys.readouterr().out

@@ -49,6 +49,7 @@ from pdimport.job.reconcile import (
     HOLD,
     Reconciler,
     Settled,
+    all_discarded,
     patient_instances,
 )
 from pdimport.job.spoolwriter import SpoolWriter
@@ -323,7 +324,7 @@ class Importer:
         hold_reasons = list(dict.fromkeys(hold_reasons))
         deliverable = [i for i in inv.instances if i.state == "pending"]
         delivering = mode != "scan" and (bool(deliverable) or not hold_reasons)
-        if delivering and not all(s.action == DISCARD for s in settled if settled):
+        if delivering and not all_discarded(settled):
             self._apply_policy(job, inv, deliverable, ai_policy)
             self._coerce(job.id, settled, inv, facility)
             patients = group_patients(

@@ -61,6 +61,11 @@ class Settled:
     decision: Decision | None = None
 
 
+def all_discarded(settled: list[Settled]) -> bool:
+    """A person discarded every patient of the medium (none: not discarded)."""
+    return bool(settled) and all(s.action == DISCARD for s in settled)
+
+
 def patient_instances(patient: Patient) -> list[Instance]:
     return [i for st in patient.studies.values() for se in st.series.values() for i in se.instances]
 

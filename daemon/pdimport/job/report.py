@@ -7,6 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from pdimport.job.reconcile import all_discarded
 from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
@@ -74,8 +75,7 @@ def build(
     """The report of a job as it stands. ``reconciled`` says who each patient
     is here (:mod:`pdimport.job.reconcile`); ``decisions`` are a person's."""
     reconciled = reconciled or []
-    everyone_discarded = bool(reconciled) and all(r.action == "discard" for r in reconciled)
-    status = status_of(inv, hold_reasons, mode, failed, everyone_discarded)
+    status = status_of(inv, hold_reasons, mode, failed, all_discarded(reconciled))
     # Each reported patient is the settled one its files belong to (patients
     # may be grouped again after conversion; several may have no ID).
     by_instance = {id(i): r for r in reconciled for i in r.instances}

@@ -55,6 +55,19 @@ class ConversionError(FileProblem):
     """
 
 
+def check_values(owner: str, checks: list[tuple[str, str, str]], sex: tuple[str, str]) -> None:
+    """Strict when building (highdicom's principle): each ``(field, VR,
+    value)`` must be valid for its VR, and the sex field ``M``, ``F``, ``O``
+    or empty; otherwise a ValueError naming ``owner.field``."""
+    for name, vr, value in checks:
+        try:
+            validate_value(vr, value, _pydicom_config.RAISE)
+        except ValueError as exc:
+            raise ValueError(f"{owner}.{name}: {exc}") from None
+    if sex[1] not in ("", "M", "F", "O"):
+        raise ValueError(f"{owner}.{sex[0]}: {sex[1]!r} not M, F or O")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps on hostile Other Content (reliability.md row N1)."""
@@ -133,14 +146,11 @@ class PatientContext:
             "StudyID": "SH",
             "StudyDescription": "LO",
         }
-        for keyword, vr in checks.items():
-            value = getattr(self, keyword)
-            try:
-                validate_value(vr, value, _pydicom_config.RAISE)
-            except ValueError as exc:
-                raise ValueError(f"PatientContext.{keyword}: {exc}") from None
-        if self.PatientSex not in ("", "M", "F", "O"):
-            raise ValueError(f"PatientContext.PatientSex: {self.PatientSex!r} not M, F or O")
+        check_values(
+            "PatientContext",
+            [(keyword, vr, getattr(self, keyword)) for keyword, vr in checks.items()],
+            ("PatientSex", self.PatientSex),
+        )
 
     # ---------------------------------------------------------- construction
     @classmethod

@@ -60,15 +60,13 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import config as _pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.valuerep import validate_value
 
 from pdimport.convert.coerce import coercion_datetime, record_coercion
-from pdimport.convert.context import SYSTEM_NAME, choose_character_set
+from pdimport.convert.context import SYSTEM_NAME, check_values, choose_character_set
 from pdimport.reconcile.model import Candidate
 from pdimport.reconcile.rewrite import rewrite_file
 
@@ -114,13 +112,7 @@ class LocalIdentity:
             ("sex", "CS", self.sex),
             ("accession_number", "SH", self.accession_number or ""),
         ]
-        for field, vr, value in checks:
-            try:
-                validate_value(vr, value, _pydicom_config.RAISE)
-            except ValueError as exc:
-                raise ValueError(f"LocalIdentity.{field}: {exc}") from None
-        if self.sex not in ("", "M", "F", "O"):
-            raise ValueError(f"LocalIdentity.sex: {self.sex!r} not M, F or O")
+        check_values("LocalIdentity", checks, ("sex", self.sex))
 
     @classmethod
     def from_candidate(cls, chosen: Candidate) -> LocalIdentity:

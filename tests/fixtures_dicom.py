@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import struct
+import subprocess
 import warnings
 import zlib
 from pathlib import Path
@@ -635,3 +636,17 @@ def dicomdir_medium(tmp_path: Path) -> Path:
     root = tmp_path / "medium"
     make_dicomdir(root)
     return root
+
+
+def dciodvfy_lines(path: Path | str, *, new: bool = False) -> list[str]:
+    """dicom3tools' report on one file, a line each (``-new``: the newest
+    edition's rules)."""
+    assert shutil.which("dciodvfy"), "dicom3tools dciodvfy is required (DESIGN.md)"
+    args = ["dciodvfy", *(["-new"] if new else []), str(path)]
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
+    return [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+
+
+def dciodvfy_errors(path: Path | str, *, new: bool = False) -> list[str]:
+    """dciodvfy's Error (and Abort) lines for one file."""
+    return [ln for ln in dciodvfy_lines(path, new=new) if ln.startswith(("Error", "Abort"))]

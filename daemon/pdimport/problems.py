@@ -35,7 +35,14 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "a directory on the medium could not be listed; the files below it are missing",
     ),
-    "nesting_limit": ("error", "an archive or image nested inside another medium is not opened"),
+    "nesting_limit": (
+        "error",
+        "an archive or image nested deeper than the nesting limit is not opened",
+    ),
+    "directory_loop": (
+        "error",
+        "a directory leads back to itself or has a bad extent: the entries below it are missing",
+    ),
     # --- DICOMDIR ---------------------------------------------------------
     "dicomdir_invalid": (
         "warning",
@@ -143,6 +150,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "warning",
         "the file meta was missing or disagreed with the dataset; rebuilt from the dataset",
     ),
+    "vr_form_mismatch": (
+        "warning",
+        "explicit VR declared over an implicit VR body: read as implicit VR, sent re-encoded",
+    ),
     "length_repaired": (
         "warning",
         "an odd element or fragment length was padded to even, as PS3.5 requires of a sender",
@@ -160,6 +171,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "the destination accepts neither this SOP class nor any usable transfer syntax",
     ),
+    "decode_refused": (
+        "error",
+        "the codestream's own header disagrees with rows, columns, samples, bits or frames",
+    ),
     "decode_failed": (
         "error",
         "the object had to be decompressed for the destination and could not be",
@@ -168,6 +183,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "store_warning": ("warning", "the destination stored the object with a warning status"),
     "outcome_unknown": ("warning", "no C-STORE response arrived; the object will be sent again"),
     "write_failed": ("error", "writing to a file destination failed"),
+    "disk_full": (
+        "error",
+        "the appliance's disk or journal could not take more; intake paused, nothing lost",
+    ),
     "internal_error": (
         "error",
         "an unexpected error in pdimport itself; the rest of the medium went on",

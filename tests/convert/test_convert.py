@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from fixtures_dicom import dciodvfy_lines
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
@@ -35,15 +36,7 @@ LETTER = f"紹介状\n患者: {NAME_JA} 様\n右肺上葉に結節を認めま�
 # ------------------------------------------------------------------ helpers
 def dciodvfy(path: Path) -> list[str]:
     """Run dciodvfy; fail on any error; return the warning lines."""
-    assert shutil.which("dciodvfy"), "dicom3tools dciodvfy is required (DESIGN.md)"
-    proc = subprocess.run(
-        ["dciodvfy", str(path)],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-    )
-    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    lines = dciodvfy_lines(path)
     errors = [ln for ln in lines if ln.startswith("Error")]
     assert not errors, f"dciodvfy errors for {path.name}:\n" + "\n".join(lines)
     return [ln for ln in lines if ln.startswith("Warning")]

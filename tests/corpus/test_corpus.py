@@ -527,11 +527,6 @@ def test_second_import_sends_nothing(corpus_runs, medium, receiver):
     assert not run.second_changed, f"stored again: {run.second_changed[:10]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16, open: SC_rgb_jpeg.dcm declares JPEG baseline over an implicit VR "
-    "body; pydicom reads it, the scan refuses it (ts_mismatch)",
-)
 def test_scan_matches_pydicom(corpus_media, tmp_path):
     folder = corpus_media.folders["folder"]
     _rc, report = run_pdimport("scan", str(folder), "--state-dir", str(tmp_path / "state"))

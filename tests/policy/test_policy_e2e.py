@@ -9,12 +9,10 @@ reportlab and Pillow, the RT set from pydicom's bundled RTSTRUCT/RTPLAN/RTDOSE
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures_dicom import fresh_copy, make_ct, make_ct_series
+from fixtures_dicom import dciodvfy_errors, fresh_copy, make_ct, make_ct_series
 from pydicom import dcmread
 from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
@@ -155,16 +153,6 @@ def uids_of(paths) -> set[str]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
 
 
-def dciodvfy_errors(path: str) -> list[str]:
-    """dicom3tools' verdict on one file: its Error (and Abort) lines."""
-    assert shutil.which("dciodvfy"), "dicom3tools dciodvfy is required"
-    proc = subprocess.run(
-        ["dciodvfy", "-new", path], check=False, capture_output=True, text=True, timeout=60
-    )
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [ln for ln in lines if ln.startswith(("Error", "Abort"))]
-
-
 def snapshot(scp) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in scp.files()}
 
@@ -216,7 +204,7 @@ def test_other_content_joins_the_study(tmp_path, state, storescp, capsys):
         assert name in str(ds.SeriesDescription), (name, ds.SeriesDescription)
         assert ds.SOPClassUID == entry["sop_class_uid"]
         assert ds.SeriesInstanceUID not in {str(dcmread(series[0]).SeriesInstanceUID)}
-        errors = dciodvfy_errors(str(ds.filename))
+        errors = dciodvfy_errors(str(ds.filename), new=True)
         assert not errors, (name, errors)
         assert by_uid(rep)[entry["sop_instance_uid"]]["state"] == "sent"
     assert got[per_file["DOCS/LETTER.PDF"][0]["sop_instance_uid"]].SOPClassUID == ENCAPSULATED_PDF
@@ -358,7 +346,9 @@ def test_ai_results_arrive_marked(tmp_path, state, storescp, capsys):
         assert "InstanceCoercionDateTime" in ds
     seg = got[str(dcmread(ai[1]).SOPInstanceUID)]
     assert seg.SOPClassUID == SEGMENTATION
-    assert not dciodvfy_errors(str(seg.filename))  # highdicom's SEG, still valid once marked
+    assert not dciodvfy_errors(
+        str(seg.filename), new=True
+    )  # highdicom's SEG, still valid once marked
     # the original images are untouched
     for uid in uids_of(series):
         assert insts[uid]["kind"] == "image"

@@ -158,7 +158,6 @@ BROKEN = [
     ("nesting_300", lambda p: make_nested(p, 300), "nesting_too_deep"),
     ("nesting_5000", lambda p: make_nested(p, 5000), "nesting_too_deep"),
     ("le_body_be_meta", make_le_body_be_meta, "ts_mismatch"),
-    ("implicit_body_explicit_meta", make_implicit_body_explicit_meta, "ts_mismatch"),
     ("missing_sop_uid", make_missing_sop_uid, "missing_attribute"),
     ("control_char_sop_uid", lambda p: make_invalid_uid(p, "1.2.3\x01.4"), "missing_attribute"),
     ("multi_valued_sop_uid", lambda p: make_invalid_uid(p, "1.2.3\\1.2.4"), "missing_attribute"),
@@ -173,6 +172,31 @@ def test_broken_file_gives_its_code(tmp_path: Path, maker, code):
     result = _scan(path)
     assert isinstance(result, Problem), f"accepted: {result}"
     assert result.code == code, result.detail
+
+
+@pytest.mark.parametrize("scanner", available_scanners())
+def test_implicit_body_under_explicit_syntax_is_read_as_pydicom_reads_it(
+    tmp_path: Path, scanner: str
+):
+    """D8: explicit VR declared, every element implicit: read as implicit VR
+    (the values pydicom reads), with a warning; the copy sent is re-encoded."""
+    path = make_implicit_body_explicit_meta(tmp_path / "IM0001")
+    result = _scan(path, scanner=scanner)
+    assert isinstance(result, Header), result
+    assert result.warnings == ["vr_form_mismatch"]
+    assert PROBLEM_CODES["vr_form_mismatch"][0] == "warning"
+    for field, value in _oracle(path).items():
+        assert getattr(result, field) == value, field
+
+
+def test_explicit_body_with_one_odd_header_is_not_read_as_implicit(tmp_path: Path):
+    """The body counts as implicit VR only on evidence: a body whose first
+    element merely lacks VR bytes is still refused."""
+    body = struct.pack("<HH", 0x0008, 0x0016) + b"ZZ" + struct.pack("<H", 4) + b"1.2\0"
+    path = write_part10_bytes(tmp_path / "IM0001", body + bytes(range(64)))
+    for scanner in available_scanners():
+        result = _scan(path, scanner=scanner)
+        assert isinstance(result, Problem) and result.code == "ts_mismatch", (scanner, result)
 
 
 #: What storescp, dcmsend and Orthanc store although PS3.5 forbids it: a

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pdimport.job.prescan import SCAN_BATCH, Prescan
@@ -219,19 +221,16 @@ class InventoryTaker:
         without preamble/meta the same bytes behind correct file meta."""
         if header.encoding == "part10":
             return sha
-        cached = self.journal.derived(sha, "part10")
-        if cached and self.spool.has(cached):
-            return cached
-        work = self.spool.workfile(".dcm")
-        wrap_part10(self.spool.path(sha), work, header)
-        out, _ = self.spool.put_file(work)
-        self.journal.record_derived(sha, "part10", out)
-        return out
+        return self._derive(sha, "part10", lambda src, dst: wrap_part10(src, dst, header))
 
     def _repaired(self, sha: str, header: Header, path: str, inv: Inventory) -> str:
         """The file to send with what PS3.5/PS3.10 require of a sender repaired
         (:mod:`pdimport.send.repair`): ``sha`` itself when nothing needs it, else
-        a derived copy, recorded as ``meta_repaired`` / ``length_repaired``."""
+        a derived copy, recorded as ``meta_repaired`` / ``length_repaired``.
+        A body in another VR form than its syntax (``vr_form_mismatch``, a
+        warning of the scan) is re-encoded instead."""
+        if "vr_form_mismatch" in header.warnings:
+            return self._derive(sha, "explicit_vr", repair.reencode_explicit)
         fix = repair.plan(
             self.spool.path(sha),
             header.sop_class_uid,
@@ -243,13 +242,18 @@ class InventoryTaker:
         for code, detail in zip(("meta_repaired", "length_repaired"), repair.summary(fix)):
             if detail:
                 inv.problems.append(Problem(code, path, detail))
-        cached = self.journal.derived(sha, "repaired")
+        return self._derive(sha, "repaired", lambda src, dst: repair.write(src, dst, fix))
+
+    def _derive(self, sha: str, kind: str, make: Callable[[Path, Path], None]) -> str:
+        """The spool file derived from ``sha`` by ``make(source, target)``,
+        made once and cached in the journal under ``kind``."""
+        cached = self.journal.derived(sha, kind)
         if cached and self.spool.has(cached):
             return cached
         work = self.spool.workfile(".dcm")
-        repair.write(self.spool.path(sha), work, fix)
+        make(self.spool.path(sha), work)
         out, _ = self.spool.put_file(work)
-        self.journal.record_derived(sha, "repaired", out)
+        self.journal.record_derived(sha, kind, out)
         return out
 
     def _read_dicomdirs(self, files: list[Any], inv: Inventory) -> dict[str, Any]:

@@ -218,24 +218,36 @@ def _raw_encoding_for(ts: str) -> str:
     return "explicit_le"
 
 
-def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> None:
+def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> bool:
     """Transfer-syntax plausibility probe (notes D8; PS3.5 §A.1–A.3).
 
     The first dataset element tells whether the body is in the declared
     byte order and VR form: its group must be a low even group in the
     declared order, and its VR bytes valid exactly when explicit VR is declared.
+
+    Returns
+    -------
+    bool
+        True when an explicit VR little endian syntax (an encapsulated one,
+        typically: a vendor that wrote the body before compressing) is
+        declared over a body whose elements read, at length, as implicit VR
+        little endian. The body is then read as implicit VR, as pydicom and
+        dcmtk do, and a copy in the declared syntax is sent
+        (``vr_form_mismatch``). False when the body is as declared.
     """
     if len(b) < 8:
-        return  # an empty or tiny body: the walk reports it
+        return False  # an empty or tiny body: the walk reports it
     group = _u16(b[0:2], little)
     swapped = _u16(b[0:2], not little)
     if not _plausible_first_group(group) and _plausible_first_group(swapped):
         order = "little" if little else "big"
         raise FileProblem("ts_mismatch", f"{ts} declares {order} endian but the body is not")
     if group == 0xFFFE:
-        return
+        return False
     has_vr = b[4:6] in VRS
     if not implicit and not has_vr:
+        if little and _probe_elements(b, little, True, 3) and _implicit_count(b) >= 3:
+            return True
         if _probe_elements(b, little, True, 1):
             raise FileProblem(
                 "ts_mismatch", f"{ts} declares explicit VR but the body is implicit VR"
@@ -246,6 +258,25 @@ def _check_first_element(b: bytes, little: bool, implicit: bool, ts: str) -> Non
     if implicit and has_vr and _probe_elements(b, little, False, 3) and _explicit_count(b) >= 2:
         # pydicom switches to explicit VR here with only a warning (D8).
         raise FileProblem("ts_mismatch", f"{ts} declares implicit VR but the body is explicit VR")
+    return False
+
+
+def _implicit_count(b: bytes) -> int:
+    """How many whole implicit VR LE elements of even length, in ascending
+    tag order, start ``b``, none of which reads as explicit VR (probe helper)."""
+    pos = count = 0
+    last = -1
+    while pos + 8 <= len(b):
+        tag = _tag(b[pos : pos + 8], True)
+        length = _u32(b[pos + 4 : pos + 8], True)
+        if tag <= last or length % 2 or b[pos + 4 : pos + 6] in VRS:
+            break
+        if pos + 8 + length > len(b):
+            return count + 1  # runs past the probe: still a plausible element
+        pos += 8 + length
+        last = tag
+        count += 1
+    return count
 
 
 def _explicit_count(b: bytes) -> int:

@@ -177,6 +177,9 @@ def _read_dataset(path: Path, res: WalkResult) -> Any:
                 defer_size=_DEFER_SIZE,
             )
     lost = [str(w.message) for w in caught if _matches(w, _DATA_LOSS_WARNINGS)]
+    if "vr_form_mismatch" in res.warnings:
+        # The walker has read the whole body as implicit VR: so does pydicom.
+        lost = [m for m in lost if "expected explicit vr" not in m.lower()]
     if lost:
         raise FileProblem("unparsable", f"pydicom: {lost[0]}")
     return ds

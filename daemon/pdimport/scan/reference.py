@@ -317,7 +317,20 @@ REFERENCE: tuple[Reference, ...] = (
     ),
     Reference("MR_truncated.dcm", "part10", problem="truncated"),
     Reference("rtplan_truncated.dcm", "part10", problem="truncated"),
-    Reference("SC_rgb_jpeg.dcm", "part10", problem="ts_mismatch"),
+    Reference(
+        # JPEG Baseline declared over an implicit VR body: read as pydicom
+        # and dcmtk read it, sent re-encoded in explicit VR.
+        "SC_rgb_jpeg.dcm",
+        "part10",
+        {
+            "transfer_syntax": "1.2.840.10008.1.2.4.50",
+            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
+            "sop_instance_uid": "1.2.826.0.1.3680043.8.498.13002811185086637637347356263722492924",
+            "study_uid": "1.2.826.0.1.3680043.8.498.13331179108403236084039838123417806584",
+            "modality": "OT",
+            "warnings": ["vr_form_mismatch"],
+        },
+    ),
     Reference("meta_missing_tsyntax.dcm", "part10", problem="bad_file_meta"),
     Reference(
         # Its File Meta names another SOP Instance UID than its dataset:

@@ -194,7 +194,13 @@ def _walk_open(fp: BinaryIO, size: int, encoding: str, limits: Any) -> WalkResul
         fp.seek(ds_offset)
         first = fp.read(_PROBE)
         src = _FileSource(fp, size, ds_offset)
-    _check_first_element(first, little, implicit, ts)
+    if _check_first_element(first, little, implicit, ts):
+        if res.inflated:
+            raise FileProblem(
+                "ts_mismatch", f"{ts} declares explicit VR but the body is implicit VR"
+            )
+        implicit = True
+        res.warnings.append("vr_form_mismatch")
     _Walker(src, res, little, implicit, size, limits).run()
     _check_pixel_data(res)
     return res

@@ -407,6 +407,31 @@ def _copy(fp: BinaryIO, count: int, block: int) -> Iterator[bytes]:
         yield chunk
 
 
+def reencode_explicit(src: Path, dst: Path) -> None:
+    """Write the data set of `src`, a Part 10 file whose body is implicit VR
+    little endian although its transfer syntax declares explicit VR
+    (``vr_form_mismatch``), in explicit VR little endian under that syntax
+    (PS3.5 A.4: an encapsulated syntax encodes the data set in explicit VR LE).
+
+    pydicom reads the body as implicit VR, as the scan did, taking each VR
+    from its data dictionary (UN for a private element it does not know);
+    The values themselves, fragments included, are unchanged. The file is
+    held in memory once, as pydicom holds a file it writes.
+    """
+    import warnings
+
+    from pydicom import dcmread
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Expected explicit VR, but found implicit VR"
+        ds = dcmread(src, defer_size=1 << 16)
+        for _elem in ds.iterall():
+            pass  # converts every raw element, its VR from the dictionary
+        ds.save_as(dst, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    with open(dst, "rb+") as out:
+        os.fsync(out.fileno())
+
+
 def summary(repair: Repair, limit: int = 5) -> tuple[str, str]:
     """The details for ``meta_repaired`` and ``length_repaired`` ("" if none)."""
 
@@ -417,4 +442,13 @@ def summary(repair: Repair, limit: int = 5) -> tuple[str, str]:
     return words(repair.meta), words(repair.lengths)
 
 
-__all__ = ["DEFLATED", "MAX_DEPTH", "Repair", "Unwalkable", "plan", "summary", "write"]
+__all__ = [
+    "DEFLATED",
+    "MAX_DEPTH",
+    "Repair",
+    "Unwalkable",
+    "plan",
+    "reencode_explicit",
+    "summary",
+    "write",
+]

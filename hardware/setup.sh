@@ -46,14 +46,15 @@ esac
 # peers (dcmtk storescp/wlmscpfs, Orthanc, cupsd, systemd-udevd), build real
 # ISO images (genisoimage, xorriso), attach loop devices (losetup) and
 # validate what we create (dicom3tools dciodvfy); the console's browser test
-# drives Debian's headless chromium through chromedriver.
+# drives Debian's headless chromium through chromedriver; emulated drives
+# (hardware/fusedrive.py) serve disc images through FUSE (fuse3).
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc
     dcmtk orthanc dicom3tools
     genisoimage xorriso libudfread0 udftools
     udev util-linux
     cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools
-    curl procps
+    curl procps fuse3
     chromium chromium-driver
 )
 

@@ -51,7 +51,12 @@ class Medium(Protocol):
 
 
 class MediumReadError(CodedError):
-    """Reading an entry failed; ``code`` is a problem code."""
+    """Reading an entry failed; ``code`` is a problem code, ``lbas`` the
+    sectors that stayed unreadable (empty when the error names none)."""
+
+    def __init__(self, code: str, detail: str = "", lbas: tuple[int, ...] = ()) -> None:
+        super().__init__(code, detail)
+        self.lbas = lbas
 
 
 # ------------------------------------------------------------ identification

@@ -18,6 +18,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "blank_medium": ("error", "a blank disc: nothing to import"),
     "audio_cd": ("error", "an audio CD: nothing to import"),
     "unreadable_sector": ("error", "a read error (EIO or short read) inside the file's data"),
+    "read_abandoned": (
+        "error",
+        "the medium used up its read-error budget (bad sectors, minutes): file not read",
+    ),
     "truncated_extent": ("error", "the file's extent runs past the end of the medium"),
     "unsafe_path": ("error", "an entry name escapes the medium root (.., absolute, drive letter)"),
     "link_ignored": (

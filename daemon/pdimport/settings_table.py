@@ -320,6 +320,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)", min=1),
     Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes", min=1),
     Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked", min=1),
+    # a damaged disc must not hold a drive for an hour (hardware notes: each bad
+    # sector costs the drive's own retries, up to 3 x 30 s in the kernel)
+    Setting(
+        "limits.max_bad_sectors",
+        int,
+        200,
+        "unreadable sectors after which the rest of a medium is not read (read_abandoned)",
+        min=0,
+    ),
+    Setting(
+        "limits.max_read_error_minutes",
+        float,
+        10.0,
+        "minutes spent on files that failed to read after which the rest of a medium "
+        "is not read (read_abandoned)",
+        min=0,
+    ),
     # the operator console (pdimport.console), served by the daemon
     Setting("console.enabled", bool, True, "serve the operator console from the daemon"),
     Setting(

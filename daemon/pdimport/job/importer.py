@@ -43,6 +43,7 @@ from pdimport.job.inventory import Inventory, InventoryTaker
 from pdimport.job.lifecycle import JobEvent, JobState
 from pdimport.job.prescan import PrescanStore, PrescanWorker
 from pdimport.job.progress import ProgressMeter, ProgressSink
+from pdimport.job.readbudget import ReadBudget
 from pdimport.job.reconcile import (
     DELIVER,
     DISCARD,
@@ -219,6 +220,7 @@ class Importer:
         meter = ProgressMeter(
             job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
         )
+        budget = ReadBudget.from_settings(self.settings)
         try:
             for seq, entry in enumerate(entries):
                 rec = done.get(entry.path)
@@ -231,7 +233,12 @@ class Importer:
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
                     meter.add(files=1, nbytes=entry.size)
                     continue
-                self._read_entry(medium, seq, entry, writer, meter)
+                if budget.exhausted:
+                    writer.begin(seq, entry)
+                    writer.fail("read_abandoned", budget.why())
+                    meter.add(files=1, nbytes=entry.size)
+                    continue
+                self._read_entry(medium, seq, entry, writer, meter, budget)
             finished = True
             meter.finish()
         finally:
@@ -250,11 +257,18 @@ class Importer:
 
     @staticmethod
     def _read_entry(
-        medium: Any, seq: int, entry: Any, writer: SpoolWriter, meter: ProgressMeter
+        medium: Any,
+        seq: int,
+        entry: Any,
+        writer: SpoolWriter,
+        meter: ProgressMeter,
+        budget: ReadBudget,
     ) -> None:
-        """Stream one entry's bytes to the writer; a read error ends it as a problem."""
+        """Stream one entry's bytes to the writer; a read error ends it as a
+        problem and is charged to the medium's read-error budget."""
         writer.begin(seq, entry)
         meter.add(files=1)
+        budget.start()
         try:
             with medium.open(entry) as fp:
                 for chunk in iter_chunks(fp):
@@ -262,9 +276,12 @@ class Importer:
                     meter.add(nbytes=len(chunk))
         except MediumReadError as exc:
             writer.fail(exc.code, exc.detail)
+            if exc.code == "unreadable_sector":
+                budget.failed(exc)
             return
         except OSError as exc:
             writer.fail("unreadable_sector", str(exc))
+            budget.failed(exc)
             return
         writer.end()
 

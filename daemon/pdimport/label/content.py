@@ -71,6 +71,7 @@ REASON_WORDS: dict[str, tuple[str, str]] = {
 UNREADABLE_CODES = frozenset(
     {
         "unreadable_sector",
+        "read_abandoned",
         "truncated_extent",
         "unsafe_path",
         "too_large",

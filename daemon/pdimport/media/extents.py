@@ -181,7 +181,9 @@ class ExtentReader(LargeReads):
             out += sector[lo - lba * SECTOR : hi - lba * SECTOR]
         if bad:
             raise MediumReadError(
-                "unreadable_sector", f"{self._label}: unreadable LBA {', '.join(map(str, bad))}"
+                "unreadable_sector",
+                f"{self._label}: unreadable LBA {', '.join(map(str, bad))}",
+                lbas=tuple(bad),
             )
         return bytes(out)
 

@@ -9,6 +9,7 @@ because the declared sizes are the attacker's numbers (Z2).
 from __future__ import annotations
 
 import io
+import lzma
 import logging
 import re
 import stat
@@ -77,7 +78,12 @@ class _CountingReader(LargeReads):
             data = self._member.read(min(len(buf), CHUNK))
         except zipfile.BadZipFile as exc:  # includes "Bad CRC-32"
             raise MediumReadError("archive_corrupt", f"{self._label}: {exc}") from exc
-        except (zlib.error, EOFError, NotImplementedError, ValueError) as exc:
+        except (zlib.error, lzma.LZMAError, EOFError, NotImplementedError, ValueError) as exc:
+            raise MediumReadError("archive_corrupt", f"{self._label}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the package file itself could not be read
+            # bz2 says "Invalid data stream" as an OSError without errno
             raise MediumReadError("archive_corrupt", f"{self._label}: {exc}") from exc
         self._count += len(data)
         if self._count > self._declared:
@@ -119,7 +125,7 @@ class ZipMedium:
         self._max_ratio = settings.get("limits.max_zip_ratio")
         try:
             self._zip = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError) as exc:
             raise MediumOpenError("unreadable_medium", f"{source}: {exc}") from exc
         self._infos: dict[str, zipfile.ZipInfo] = {}
         self._entries = self._list(SizeBudget.from_settings(settings))
@@ -129,6 +135,9 @@ class ZipMedium:
         taken: set[str] = set()
         # Local-header order = the order the bytes sit in the file.
         for info in sorted(self._zip.infolist(), key=lambda i: i.header_offset):
+            if not info.filename:  # zipfile's own is_dir() fails on it
+                self.problems.append(Problem("archive_corrupt", "", "a member without a name"))
+                continue
             if info.is_dir() or info.filename.endswith("\\"):
                 continue
             code, why = self._refusal(info)

@@ -175,6 +175,14 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "the destination accepts neither this SOP class nor any usable transfer syntax",
     ),
+    "commitment_failed": (
+        "error",
+        "the destination did not commit an instance it had acknowledged (storage commitment)",
+    ),
+    "commitment_unanswered": (
+        "error",
+        "the destination did not answer the storage commitment request; the job waits",
+    ),
     "decode_refused": (
         "error",
         "the codestream's own header disagrees with rows, columns, samples, bits or frames",

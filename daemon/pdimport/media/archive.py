@@ -9,8 +9,8 @@ because the declared sizes are the attacker's numbers (Z2).
 from __future__ import annotations
 
 import io
-import lzma
 import logging
+import lzma
 import re
 import stat
 import zipfile

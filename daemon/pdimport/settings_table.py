@@ -320,6 +320,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_nesting", int, 64, "deepest sequence nesting accepted (dcmtk: 64)", min=1),
     Setting("limits.max_inflate", int, 2 << 30, "largest inflated deflate dataset, bytes", min=1),
     Setting("limits.max_dicomdir_records", int, 1_000_000, "most DICOMDIR records walked", min=1),
+    # decoding for destinations that refuse a compressed syntax (pdimport.transcode)
+    Setting(
+        "decode.memory_budget_mb",
+        int,
+        4096,
+        "memory all decode workers may take together, MB: each worker gets an equal "
+        "share (at least 512, so fewer workers on a small budget), each file a cap "
+        "from its decoded size",
+        min=512,
+    ),
     # the operator console (pdimport.console), served by the daemon
     Setting("console.enabled", bool, True, "serve the operator console from the daemon"),
     Setting(

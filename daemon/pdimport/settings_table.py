@@ -337,6 +337,16 @@ SETTINGS: tuple[Setting, ...] = (
         "is not read (read_abandoned)",
         min=0,
     ),
+    # decoding for destinations that refuse a compressed syntax (pdimport.transcode)
+    Setting(
+        "decode.memory_budget_mb",
+        int,
+        4096,
+        "memory all decode workers may take together, MB: each worker gets an equal "
+        "share (at least 512, so fewer workers on a small budget), each file a cap "
+        "from its decoded size",
+        min=512,
+    ),
     # the operator console (pdimport.console), served by the daemon
     Setting("console.enabled", bool, True, "serve the operator console from the daemon"),
     Setting(

@@ -110,10 +110,8 @@ def test_lossless_decode_is_pixel_identical_to_dcmtk(
     raw = make_ct(tmp_path / "raw.dcm", signed=signed)
     src = encode(raw, name, tmp_path / f"{name}.dcm")
     ref = reference_decode(name, src, tmp_path / "ref.dcm")
-    [(_, ok, detail)] = list(
-        decode_many([(src, tmp_path / "ours.dcm")], ExplicitVRLittleEndian, workers=1)
-    )
-    assert ok, detail
+    [res] = list(decode_many([(src, tmp_path / "ours.dcm")], ExplicitVRLittleEndian, workers=1))
+    assert res.ok, res.detail
     ours = dcmread(tmp_path / "ours.dcm")
     assert ours.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert ours.SOPInstanceUID == dcmread(src).SOPInstanceUID
@@ -273,8 +271,9 @@ def test_corrupt_input_is_a_per_item_failure(tmp_path: Path, rle_series: list[Pa
             workers=2,
         )
     )
-    assert [ok for _, ok, _ in results] == [True, False, False, True]
-    assert all(detail for _, _, detail in results)
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert all(r.detail for r in results)
+    assert [r.code for r in results if not r.ok] == ["decode_failed"] * 2
     assert not (tmp_path / "o1.dcm").exists() and not (tmp_path / "o2.dcm").exists()
 
 
@@ -301,10 +300,10 @@ def test_lookahead_is_bounded_whatever_the_series_size(
 
 
 def test_unsupported_target_is_refused(tmp_path: Path, rle_series: list[Path]) -> None:
-    [(_, ok, detail)] = list(
+    [res] = list(
         decode_many([(rle_series[0], tmp_path / "x.dcm")], "1.2.840.10008.1.2.4.50", workers=1)
     )
-    assert not ok and "uncompressed" in detail
+    assert not res.ok and "uncompressed" in res.detail
 
 
 # ------------------------------------------------------------ delivery

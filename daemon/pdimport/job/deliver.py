@@ -294,7 +294,7 @@ class Deliverer:
 
 
 #: Failures for which another encoding of the instance may still go.
-_ANOTHER_COPY_MAY_GO = frozenset({"decode_failed", "no_presentation_context"})
+_ANOTHER_COPY_MAY_GO = frozenset({"decode_failed", "decode_refused", "no_presentation_context"})
 
 
 def _out_of_resources(status: int | None) -> bool:

@@ -44,6 +44,7 @@ NET_SETTINGS = (
     "network.dimse_timeout",
     "network.network_timeout",
     "network.max_pdu",
+    "decode.memory_budget_mb",
 )
 
 

@@ -395,7 +395,7 @@ def _prepare(
         if not converted.exists():
             convert(item.path, converted, target)
     except TranscodeError as exc:
-        return decode_failed(item, target, str(exc))
+        return decode_failed(item, target, str(exc), exc.code)
     return converted, target, converted
 
 
@@ -407,13 +407,17 @@ def conversion_target(item: SendItem, accepted: dict[str, list[str]]) -> str | N
     return next((t for t in FALLBACK_TS if t in syntaxes), None)
 
 
-def decode_failed(item: SendItem, target: str, detail: str) -> SendOutcome:
-    """The outcome of an item whose conversion to `target` failed (permanent)."""
+def decode_failed(
+    item: SendItem, target: str, detail: str, code: str = TranscodeError.code
+) -> SendOutcome:
+    """The outcome of an item whose conversion to `target` failed (permanent):
+    `code` is ``decode_failed``, or ``decode_refused`` for a codestream whose
+    header disagrees with the dataset."""
     return SendOutcome(
         item.key,
         "failed",
         None,
-        TranscodeError.code,
+        code or TranscodeError.code,
         f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}",
     )
 

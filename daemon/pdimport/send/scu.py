@@ -129,7 +129,8 @@ def send_batch(
         except LinkDown as down:
             give_back(batch.items, down.code, down.detail, on_outcome, down.state)
             return down
-        stream = converted_ahead(link, batch.items, workdir)
+        budget = int(settings.get("decode.memory_budget_mb"))
+        stream = converted_ahead(link, batch.items, workdir, budget)
         for n, (item, failed) in enumerate(stream):
             if failed is not None:
                 on_outcome(failed)
@@ -151,7 +152,7 @@ def send_batch(
 
 
 def converted_ahead(
-    link: Link, items: list[SendItem], workdir: Path
+    link: Link, items: list[SendItem], workdir: Path, budget_mb: int | None = None
 ) -> Generator[tuple[SendItem, SendOutcome | None]]:
     """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
 
@@ -162,28 +163,29 @@ def converted_ahead(
     stays bounded. A failed, crashed or stuck decode is reported here and
     never reaches the link. One pool per conversion target (almost always
     one: Explicit VR Little Endian); a copy made by an earlier attempt is
-    sent again as it is.
+    sent again as it is. The pools share `budget_mb` of memory
+    (``decode.memory_budget_mb``).
     """
     plan = _pool_plan(link, items, workdir)
     if not plan:
         yield from ((item, None) for item in items)
         return
-    streams: dict[str, Generator[tuple[Any, bool, str]]] = {}
+    streams: dict[str, Generator[decode.DecodeResult]] = {}
     try:
         for target, pooled in plan.items():
             jobs = ((items[n].path, converted_path(workdir, items[n], target), n) for n in pooled)
             # every core; fewer workers for fewer items (one starts in ~0.1 s)
             workers = min(len(pooled), os.cpu_count() or 1)
-            streams[target] = decode.decode_many(jobs, target, workers=workers)
+            streams[target] = decode.decode_many(jobs, target, workers, budget_mb=budget_mb)
         waiting = {n: target for target, pooled in plan.items() for n in pooled}
         for n, item in enumerate(items):
             wanted = waiting.get(n)
             if wanted is None:
                 yield item, None
                 continue
-            (_src, _dst, index), ok, detail = next(streams[wanted])
-            assert index == n, "decode_many answers in submission order"
-            yield item, None if ok else decode_failed(item, wanted, detail)
+            res = next(streams[wanted])
+            assert res.item[2] == n, "decode_many answers in submission order"
+            yield item, None if res.ok else decode_failed(item, wanted, res.detail, res.code)
     finally:
         for stream in streams.values():
             stream.close()

@@ -13,9 +13,14 @@ bottleneck of a whole import (performance notes §2, §5). So:
   file it was decoding, as ``decode_failed``; a fresh worker takes its place;
 * so does a worker that spends longer than ``timeout`` seconds on one file
   (a codec looping on hostile input): it is killed;
-* each worker's address space is capped (half the machine's memory by
-  default): a file that makes a codec ask for absurd buffers fails with
-  ``MemoryError`` instead of waking the OOM killer.
+* before any codec runs, the codestream's own header is checked against
+  the dataset (:mod:`pdimport.transcode.codestream`): a mismatch is
+  ``decode_refused``, a broken structure ``decode_failed``;
+* the workers share one memory budget (``decode.memory_budget_mb``): each
+  worker's address space is capped at its share, each file lower still,
+  from its expected decoded size (:mod:`pdimport.transcode.memory`), so a
+  file that makes a codec ask for absurd buffers fails with ``MemoryError``
+  instead of taking a worker's share or waking the OOM killer.
 
 Each worker runs :func:`pdimport.transcode.reencode.convert`, the same
 single-file conversion the sender uses in-process: the decoder per transfer
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Self
 
+from pdimport.transcode import memory as mem
 from pdimport.transcode.reencode import (
     DECODER_PREFERENCE,
     TARGETS,
@@ -61,37 +67,33 @@ STOP_GRACE = 5.0
 decode_file = convert
 
 
+#: Memory budget of a pool when none is given: the setting's default.
+DEFAULT_BUDGET_MB = 4096
+
+
 @dataclass(frozen=True)
 class DecodeResult:
     """Outcome of one item. ``detail`` is the transfer syntax written when
-    ``ok``, else why it failed."""
+    ``ok``, else why it failed; ``code`` the problem code of a failure
+    (``decode_failed`` or ``decode_refused``); ``peak_rss`` the worker's peak
+    resident memory in bytes so far (0 when it died)."""
 
     item: Any
     ok: bool
     detail: str
+    code: str = ""
+    peak_rss: int = 0
 
 
 # ------------------------------------------------------------ the pool
-def default_memory_limit() -> int:
-    """Address space one worker may use: half the machine's memory, so a
-    file that asks a codec for absurd buffers fails alone (MemoryError:
-    ``decode_failed``) long before the kernel's OOM killer has to choose a
-    process, which might be the daemon. A legitimate 1,000-frame 512×512
-    series decodes to 0.5 GB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-    return max(total // 2, 2 << 30)
-
-
 def _worker_main(conn: Connection, memory: int = 0) -> None:
-    """Worker process: decode one task at a time until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    if memory > 0:
-        import resource
+    """Worker process: decode one task at a time until told to stop.
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    The address space is capped at `memory` (the worker's share of the
+    budget) for life, and each file at its own need within that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    mem.cap_worker(memory)
     while True:
         try:
             task = conn.recv()
@@ -100,12 +102,23 @@ def _worker_main(conn: Connection, memory: int = 0) -> None:
         if task is None:
             return
         seq, src, dst, target_ts, decode = task
-        try:
-            conn.send((seq, True, decode(src, dst, target_ts)))
-        except TranscodeError as exc:
-            conn.send((seq, False, str(exc)))
-        except Exception as exc:  # noqa: BLE001 - failure is a value per file
-            conn.send((seq, False, f"{type(exc).__name__}: {exc}"))
+        limit = mem.address_space() + mem.file_need(src) if memory > 0 else 0
+        with mem.capped(limit) as cap:
+            reply = _run(decode, src, dst, target_ts, cap)
+        conn.send((seq, *reply, mem.peak_rss()))
+
+
+def _run(decode: Any, src: str, dst: str, target_ts: str, cap: int) -> tuple[bool, str, str]:
+    """``(ok, detail, code)`` of one decode: failure is a value per file."""
+    try:
+        return True, decode(src, dst, target_ts), ""
+    except TranscodeError as exc:
+        detail, code = str(exc), exc.code
+    except Exception as exc:  # noqa: BLE001 - failure is a value per file
+        detail, code = f"{type(exc).__name__}: {exc}", TranscodeError.code
+    if "MemoryError" in detail and cap > 0:
+        detail += f" (this file may take {cap >> 20} MB of address space)"
+    return False, detail, code
 
 
 class DecodePool:
@@ -127,9 +140,14 @@ class DecodePool:
     timeout : float, optional
         Seconds one file may take before its worker is killed and the file
         fails (default :data:`DEFAULT_TIMEOUT`).
+    budget_mb : int, optional
+        Memory of all workers together, MB (default
+        :data:`DEFAULT_BUDGET_MB`, the setting ``decode.memory_budget_mb``):
+        each worker's address space is capped at an equal share, and there
+        are no more workers than shares of :data:`~pdimport.transcode.memory.MIN_WORKER`.
     memory : int, optional
-        Address space limit of each worker in bytes
-        (default :func:`default_memory_limit`; 0: none).
+        The share of each worker in bytes, instead of one from `budget_mb`
+        (0: no cap).
 
     Examples
     --------
@@ -146,11 +164,17 @@ class DecodePool:
         decode: Any = None,
         timeout: float | None = None,
         memory: int | None = None,
+        budget_mb: int | None = None,
     ) -> None:
         self._decode = decode or decode_file
         self.timeout = float(timeout or DEFAULT_TIMEOUT)
-        self.memory = default_memory_limit() if memory is None else int(memory)
         self.workers = max(1, workers or os.cpu_count() or 1)
+        if memory is None:
+            budget = int(budget_mb or DEFAULT_BUDGET_MB) << 20
+            self.workers = mem.workers_within(budget, self.workers)
+            memory = budget // self.workers
+        #: Address space cap of each worker, bytes (0: none).
+        self.memory = int(memory)
         self.lookahead = max(self.workers, lookahead or 2 * self.workers)
         ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -229,10 +253,10 @@ class DecodePool:
         """Wait for at least one worker to answer, die or overrun its file."""
         # All of them: an idle worker that died is replaced before it is given a file.
         for worker in self._pool.wait(self._pool.workers):
-            for seq, ok, detail in worker.messages():
+            for seq, ok, detail, code, peak in worker.messages():
                 held = worker.done()
                 assert held == seq, "a worker answers the one file it holds"
-                done[seq] = DecodeResult(taken[seq], ok, detail)
+                done[seq] = DecodeResult(taken[seq], ok, detail, code, peak)
             if worker.alive and not worker.hung_up:
                 continue
             if worker.held:
@@ -254,7 +278,7 @@ class DecodePool:
             taken[seq][0],
         )
         detail = f"decoder {killed}" if killed else f"decoder crashed ({why})"
-        done[seq] = DecodeResult(taken[seq], False, detail)
+        done[seq] = DecodeResult(taken[seq], False, detail, TranscodeError.code)
 
 
 def decode_many(
@@ -262,20 +286,21 @@ def decode_many(
     target_ts: str,
     workers: int | None = None,
     lookahead: int | None = None,
-) -> Generator[tuple[Any, bool, str]]:
-    """Decode ``(src, dst, ...)`` items on every core; ``(item, ok, detail)`` in order.
+    budget_mb: int | None = None,
+) -> Generator[DecodeResult]:
+    """Decode ``(src, dst, ...)`` items on every core; a :class:`DecodeResult` each, in order.
 
-    ``detail`` is the transfer syntax written when ``ok``, else the reason
-    (report it as problem ``decode_failed``). The pool lives as long as the
+    A failed one carries its problem code (``decode_failed`` or
+    ``decode_refused``) and the reason. The pool lives as long as the
     iterator: exhaust or close it.
     """
-    with DecodePool(workers, lookahead) as pool:
-        for res in pool.map(items, target_ts):
-            yield res.item, res.ok, res.detail
+    with DecodePool(workers, lookahead, budget_mb=budget_mb) as pool:
+        yield from pool.map(items, target_ts)
 
 
 __all__ = [
     "DECODER_PREFERENCE",
+    "DEFAULT_BUDGET_MB",
     "TARGETS",
     "DecodePool",
     "DecodeResult",

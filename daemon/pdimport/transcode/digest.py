@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 
+from pdimport.transcode.codestream import CodestreamError, check_dataset
 from pdimport.transcode.decode import DecodePool
 from pdimport.transcode.reencode import TranscodeError, decoder_for
 
@@ -43,10 +44,13 @@ def pixel_digest(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str)
         if not any(k in ds for k in _PIXEL_KEYWORDS):
             raise TranscodeError("no pixel data to compare")
         ts = str(ds.file_meta.TransferSyntaxUID)
+        check_dataset(ds)  # compressed: its header first, as before a conversion
         ds.pixel_array_options(decoding_plugin=decoder_for(ts), as_rgb=True)
         arr = np.ascontiguousarray(ds.pixel_array)
     except TranscodeError:
         raise
+    except CodestreamError as exc:
+        raise TranscodeError(str(exc), exc.code) from None
     except Exception as exc:  # any codec or parser error is this copy's failure
         raise TranscodeError(f"{type(exc).__name__}: {exc}") from exc
     digest = hashlib.sha256(f"{arr.shape}|{arr.dtype.newbyteorder('<').str}|".encode())

@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 
 from pdimport.store.fsutil import atomic_write
+from pdimport.transcode.codestream import CodestreamError, check_dataset
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,9 +100,16 @@ _ENCAPSULATED_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (+ length
 
 
 class TranscodeError(Exception):
-    """The object could not be re-encoded; maps to problem ``decode_failed``."""
+    """The object could not be re-encoded; ``code`` is its problem code:
+    ``decode_failed``, or ``decode_refused`` when the codestream's header
+    disagrees with the dataset (:mod:`pdimport.transcode.codestream`)."""
 
     code = "decode_failed"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> str:
@@ -128,8 +136,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> s
     Raises
     ------
     TranscodeError
-        When the target is not supported, the pixel data cannot be decoded or
-        the result cannot be written.
+        When the target is not supported, the codestream's header disagrees
+        with the dataset or its structure is broken (checked before any
+        decoder runs), the pixel data cannot be decoded or the result cannot
+        be written.
     """
     target = UID(target_ts)
     if target not in TARGETS:
@@ -145,6 +155,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> s
         _write_atomic(ds, Path(dst))
     except TranscodeError:
         raise
+    except CodestreamError as exc:
+        raise TranscodeError(str(exc), exc.code) from None
     except Exception as exc:  # any codec or parser error is this file's failure
         raise TranscodeError(f"{type(exc).__name__}: {exc}") from exc
     LOGGER.info("converted %s (%s) to %s", Path(src).name, source.name, target.name)
@@ -165,6 +177,7 @@ def decoder_for(ts: str) -> str:
 
 
 def _decompress(ds: Dataset, source: UID) -> None:
+    check_dataset(ds)  # before a codec sizes its buffers from the codestream
     lossy_method = _lossy_method(ds, source)
     compressed = len(ds.PixelData) if lossy_method is not None else 0
     # Same SOP Instance UID: decoding changes the encoding, not the instance

@@ -1,5 +1,5 @@
 """Fixtures of the console tests: a state directory with a held two-patient
-job made by ``pdimport import`` (the embedded Receiver is the PACS, a CSV
+job made by ``pdimport import`` (dcmtk storescp is the PACS, a CSV
 table the identity source), accounts, and a TestClient logged in."""
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ class HeldDisc:
 
 
 @pytest.fixture
-def held_disc(tmp_path: Path, cfg, receiver, capsys) -> HeldDisc:
+def held_disc(tmp_path: Path, cfg, storescp, capsys) -> HeldDisc:
     """A two-patient disc imported and held (``multi_patient``): F123 (a
     kanji name; L0001 in the registry) and F456 (nobody here)."""
-    pacs = receiver(aet="PACS")
+    pacs = storescp(aet="PACS")  # dcmtk: what arrives is what a PACS would store
     table = tmp_path / "patients.csv"
     table.write_text(
         "local_id,issuer,name,birth_date,sex\nL0001,LOCALHOSP,SATO^TARO=サトウ^タロウ,19800214,M\n",

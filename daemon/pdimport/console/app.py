@@ -318,7 +318,8 @@ class Console:
         if detail is None:
             raise HTTPException(404, self.words(request)("not_found"))
         live = self.live.job_html(request, detail["row"]["job"])
-        return self.page(request, "job.html", session, d=detail, live=live)
+        notes, session.flash = session.flash, []
+        return self.page(request, "job.html", session, d=detail, live=live, notes=notes)
 
     async def preview(self, request: Request) -> Response:
         """The preview of a series, or a placeholder: never an error page."""

@@ -18,6 +18,7 @@ from pdimport.console.app import ConsoleDeps, create_app
 from pdimport.console.users import UserStore
 from pdimport.job.importer import Importer
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KANJI = "Satou^Tarou=佐藤^太郎=さとう^たろう"
 JAPANESE = {"SpecificCharacterSet": ["ISO 2022 IR 6", "ISO 2022 IR 87"]}
 BORN = {"PatientBirthDate": "19800214", "PatientSex": "M"}
@@ -118,3 +119,25 @@ def login(client, name: str, password: str = PASSWORD, **headers: str):
         data={"csrf": csrf_of(page.text), "name": name, "password": password, "next": "/drives"},
         headers=headers,
     )
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--lang=en-US",
+        "--disable-dev-shm-usage",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(10)
+    yield driver
+    driver.quit()

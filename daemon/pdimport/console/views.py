@@ -83,8 +83,10 @@ def drives_view(snap: dict[str, Any], names: Callable[[str], list[str]]) -> dict
 
 def _job_row(job_id: str, job: dict[str, Any], names: Callable[[str], list[str]]) -> dict[str, Any]:
     progress = job.get("progress") if job.get("state") in _MOVING else None
+    state = str(job.get("state") or "")
     return {
         "job": job_id,
+        "outcome": outcome_of(state) if state else "",
         "patients": names(job_id) if job_id else [],
         "percent": float(progress.get("percent", 0)) if progress else None,
         "phase": progress.get("phase", "") if progress else "",

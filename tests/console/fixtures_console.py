@@ -53,11 +53,13 @@ class HeldDisc:
 @pytest.fixture
 def held_disc(tmp_path: Path, cfg, storescp, capsys) -> HeldDisc:
     """A two-patient disc imported and held (``multi_patient``): F123 (a
-    kanji name; L0001 in the registry) and F456 (nobody here)."""
+    kanji name; L0001 in the registry) and F456 (L0002 in the registry, if
+    a person says so)."""
     pacs = storescp(aet="PACS")  # dcmtk: what arrives is what a PACS would store
     table = tmp_path / "patients.csv"
     table.write_text(
-        "local_id,issuer,name,birth_date,sex\nL0001,LOCALHOSP,SATO^TARO=サトウ^タロウ,19800214,M\n",
+        "local_id,issuer,name,birth_date,sex\nL0001,LOCALHOSP,SATO^TARO=サトウ^タロウ,19800214,M\n"
+        "L0002,LOCALHOSP,OTHER^PERSON,19800214,M\n",
         encoding="utf-8",
     )
     src = tmp_path / "disc"

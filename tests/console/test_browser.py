@@ -121,7 +121,7 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         assert "Satou" in browser.page_source
         shot("decisions")
         assert "needs a decision" in release("F123", "L0001")
-        assert "imported" in release("F456", None)
+        assert "imported" in release("F456", "L0002")
         shot("result")
         browser.get(f"{url}/today?date=")
         shot("today")
@@ -132,10 +132,10 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         assert rc == 0
     finally:
         daemon.close()
-    # Both patients arrived at storescp, F123 under the chosen local ID.
+    # Both patients arrived at storescp, each under the local ID chosen for it.
     stored = [p for p in held_disc.pacs.out_dir.iterdir() if p.is_file()]
     ids = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in stored)
-    assert ids == ["F456", "F456", "L0001", "L0001"]
+    assert ids == ["L0001", "L0001", "L0002", "L0002"]
     assert sorted(p.name for p in shots.iterdir()) == [
         "confirm-F123.png",
         "confirm-F456.png",

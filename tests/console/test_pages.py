@@ -18,13 +18,15 @@ from fixtures_dicom import make_ct_series, make_empty
 from fixtures_peers import free_port
 from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, RTPlanStorage, generate_uid
 
 from pdimport.cli import main
 from pdimport.console.problems_ja import PROBLEM_WORDS_JA
 from pdimport.console.users import UserStore
 from pdimport.problems import PROBLEM_CODES
 from pdimport.record import auditchain
+
+PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
 def _audit(state: Path, event: str) -> list[dict]:
@@ -272,3 +274,78 @@ def test_metrics_durations_latency_and_bytes_equal_the_journal(console, held_dis
     assert _metric(text, f"pdimport_bytes_delivered_total{label}") == nbytes
     assert _metric(text, "pdimport_bytes_read_total") == nbytes
     assert PASSWORD not in text
+
+
+def _rt_plan_and_pdf_disc(root: Path) -> Path:
+    """A CT series, an RT Plan of the same study, a PDF report beside them."""
+    [ct, *_] = make_ct_series(root / "DICOM" / "CT", 2, patient_id="PRT1")
+    ds = pydicom.dcmread(ct)
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RTPlanStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.Modality = generate_uid(), "RTPLAN"
+    ds.save_as(root / "DICOM" / "RTPLAN", enforce_file_format=True)
+    (root / "REPORT").mkdir()
+    (root / "REPORT" / "REPORT.PDF").write_bytes(PDF)
+    return root
+
+
+def test_the_job_page_marks_rt_and_other_content(console, held_disc, tmp_path, capsys):
+    state = held_disc.cfg.state_path
+    disc = _rt_plan_and_pdf_disc(tmp_path / "rt")
+    main(
+        ["import", str(disc), "--json", "--state-dir", str(state), "--dest", f"file://{tmp_path}/o"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["flags"]["rt"] and report["flags"]["other_content"]
+    _app, client = console()
+    login(client, "suzuki")
+    page = client.get(f"/jobs/{report['job']}").text
+    assert page.count('class="badge kind-rt"') == 1  # the plan's series, not the CT's
+    assert page.count('class="preview"') == 1  # a plan has no image to preview
+    assert "Other Content (not DICOM)" in page and "REPORT/REPORT.PDF" in page
+    assert "converted to DICOM" in page
+
+
+def test_about_shows_each_destinations_last_contact_and_echoes_on_request(
+    console, held_disc, tmp_path
+):
+    down = f"dicom://GONE@127.0.0.1:{free_port()}"
+    held_disc.cfg = held_disc.cfg.replace(
+        dest=[*held_disc.cfg.dest, down], network__connection_timeout=2.0
+    )
+    _app, client = console()
+    login(client, "suzuki")
+    page = client.get("/about")
+    assert held_disc.cfg.dest[0] in page.text and 'id="echo"' not in page.text
+    token = csrf_of(page.text)
+    assert client.post("/about/echo", data={"csrf": token}).status_code == 403  # a viewer
+    client.cookies.clear()
+    login(client, "tanaka")
+    token = csrf_of(client.get("/decisions").text)
+    form = {"csrf": token, "job": held_disc.job, "patient": "F456", "action": "keep_foreign"}
+    client.post("/decisions/apply", data=form)  # something is acknowledged by the PACS
+    page = client.post("/about/echo", data={"csrf": token}).text
+    pacs, gone = held_disc.cfg.dest
+    assert re.search(rf"{re.escape(pacs)}: C-ECHO success in \d+ ms", page)
+    assert f"{gone}: connection refused by 127.0.0.1:" in page
+    rows = dict(re.findall(r"<tr><td><code>([^<]+)</code></td><td>([^<]+)</td>", page))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows[pacs]) and rows[gone] == "—"
+
+
+def test_the_audit_page_shows_where_the_trail_breaks(console, held_disc):
+    _app, client = console()
+    login(client, "suzuki")
+    assert "intact" in client.get("/audit?verify=1").text
+    [log] = sorted((held_disc.cfg.state_path / "audit").glob("*.jsonl"))
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = (
+        lines[1]
+        .replace('"medium_inserted"', '"medium_removed"')
+        .replace('"read_completed"', '"read_forged"')
+    )
+    log.write_text("".join(lines), encoding="utf-8")
+    verdict = client.get("/audit?verify=1").text
+    assert 'class="error"' in verdict and "The trail breaks at record 2" in verdict

@@ -27,8 +27,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pdimport import __version__
 from pdimport.console import metrics
+from pdimport.console.about import AboutPages
 from pdimport.console.admin import UserPages
 from pdimport.console.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, Throttle, csrf_ok
 from pdimport.console.decide import DecisionPages
@@ -131,6 +131,7 @@ class Console:
         self.decisions = DecisionPages(self)
         self.live = LivePages(self)
         self.user_pages = UserPages(self)
+        self.about_pages = AboutPages(self)
         self.app = Starlette(
             routes=[
                 Route("/", lambda r: RedirectResponse("/drives", 303)),
@@ -147,7 +148,7 @@ class Console:
                 *self.decisions.routes(),
                 Route("/audit", self.audit),
                 Route("/audit/export", self.audit_export),
-                Route("/about", self.about),
+                *self.about_pages.routes(),
                 Route("/metrics", self.metrics_page),
                 Mount(
                     "/static", StaticFiles(packages=[("pdimport.console", "static")]), name="static"
@@ -368,22 +369,6 @@ class Console:
             "".join(lines),
             media_type="application/x-ndjson",
             headers={"Content-Disposition": 'attachment; filename="pdimport-audit.jsonl"'},
-        )
-
-    # -------------------------------------------------------------- about
-    def about(self, request: Request) -> Response:
-        from pdimport.settings import as_records
-
-        session = self.session(request)
-        cfg = self.deps.settings
-        return self.page(
-            request,
-            "about.html",
-            session,
-            version=__version__,
-            settings=as_records(cfg) if hasattr(cfg, "_values") else [],
-            destinations=list(cfg.get("dest") or []),
-            routes=list(cfg.get("route") or []),
         )
 
     def metrics_page(self, request: Request) -> Response:

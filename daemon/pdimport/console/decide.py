@@ -103,6 +103,7 @@ class DecisionPages:
             error="",
             outcome=str(result.state),
             report=result.report,
+            live=self.c.live.job_html(request, result.job_id),
         )
 
     def _apply(self, d: dict[str, str], operator: str) -> Any:

@@ -87,3 +87,10 @@ def bytes_delivered(db: sqlite3.Connection) -> Iterable[tuple[str, int]]:
         "   ON f.job_id = d.job_id AND f.sha256 = d.sha256"
         " WHERE d.state = 'sent' GROUP BY d.dest"
     ).fetchall()
+
+
+def last_delivered(db: sqlite3.Connection) -> dict[str, float]:
+    """Per destination: when it last acknowledged an instance."""
+    return dict(
+        db.execute("SELECT dest, max(time) FROM deliveries WHERE state = 'sent' GROUP BY dest")
+    )

@@ -121,13 +121,22 @@ class Previews:
         failed.write_text(result.detail + "\n", encoding="utf-8")
 
 
+#: RT objects without pixel data (PS3.3 A.18-A.21, A.29, A.50-A.51): plan,
+#: structure set, treatment records, ion plan and record.
+_RT_WITHOUT_PIXELS = frozenset(f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in (3, 4, 5, 6, 7, 8, 9))
+
+
 def series_previews(report: dict[str, Any]) -> dict[str, str]:
     """``series_uid -> sha256`` of the instance each series is previewed by:
-    the middle one of its instances with pixel data likely (not documents,
+    the middle one of its instances that may have pixel data (not documents,
     structured reports or RT plans), in report order."""
     by_series: dict[str, list[str]] = {}
     for inst in report.get("instances") or []:
-        if inst.get("kind") in ("document", "sr", "other") or not inst.get("sha256"):
+        if (
+            inst.get("kind") in ("document", "sr", "other")
+            or inst.get("sop_class_uid") in _RT_WITHOUT_PIXELS
+            or not inst.get("sha256")
+        ):
             continue
         by_series.setdefault(str(inst.get("series_uid", "")), []).append(str(inst["sha256"]))
     return {uid: shas[len(shas) // 2] for uid, shas in by_series.items() if uid}

@@ -158,3 +158,23 @@ def test_stopping_the_console_ends_open_streams(live):
 def test_without_a_session_the_stream_is_refused(live):
     server, _board, _cookies = live
     assert httpx.get(server.url + "events", timeout=10).status_code == 401
+
+
+def test_a_closed_stream_stops_watching_the_board(live):
+    server, board, cookies = live
+    with stream_of(server, cookies, "/events") as response:
+        stream = events(response.iter_lines())  # kept: dropping it closes the response
+        next(stream)
+        assert server.console.live.streams == 1
+        stream.close()
+    gone = threading.Event()
+
+    def poll() -> None:  # the server notices the hang-up at its next send or receive
+        while server.console.live.streams:
+            board.board.queue("watch", board.calls)  # a change: the stream tries to send
+            if gone.wait(0.1):
+                return
+        gone.set()
+
+    threading.Thread(target=poll, daemon=True).start()
+    assert gone.wait(10), "the stream still watches the board after its client left"

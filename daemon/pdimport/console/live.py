@@ -75,6 +75,11 @@ class LivePages:
 
         return unwatch
 
+    @property
+    def streams(self) -> int:
+        """Event streams open now."""
+        return len(self._pokes)
+
     def wake_all(self) -> None:
         """The console stops: every stream looks at ``stop`` now, not at its next heartbeat."""
         for poke in list(self._pokes):

@@ -142,6 +142,8 @@ def _history_row(job: Job, report: dict[str, Any] | None) -> dict[str, Any]:
         "source": job.source_path,
         "label": job.label,
         "patients": patient_names(report),
+        "studies": sum(len(p.get("studies") or []) for p in (report or {}).get("patients") or []),
+        "counts": dict((report or {}).get("counts") or {}),
         "state": str(job.state),
         "outcome": outcome_of(job.state),
     }

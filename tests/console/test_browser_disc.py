@@ -144,6 +144,7 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
                 break
             time.sleep(0.1)
         assert "imported" in seen.get("state", ""), seen
+        print(f"bar values seen: {values}; page updates by SSE: {seen['updates']}")
         rises = [b for a, b in itertools.pairwise(values) if b > a]
         assert len(rises) >= 2, f"the bar never moved: {values}"
         assert seen["marker"], "the page was reloaded"

@@ -1,5 +1,5 @@
 """Fixtures of the console tests: a state directory with a held two-patient
-job made by ``pdimport import`` (the embedded Receiver is the PACS, a CSV
+job made by ``pdimport import`` (dcmtk storescp is the PACS, a CSV
 table the identity source), accounts, and a TestClient logged in."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pdimport.console.app import ConsoleDeps, create_app
 from pdimport.console.users import UserStore
 from pdimport.job.importer import Importer
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KANJI = "Satou^Tarou=佐藤^太郎=さとう^たろう"
 JAPANESE = {"SpecificCharacterSet": ["ISO 2022 IR 6", "ISO 2022 IR 87"]}
 BORN = {"PatientBirthDate": "19800214", "PatientSex": "M"}
@@ -50,13 +51,15 @@ class HeldDisc:
 
 
 @pytest.fixture
-def held_disc(tmp_path: Path, cfg, receiver, capsys) -> HeldDisc:
+def held_disc(tmp_path: Path, cfg, storescp, capsys) -> HeldDisc:
     """A two-patient disc imported and held (``multi_patient``): F123 (a
-    kanji name; L0001 in the registry) and F456 (nobody here)."""
-    pacs = receiver(aet="PACS")
+    kanji name; L0001 in the registry) and F456 (L0002 in the registry, if
+    a person says so)."""
+    pacs = storescp(aet="PACS")  # dcmtk: what arrives is what a PACS would store
     table = tmp_path / "patients.csv"
     table.write_text(
-        "local_id,issuer,name,birth_date,sex\nL0001,LOCALHOSP,SATO^TARO=サトウ^タロウ,19800214,M\n",
+        "local_id,issuer,name,birth_date,sex\nL0001,LOCALHOSP,SATO^TARO=サトウ^タロウ,19800214,M\n"
+        "L0002,LOCALHOSP,OTHER^PERSON,19800214,M\n",
         encoding="utf-8",
     )
     src = tmp_path / "disc"
@@ -118,3 +121,25 @@ def login(client, name: str, password: str = PASSWORD, **headers: str):
         data={"csrf": csrf_of(page.text), "name": name, "password": password, "next": "/drives"},
         headers=headers,
     )
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--lang=en-US",
+        "--disable-dev-shm-usage",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(10)
+    yield driver
+    driver.quit()

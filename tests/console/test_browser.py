@@ -1,6 +1,8 @@
 """One real browser against the real daemon: headless Debian chromium logs
-in, sees the drives page, opens the decisions page and releases a held
-two-patient disc. Screenshots of each page go to ``tmp_path/artifacts``."""
+in; a viewer is refused a release, the Japanese page shows the kanji name, a
+form without its CSRF token is refused; an operator releases a held
+two-patient disc patient by patient and both arrive at dcmtk storescp under
+the chosen IDs. Screenshots of each page go to ``tmp_path/artifacts``."""
 
 from __future__ import annotations
 
@@ -10,38 +12,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from fixtures_console import PASSWORD
+from fixtures_console import CHROMEDRIVER, CHROMIUM, PASSWORD
 from fixtures_daemon import DaemonProc
 from fixtures_peers import free_port
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 pytestmark = pytest.mark.skipif(
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
     reason="needs Debian chromium and chromium-driver (hardware/setup.sh installs them)",
 )
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--window-size=1280,900",
-        "--lang=en-US",
-        "--disable-dev-shm-usage",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(10)
-    yield driver
-    driver.quit()
 
 
 def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, browser):
@@ -84,9 +62,53 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         arrived("/decisions/apply")
         return browser.find_element(By.ID, "result").text
 
-    try:
+    def log_in(name: str) -> None:
         browser.get(f"{url}/drives")
         assert "/login" in browser.current_url and "Satou" not in browser.page_source
+        browser.find_element(By.ID, "name").send_keys(name)
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.ID, "login").click()
+        arrived("/drives")
+
+    def log_out() -> None:
+        browser.find_element(By.CSS_SELECTOR, "header form button").click()
+        arrived("/login")
+
+    try:
+        # A viewer sees the held disc but cannot release it.
+        log_in("suzuki")
+        browser.get(f"{url}/decisions")
+        form = browser.find_element(By.ID, f"patient-{held_disc.job}-F456")
+        form.find_element(By.CSS_SELECTOR, "button[value=keep_foreign]").click()
+        WebDriverWait(browser, 15).until(lambda b: b.find_elements(By.ID, "error"))
+        assert "may not do this" in browser.find_element(By.ID, "error").text
+        shot("viewer-refused")
+        # In Japanese (the switch on every page) the kanji name is shown.
+        browser.get(f"{url}/decisions")
+        browser.find_element(By.LINK_TEXT, "日本語").click()
+        WebDriverWait(browser, 15).until(
+            lambda b: "要判断" in b.find_element(By.TAG_NAME, "h1").text
+        )
+        assert "佐藤 太郎" in browser.find_element(By.ID, f"patient-{held_disc.job}-F123").text
+        shot("decisions-ja")
+        browser.find_element(By.LINK_TEXT, "English").click()
+        WebDriverWait(browser, 15).until(
+            lambda b: b.find_element(By.TAG_NAME, "h1").text == "Decisions"
+        )
+        log_out()
+        # An operator's form whose CSRF token was taken out is refused.
+        log_in("tanaka")
+        browser.get(f"{url}/decisions")
+        form = browser.find_element(By.ID, f"patient-{held_disc.job}-F456")
+        browser.execute_script(
+            "arguments[0].querySelector('input[name=csrf]').remove()",
+            form.find_element(By.TAG_NAME, "form"),
+        )
+        form.find_element(By.CSS_SELECTOR, "button[value=keep_foreign]").click()
+        WebDriverWait(browser, 15).until(lambda b: b.find_elements(By.ID, "error"))
+        assert "CSRF token missing" in browser.find_element(By.ID, "error").text
+        log_out()
+        browser.get(f"{url}/drives")
         browser.find_element(By.ID, "name").send_keys("tanaka")
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         shot("login")
@@ -99,7 +121,7 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         assert "Satou" in browser.page_source
         shot("decisions")
         assert "needs a decision" in release("F123", "L0001")
-        assert "imported" in release("F456", None)
+        assert "imported" in release("F456", "L0002")
         shot("result")
         browser.get(f"{url}/today?date=")
         shot("today")
@@ -110,18 +132,21 @@ def test_log_in_watch_the_drives_and_release_a_held_disc(tmp_path, held_disc, br
         assert rc == 0
     finally:
         daemon.close()
+    # Both patients arrived at storescp, each under the local ID chosen for it.
     stored = [p for p in held_disc.pacs.out_dir.iterdir() if p.is_file()]
     ids = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in stored)
-    assert ids == ["F456", "F456", "L0001", "L0001"]
+    assert ids == ["L0001", "L0001", "L0002", "L0002"]
     assert sorted(p.name for p in shots.iterdir()) == [
         "confirm-F123.png",
         "confirm-F456.png",
+        "decisions-ja.png",
         "decisions.png",
         "drives.png",
         "job.png",
         "login.png",
         "result.png",
         "today.png",
+        "viewer-refused.png",
     ]
     keep = os.environ.get("PDIMPORT_ARTIFACTS")
     if keep:  # CI keeps the screenshots

@@ -220,6 +220,8 @@ def test_today_summarises_the_batch(console):
     assert re.search(r"0/1 imported, 1 needs a decision", page.text)
     assert "1 needs a decision" in client.get("/today?outcome=held").text
     assert "Satou" not in client.get("/today?outcome=imported").text
+    # the held two-patient disc: 2 studies, 0 of its 4 objects sent yet
+    assert re.search(r"<td>2</td>\s*<td class=\"counts\">0/4</td>", page.text)
 
 
 def test_audit_verify_and_export(console, held_disc):

@@ -309,6 +309,7 @@ class Daemon:
                     self.runner.importer,
                     after_decision=self.job_changed_elsewhere,
                     retry=lambda job_id: self.retrier.submit(job_id, now=True),
+                    watch=self.board.watch,
                 )
             ).start()
         udev.ensure_media_polling()

@@ -2,7 +2,8 @@
 
 The :class:`StatusBoard` keeps drives, jobs and queues in memory and publishes
 them atomically to ``STATE_DIR/status.json``; ``pdimport status`` only reads
-that file, so looking never slows a read.
+that file, so looking never slows a read. Watchers (the console's event
+streams) are told after each change, so they push it instead of polling.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,21 @@ class StatusBoard:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, int] = {}
         self._started = time.time()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """Call ``watcher()`` after every change (from the changing thread:
+        it must only hand the news on, e.g. ``loop.call_soon_threadsafe``).
+        Returns the function that stops the watching."""
+        with self._lock:
+            self._watchers.append(watcher)
+
+        def unwatch() -> None:
+            with self._lock:
+                if watcher in self._watchers:
+                    self._watchers.remove(watcher)
+
+        return unwatch
 
     def drive(self, devnode: str, **fields: Any) -> None:
         with self._lock:
@@ -93,7 +110,13 @@ class StatusBoard:
         snap = self.snapshot()
         with self._lock:  # one writer at a time: the rename must not interleave
             _write_atomic(self.path, json.dumps(snap, indent=1, ensure_ascii=False))
+            watchers = list(self._watchers)
         self._notifier.status(status_line(snap))
+        for watcher in watchers:  # notifications: a failing watcher is logged, never raised
+            try:
+                watcher()
+            except Exception:
+                log.exception("status watcher %r failed", watcher)
 
 
 #: Job states counted by name in the status line: the ones a person may want to act on.

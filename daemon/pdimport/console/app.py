@@ -11,10 +11,9 @@ its thread pool; only the event stream is a coroutine.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,22 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pdimport import __version__
 from pdimport.console import metrics
+from pdimport.console.about import AboutPages
+from pdimport.console.admin import UserPages
 from pdimport.console.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, Throttle, csrf_ok
 from pdimport.console.decide import DecisionPages
 from pdimport.console.i18n import LANGS, Words, pick_lang
+from pdimport.console.live import LivePages
+from pdimport.console.preview import PLACEHOLDER, Previews, series_previews
 from pdimport.console.users import UserStore, may, users_path
 from pdimport.console.views import (
     OUTCOMES,
     batch_summary,
-    drives_view,
     history,
     job_detail,
     local_day,
@@ -45,6 +46,7 @@ from pdimport.console.views import (
     patient_names,
 )
 from pdimport.store.journal import Journal
+from pdimport.store.spool import Spool
 
 #: Every page forbids framing and foreign scripts: all it loads ships in the package.
 _HEADERS = {
@@ -75,8 +77,15 @@ class ConsoleDeps:
     retry : callable, optional
         Schedules a delivery now (the daemon's retry worker); without it the
         delivery runs in the request.
+    watch : callable, optional
+        ``watch(poke) -> unwatch``: the status board calls ``poke()`` after
+        each change (:meth:`~pdimport.appliance.status.StatusBoard.watch`);
+        the event streams push on it. Without it they only send heartbeats.
     stop : threading.Event
         Set when the host stops: event streams end.
+    heartbeat : float
+        Seconds between the comments an idle event stream sends (proxies
+        close silent connections).
     """
 
     settings: Any
@@ -84,9 +93,10 @@ class ConsoleDeps:
     importer: Callable[[], Any]
     after_decision: Callable[[str], None] = lambda _job: None
     retry: Callable[[str], None] | None = None
+    watch: Callable[[Callable[[], None]], Callable[[], None]] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
-    event_interval: float = 1.0
+    heartbeat: float = 15.0
 
 
 class LoginRequired(Exception):
@@ -114,7 +124,14 @@ class Console:
             metrics.JournalCollector(self.journal_path, self.journal, deps.snapshot)
         )
         self._names: dict[str, list[str]] = {}
+        self.headers = _HEADERS
+        self.previews = Previews(
+            self.state / "console" / "previews", Spool(self.state / "spool").path
+        )
         self.decisions = DecisionPages(self)
+        self.live = LivePages(self)
+        self.user_pages = UserPages(self)
+        self.about_pages = AboutPages(self)
         self.app = Starlette(
             routes=[
                 Route("/", lambda r: RedirectResponse("/drives", 303)),
@@ -123,14 +140,15 @@ class Console:
                 Route("/logout", self.logout, methods=["POST"]),
                 Route("/lang/{lang}", self.switch_lang),
                 Route("/drives", self.drives),
-                Route("/drives/fragment", self.drives_fragment),
-                Route("/events", self.events),
+                *self.live.routes(),
+                *self.user_pages.routes(),
                 Route("/today", self.today),
                 Route("/jobs/{job_id}", self.job),
+                Route("/jobs/{job_id}/series/{series_uid}/preview.png", self.preview),
                 *self.decisions.routes(),
                 Route("/audit", self.audit),
                 Route("/audit/export", self.audit_export),
-                Route("/about", self.about),
+                *self.about_pages.routes(),
                 Route("/metrics", self.metrics_page),
                 Mount(
                     "/static", StaticFiles(packages=[("pdimport.console", "static")]), name="static"
@@ -140,6 +158,7 @@ class Console:
         )
 
     def close(self) -> None:
+        self.previews.close()
         self.journal.close()
         self.users.close()
 
@@ -205,7 +224,7 @@ class Console:
 
     def names(self, job_id: str) -> list[str]:
         """Patient names of a job, once its report has them (cached: the
-        drives page asks every second)."""
+        drives table is rendered again at every change of the board)."""
         if job_id not in self._names:
             names = patient_names(self.journal.report(job_id))
             if not names:
@@ -270,44 +289,9 @@ class Console:
         return response
 
     # ------------------------------------------------------------- drives
-    def _drives_html(self, request: Request, session: Session) -> str:
-        view = drives_view(self.deps.snapshot(), self.names)
-        t = self.words(request)
-        return self.env.get_template("_drives.html").render(t=t, **view)
-
     def drives(self, request: Request) -> Response:
         session = self.session(request)
-        return self.page(
-            request, "drives.html", session, fragment=self._drives_html(request, session)
-        )
-
-    def drives_fragment(self, request: Request) -> Response:
-        session = self.session(request)
-        return HTMLResponse(self._drives_html(request, session), headers=_HEADERS)
-
-    async def events(self, request: Request) -> Response:
-        """Server-sent events: the drives table again whenever it changed."""
-        session = self.session(request)
-        token = session.token
-
-        async def stream() -> AsyncIterator[str]:
-            last = None
-            while not self.deps.stop.is_set() and self.sessions.peek(token) is not None:
-                html = await run_in_threadpool(self._drives_html, request, session)
-                if html != last:
-                    last = html
-                    yield (
-                        "event: drives\n"
-                        + "".join(f"data: {line}\n" for line in html.splitlines())
-                        + "\n"
-                    )
-                # The board changes at most twice a second (progress.py); a
-                # person reads a table once a second at most.
-                await asyncio.sleep(self.deps.event_interval)
-
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-        )
+        return self.page(request, "drives.html", session, fragment=self.live.drives_html(request))
 
     # ----------------------------------------------------- today, a job
     def today(self, request: Request) -> Response:
@@ -334,7 +318,20 @@ class Console:
         detail = job_detail(self.journal, request.path_params["job_id"])
         if detail is None:
             raise HTTPException(404, self.words(request)("not_found"))
-        return self.page(request, "job.html", session, d=detail)
+        live = self.live.job_html(request, detail["row"]["job"])
+        notes, session.flash = session.flash, []
+        return self.page(request, "job.html", session, d=detail, live=live, notes=notes)
+
+    async def preview(self, request: Request) -> Response:
+        """The preview of a series, or a placeholder: never an error page."""
+        self.session(request)
+        report = await run_in_threadpool(self.journal.report, request.path_params["job_id"])
+        sha = series_previews(report or {}).get(request.path_params["series_uid"])
+        png = await run_in_threadpool(self.previews.png, sha) if sha else None
+        headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        if png is None:
+            return Response(PLACEHOLDER, media_type="image/svg+xml", headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
 
     # -------------------------------------------------------------- audit
     def audit(self, request: Request) -> Response:
@@ -372,22 +369,6 @@ class Console:
             "".join(lines),
             media_type="application/x-ndjson",
             headers={"Content-Disposition": 'attachment; filename="pdimport-audit.jsonl"'},
-        )
-
-    # -------------------------------------------------------------- about
-    def about(self, request: Request) -> Response:
-        from pdimport.settings import as_records
-
-        session = self.session(request)
-        cfg = self.deps.settings
-        return self.page(
-            request,
-            "about.html",
-            session,
-            version=__version__,
-            settings=as_records(cfg) if hasattr(cfg, "_values") else [],
-            destinations=list(cfg.get("dest") or []),
-            routes=list(cfg.get("route") or []),
         )
 
     def metrics_page(self, request: Request) -> Response:

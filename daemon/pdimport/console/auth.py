@@ -76,6 +76,12 @@ class Sessions:
         with self._lock:
             self._live.pop(token or "", None)
 
+    def end_user(self, name: str, keep: str | None = None) -> None:
+        """End every session of ``name`` but ``keep`` (removed account, new password)."""
+        with self._lock:
+            for token in [t for t, s in self._live.items() if s.user.name == name and t != keep]:
+                del self._live[token]
+
     def _expire(self) -> None:
         now = self._clock()
         for token in [t for t, s in self._live.items() if now - s.last_seen > self.idle_timeout]:

@@ -5,6 +5,7 @@ with the logged-in user as the operator, and its result shown."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from pdimport.label.content import reasons
 
 if TYPE_CHECKING:
     from pdimport.console.app import Console
+
+log = logging.getLogger(__name__)
 
 ACTIONS = ("release", "keep_foreign", "discard")
 
@@ -100,6 +103,7 @@ class DecisionPages:
             error="",
             outcome=str(result.state),
             report=result.report,
+            live=self.c.live.job_html(request, result.job_id),
         )
 
     def _apply(self, d: dict[str, str], operator: str) -> Any:
@@ -138,10 +142,12 @@ class DecisionPages:
     async def reprint(self, request: Request) -> Response:
         session, _form = await self.c.form(request, "operator")
         job_id = request.path_params["job_id"]
-        await run_in_threadpool(self._reprint, job_id, session.user.name)
+        result = await run_in_threadpool(self._reprint, job_id, session.user.name)
+        t = self.c.words(request)
+        session.flash.append(t("printed" if result.ok else "not_printed", detail=result.detail))
         return RedirectResponse(f"/jobs/{job_id}", 303)
 
-    def _reprint(self, job_id: str, operator: str) -> None:
+    def _reprint(self, job_id: str, operator: str) -> Any:
         from pdimport.label.printer import print_label
 
         report = self._report(job_id)
@@ -155,15 +161,31 @@ class DecisionPages:
             detail=result.detail,
             printer=result.backend,
         )
+        return result
 
     async def retry(self, request: Request) -> Response:
-        await self.c.form(request, "operator")
+        session, _form = await self.c.form(request, "operator")
         job_id = request.path_params["job_id"]
-        if self.c.deps.retry is not None:
+        t = self.c.words(request)
+        if self.c.deps.retry is not None:  # the daemon's retry worker, now
             self.c.deps.retry(job_id)
+            session.flash.append(t("retry_queued"))
         else:
             from pdimport.send import parse_dest
 
             dests = [parse_dest(d) for d in self.c.deps.settings.get("dest") or []]
-            await run_in_threadpool(lambda: self.c.deps.importer().process(job_id, dests))
+            try:
+                result = await run_in_threadpool(
+                    lambda: self.c.deps.importer().process(job_id, dests)
+                )
+            except Exception as exc:  # a failed retry is a note on the page, never a 500
+                log.exception("retry of job %s from the console failed", job_id)
+                session.flash.append(t("hold_error", e=f"{type(exc).__name__}: {exc}"))
+            else:
+                session.flash.append(t("retried", outcome=t.outcome(str(result.state))))
+        await run_in_threadpool(
+            lambda: self.c.deps.importer().audit_event(
+                "retry_requested", job=job_id, actor=session.user.name
+            )
+        )
         return RedirectResponse(f"/jobs/{job_id}", 303)

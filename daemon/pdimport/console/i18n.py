@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdimport.console.problems_ja import PROBLEM_WORDS_JA
 from pdimport.label.content import format_person_name
+from pdimport.problems import PROBLEM_CODES
 
 LANGS = ("en", "ja")
 
@@ -48,6 +50,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "studies": "Studies",
         "series": "Series",
         "instances": "Instances",
+        "sent_of": "Sent / objects",
         "problems": "Problems",
         "label": "Label",
         "reprint": "Reprint the label",
@@ -77,6 +80,42 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_found": "Not found.",
         "hold_error": "Nothing was changed: {e}",
         "signed_in": "Logged in as {name} ({role})",
+        "users": "Users",
+        "role": "Role",
+        "role_viewer": "viewer (sees)",
+        "role_operator": "operator (decides)",
+        "role_admin": "admin (manages users)",
+        "add_user": "Add the user",
+        "remove_user": "Remove",
+        "reset_password": "Set the password",
+        "new_password": "New password",
+        "user_added": "User {name} ({role}) saved.",
+        "user_removed": "User {name} removed.",
+        "last_sent": "Last instance acknowledged",
+        "last_echo": "Last C-ECHO",
+        "echo_now": "Test the connections now (C-ECHO)",
+        "breaks_at": "The trail breaks at record {n}",
+        "printed": "Label printed: {detail}",
+        "not_printed": "The label was not printed: {detail}",
+        "retry_queued": "Delivery is retried now.",
+        "retried": "Delivered again: {outcome}.",
+        "user_exists": "User {name} exists already: set their password below.",
+        "password_reset": "Password of {name} set.",
+        "not_yourself": "You cannot remove your own account.",
+        "last_admin": "The last admin cannot be removed or lose the admin role.",
+        "preview": "Preview",
+        "kind_image": "image",
+        "kind_rt": "RT",
+        "kind_ai": "AI result",
+        "kind_document": "document",
+        "kind_sr": "report (SR)",
+        "kind_other": "other",
+        "other_content": "Other Content (not DICOM)",
+        "converted_to": "converted to DICOM",
+        "files": "files",
+        "phase_reading": "reading",
+        "phase_delivering": "delivering",
+        "phase_": "",
     },
     "ja": {
         "title": "pdimport 操作画面",
@@ -115,6 +154,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "studies": "検査",
         "series": "シリーズ",
         "instances": "画像数",
+        "sent_of": "送信済 / 全数",
         "problems": "問題",
         "label": "ラベル",
         "reprint": "ラベルを再印刷",
@@ -144,6 +184,42 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_found": "見つかりません。",
         "hold_error": "変更されませんでした: {e}",
         "signed_in": "{name}（{role}）でログイン中",
+        "users": "ユーザー",
+        "role": "権限",
+        "role_viewer": "閲覧者（見るのみ）",
+        "role_operator": "操作者（判断する）",
+        "role_admin": "管理者（ユーザー管理）",
+        "add_user": "ユーザーを追加",
+        "remove_user": "削除",
+        "reset_password": "パスワードを設定",
+        "new_password": "新しいパスワード",
+        "user_added": "ユーザー {name}（{role}）を保存しました。",
+        "user_removed": "ユーザー {name} を削除しました。",
+        "last_sent": "最後に受領された画像",
+        "last_echo": "最後の C-ECHO",
+        "echo_now": "今すぐ接続を確認（C-ECHO）",
+        "breaks_at": "監査証跡は記録 {n} で途切れています",
+        "printed": "ラベルを印刷しました: {detail}",
+        "not_printed": "ラベルを印刷できませんでした: {detail}",
+        "retry_queued": "今すぐ再送信します。",
+        "retried": "再送信しました: {outcome}。",
+        "user_exists": "ユーザー {name} は既に存在します。下でパスワードを設定してください。",
+        "password_reset": "{name} のパスワードを設定しました。",
+        "not_yourself": "自分自身のアカウントは削除できません。",
+        "last_admin": "最後の管理者は削除できず、管理者権限も外せません。",
+        "preview": "プレビュー",
+        "kind_image": "画像",
+        "kind_rt": "放射線治療（RT）",
+        "kind_ai": "AI 結果",
+        "kind_document": "文書",
+        "kind_sr": "構造化レポート（SR）",
+        "kind_other": "その他",
+        "other_content": "DICOM 以外のファイル（Other Content）",
+        "converted_to": "DICOM に変換済み",
+        "files": "ファイル",
+        "phase_reading": "読み取り中",
+        "phase_delivering": "送信中",
+        "phase_": "",
     },
 }
 
@@ -186,12 +262,18 @@ class Words:
         self._table = STRINGS[self.lang]
 
     def __call__(self, key: str, **fields: Any) -> str:
-        text = self._table.get(key) or STRINGS["en"].get(key) or key
+        text = self._table.get(key, STRINGS["en"].get(key, key))
         return text.format(**fields) if fields else text
 
     def outcome(self, state: str) -> str:
         en, ja = OUTCOME_WORDS.get(state, OUTCOME_WORDS["active"])
         return ja if self.lang == "ja" else en
+
+    def problem(self, code: str) -> str:
+        """What a problem code means, in this language (English when the
+        code has no Japanese words yet, the code itself when it is unknown)."""
+        english = PROBLEM_CODES.get(code, ("", code))[1]
+        return PROBLEM_WORDS_JA.get(code, english) if self.lang == "ja" else english
 
     def person(self, pn: Any) -> str:
         """A Patient's Name for this language: the kanji name first on a

@@ -10,7 +10,12 @@ Metric names:
 * ``pdimport_drives{state}`` — drives by state;
 * ``pdimport_files_read_total``, ``pdimport_bytes_read_total`` — files read
   into the spool; ``pdimport_file_errors_total`` — files that could not be;
-* ``pdimport_instances_delivered_total{dest}`` — instances a destination acknowledged.
+* ``pdimport_instances_delivered_total{dest}`` — instances a destination acknowledged;
+  ``pdimport_bytes_delivered_total{dest}`` — bytes of their originals;
+* ``pdimport_stage_seconds{stage}`` — histogram of the time jobs spent
+  reading, scanning (inventory) and delivering;
+* ``pdimport_delivery_latency_seconds{dest}`` — histogram of the time from a
+  job's start to each of its instances acknowledged.
 """
 
 from __future__ import annotations
@@ -21,8 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from pdimport.console import journal_stats
 from pdimport.job.holdqueue import held_jobs
 from pdimport.job.lifecycle import JobState
 from pdimport.store.journal import Journal
@@ -54,7 +65,24 @@ class JournalCollector:
         sent = CounterMetricFamily(
             "pdimport_instances_delivered", "instances acknowledged", labels=["dest"]
         )
+        nsent = CounterMetricFamily(
+            "pdimport_bytes_delivered",
+            "bytes of the originals whose instances were acknowledged",
+            labels=["dest"],
+        )
+        stages = HistogramMetricFamily(
+            "pdimport_stage_seconds", "seconds jobs spent in each stage", labels=["stage"]
+        )
+        latency = HistogramMetricFamily(
+            "pdimport_delivery_latency_seconds",
+            "seconds from a job's start to each instance acknowledged",
+            labels=["dest"],
+        )
         by_state = dict.fromkeys((str(s) for s in JobState), 0)
+        durations: dict[str, journal_stats.Histogram] = {
+            stage: journal_stats.Histogram(journal_stats.STAGE_BUCKETS)
+            for stage in journal_stats.STAGES.values()
+        }
         if self.journal_path.is_file():
             db = _read_only(self.journal_path)
             try:
@@ -67,6 +95,10 @@ class JournalCollector:
                 delivered = db.execute(
                     "SELECT dest, count(*) FROM deliveries WHERE state='sent' GROUP BY dest"
                 ).fetchall()
+                durations = journal_stats.stage_durations(db)
+                latencies = journal_stats.delivery_latency(db)
+                for dest, n in journal_stats.bytes_delivered(db):
+                    nsent.add_metric([dest], n)
             finally:
                 db.close()
             read.add_metric([], files[0])
@@ -74,9 +106,13 @@ class JournalCollector:
             errors.add_metric([], failed[0])
             for dest, n in delivered:
                 sent.add_metric([dest], n)
+            for dest, hist in sorted(latencies.items()):
+                latency.add_metric([dest], hist.buckets(), hist.total)
+        for stage, hist in durations.items():
+            stages.add_metric([stage], hist.buckets(), hist.total)
         for state, n in sorted(by_state.items()):
             jobs.add_metric([state], n)
-        yield from (jobs, read, nbytes, errors, sent)
+        yield from (jobs, read, nbytes, errors, sent, nsent, stages, latency)
         held = held_jobs(self.journal)
         yield GaugeMetricFamily("pdimport_held_jobs", "jobs held for a decision", value=len(held))
         yield GaugeMetricFamily(

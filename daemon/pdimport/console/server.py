@@ -118,7 +118,8 @@ class ConsoleServer:
         return self.thread.is_alive()
 
     def stop(self, timeout: float) -> None:
-        self.console.deps.stop.set()  # event streams end at their next tick
+        self.console.deps.stop.set()
+        self.console.live.wake_all()  # event streams see the stop now
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(timeout)

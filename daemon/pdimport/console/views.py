@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pdimport.console.preview import series_previews
 from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState
 from pdimport.problems import PROBLEM_CODES
 from pdimport.store.journal import Job, Journal
@@ -82,13 +83,34 @@ def drives_view(snap: dict[str, Any], names: Callable[[str], list[str]]) -> dict
 
 def _job_row(job_id: str, job: dict[str, Any], names: Callable[[str], list[str]]) -> dict[str, Any]:
     progress = job.get("progress") if job.get("state") in _MOVING else None
+    state = str(job.get("state") or "")
     return {
         "job": job_id,
+        "outcome": outcome_of(state) if state else "",
         "patients": names(job_id) if job_id else [],
         "percent": float(progress.get("percent", 0)) if progress else None,
         "phase": progress.get("phase", "") if progress else "",
         "mb_per_s": float(progress.get("mb_per_s", 0)) if progress else None,
         "eta": eta_text(progress.get("eta_s")) if progress else "",
+    }
+
+
+def job_live(snap: dict[str, Any], journal: Journal, job_id: str) -> dict[str, Any]:
+    """A job's state and, while it moves, its progress: the board's word
+    while the daemon has it, else the journal's."""
+    job = dict(snap.get("jobs", {}).get(job_id) or {})
+    if not job.get("state"):
+        stored = journal.job(job_id)
+        job["state"] = str(stored.state) if stored is not None else ""
+    progress = job.get("progress") if job.get("state") in _MOVING else None
+    return {
+        "job": job_id,
+        "state": str(job["state"]),
+        "outcome": outcome_of(str(job["state"])),
+        **_job_row(job_id, job, lambda _j: []),
+        "files": f"{progress.get('files_done', 0)}/{progress.get('files_total', 0)}"
+        if progress
+        else "",
     }
 
 
@@ -120,6 +142,8 @@ def _history_row(job: Job, report: dict[str, Any] | None) -> dict[str, Any]:
         "source": job.source_path,
         "label": job.label,
         "patients": patient_names(report),
+        "studies": sum(len(p.get("studies") or []) for p in (report or {}).get("patients") or []),
+        "counts": dict((report or {}).get("counts") or {}),
         "state": str(job.state),
         "outcome": outcome_of(job.state),
     }
@@ -147,19 +171,40 @@ def job_detail(journal: Journal, job_id: str) -> dict[str, Any] | None:
         return None
     report = journal.report(job_id) or {}
     problems = [
+        {**p, "severity": PROBLEM_CODES.get(p.get("code", ""), ("error", ""))[0]}
+        for p in report.get("problems") or []
+    ]
+    previews = series_previews(report)
+    kinds: dict[str, set[str]] = {}
+    for inst in report.get("instances") or []:
+        kinds.setdefault(str(inst.get("series_uid", "")), set()).add(str(inst.get("kind", "")))
+    patients = [
         {
             **p,
-            "severity": PROBLEM_CODES.get(p.get("code", ""), ("error", ""))[0],
-            "meaning": PROBLEM_CODES.get(p.get("code", ""), ("", p.get("code", "")))[1],
+            "studies": [
+                {
+                    **st,
+                    "series": [
+                        {
+                            **se,
+                            "kinds": sorted(kinds.get(se.get("uid", ""), set()) - {"image"}),
+                            "preview": se.get("uid", "") in previews,
+                        }
+                        for se in st.get("series") or []
+                    ],
+                }
+                for st in p.get("studies") or []
+            ],
         }
-        for p in report.get("problems") or []
+        for p in report.get("patients") or []
     ]
     return {
         "job": job,
         "row": _history_row(job, report),
         "report": report,
-        "patients": report.get("patients") or [],
+        "patients": patients,
         "problems": problems,
+        "other_content": _other_content(report),
         "decisions": [d.as_dict() for d in journal.decisions(job_id)],
         "events": [
             {"time": time.strftime("%H:%M:%S", time.localtime(t)), "event": e, "to": to, "why": r}
@@ -169,3 +214,16 @@ def job_detail(journal: Journal, job_id: str) -> dict[str, Any] | None:
         in (JobState.WAITING_FOR_DESTINATION, JobState.FAILED, JobState.PARTIAL)
         and job.read_complete,
     }
+
+
+def _other_content(report: dict[str, Any]) -> list[dict[str, str]]:
+    """The non-DICOM files of a medium and the DICOM object each became, if any."""
+    made = {str(c.get("path", "")): c for c in report.get("converted") or []}
+    return [
+        {
+            "path": str(o.get("path", "")),
+            "type": str(o.get("type", "")),
+            "converted": str(made.get(str(o.get("path", "")), {}).get("sop_instance_uid", "")),
+        }
+        for o in report.get("other_content") or []
+    ]

@@ -1,8 +1,17 @@
-// Live drives table: the server sends the rendered table (server-sent events)
-// whenever it changes; the browser reconnects by itself if the daemon restarts.
+// Live parts of a page: an element with data-events="/events?..." and
+// data-event="NAME" is replaced by each server-sent event NAME. The server
+// sends one when the daemon's state changed, never on a timer; the browser
+// reconnects by itself if the daemon restarts.
 (function () {
-  var box = document.getElementById("drives");
-  if (!box || !window.EventSource) return;
-  var source = new EventSource(box.getAttribute("data-events"));
-  source.addEventListener("drives", function (e) { box.innerHTML = e.data; });
+  if (!window.EventSource) return;
+  var boxes = document.querySelectorAll("[data-events]");
+  for (var i = 0; i < boxes.length; i++) {
+    (function (box) {
+      var source = new EventSource(box.getAttribute("data-events"));
+      source.addEventListener(box.getAttribute("data-event"), function (e) {
+        box.innerHTML = e.data;
+        box.setAttribute("data-updates", String(Number(box.getAttribute("data-updates") || 0) + 1));
+      });
+    })(boxes[i]);
+  }
 })();

@@ -116,3 +116,28 @@ def test_daemon_sends_ready_status_and_stopping(notify_socket, tmp_path):
         daemon.runner.close()
     assert result == [0]
     assert (tmp_path / "state" / "status.json").exists()
+
+
+def test_status_line_carries_the_progress_of_a_moving_job():
+    """STATUS= says what `pdimport status` says of a disc being read."""
+    from pdimport.appliance.status import status_line
+
+    progress = {
+        "phase": "reading",
+        "files_done": 12,
+        "files_total": 40,
+        "bytes_done": 30_000_000,
+        "bytes_total": 100_000_000,
+        "percent": 30.0,
+        "mb_per_s": 7.5,
+        "eta_s": 93.0,
+    }
+    snap = {
+        "drives": {"/dev/sr0": {"state": "reading", "job": "J1"}},
+        "jobs": {"J1": {"state": "reading", "progress": progress}},
+    }
+    assert status_line(snap).startswith(
+        "drives: sr0 reading 30% 12/40 files 30.0/100.0 MB 7.5 MB/s ETA 1:33;"
+    )
+    snap["jobs"]["J1"]["state"] = "imported"  # at rest: no progress shown
+    assert status_line(snap).startswith("drives: sr0 reading;")

@@ -148,10 +148,12 @@ def status_line(snap: dict[str, Any]) -> str:
 
 
 def _percent(job: dict[str, Any] | None) -> str:
+    """The moving job's progress as ``pdimport status`` says it: percent,
+    files, MB, MB/s and ETA."""
     progress = (job or {}).get("progress")
     if not progress or (job or {}).get("state") not in _MOVING:
         return ""
-    return f" {progress.get('percent', 0):.0f}%"
+    return f" {describe(progress)}"
 
 
 #: Job states in which progress moves.

@@ -33,6 +33,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         ("bench_iso", "ISO import through the drive model"),
         ("bench_decode", "decode throughput side by side"),
         ("bench_scan", "header scan side by side (ratio = peer time / numba time)"),
+        ("bench_e2e", "whole processes side by side (ratio = peer's time ÷ this row's)"),
     ):
         module = sys.modules.get(name)
         if module is not None and module.RESULTS:

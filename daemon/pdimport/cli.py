@@ -327,6 +327,12 @@ def _require_sources(sources: Sequence[str]) -> None:
 
 def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
     _require_sources([args.source])
+    from pdimport.job.survey import Survey
+
+    report = Survey(cfg).run(args.source)  # a folder: its headers read in place
+    if report is not None:
+        _print([report], args.json)
+        return report_mod.exit_code(report["status"])
     importer = _importer(cfg)
     try:
         res = importer.run(args.source, [], mode="scan")

@@ -20,7 +20,7 @@ from pdimport.policy.classify import classify
 from pdimport.policy.duplicates import sort_copies
 from pdimport.policy.group import Instance
 from pdimport.problems import Problem
-from pdimport.scan.dicomdir import indexed_by, match_path, read_dicomdir
+from pdimport.scan.dicomdir import match_path, read_dicomdir, unindexed
 from pdimport.scan.identify import identify, medium_context
 from pdimport.send import repair
 from pdimport.settings import Settings
@@ -49,6 +49,20 @@ class Inventory:
     #: (association failed/rejected, outcome unknown, C-STORE 0xA7xx): the job
     #: waits for the destination rather than failing
     transient: set[str] = field(default_factory=set)
+
+
+def scanned_instance(path: str, sha: str, res: Header | Problem, inv: Inventory) -> Instance | None:
+    """A scan result as an instance (its warnings and fallback counted in
+    ``inv``), or None with its problem recorded."""
+    if isinstance(res, Problem):
+        inv.problems.append(Problem(res.code, path, res.detail))
+        return None
+    for code in res.warnings:
+        inv.problems.append(Problem(code, path, res.warning_detail(code)))
+    reason = res.extra.get("scan_fallback")
+    if reason:
+        inv.scan_fallbacks[reason] += 1
+    return Instance(path=path, sha256=sha, header=res, kind=classify(res))
 
 
 class InventoryTaker:
@@ -105,15 +119,7 @@ class InventoryTaker:
             self._file_identity(f.path, f.sha256, ident, inv, dicom)
         self._scan(dicom, inv, prescanned)
         if indexes:
-            for inst in inv.instances:
-                if inst.path not in named and indexed_by(inst.path, indexes):
-                    inv.problems.append(
-                        Problem(
-                            "unindexed_file",
-                            inst.path,
-                            "not named in the DICOMDIR; imported anyway",
-                        )
-                    )
+            inv.problems.extend(unindexed([i.path for i in inv.instances], named, indexes))
         self._sort_copies(inv)
         return inv
 
@@ -199,17 +205,12 @@ class InventoryTaker:
             return [Problem("internal_error", "", str(exc))] * len(batch)
 
     def _add_scanned(self, path: str, sha: str, res: Header | Problem, inv: Inventory) -> None:
-        if isinstance(res, Problem):
-            inv.problems.append(Problem(res.code, path, res.detail))
+        inst = scanned_instance(path, sha, res, inv)
+        if inst is None:
             return
-        for code in res.warnings:
-            inv.problems.append(Problem(code, path, res.warning_detail(code)))
-        reason = res.extra.get("scan_fallback")
-        if reason:
-            inv.scan_fallbacks[reason] += 1
-        inst = Instance(path=path, sha256=sha, header=res, kind=classify(res))
         try:
-            inst.send_sha256 = self._repaired(self._sendable(sha, res), res, path, inv)
+            header = inst.header
+            inst.send_sha256 = self._repaired(self._sendable(sha, header), header, path, inv)
         except Exception as exc:
             log.exception("could not prepare %s", path)
             inv.problems.append(Problem("internal_error", path, str(exc)))

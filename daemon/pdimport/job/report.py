@@ -7,7 +7,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from pdimport.job.reconcile import all_discarded
 from pdimport.problems import PROBLEM_CODES
 
 if TYPE_CHECKING:
@@ -75,7 +74,12 @@ def build(
     """The report of a job as it stands. ``reconciled`` says who each patient
     is here (:mod:`pdimport.job.reconcile`); ``decisions`` are a person's."""
     reconciled = reconciled or []
-    status = status_of(inv, hold_reasons, mode, failed, all_discarded(reconciled))
+    discarded = False
+    if reconciled:  # an inventory has none (and job.reconcile's imports reach pynetdicom)
+        from pdimport.job.reconcile import all_discarded
+
+        discarded = all_discarded(reconciled)
+    status = status_of(inv, hold_reasons, mode, failed, discarded)
     # Each reported patient is the settled one its files belong to (patients
     # may be grouped again after conversion; several may have no ID).
     by_instance = {id(i): r for r in reconciled for i in r.instances}

@@ -185,6 +185,11 @@ class FolderMedium:
         """Every accepted regular file, in deterministic walk order."""
         return list(self._entries)
 
+    def real_path(self, entry: MediumEntry) -> bytes:
+        """Where an entry is, for readers that read in place (an inventory's
+        prefix reads); they must refuse links as :meth:`open` does."""
+        return self._real[entry.path]
+
     def open(self, entry: MediumEntry) -> BinaryIO:
         """Open one entry for streaming.
 

@@ -313,3 +313,16 @@ def indexed_by(path: str, dicomdir_paths: Iterable[str]) -> bool:
         if not base or folder == base or folder.startswith(base + "/"):
             return True
     return False
+
+
+def unindexed(
+    paths: Iterable[str], named: set[str], dicomdir_paths: Iterable[str]
+) -> list[Problem]:
+    """``unindexed_file`` for each DICOM file of `paths` that a DICOMDIR at
+    `dicomdir_paths` describes (:func:`indexed_by`) but does not name."""
+    dicomdirs = list(dicomdir_paths)
+    return [
+        Problem("unindexed_file", path, "not named in the DICOMDIR; imported anyway")
+        for path in paths
+        if path not in named and indexed_by(path, dicomdirs)
+    ]

@@ -127,10 +127,14 @@ class _Name:
         return "/".join(self.parts[:-1])
 
 
+_ISO_VERSION = re.compile(r";\d*$")
+
+
 def normalise_component(part: str) -> str:
     """One medium name as matching wants it: ISO 9660 version (';1') and the
     dot of an empty extension ('IM1.') dropped (ECMA-119 §7.5), case folded."""
-    part = re.sub(r";\d*$", "", part)
+    if ";" in part:
+        part = _ISO_VERSION.sub("", part)
     if part.endswith(".") and part not in (".", ".."):
         part = part.rstrip(".")
     return part.casefold()
@@ -149,6 +153,10 @@ def medium_context(paths: Iterable[str], dicomdir_paths: Iterable[str] = ()) -> 
     """Build the :class:`MediumContext` of a medium from its file list."""
     viewer_dirs = set()
     for p in paths:
+        # only the last part decides whether the rest matters (10,000 names: 30 ms)
+        last = normalise_component(p.replace("\\", "/").rstrip("/").rpartition("/")[2])
+        if "." not in last.lstrip(".") or last.rsplit(".", 1)[1] not in EXECUTABLE_EXTENSIONS:
+            continue
         n = _name(p)
         if n.ext in EXECUTABLE_EXTENSIONS and n.base not in _AUTORUN_NAMES:
             viewer_dirs.add(n.folder)
@@ -208,6 +216,12 @@ def identify(display_path: str, local: Path, context: MediumContext | None = Non
         "unknown",
         problem=Problem("unsupported_content", display_path, "not a recognised file type"),
     )
+
+
+def ignored_by_name(display_path: str) -> str:
+    """The ``ignored`` subtype a file gets by its name and place alone
+    (no byte read), or "": what :func:`identify` decides first."""
+    return _ignored_by_name(_name(display_path))
 
 
 def _ignored_by_name(name: _Name) -> str:

@@ -37,8 +37,10 @@ def _batch_bounds(n: int) -> list[tuple[int, int]]:
     return out
 
 
-#: O_NONBLOCK: a FIFO where a file was expected must not hang the scan.
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+#: O_NONBLOCK: a FIFO where a file was expected must not hang the scan;
+#: O_NOFOLLOW: a file of a medium read in place that became a link since it
+#: was listed is not followed (spooled files are never links).
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
 
 
 class _Batch:

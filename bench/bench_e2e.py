@@ -1,0 +1,416 @@
+"""Whole processes side by side (issue 13): what a hospital IT engineer times.
+
+Every row is a command run as a child process, timed from start to exit
+(wall clock), peak RSS from the child's ``wait4`` rusage, against its peer
+in the same run, on the same files, warm page cache and warm numba cache:
+
+* ``import-nodelay`` / ``import-nagle``: ``pdimport import FOLDER`` vs
+  ``dcmsend +sd +r`` and ``storescu +sd +r`` into dcmtk ``storescp`` with
+  ``TCP_NODELAY=1`` and as Debian ships it (Nagle), and ``cp -r`` + ``sync``
+  of the folder (1,000 CT images 512×512, about 526 MB);
+* ``scan``: ``pdimport scan FOLDER --json`` vs a plain pydicom script that
+  groups the same files by patient/study/series with ``stop_before_pixels``
+  (10,000 files 256×256);
+* ``iso-watch``: an ISO image of the CT folder dropped into the watch folder
+  of a running daemon (``pdimport daemon`` in its own process, started before
+  the clock) until its report appears, vs ``cp`` + ``sync`` of the image plus
+  ``dcmsend`` of its files to the same receiver (TCP_NODELAY=1);
+* ``startup``: ``pdimport import`` of a one-file folder vs ``dcmsend`` of the
+  same file; ``pdimport --help`` vs ``python -c pass``;
+* ``memory``: peak RSS of ``pdimport import`` of a 5,000-file DVD image
+  (256×256 images, about 660 MB), beside ``dcmsend`` of the same files.
+
+Targets (issue 13): import ≥ 1.0× dcmsend with TCP_NODELAY, ≥ 4× with Nagle;
+scan ≥ 10× the pydicom script; ISO ≤ 1.3× cp+sync+dcmsend; one-file import
+≤ 1.0 s; ``--help`` ≤ 0.3 s; peak RSS ≤ 300 MB. The N-media row (2 and 4
+throttled loop devices through the daemon and udevd) is not here yet.
+
+Sizes: ``BENCH_E2E_SCALE`` (default 1) multiplies every corpus size, e.g.
+0.05 for a quick run; ``BENCH_E2E_ROUNDS`` (default 3) rounds per peer.
+Corpora are built under a temporary folder per session, never committed.
+
+Run: ``python -m pytest bench/bench_e2e.py --benchmark-only -q``
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from bench_scan import _GROUPING_SCRIPT
+from corpus import make_ct_series
+from fixtures_peers import DCMTK_STORESCP, _stop, free_port, wait_for_port
+
+pytestmark = pytest.mark.bench
+
+SCALE = float(os.environ.get("BENCH_E2E_SCALE", "1"))
+ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "3"))
+CT_FILES = max(2, int(1000 * SCALE))
+SCAN_FILES = max(2, int(10000 * SCALE))
+DVD_FILES = max(2, int(5000 * SCALE))
+DAEMON = str(Path(__file__).resolve().parent.parent / "daemon")
+DCMSEND, STORESCU = "/usr/bin/dcmsend", "/usr/bin/storescu"
+
+
+@dataclass
+class Run:
+    seconds: float
+    rss_mb: float
+
+
+@dataclass
+class Row:
+    scenario: str
+    peer: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def rss(self) -> float:
+        return max(r.rss_mb for r in self.runs)
+
+
+#: (scenario, peer) -> Row, in the order measured
+RESULTS: dict[tuple[str, str], Row] = {}
+#: scenario -> (the peer it is compared with, what the target says: "≥ 1.0" …)
+REFERENCE = {
+    "import-nodelay": ("dcmsend", "pdimport", ">=", 1.0),
+    "import-nagle": ("dcmsend", "pdimport", ">=", 4.0),
+    "scan": ("pydicom-script", "pdimport-scan", ">=", 10.0),
+    "iso-watch": ("cp+sync+dcmsend", "pdimport-daemon", ">=", 1 / 1.3),
+    "startup-import": ("dcmsend", "pdimport", ">=", 0.0),
+    "startup-help": ("python -c pass", "pdimport --help", ">=", 0.0),
+    "memory": ("dcmsend", "pdimport", ">=", 0.0),
+}
+#: absolute targets: (scenario, peer) -> (what, limit)
+ABSOLUTE = {
+    ("startup-import", "pdimport"): ("s", 1.0),
+    ("startup-help", "pdimport --help"): ("s", 0.3),
+    ("memory", "pdimport"): ("MB", 300.0),
+}
+
+
+# ------------------------------------------------------------------ running
+def _env(nodelay: bool = False) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    env["PYTHONPATH"] = DAEMON + os.pathsep + env.get("PYTHONPATH", "")
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, ok=(0,)) -> Run:
+    """Run one command to its end: wall seconds and the child's peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or _env()
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}: {err[-2000:]!r}")
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+def measure(benchmark, scenario: str, peer: str, once, files: int) -> None:
+    """``once()`` returns a Run; ROUNDS of them after one warm-up round."""
+    row = RESULTS.setdefault((scenario, peer), Row(scenario, peer))
+
+    def go() -> None:
+        row.runs.append(once())
+
+    once()  # warm-up: page cache, numba cache, receiver's first association
+    benchmark.group = f"e2e {scenario}"
+    benchmark.pedantic(go, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        scenario=scenario, peer=peer, files=files, median_s=row.median, peak_rss_mb=row.rss
+    )
+
+
+# ------------------------------------------------------------------ corpora
+@pytest.fixture(scope="module")
+def work() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="pdimport-e2e-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def ct_folder(work: Path) -> Path:
+    make_ct_series(work / "ct" / "DICOM", CT_FILES)
+    return work / "ct"
+
+
+@pytest.fixture(scope="module")
+def scan_folder(work: Path) -> Path:
+    make_ct_series(work / "scan", SCAN_FILES, size=256)
+    return work / "scan"
+
+
+def _iso(folder: Path, out: Path, label: str) -> Path:
+    subprocess.run(
+        ["genisoimage", "-quiet", "-J", "-R", "-V", label, "-o", str(out), str(folder)],
+        check=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def ct_iso(work: Path, ct_folder: Path) -> Path:
+    return _iso(ct_folder, work / "ct.iso", "CT1000")
+
+
+@pytest.fixture(scope="module")
+def dvd(work: Path) -> tuple[Path, Path]:
+    folder = work / "dvd"
+    make_ct_series(folder / "DICOM", DVD_FILES, size=256)
+    return folder, _iso(folder, work / "dvd.iso", "DVD5000")
+
+
+@pytest.fixture(scope="module")
+def one_file(work: Path) -> Path:
+    make_ct_series(work / "one", 1)
+    return work / "one"
+
+
+@dataclass
+class Receiver:
+    port: int
+    out: Path
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"dicom://STORESCP@127.0.0.1:{self.port}"
+
+    def clear(self) -> None:
+        for p in self.out.iterdir():
+            p.unlink()
+
+
+def _storescp(work: Path, nodelay: bool) -> Iterator[Receiver]:
+    """dcmtk storescp writing every file (``-uf``), one per receiver mode."""
+    if not os.access(DCMTK_STORESCP, os.X_OK):
+        pytest.skip("dcmtk storescp not installed")
+    port = free_port()
+    out = work / f"rx-{port}"
+    out.mkdir()
+    cmd = [DCMTK_STORESCP, "-aet", "STORESCP", "-uf", "-od", str(out), str(port)]
+    proc = subprocess.Popen(cmd, env=_env(nodelay), stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    yield Receiver(port, out, proc)
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def rx_nodelay(work: Path) -> Iterator[Receiver]:
+    yield from _storescp(work, nodelay=True)
+
+
+@pytest.fixture(scope="module")
+def rx_nagle(work: Path) -> Iterator[Receiver]:
+    yield from _storescp(work, nodelay=False)
+
+
+# ------------------------------------------------------------------ peers
+def _pdimport(*args: str, nodelay: bool = True, ok=(0,)) -> Run:
+    with tempfile.TemporaryDirectory(prefix="pdimport-e2e-state-") as state:
+        return timed(
+            [sys.executable, "-m", "pdimport", *args, "--state-dir", state],
+            _env(nodelay),
+            ok,
+        )
+
+
+def _dcmsend(rx: Receiver, target: Path, nodelay: bool) -> Run:
+    return timed(
+        [DCMSEND, "-aec", "STORESCP", "127.0.0.1", str(rx.port), "+sd", "+r", str(target)],
+        _env(nodelay),
+    )
+
+
+def _storescu(rx: Receiver, target: Path, nodelay: bool) -> Run:
+    return timed(
+        [STORESCU, "-aec", "STORESCP", "+sd", "+r", "127.0.0.1", str(rx.port), str(target)],
+        _env(nodelay),
+    )
+
+
+def _cp_sync(src: Path, dst: Path) -> Run:
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    subprocess.run(["sync"], check=True)
+    seconds = time.perf_counter() - start
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    else:
+        dst.unlink()
+    return Run(seconds, 0.0)
+
+
+def _cleared(rx: Receiver, run: Run) -> Run:
+    rx.clear()
+    return run
+
+
+# ------------------------------------------------------------------ import rows
+IMPORT_PEERS = ["dcmsend", "storescu", "pdimport", "cp -r + sync"]
+
+
+@pytest.mark.parametrize("peer", IMPORT_PEERS)
+@pytest.mark.parametrize("mode", ["nodelay", "nagle"])
+def test_import_folder(benchmark, request, ct_folder: Path, work: Path, mode: str, peer: str):
+    rx: Receiver = request.getfixturevalue(f"rx_{mode}")
+    nodelay = mode == "nodelay"
+    folder = ct_folder / "DICOM"
+    if peer == "cp -r + sync":
+        if mode == "nagle":
+            pytest.skip("no receiver involved")
+        once = lambda: _cp_sync(folder, work / "cp-target")
+    elif peer == "dcmsend":
+        once = lambda: _cleared(rx, _dcmsend(rx, folder, nodelay))
+    elif peer == "storescu":
+        once = lambda: _cleared(rx, _storescu(rx, folder, nodelay))
+    else:
+        once = lambda: _cleared(rx, _pdimport("import", str(folder), "--dest", rx.url))
+    measure(benchmark, f"import-{mode}", peer, once, CT_FILES)
+
+
+# ------------------------------------------------------------------ scan row
+#: the pydicom grouping script of bench/bench_scan.py, whose process row this extends
+GROUPING_SCRIPT = _GROUPING_SCRIPT
+
+
+@pytest.mark.parametrize("peer", ["pydicom-script", "pdimport-scan"])
+def test_scan_folder(benchmark, scan_folder: Path, peer: str):
+    if peer == "pydicom-script":
+        once = lambda: timed([sys.executable, "-c", GROUPING_SCRIPT, str(scan_folder)])
+    else:
+        once = lambda: _pdimport("scan", str(scan_folder), "--json")
+    measure(benchmark, "scan", peer, once, SCAN_FILES)
+
+
+# ------------------------------------------------------------------ ISO from the watch folder
+@pytest.fixture(scope="module")
+def watch_daemon(work: Path, rx_nodelay: Receiver) -> Iterator[tuple[Path, object]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "appliance"))
+    from fixtures_daemon import DaemonProc
+
+    watch = work / "watch"
+    watch.mkdir()
+    base = {"state_dir": str(work / "daemon-state"), "dest": [rx_nodelay.url]}
+    os.environ["TCP_NODELAY"] = "1"  # the daemon's environment, as the receiver's
+    try:
+        d = DaemonProc(work, base, {"devices": [], "watch": str(watch), "watch_settle": 0.2})
+    finally:
+        os.environ.pop("TCP_NODELAY", None)
+    yield watch, d
+    d.terminate()
+    d.close()
+
+
+def _through_watch(watch: Path, image: Path, rx: Receiver, n: list[int]) -> Run:
+    """Drop the image in (a rename: complete at once) until its report is written."""
+    n[0] += 1
+    name = f"disc{n[0]}.iso"
+    staged = watch.parent / name
+    shutil.copyfile(image, staged)
+    os.sync()
+    start = time.perf_counter()
+    os.rename(staged, watch / name)
+    report = watch / "imported" / f"{name}.json"
+    others = [watch / d / f"{name}.json" for d in ("held", "failed", "partial")]
+    while not report.exists():
+        if any(p.exists() for p in others):
+            raise RuntimeError(f"{name} not imported: {[p for p in others if p.exists()]}")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    rx.clear()
+    return Run(seconds, 0.0)
+
+
+@pytest.mark.parametrize("peer", ["cp+sync+dcmsend", "pdimport-daemon"])
+def test_iso_from_watch_folder(benchmark, request, ct_iso, ct_folder, rx_nodelay, work, peer):
+    if peer == "pdimport-daemon":
+        watch, _d = request.getfixturevalue("watch_daemon")
+        counter = [0]
+        once = lambda: _through_watch(watch, ct_iso, rx_nodelay, counter)
+    else:
+
+        def once() -> Run:
+            copy = _cp_sync(ct_iso, work / "iso-copy")
+            send = _dcmsend(rx_nodelay, ct_folder, nodelay=True)
+            rx_nodelay.clear()
+            return Run(copy.seconds + send.seconds, send.rss_mb)
+
+    measure(benchmark, "iso-watch", peer, once, CT_FILES)
+
+
+# ------------------------------------------------------------------ start-up and memory
+@pytest.mark.parametrize("peer", ["dcmsend", "pdimport"])
+def test_startup_import(benchmark, one_file, rx_nodelay, peer):
+    if peer == "dcmsend":
+        once = lambda: _cleared(rx_nodelay, _dcmsend(rx_nodelay, one_file, True))
+    else:
+        once = lambda: _cleared(
+            rx_nodelay, _pdimport("import", str(one_file), "--dest", rx_nodelay.url)
+        )
+    measure(benchmark, "startup-import", peer, once, 1)
+
+
+@pytest.mark.parametrize("peer", ["python -c pass", "pdimport --help"])
+def test_startup_help(benchmark, peer):
+    args = ["-c", "pass"] if peer.startswith("python") else ["-m", "pdimport", "--help"]
+    measure(benchmark, "startup-help", peer, lambda: timed([sys.executable, *args]), 0)
+
+
+@pytest.mark.parametrize("peer", ["dcmsend", "pdimport"])
+def test_memory_dvd_image(benchmark, dvd, rx_nodelay, peer):
+    folder, image = dvd
+    if peer == "dcmsend":
+        once = lambda: _cleared(rx_nodelay, _dcmsend(rx_nodelay, folder, True))
+    else:
+        once = lambda: _cleared(
+            rx_nodelay, _pdimport("import", str(image), "--dest", rx_nodelay.url)
+        )
+    measure(benchmark, "memory", peer, once, DVD_FILES)
+
+
+# ------------------------------------------------------------------ summary
+def table() -> str:
+    """The summary printed by bench/conftest.py: each row against its peer."""
+    lines = [
+        "| scenario | command | median s | peak RSS MB | peer ÷ this (speed) | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for (scenario, peer), row in RESULTS.items():
+        ref_peer, subject, _op, want = REFERENCE[scenario]
+        ref = RESULTS.get((scenario, ref_peer))
+        ratio = ref.median / row.median if ref is not None else float("nan")
+        target = ""
+        if peer == subject and want:
+            target = f"≥ {want:.2f}× {ref_peer}: {'met' if ratio >= want else 'NOT met'}"
+        if (scenario, peer) in ABSOLUTE:
+            unit, limit = ABSOLUTE[(scenario, peer)]
+            value = row.median if unit == "s" else row.rss
+            verdict = "met" if value <= limit else "NOT met"
+            target = (target + "; " if target else "") + f"≤ {limit:g} {unit}: {verdict}"
+        lines.append(
+            f"| {scenario} | {peer} | {row.median:.2f} | {row.rss:.0f} | {ratio:.2f} | {target} |"
+        )
+    return "\n".join(lines)

@@ -125,10 +125,13 @@ def emulated_drive(
     scale: float = 1.0,
     bad_lbas: Iterable[int] = (),
     timeout: float = 10.0,
+    device: str | None = None,
 ) -> Iterator[str]:
     """An emulated drive holding ``image``, as a read-only loop device.
 
-    Yields the device node (``/dev/loopN``). Needs root, ``/dev/fuse``,
+    Yields the device node: ``device`` when given (a free ``/dev/loopN`` the
+    caller chose, e.g. one a daemon under test watches), else the first free
+    one. Attaching the loop device is inserting the disc. Needs root, ``/dev/fuse``,
     libfuse 3 (Debian ``fuse3``) and a loop driver; raises
     :class:`RuntimeError` naming what is missing otherwise.
     """
@@ -144,23 +147,16 @@ def emulated_drive(
         dev = ""
         try:
             _wait_mounted(proc, errors, mountpoint / FILE_NAME, timeout)
+            where = [device] if device else ["-f", "--show"]
             attach = subprocess.run(
-                [
-                    "losetup",
-                    "-r",
-                    "-b",
-                    str(de.SECTOR),
-                    "-f",
-                    "--show",
-                    str(mountpoint / FILE_NAME),
-                ],
+                ["losetup", "-r", "-b", str(de.SECTOR), *where, str(mountpoint / FILE_NAME)],
                 capture_output=True,
                 text=True,
                 check=False,
             )
             if attach.returncode != 0:
                 raise RuntimeError(f"losetup failed: {attach.stderr.strip()}")
-            dev = attach.stdout.strip()
+            dev = device or attach.stdout.strip()
             yield dev
         finally:
             if dev:

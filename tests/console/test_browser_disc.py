@@ -1,8 +1,8 @@
 """One real browser watches a real disc: headless Debian chromium on the
 console of the daemon in its own process, a real systemd-udevd announcing an
 ISO image on a loop device, read through the optical drive model
-(hardware/drive_emulation.py, a 52x CD at half speed) so that it lasts
-seconds. The drives page updates by server-sent events, without a reload,
+(hardware/fusedrive.py: the drive model of a 52x CD at half speed served
+through FUSE behind the loop device) so that it lasts seconds. The drives page updates by server-sent events, without a reload,
 from reading (the bar moving) to imported; then the job page; a screenshot of
 each page. Root only (loop devices)."""
 
@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import fixtures_daemon
 import pytest
 from fixtures_console import CHROMEDRIVER, CHROMIUM, PASSWORD
 from fixtures_daemon import DaemonProc
@@ -30,6 +29,8 @@ from test_daemon_e2e import _free_loops
 from pdimport.console.users import UserStore
 
 HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
+sys.path.insert(0, str(HARDWARE))
+import fusedrive
 
 pytestmark = [
     pytest.mark.root,
@@ -40,28 +41,6 @@ pytestmark = [
     ),
     pytest.mark.skipif(not shutil.which("genisoimage"), reason="needs genisoimage"),
 ]
-
-#: The daemon's reads of a disc go through the drive model: file data at the
-#: speed of a 52x CAV CD (spin-up, 3.4 MB/s near the hub) at half real time.
-THROTTLED = f"""
-import sys
-sys.path.insert(0, {str(HARDWARE)!r})
-import drive_emulation as de
-from pdimport.appliance import daemon as _d
-
-_drives = {{}}
-
-def _throttled_open(self, entry):
-    medium = self._medium
-    drive = _drives.get(id(medium))
-    if drive is None:
-        drive = _drives[id(medium)] = de.ThrottledPread(medium.path, de.CD_52X, scale=0.5)
-    if self._stop.is_set():
-        raise _d.Interrupted()
-    return _d._CancellableStream(medium.open(entry, pread=drive), self._stop)
-
-_d.CancellableMedium.open = _throttled_open
-"""
 
 
 def _disc(tmp: Path) -> Path:
@@ -91,7 +70,6 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
     udevd,
     loops,
     browser,
-    monkeypatch,
 ):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -104,13 +82,13 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
     users.add("root", "admin", PASSWORD)
     users.close()
     port = free_port()
-    monkeypatch.setattr(fixtures_daemon, "LAUNCHER", THROTTLED + fixtures_daemon.LAUNCHER)
     daemon = DaemonProc(
         tmp_path,
         {"state_dir": str(state), "dest": [f"file://{out}"], "console.listen": f"127.0.0.1:{port}"},
         {"devices": [loop], "debounce": 0.3, "eject_after": "delivered"},
     )
     url = f"http://127.0.0.1:{port}"
+    drive = None
 
     def shot(name: str) -> None:
         browser.save_screenshot(str(shots / f"{name}.png"))
@@ -125,7 +103,8 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
         browser.find_element(By.ID, "login").click()
         arrived("/drives")
         browser.execute_script("window.__notReloaded = true;")
-        subprocess.run(["losetup", "-r", f"/dev/{loop}", str(iso)], check=True)
+        drive = fusedrive.emulated_drive(iso, "cd", scale=0.5, device=f"/dev/{loop}")
+        drive.__enter__()  # the disc goes in; the daemon ejects it (detaches the loop)
         loops.append(loop)
 
         values: list[float] = []
@@ -177,6 +156,8 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
         assert rc == 0
     finally:
         daemon.close()
+        if drive is not None:
+            drive.__exit__(None, None, None)
     assert len(list(out.glob("*"))) == 60
     db = sqlite3.connect(state / "journal.sqlite")
     try:

@@ -96,20 +96,29 @@ def volume_identifiers(source: str) -> set[bytes]:
 def _open_sector_medium(source: str, settings: Settings, kind: str) -> Medium:
     """pycdlib for ISO 9660 and bridge discs; libudfread for UDF-only ones
     (Blu-ray, Windows Live File System: no ``CD001``, hardware notes §3.1),
-    and for bridge discs whose ISO 9660 side pycdlib refuses."""
+    and for bridge discs whose ISO 9660 side pycdlib refuses; the tolerant
+    ISO 9660 walk (:mod:`~pdimport.media.iso9660`) when neither can read
+    the whole tree."""
     ids = volume_identifiers(source)
     udf = bool(ids & {b"NSR02", b"NSR03"})
     if udf and b"CD001" not in ids:
         log.info("%s: UDF-only volume, reading with libudfread", source)
         return UdfMedium(source, settings, kind=kind)
     try:
-        return IsoMedium(source, settings, kind=kind)
+        # A bridge disc whose ISO 9660 side pycdlib refuses is read through
+        # its intact UDF side before the tolerant ISO walk (which costs the
+        # damaged sub-trees) is tried.
+        return IsoMedium(source, settings, kind=kind, tolerant=not udf)
     except MediumOpenError as exc:
         if not udf:
             raise
         log.info("%s: ISO 9660 side unusable (%s), trying its UDF side", source, exc.detail)
         try:
             return UdfMedium(source, settings, kind=kind)
+        except MediumOpenError:
+            pass
+        try:
+            return IsoMedium(source, settings, kind=kind)
         except MediumOpenError:
             raise exc from None
 

@@ -270,7 +270,11 @@ class FolderMedium:
         return list(self._entries)
 
     def open(self, entry: MediumEntry) -> BinaryIO:
-        """Open one entry for streaming.
+        """Open one entry for streaming (see :meth:`open_fd`)."""
+        return io.BufferedReader(_FolderReader(self.open_fd(entry), entry.path, entry.size), _CHUNK)
+
+    def open_fd(self, entry: MediumEntry) -> int:
+        """A read-only descriptor on one entry (the caller closes it).
 
         Each folder on the way is opened ``O_NOFOLLOW`` relative to its
         parent, the file itself ``O_NOFOLLOW`` too, and the ``S_ISREG``
@@ -298,7 +302,7 @@ class FolderMedium:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise MediumReadError("link_ignored", f"{entry.path}: no longer a regular file")
-        return io.BufferedReader(_FolderReader(fd, entry.path, entry.size), _CHUNK)
+        return fd
 
     def close(self) -> None:
         self._real.clear()

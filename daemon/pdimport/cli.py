@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--held", action="store_true", help="held jobs only, with their patients and candidates"
     )
+    p.add_argument(
+        "--verify",
+        metavar="JOB",
+        help="prove every file read ends delivered, quarantined with a reason or skipped "
+        "as identical, and is in the spool (exit 0), else list what is not (exit 1)",
+    )
 
     p = sub.add_parser("release", help="release a held patient and deliver it from the spool")
     _common(p, "release")
@@ -345,6 +351,10 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
 def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.store.journal import Journal
 
+    if args.verify:
+        from pdimport.job.verify import verify_main
+
+        return verify_main(cfg.state_path, args.verify, args.json)
     journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
     if args.held:
         from pdimport.job.holdqueue import jobs_held_main

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: code -> (severity, meaning). Severity "error" means the file/instance is not
-#: delivered; "warning" means it is delivered but a person may want to know.
+#: delivered; "warning" means it is delivered but a person may want to know;
+#: "info" means nothing that should have been delivered was lost (a file that
+#: was never DICOM): recorded, and the medium can still end ``imported``.
 PROBLEM_CODES: dict[str, tuple[str, str]] = {
     # --- the medium and its entries -------------------------------------
     "unreadable_medium": ("error", "the medium could not be opened or parsed at all"),
@@ -57,7 +59,13 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "unindexed_file": ("warning", "a DICOM file not named in the DICOMDIR (still imported)"),
     # --- single files -----------------------------------------------------
     "empty_file": ("error", "the file is empty"),
-    "not_dicom": ("error", "the file is not DICOM although its name or place says it should be"),
+    "not_dicom": (
+        "info",
+        (
+            "the file is not DICOM (no positive evidence of a dataset) although its name or "
+            "place says it should be; kept in the spool, not sent"
+        ),
+    ),
     "truncated": (
         "error",
         "the file ends inside an element (declared length exceeds the bytes left)",

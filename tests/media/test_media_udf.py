@@ -362,16 +362,22 @@ def test_size_caps_and_absurd_length(udf_tree, tmp_path, media_settings):
         medium.close()
 
 
-def test_directory_loop_is_unreadable_medium(tmp_path, media_settings):
+def test_directory_loop_costs_only_the_looping_directory(tmp_path, media_settings):
     src = make_tree(
         tmp_path / "src", {"top.dcm": b"T" * 5000, "a/inner.dcm": b"I" * 3000, "a/b/leaf.dcm": b"L"}
     )
     image = make_udf_only(src, tmp_path / "loop.img")
     edit_fid(image, "b", icb_of_parent=True)  # a/b -> the root again
-    with pytest.raises(MediumOpenError) as exc:
-        open_medium(str(image), media_settings)
-    # caught at the first repeat by its fingerprint, not by the depth cap
-    assert exc.value.code == "unreadable_medium" and "directory loop at /a/b" in exc.value.detail
+    medium = open_medium(str(image), media_settings)
+    try:
+        # caught at the first repeat by its fingerprint, not by the depth cap
+        assert [(p.code, p.path) for p in medium.problems] == [("directory_loop", "a/b")]
+        assert medium_digests(medium) == {
+            "top.dcm": sha256(b"T" * 5000),
+            "a/inner.dcm": sha256(b"I" * 3000),
+        }
+    finally:
+        medium.close()
 
 
 def test_loop_without_file_data_hits_the_depth_cap(tmp_path, media_settings, monkeypatch):
@@ -379,8 +385,13 @@ def test_loop_without_file_data_hits_the_depth_cap(tmp_path, media_settings, mon
     image = make_udf_only(src, tmp_path / "loop0.img")
     edit_fid(image, "b", icb_of_parent=True)
     monkeypatch.setattr(udf_module, "MAX_DEPTH", 20)
-    with pytest.raises(MediumOpenError, match="deeper than 20"):
-        UdfMedium(str(image), media_settings)
+    medium = UdfMedium(str(image), media_settings)
+    try:
+        [problem] = medium.problems
+        assert problem.code == "directory_loop" and "deeper than 20" in problem.detail
+        assert problem.path.count("/") == 20  # a/b/a/b/...: stopped there, not raised
+    finally:
+        medium.close()
 
 
 def test_duplicate_name_is_reported_not_misread(tmp_path, media_settings):

@@ -169,7 +169,7 @@ class Importer:
             at the next start.
         """
         try:
-            medium = open_medium(source, self.settings)
+            medium = open_medium(source, self.settings, workdir=self.spool.tmp)
         except MediumOpenError as exc:
             return self.unusable(source, exc.code, exc.detail, mode)
         try:

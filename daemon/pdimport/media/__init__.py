@@ -17,11 +17,13 @@ import logging
 import os
 import stat
 import zipfile
+from pathlib import Path
 
 from pdimport.media.archive import ZipMedium
-from pdimport.media.base import SECTOR, MediumOpenError, SizeBudget
+from pdimport.media.base import ISO_IDENTIFIERS, SECTOR, MediumOpenError, SizeBudget
 from pdimport.media.folder import FolderMedium
 from pdimport.media.iso import IsoMedium
+from pdimport.media.nested import NestedMedium, is_package_name
 from pdimport.media.udf import UdfMedium
 from pdimport.model import Medium, MediumEntry, MediumReadError
 from pdimport.problems import Problem
@@ -29,9 +31,6 @@ from pdimport.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Standard Identifiers of ISO 9660 (ECMA-119 §8.1.2) and UDF's Volume
-#: Recognition Sequence (ECMA-167 Part 2 §9.1: BEA01, NSR02, NSR03, TEA01).
-ISO_IDENTIFIERS = (b"CD001", b"BEA01", b"NSR02", b"NSR03", b"TEA01")
 #: Volume descriptors scanned from sector 16 on; real discs have < 10.
 _MAX_DESCRIPTORS = 32
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -44,6 +43,7 @@ __all__ = [
     "MediumEntry",
     "MediumOpenError",
     "MediumReadError",
+    "NestedMedium",
     "Problem",
     "SizeBudget",
     "UdfMedium",
@@ -96,20 +96,29 @@ def volume_identifiers(source: str) -> set[bytes]:
 def _open_sector_medium(source: str, settings: Settings, kind: str) -> Medium:
     """pycdlib for ISO 9660 and bridge discs; libudfread for UDF-only ones
     (Blu-ray, Windows Live File System: no ``CD001``, hardware notes §3.1),
-    and for bridge discs whose ISO 9660 side pycdlib refuses."""
+    and for bridge discs whose ISO 9660 side pycdlib refuses; the tolerant
+    ISO 9660 walk (:mod:`~pdimport.media.iso9660`) when neither can read
+    the whole tree."""
     ids = volume_identifiers(source)
     udf = bool(ids & {b"NSR02", b"NSR03"})
     if udf and b"CD001" not in ids:
         log.info("%s: UDF-only volume, reading with libudfread", source)
         return UdfMedium(source, settings, kind=kind)
     try:
-        return IsoMedium(source, settings, kind=kind)
+        # A bridge disc whose ISO 9660 side pycdlib refuses is read through
+        # its intact UDF side before the tolerant ISO walk (which costs the
+        # damaged sub-trees) is tried.
+        return IsoMedium(source, settings, kind=kind, tolerant=not udf)
     except MediumOpenError as exc:
         if not udf:
             raise
         log.info("%s: ISO 9660 side unusable (%s), trying its UDF side", source, exc.detail)
         try:
             return UdfMedium(source, settings, kind=kind)
+        except MediumOpenError:
+            pass
+        try:
+            return IsoMedium(source, settings, kind=kind)
         except MediumOpenError:
             raise exc from None
 
@@ -143,8 +152,10 @@ def detect_kind(source: str) -> str:
     return {".iso": "iso", ".img": "iso", ".zip": "zip"}.get(ext, "")
 
 
-def open_medium(source: str, settings: Settings) -> Medium:
-    """Open ``source`` as a :class:`~pdimport.model.Medium`.
+def open_medium(source: str, settings: Settings, workdir: Path | None = None) -> Medium:
+    """Open ``source`` as a :class:`~pdimport.model.Medium`, with the
+    packages on it (a zip in a zip, a ``PATIENT.ISO`` on a stick) opened in
+    place (:class:`~pdimport.media.nested.NestedMedium`).
 
     Parameters
     ----------
@@ -152,12 +163,29 @@ def open_medium(source: str, settings: Settings) -> Medium:
         A folder, an ISO 9660/UDF image file, a block device or a zip package.
     settings : Settings
         Supplies the ``limits.*`` caps.
+    workdir : Path, optional
+        Where a package inside a zip or an image is copied to be opened (the
+        spool's ``tmp``); the system's temporary folder when None.
 
     Raises
     ------
     MediumOpenError
         ``unreadable_medium`` when the source is missing, of an unknown kind,
         or cannot be parsed at all.
+    """
+    medium = open_medium_flat(source, settings)
+    if not any(is_package_name(e.path) for e in medium.entries()):
+        return medium
+    return NestedMedium(medium, settings, open_medium_flat, workdir)
+
+
+def open_medium_flat(source: str, settings: Settings) -> Medium:
+    """Open ``source`` as one medium, packages on it left as plain files.
+
+    Raises
+    ------
+    MediumOpenError
+        As :func:`open_medium`.
     """
     try:
         kind = detect_kind(source)

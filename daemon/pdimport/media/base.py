@@ -17,6 +17,9 @@ from pdimport.problems import CodedError
 from pdimport.settings import Settings
 
 SECTOR = 2048
+#: Standard Identifiers of ISO 9660 (ECMA-119 §8.1.2) and UDF's Volume
+#: Recognition Sequence (ECMA-167 Part 2 §9.1: BEA01, NSR02, NSR03, TEA01).
+ISO_IDENTIFIERS = (b"CD001", b"BEA01", b"NSR02", b"NSR03", b"TEA01")
 
 
 class MediumOpenError(CodedError):

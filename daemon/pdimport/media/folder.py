@@ -13,6 +13,7 @@ import errno
 import io
 import logging
 import os
+import resource
 import stat
 from typing import BinaryIO
 
@@ -93,8 +94,35 @@ class _FolderReader(io.RawIOBase):
         super().close()
 
 
+#: Folders held open at once while walking (one per level of the path being
+#: walked): a tree deeper than this, or than half the process's descriptor
+#: limit, loses the folders below that depth as ``unreadable_directory``.
+MAX_DEPTH = 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _depth_cap() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DEPTH
+    return max(16, min(MAX_DEPTH, soft // 2))
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class FolderMedium:
     """A directory tree read with an iterative, link-refusing walk.
+
+    Every folder is opened relative to its parent's descriptor (``openat``,
+    ``O_NOFOLLOW``) and listed through its own descriptor, and files are
+    opened the same way: no path is ever longer than one name, so a tree
+    deeper than ``PATH_MAX`` (4096 bytes) is read like any other, and a
+    folder swapped for a link between listing and reading is refused.
 
     Parameters
     ----------
@@ -111,73 +139,129 @@ class FolderMedium:
         self.path = root
         self.label = os.path.basename(os.path.normpath(root))
         self.problems: list[Problem] = []
-        self._root = os.fsencode(root)
-        self._real: dict[str, bytes] = {}
-        self._entries = self._list(SizeBudget.from_settings(settings))
-
-    # ----------------------------------------------------------- listing
-    def _list(self, budget: SizeBudget) -> list[MediumEntry]:
+        self._root_fd = -1
+        self._real: dict[str, tuple[bytes, ...]] = {}
         try:
-            found = self._walk()
+            self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._entries = self._list(SizeBudget.from_settings(settings))
         except OSError as exc:
+            self.close()
             raise MediumOpenError(
                 "unreadable_medium", f"{self.path}: {exc.strerror or exc}"
             ) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------- listing
+    def _list(self, budget: SizeBudget) -> list[MediumEntry]:
+        found = self._walk()
         # Sorting by the raw path components makes the order independent of
         # scandir's (filesystem-dependent) order.
         found.sort(key=lambda item: item[0])
         entries: list[MediumEntry] = []
         taken: set[str] = set()
         for parts, size in found:
-            label = unique_label("/".join(display_name(p) for p in parts), taken)
+            label = unique_label(_label(parts), taken)
             _, refusal = budget.admit(size)
             if refusal:
                 self.problems.append(Problem("too_large", label, refusal))
                 continue
-            self._real[label] = os.path.join(self._root, *parts)
+            self._real[label] = parts
             entries.append(MediumEntry(label, size, order=len(entries)))
         return entries
 
     def _walk(self) -> list[tuple[tuple[bytes, ...], int]]:
-        """Iterative scandir walk; returns (raw path components, size) of regular files."""
+        """Depth-first walk on directory descriptors; returns (raw path
+        components, size) of regular files. One descriptor is open per level
+        of the current path, never more."""
         found: list[tuple[tuple[bytes, ...], int]] = []
-        with os.scandir(self._root):  # the root itself must be listable
-            pass
-        stack: list[tuple[bytes, ...]] = [()]
-        while stack:
-            parts = stack.pop()
-            for dirent in self._scan(parts):
-                child = parts + (dirent.name,)
-                self._classify(dirent, child, stack, found)
+        cap = _depth_cap()
+        subdirs = self._scan(self._root_fd, (), found)
+        if subdirs is None:  # the root itself must be listable
+            raise OSError(errno.EIO, self.problems.pop().detail)
+        # frames: (parts, descriptor, subfolders not yet walked)
+        stack: list[tuple[tuple[bytes, ...], int, list[bytes]]] = [((), self._root_fd, subdirs)]
+        try:
+            while stack:
+                parts, fd, todo = stack[-1]
+                if not todo:
+                    stack.pop()
+                    if fd != self._root_fd:
+                        os.close(fd)
+                    continue
+                child = parts + (todo.pop(),)
+                if len(child) >= cap:
+                    self.problems.append(
+                        Problem(
+                            "unreadable_directory",
+                            _label(child),
+                            f"folders nested deeper than {cap} levels are not walked",
+                        )
+                    )
+                    continue
+                try:
+                    child_fd = os.open(child[-1], _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    self._unlistable(child, exc)
+                    continue
+                below = self._scan(child_fd, child, found)
+                if below is None:
+                    os.close(child_fd)
+                    continue
+                stack.append((child, child_fd, below))
+        finally:
+            for _, fd, _ in stack:
+                if fd != self._root_fd:
+                    _close(fd)
         return found
 
-    def _scan(self, parts: tuple[bytes, ...]) -> list[os.DirEntry]:
+    def _unlistable(self, parts: tuple[bytes, ...], exc: OSError) -> None:
+        code, why = "unreadable_directory", exc.strerror or str(exc)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link since listing
+            code, why = "link_ignored", "no longer a folder (link not followed)"
+        self.problems.append(Problem(code, _label(parts), why))
+
+    def _scan(self, fd: int, parts: tuple[bytes, ...], found: list) -> list[bytes] | None:
+        """List one folder through its descriptor: its files go to ``found``;
+        returns its subfolders in reverse name order (popped in name order),
+        or None when it cannot be listed."""
         try:
-            with os.scandir(os.path.join(self._root, *parts)) as it:
-                return sorted(it, key=lambda d: d.name)
+            with os.scandir(fd) as it:
+                dirents = sorted(it, key=lambda d: d.name)
         except OSError as exc:
-            label = "/".join(display_name(p) for p in parts)
-            self.problems.append(Problem("unreadable_directory", label, exc.strerror or str(exc)))
-            return []
+            self.problems.append(
+                Problem("unreadable_directory", _label(parts), exc.strerror or str(exc))
+            )
+            return None
+        subdirs: list[bytes] = []
+        for dirent in dirents:
+            child = parts + (os.fsencode(dirent.name),)
+            self._classify(dirent, child, subdirs, found)
+        subdirs.reverse()
+        return subdirs
 
     def _classify(
-        self, dirent: os.DirEntry, child: tuple[bytes, ...], stack: list, found: list
+        self, dirent: os.DirEntry, child: tuple[bytes, ...], subdirs: list, found: list
     ) -> None:
-        label = "/".join(display_name(p) for p in child)
         try:
             st = dirent.stat(follow_symlinks=False)
         except OSError as exc:
-            self.problems.append(Problem("unreadable_directory", label, exc.strerror or str(exc)))
+            self.problems.append(
+                Problem("unreadable_directory", _label(child), exc.strerror or str(exc))
+            )
             return
         if stat.S_ISLNK(st.st_mode):
-            self.problems.append(Problem("link_ignored", label, "symbolic link not followed"))
+            self.problems.append(
+                Problem("link_ignored", _label(child), "symbolic link not followed")
+            )
         elif stat.S_ISDIR(st.st_mode):
-            stack.append(child)
+            subdirs.append(child[-1])
         elif stat.S_ISREG(st.st_mode):
             found.append((child, st.st_size))
         else:
             self.problems.append(
-                Problem("link_ignored", label, "special file (fifo, device or socket)")
+                Problem("link_ignored", _label(child), "special file (fifo, device or socket)")
             )
 
     # ----------------------------------------------------------- Medium API
@@ -191,22 +275,46 @@ class FolderMedium:
         return self._real[entry.path]
 
     def open(self, entry: MediumEntry) -> BinaryIO:
-        """Open one entry for streaming.
+        """Open one entry for streaming (see :meth:`open_fd`)."""
+        return io.BufferedReader(_FolderReader(self.open_fd(entry), entry.path, entry.size), _CHUNK)
 
-        ``O_NOFOLLOW`` and the ``S_ISREG`` check close the race where a file
-        is swapped for a link or fifo between listing and reading.
+    def open_fd(self, entry: MediumEntry) -> int:
+        """A read-only descriptor on one entry (the caller closes it).
+
+        Each folder on the way is opened ``O_NOFOLLOW`` relative to its
+        parent, the file itself ``O_NOFOLLOW`` too, and the ``S_ISREG``
+        check closes the race where a file is swapped for a link or fifo
+        between listing and reading.
         """
-        real = self._real[entry.path]
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        parts = self._real[entry.path]
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        dir_fd = self._root_fd
         try:
-            fd = os.open(real, flags)
+            for name in parts[:-1]:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                if dir_fd != self._root_fd:
+                    os.close(dir_fd)
+                dir_fd = nxt
+            fd = os.open(parts[-1], flags, dir_fd=dir_fd)
         except OSError as exc:
-            code = "link_ignored" if exc.errno == errno.ELOOP else "unreadable_sector"
+            code = (
+                "link_ignored" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else "unreadable_sector"
+            )
             raise MediumReadError(code, f"{entry.path}: {exc.strerror}") from exc
+        finally:
+            if dir_fd != self._root_fd:
+                _close(dir_fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise MediumReadError("link_ignored", f"{entry.path}: no longer a regular file")
-        return io.BufferedReader(_FolderReader(fd, entry.path, entry.size), _CHUNK)
+        return fd
 
     def close(self) -> None:
         self._real.clear()
+        if self._root_fd >= 0:
+            _close(self._root_fd)
+            self._root_fd = -1
+
+
+def _label(parts: tuple[bytes, ...]) -> str:
+    return "/".join(display_name(p) for p in parts)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
@@ -28,42 +27,12 @@ from pdimport.media.base import SECTOR, MediumOpenError, SizeBudget, unique_labe
 from pdimport.media.blockdev import fd_size
 from pdimport.media.extents import ExtentMedium, Extents
 from pdimport.media.folder import display_name
+from pdimport.media.iso9660 import TolerantWalker, iso_name, read_volumes, safe_component
 from pdimport.model import MediumEntry
 from pdimport.problems import Problem
 from pdimport.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_MAX_NAME = 255
-_VERSION_SUFFIX = re.compile(r";\d*$")
-_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-# ------------------------------------------------------------------ names
-def safe_component(name: str) -> str:
-    """One path component made harmless as a display label (catalogue I5).
-
-    Separators, NUL and control characters become ``_``; ``.``/``..``/empty
-    become ``_``-prefixed; very long names are cut. The label is never used
-    as a local path (the spool names files by hash); this only keeps reports
-    and logs unambiguous.
-    """
-    name = _UNSAFE_CHARS.sub("_", name)
-    if name in ("", ".", ".."):
-        name = "_" + name
-    if len(name) > _MAX_NAME:
-        name = name[: _MAX_NAME - 1] + "\u2026"
-    return name
-
-
-def iso_name(raw: bytes, joliet: bool = False) -> str:
-    """Decode an ISO 9660 or Joliet File Identifier (ECMA-119 §7.5, Joliet is
-    UCS-2 big-endian) and drop the ``;1`` version and the empty-extension dot."""
-    text = raw.decode("utf-16-be", "replace") if joliet else display_name(raw)
-    text = _VERSION_SUFFIX.sub("", text)
-    if not joliet and text.endswith(".") and text not in (".", ".."):
-        text = text[:-1]
-    return text
 
 
 # ---------------------------------------------------------------- listing
@@ -175,11 +144,14 @@ def _dr_name(rec, namespace: str) -> str:
     return iso_name(rec.file_identifier(), joliet=namespace == "joliet")
 
 
-def walk_dr(root, namespace: str, length_of: Callable[[object], int]) -> Iterator[Found]:
+def walk_dr(
+    root, namespace: str, length_of: Callable[[object], int], problems: list[Problem]
+) -> Iterator[Found]:
     """Iterative walk of an ISO 9660, Joliet or Rock Ridge tree.
 
     ``length_of(record)`` gives a file record's true Data Length
-    (see :func:`recorded_length`).
+    (see :func:`recorded_length`); a directory met twice costs its own
+    entries (``directory_loop`` in ``problems``), not the walk.
     """
     rr = namespace == "rr"
     stack: list[tuple[tuple[str, ...], Any]] = [((), root)]
@@ -190,9 +162,10 @@ def walk_dr(root, namespace: str, length_of: Callable[[object], int]) -> Iterato
             path = parts + (safe_component(_dr_name(child, namespace)),)
             if child.is_dir():
                 if child.extent_location() in seen:
-                    raise MediumOpenError(
-                        "unreadable_medium", f"directory loop at {'/'.join(path)}"
+                    problems.append(
+                        Problem("directory_loop", "/".join(path), "directory met twice")
                     )
+                    continue
                 seen.add(child.extent_location())
                 stack.append((path, child))
                 continue
@@ -262,12 +235,16 @@ def volume_label(iso: pycdlib.PyCdlib) -> str:
     return text.replace("\x00", "").strip()
 
 
-def _walk(iso: pycdlib.PyCdlib, namespace: str, fd: int, end: int) -> Iterator[Found]:
+def _walk(
+    iso: pycdlib.PyCdlib, namespace: str, fd: int, end: int, problems: list[Problem]
+) -> Iterator[Found]:
     if namespace == "udf":
         return walk_udf(iso.udf_root, iso.udf_main_descs.partitions[0].part_start_location)
     vd = iso.joliet_vd if namespace == "joliet" else iso.pvd
     assert vd is not None, "namespace was chosen from the volume descriptors present"
-    return walk_dr(vd.root_directory_record(), namespace, lambda rec: recorded_length(fd, rec, end))
+    return walk_dr(
+        vd.root_directory_record(), namespace, lambda rec: recorded_length(fd, rec, end), problems
+    )
 
 
 def _rr_nonregular(iso: pycdlib.PyCdlib, fd: int, end: int) -> dict[str, str]:
@@ -276,7 +253,8 @@ def _rr_nonregular(iso: pycdlib.PyCdlib, fd: int, end: int) -> dict[str, str]:
     regular files; this lets us refuse them there too."""
     if not iso.has_rock_ridge():
         return {}
-    return {"/".join(f.parts): f.why for f in _walk(iso, "rr", fd, end) if f.extents is None}
+    found = _walk(iso, "rr", fd, end, [])
+    return {"/".join(f.parts): f.why for f in found if f.extents is None}
 
 
 class IsoMedium(ExtentMedium):
@@ -298,8 +276,11 @@ class IsoMedium(ExtentMedium):
         (including directory loops, catalogue I1/I2).
     """
 
-    def __init__(self, source: str, settings: Settings, kind: str = "iso") -> None:
+    def __init__(
+        self, source: str, settings: Settings, kind: str = "iso", tolerant: bool = True
+    ) -> None:
         self.kind = kind
+        self.tolerant = tolerant
         self.path = source
         self.label = ""
         self.namespace = ""
@@ -325,12 +306,18 @@ class IsoMedium(ExtentMedium):
         return iso, fp
 
     def _list(self, budget: SizeBudget) -> list[MediumEntry]:
-        iso, fp = self._parse()
+        try:
+            iso, fp = self._parse()
+        except MediumOpenError as exc:
+            if not self.tolerant:
+                raise
+            log.info("%s: pycdlib refused the image (%s); walking it tolerantly", self.path, exc)
+            return self._list_tolerant(budget, exc)
         try:
             self.namespace = choose_namespace(iso)
             self.label = volume_label(iso)
             refused = _rr_nonregular(iso, self._fd, self._size) if self.namespace != "rr" else {}
-            found = list(_walk(iso, self.namespace, self._fd, self._size))
+            found = list(_walk(iso, self.namespace, self._fd, self._size, self.problems))
         except (PyCdlibException, OSError, ValueError, struct.error, IndexError) as exc:
             raise MediumOpenError("unreadable_medium", f"{self.path}: {exc}") from exc
         finally:
@@ -339,6 +326,25 @@ class IsoMedium(ExtentMedium):
             fp.close()
         log.info("%s: %d records in the %s namespace", self.path, len(found), self.namespace)
         return self._admit(found, refused, budget)
+
+    def _list_tolerant(self, budget: SizeBudget, refused: MediumOpenError) -> list[MediumEntry]:
+        """List an image pycdlib refused with :class:`~pdimport.media.iso9660.TolerantWalker`:
+        a loop or bad directory extent costs the entries below it only."""
+        try:
+            volumes = read_volumes(self._fd)
+        except (MediumOpenError, OSError) as exc:
+            raise refused from exc
+        volume = volumes[0]
+        self.namespace, self.label = volume.namespace, volume.label
+        walker = TolerantWalker(self._fd, self._size, volume, self.problems)
+        found = [Found(parts, extents, why) for parts, extents, why in walker.walk()]
+        log.info(
+            "%s: %d records in the %s namespace (tolerant walk)",
+            self.path,
+            len(found),
+            self.namespace,
+        )
+        return self._admit(found, {}, budget)
 
     def _admit(
         self, found: list[Found], refused: dict[str, str], budget: SizeBudget

@@ -242,29 +242,42 @@ class _Walker:
         names = self._names(handle, parts)
         files = [self._file(parts, raw, handle, name) for kind, name in names if kind != UDF_DT_DIR]
         found = [f for f in files if f is not None]
-        self._check_loop(parts, names, found)
+        if self._is_loop(parts, names, found):
+            return  # this sub-tree was listed already: costs only itself
         yield from found
         for kind, name in names:
             if kind == UDF_DT_DIR:
                 self._push(parts + (display(name),), raw + (name,), handle, name, stack)
 
-    def _check_loop(self, parts, names, found: list[UdfFile]) -> None:
+    def _is_loop(self, parts, names, found: list[UdfFile]) -> bool:
+        """A directory seen before (``directory_loop`` recorded): it and the
+        entries below it are not listed again; the rest of the disc is."""
         fingerprint = (tuple(names), tuple(f.lba for f in found))
         if any(f.lba for f in found):
             if fingerprint in self._seen:
-                raise MediumOpenError(
-                    "unreadable_medium", f"{self.source}: directory loop at /{'/'.join(parts)}"
+                self.problems.append(
+                    Problem(
+                        "directory_loop",
+                        "/".join(parts),
+                        "directory loop: the same directory as one already listed",
+                    )
                 )
+                return True
             self._seen.add(fingerprint)
+        return False
 
     def _push(self, parts, raw, parent: int, name: bytes, stack) -> None:
         label = "/".join(parts)
         if len(parts) > MAX_DEPTH or self.directories >= MAX_DIRECTORIES:
-            raise MediumOpenError(
-                "unreadable_medium",
-                f"{self.source}: more than {MAX_DIRECTORIES} "
-                f"directories or deeper than {MAX_DEPTH} at /{label} (directory loop?)",
+            self.problems.append(
+                Problem(
+                    "directory_loop",
+                    label,
+                    f"more than {MAX_DIRECTORIES} directories or deeper than {MAX_DEPTH} "
+                    "(directory loop?): not listed",
+                )
             )
+            return
         handle = self.lib.udfread_opendir_at(parent, name)
         if not handle:
             self.problems.append(

@@ -13,6 +13,7 @@ Only a small prefix of each file is read.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -191,11 +192,12 @@ def identify(display_path: str, local: Path, context: MediumContext | None = Non
     try:
         with open(local, "rb") as fp:
             prefix = fp.read(PREFIX_SIZE)
+            size = os.fstat(fp.fileno()).st_size
     except OSError as exc:
         return Identity("broken", problem=Problem("unreadable_sector", display_path, str(exc)))
     if not prefix:
         return Identity("broken", problem=Problem("empty_file", display_path))
-    encoding = detect_encoding(prefix)
+    encoding = detect_encoding(prefix, size)
     if encoding is not None:
         return _dicom_identity(name, prefix, encoding)
     if any(_VIEWER_DIR.fullmatch(f) for f in name.folders):

@@ -4,12 +4,22 @@ Files are named by their SHA-256, never by anything found on the medium, and
 written crash-safely: temporary file, sync, ``rename``, sync of the directory
 entries (reliability notes §3.4), for one file or for a group at once. Spool files are never executable (a
 preamble may hold a PE/ELF polyglot, CVE-2019-11687).
+
+Temporary files (``tmp/in-*`` while a file is read, ``tmp/work-*`` while one
+is derived, ``tmp/nest-*`` while a nested package is open) carry their
+owner in their name: its process id and start time (``/proc/PID/stat``
+field 22, so a recycled pid is not mistaken for the owner). A process killed
+mid-read leaves them behind; :meth:`Spool.clean_tmp`, run whenever a spool
+is opened, removes those whose owner is gone and never one a running
+process owns.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,17 +27,86 @@ from pathlib import Path
 
 from pdimport.store.fsutil import fsync_dir, sync_filesystem
 
+log = logging.getLogger(__name__)
+
 _MODE = 0o640
+#: ``<kind>-<pid>.<start time>-<random>`` (see the module docstring).
+_OWNED = re.compile(r"^(?:in|work|nest)-(\d+)\.(\d+)-")
+_TMP_KINDS = ("in-", "work-", "nest-")
+_start_times: dict[int, str] = {}
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fp:
+            stat_line = fp.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: count from its end.
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def tmp_prefix(kind: str) -> str:
+    """Name prefix of a temporary file this process owns (``in``, ``work``, ``nest``)."""
+    pid = os.getpid()
+    if pid not in _start_times:
+        _start_times[pid] = _start_time(pid) or "0"
+    return f"{kind}-{pid}.{_start_times[pid]}-"
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the process named in a temporary file's name still runs."""
+    m = _OWNED.match(name)
+    if m is None:
+        return False  # no owner recorded (written before owners were): stale
+    return _start_time(int(m.group(1))) == m.group(2)
+
+
+def clean_tmp(tmp: Path) -> list[str]:
+    """Remove the temporary files in ``tmp`` whose owner process is gone;
+    returns their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(tmp)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(_TMP_KINDS) or owner_alive(name):
+            continue
+        try:
+            os.unlink(tmp / name)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            continue
+        removed.append(name)
+    if removed:
+        log.info("spool: removed %d stale temporary file(s) of stopped processes", len(removed))
+    return removed
 
 
 class Spool:
     """A folder of immutable, hash-named files: ``<root>/ab/cd/abcd…``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clean: bool = True) -> None:
+        """Open (or create) the spool at ``root``; ``clean`` removes the
+        temporary files of stopped processes (:meth:`clean_tmp`)."""
         self.root = Path(root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._dirs: set[Path] = set()  # bucket folders known to exist
+        if clean:
+            self.clean_tmp()
+
+    @property
+    def tmp(self) -> Path:
+        """The folder of temporary files (same filesystem as the spool)."""
+        return self._tmp
+
+    def clean_tmp(self) -> list[str]:
+        """Remove temporary files left by processes that no longer run (a
+        kill -9 during a read); files of running processes stay."""
+        return clean_tmp(self._tmp)
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -64,7 +143,7 @@ class Spool:
         nothing is kept and the exception propagates."""
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="in-")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=tmp_prefix("in"))
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
@@ -129,7 +208,7 @@ class Spool:
 
     def workfile(self, suffix: str = "") -> Path:
         """A fresh temporary path inside the spool (same filesystem for rename)."""
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="work-", suffix=suffix)
+        fd, name = tempfile.mkstemp(dir=self._tmp, prefix=tmp_prefix("work"), suffix=suffix)
         os.close(fd)
         return Path(name)
 

@@ -99,3 +99,18 @@ def test_folder_swapped_for_a_link_after_listing_is_refused(tmp_path, media_sett
         assert exc.value.code == "link_ignored"
     finally:
         medium.close()
+
+
+def test_image_300_folders_deep_is_scanned_in_place(tmp_path, state, capsys):
+    """`pdimport scan` reads folders in place (by name): a path over PATH_MAX
+    is read through the directory descriptors instead."""
+    images = make_ct_series(tmp_path / "src", 2, patient_id="DEEP")
+    usb = tmp_path / "usb"
+    make_deep(usb, DEPTH, {b"IM0001": images[0].read_bytes()})
+    (usb / "IM0002").write_bytes(images[1].read_bytes())
+    rc = main(["scan", str(usb), "--state-dir", str(state), "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0, rep["problems"]
+    assert sorted(i["sop_instance_uid"] for i in rep["instances"]) == sorted(
+        str(dcmread(p).SOPInstanceUID) for p in images
+    )

@@ -24,7 +24,8 @@ computed for the copies of a SOP Instance UID that appears more than once
 ``""`` for the rest; and the repairs a send would make
 (``meta_repaired``/``length_repaired``, a walk of every file to its end)
 are found by ``pdimport import``, which makes them. Media that are not
-folders (disc images, devices, zip packages) keep the read into the spool:
+folders (disc images, devices, zip packages), and folders with a path too
+long to be named to the kernel, keep the read into the spool:
 ``Survey.run`` returns None for them.
 """
 
@@ -81,7 +82,7 @@ class Survey:
         except MediumOpenError:
             return None  # the importer records the unusable medium
         try:
-            if medium.kind not in IN_PLACE_KINDS:
+            if medium.kind not in IN_PLACE_KINDS or not _nameable(medium):
                 return None
             self.state.mkdir(parents=True, exist_ok=True)
             journal = Journal(self.state / "journal.sqlite")
@@ -142,6 +143,14 @@ class Survey:
             "job_finished", {"job": job.id, "status": report["status"], "report": report}
         )
         return report
+
+
+def _nameable(medium: Any) -> bool:
+    """Whether every file of a folder can be opened by its name: one whose
+    path is longer than the kernel takes (PATH_MAX, images hundreds of folders
+    deep) is read the spooled way, through directory descriptors."""
+    limit = os.pathconf(medium.path, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+    return all(len(medium.real_path(e)) < limit for e in medium.entries())
 
 
 class InPlaceInventory(Inventory):

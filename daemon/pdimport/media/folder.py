@@ -271,8 +271,10 @@ class FolderMedium:
 
     def real_path(self, entry: MediumEntry) -> bytes:
         """Where an entry is, for readers that read in place (an inventory's
-        prefix reads); they must refuse links as :meth:`open` does."""
-        return self._real[entry.path]
+        prefix reads); they must refuse links as :meth:`open` does. A path
+        longer than PATH_MAX cannot be opened by name: such readers fall
+        back to :meth:`open`, which walks directory descriptors."""
+        return os.path.join(os.fsencode(self.path), *self._real[entry.path])
 
     def open(self, entry: MediumEntry) -> BinaryIO:
         """Open one entry for streaming (see :meth:`open_fd`)."""

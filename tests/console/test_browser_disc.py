@@ -108,7 +108,7 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
         loops.append(loop)
 
         values: list[float] = []
-        status_line = ""
+        status_line = row_mid_read = ""
         deadline = time.monotonic() + 120
         seen: dict = {}
         while time.monotonic() < deadline:
@@ -119,6 +119,7 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
                 if 20 <= value <= 80 and not status_line:
                     shot("drives-reading")
                     status_line = _status(state)
+                    row_mid_read = browser.find_element(By.CSS_SELECTOR, "#drives tr.drive").text
             if "imported" in seen.get("state", ""):
                 break
             time.sleep(0.1)
@@ -128,6 +129,7 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
         assert len(rises) >= 2, f"the bar never moved: {values}"
         assert seen["marker"], "the page was reloaded"
         assert seen["updates"] >= 3  # each one an event the server pushed
+        assert "Yamada" in row_mid_read, row_mid_read  # named from the headers, mid-read
         # `pdimport status` told the same read in words, mid-read
         assert re.search(
             r"reading \d+% \d+/60 files [\d.]+/[\d.]+ MB [\d.]+ MB/s ETA \d+:\d\d", status_line

@@ -46,6 +46,7 @@ def test_meter_reports_percent_rate_and_eta_at_most_every_interval() -> None:
         "percent": 50.0,
         "mb_per_s": 2.0,
         "eta_s": 1.0,
+        "patients": [],
     }
     assert describe(told[-1]) == "50% 2/4 files 2.0/4.0 MB 2.0 MB/s ETA 0:01"
     meter.finish()
@@ -102,3 +103,22 @@ def test_status_shows_percent_files_rate_and_eta_while_a_slow_medium_is_read(tmp
     assert job["progress"]["files_done"] == job["progress"]["files_total"] == 40
     assert job["progress"]["percent"] == 100.0
     imp.close()
+
+
+def test_the_read_names_its_patient_before_the_report_exists(tmp_path: Path):
+    """The drives page names the disc's patient while it is read: the
+    headers scanned during the read reach the progress."""
+    make_ct_series(tmp_path / "disc" / "CT", 12, patient_id="PROG", patient_name="Yamada^Hanako")
+    cfg = defaults().replace(state_dir=str(tmp_path / "state"))
+    told: list[dict] = []
+    imp = Importer(cfg, progress=lambda job, fields: told.append(fields))
+    try:
+        imp.read_source(str(tmp_path / "disc"), wrap=lambda m: SlowMedium(m, 0.05))
+    finally:
+        imp.close()
+    reading = [f for f in told if f["phase"] == "reading"]
+    assert reading and reading[0]["patients"] == []  # nothing scanned yet at the start
+    named = [f for f in reading if f["patients"] == ["Yamada^Hanako"]]
+    assert named and named[0]["files_done"] < 12, [
+        (f["files_done"], f["patients"]) for f in reading
+    ]

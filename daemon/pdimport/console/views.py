@@ -87,7 +87,8 @@ def _job_row(job_id: str, job: dict[str, Any], names: Callable[[str], list[str]]
     return {
         "job": job_id,
         "outcome": outcome_of(state) if state else "",
-        "patients": names(job_id) if job_id else [],
+        # the report's names once there is one; while reading, the headers'
+        "patients": (names(job_id) if job_id else []) or list((progress or {}).get("patients", [])),
         "percent": float(progress.get("percent", 0)) if progress else None,
         "phase": progress.get("phase", "") if progress else "",
         "mb_per_s": float(progress.get("mb_per_s", 0)) if progress else None,

@@ -212,14 +212,19 @@ class Importer:
         self.journal.transition(job.id, JobEvent.START_READ)
         done = self.journal.file_map(job.id)
         entries = medium.entries()
-        scanner = PrescanWorker(self.scanner, self.spool, self.prescans.job(job.id))
+        meter = ProgressMeter(
+            job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
+        )
+        scanner = PrescanWorker(
+            self.scanner,
+            self.spool,
+            self.prescans.job(job.id),
+            on_header=lambda header: meter.note_patient(header.patient_name),
+        )
         writer = SpoolWriter(self.spool, self.journal, job.id, scanner.submit)
         scanner.start()
         writer.start()
         finished = False
-        meter = ProgressMeter(
-            job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
-        )
         budget = ReadBudget.from_settings(self.settings)
         try:
             for seq, entry in enumerate(entries):

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,15 +105,25 @@ class PrescanWorker(threading.Thread):
         Where the files are.
     table : dict
         Receives one :class:`Prescan` per ``(path, sha256)``.
+    on_header : callable, optional
+        Told each header scanned (the job's progress names its patients
+        while the medium is still read).
     """
 
     _STOP = object()
 
-    def __init__(self, scanner: Any, spool: Spool, table: dict[tuple[str, str], Prescan]) -> None:
+    def __init__(
+        self,
+        scanner: Any,
+        spool: Spool,
+        table: dict[tuple[str, str], Prescan],
+        on_header: Callable[[Header], None] | None = None,
+    ) -> None:
         super().__init__(name="prescan", daemon=True)
         self._scanner = scanner
         self._spool = spool
         self._table = table
+        self._on_header = on_header
         self._queue: queue.Queue[Any] = queue.Queue(_PRESCAN_QUEUE)
         self._cancelled = threading.Event()
 
@@ -173,3 +184,5 @@ class PrescanWorker(threading.Thread):
         results = self._scanner.scan(paths, [ident.subtype for _, ident in dicom])
         for (key, ident), res in zip(dicom, results, strict=True):
             self._table[key] = Prescan(ident, res)
+            if self._on_header is not None and isinstance(res, Header):
+                self._on_header(res)

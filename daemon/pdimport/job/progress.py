@@ -18,6 +18,10 @@ from typing import Any
 ProgressSink = Callable[[str, dict[str, Any]], None]
 
 
+#: Patient names a job's progress carries (a disc of many patients is held anyway).
+MAX_NAMES = 4
+
+
 class ProgressMeter:
     """Files and bytes of one phase (``reading`` or ``delivering``) of one job."""
 
@@ -37,6 +41,7 @@ class ProgressMeter:
         self.bytes_total = bytes_total
         self.files_done = 0
         self.bytes_done = 0
+        self.patients: list[str] = []  # names seen so far, at most MAX_NAMES
         self._sink = sink
         self._interval = interval
         self._clock = clock
@@ -48,6 +53,12 @@ class ProgressMeter:
         self.bytes_done += nbytes
         if self._sink is not None and self._clock() - self._told >= self._interval:
             self._tell()
+
+    def note_patient(self, name: str) -> None:
+        """A patient's name seen in a header scanned during the read (any
+        thread); the next report of progress carries it."""
+        if name and name not in self.patients and len(self.patients) < MAX_NAMES:
+            self.patients = [*self.patients, name]
 
     def finish(self) -> None:
         """The last word of the phase, whatever the interval."""
@@ -78,6 +89,7 @@ class ProgressMeter:
             "percent": round(percent, 1),
             "mb_per_s": round(rate / 1e6, 2),
             "eta_s": round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None),
+            "patients": list(self.patients),
         }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from fixtures_dicom import dciodvfy_errors, make_ct_series
+from fixtures_peers import free_port
 
 from pdimport.cli import main
 from pdimport.record import auditchain
@@ -330,3 +331,33 @@ def test_split_policy_reconciles_each_patient_and_never_merges(tmp_path, orthanc
     by_uid = {i["sop_instance_uid"]: i["path"].split("/")[0] for i in report["instances"]}
     stored = {t["SOPInstanceUID"]: t["PatientID"] for t in orthanc.instances()}
     assert {uid: {"A1": "L1", "B2": "L2"}[by_uid[uid]] for uid in by_uid} == stored
+
+
+def test_a_retry_keeps_the_identity_the_first_run_settled(tmp_path, csv_source, capsys):
+    """The PACS was down when the disc was read and reconciled; by the retry
+    the registry is down too. The job is delivered under the identity it was
+    settled with, never held from waiting nor re-asked (a patient under two
+    identities), and a disc reconciled to nobody keeps its foreign ID."""
+    src = disc(tmp_path / "disc", [("F123", KANJI, {**JAPANESE, **BORN})])
+    state, out = tmp_path / "state", tmp_path / "out"
+    closed = f"dicom://NOBODY@127.0.0.1:{free_port()}"
+    common = ["--state-dir", str(state)]
+    rc, report = run(
+        capsys, "import", str(src), "--dest", closed, "--identity", f"csv://{csv_source}", *common
+    )
+    assert report["status"] == "waiting_for_destination", report
+    assert report["patients"][0]["local_id"] == "L0001"
+    gone = tmp_path / "registry-moved.csv"  # the registry is unreachable by now
+    rc, report = run(
+        capsys,
+        "import",
+        str(src),
+        "--dest",
+        f"file://{out}",
+        "--identity",
+        f"csv://{gone}",
+        *common,
+    )
+    assert rc == 0 and report["status"] == "imported", report
+    assert report["patients"][0]["local_id"] == "L0001"
+    assert {str(pydicom.dcmread(f).PatientID) for f in out.iterdir()} == {"L0001"}

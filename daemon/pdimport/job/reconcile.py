@@ -8,13 +8,15 @@ For every patient the medium holds, in order:
    (:func:`~pdimport.policy.group.group_patients`) are held
    (``unidentified_patient``) until a person discards them, and are not
    counted as a patient;
-3. else the identity sources are asked in order (``reconcile.sources``): the
+3. else, when an earlier run of the job settled the patient (a retry after
+   the PACS was down, a resume), that identity stays;
+4. else the identity sources are asked in order (``reconcile.sources``): the
    first that names exactly one matching local patient decides; one that
    names several holds the patient (``ambiguous_match``); one that does not
    answer holds it (``identity_source_down``), never sent under the foreign ID
    by accident; when none matches, ``reconcile.unmatched`` says what happens
    (hold, keep the foreign ID, or prefix it);
-4. with no source configured, the instances are delivered as they are.
+5. with no source configured, the instances are delivered as they are.
 
 A patient with a local identity is delivered as coerced copies
 (:mod:`pdimport.reconcile.coerce`); the original bytes stay in the spool.
@@ -135,6 +137,7 @@ class Reconciler:
     ) -> list[Settled]:
         """Decide each patient's fate; problems found on the way are appended."""
         decisions = {d.patient: d for d in self.journal.decisions(job_id)}  # the last one counts
+        earlier = self.journal.settlements(job_id)
         several = len([p for p in patients if not p.unidentified]) > 1
         out: list[Settled] = []
         for patient in patients:
@@ -145,12 +148,24 @@ class Reconciler:
                 out.append(self._unidentified(patient, insts, decisions.get(UNIDENTIFIED)))
             elif decision is not None:
                 out.append(self._decided(patient, insts, decision))
+            elif patient.id in earlier:
+                # Settled by an earlier run of this job (a retry, a resume): a
+                # patient is never delivered under two identities, whatever
+                # the sources or settings say now.
+                identity, how = earlier[patient.id]
+                local = LocalIdentity(**identity) if identity else None
+                out.append(Settled(patient, insts, DELIVER, identity=local, match=how))
             elif several and self.settings.get("policy.multi_patient") == "hold":
                 out.append(Settled(patient, insts, HOLD, hold_reason="multi_patient"))
             elif not self.settings.get("reconcile.sources"):
                 out.append(Settled(patient, insts, DELIVER))
             else:
                 out.append(self._ask(patient, insts, facility, problems))
+        for s in out:
+            if s.action == DELIVER and s.decision is None and not s.patient.unidentified:
+                self.journal.record_settlement(
+                    job_id, s.patient.id, identity_dict(s.identity), s.match
+                )
         return out
 
     @staticmethod

@@ -107,6 +107,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     time      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id, time);
+CREATE TABLE IF NOT EXISTS settlements (
+    job_id    TEXT NOT NULL,
+    patient   TEXT NOT NULL,        -- the foreign Patient ID as on the medium
+    identity  TEXT,                 -- JSON: the local identity; NULL = as on the medium
+    match     TEXT,                 -- JSON: how it was found (kind, source, rule, detail)
+    time      REAL NOT NULL,
+    PRIMARY KEY (job_id, patient)
+);
 """
 
 #: The audit trail's chain head (:mod:`pdimport.record.audit`): the journal is
@@ -386,6 +394,37 @@ class Journal:
             ),
         )
         return Decision(job_id, patient, action, identity, operator, reason, now)
+
+    def record_settlement(
+        self,
+        job_id: str,
+        patient: str,
+        identity: dict[str, Any] | None,
+        match: dict[str, str] | None,
+    ) -> None:
+        """The identity a patient of a job was first delivered under, found
+        without a person: later runs of the job (a retry, a resume) keep it."""
+        self._exec(
+            "INSERT OR IGNORE INTO settlements VALUES (?,?,?,?,?)",
+            (
+                job_id,
+                patient,
+                None if identity is None else json.dumps(identity, ensure_ascii=False),
+                None if match is None else json.dumps(match, ensure_ascii=False),
+                time.time(),
+            ),
+        )
+
+    def settlements(
+        self, job_id: str
+    ) -> dict[str, tuple[dict[str, Any] | None, dict[str, str] | None]]:
+        """Each settled patient's (identity, match) of a job."""
+        return {
+            r[0]: (json.loads(r[1]) if r[1] else None, json.loads(r[2]) if r[2] else None)
+            for r in self._rows(
+                "SELECT patient, identity, match FROM settlements WHERE job_id=?", (job_id,)
+            )
+        }
 
     def decisions(self, job_id: str) -> list[Decision]:
         """A job's decisions, oldest first."""

@@ -304,6 +304,20 @@ SETTINGS: tuple[Setting, ...] = (
         min=1,
         max=32,
     ),
+    Setting(
+        "network.commitment_listen",
+        str,
+        "127.0.0.1:11113",
+        "HOST:PORT where a destination with ?commitment=1 calls us back with its storage "
+        "commitment report (the PACS must know our AE title at this address)",
+    ),
+    Setting(
+        "network.commitment_timeout",
+        float,
+        60.0,
+        "seconds to wait for a storage commitment report before the job waits and asks again",
+        min=1,
+    ),
     Setting("network.retries", int, 3, "attempts per delivery run before the job waits", min=1),
     Setting("network.retry_delay", float, 2.0, "first back-off between attempts, seconds", min=0),
     # reading limits (hostile media)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pdimport.job.commit import commit_delivered, uncommitted
 from pdimport.job.inventory import Inventory
 from pdimport.job.lifecycle import Interrupted
 from pdimport.job.progress import ProgressMeter, ProgressSink
@@ -100,7 +101,8 @@ class Deliverer:
         destination could not take it (no context for it, or it did not
         decode for a destination that wanted it uncompressed).
         """
-        sent = self.journal.sent_set(dest.key)
+        # a C-STORE acknowledged but then not committed is sent again
+        sent = self.journal.sent_set(dest.key) - uncommitted(self.journal, dest)
         todo: dict[str, Instance] = {}
         spare: dict[str, list[Instance]] = {}  # key -> the copies not tried yet
         for copies in self._units(inv, select):
@@ -163,6 +165,7 @@ class Deliverer:
                 if i.dest_states.get(dest.key) == "sent" and i.previously_sent
             ),
         )
+        commit_delivered(self.settings, self.journal, job, dest, inv, self._event)
 
     @staticmethod
     def _units(inv: Inventory, select: Callable[[Instance], bool]) -> list[list[Instance]]:

@@ -31,8 +31,10 @@ class DicomDest:
     ``nodelay`` / ``quickack``: set TCP_NODELAY and re-arm TCP_QUICKACK on
     our sockets (default on; ``?nodelay=0``, ``?quickack=0`` on the URL turn
     them off). ``associations``: parallel associations for this destination
-    (``?associations=N``; 0 = the ``network.associations`` setting). None of
-    them is part of :attr:`key`: they change how, not where, we deliver.
+    (``?associations=N``; 0 = the ``network.associations`` setting).
+    ``commitment``: after delivery, ask the destination to commit what it
+    acknowledged (Storage Commitment, ``?commitment=1``). None of them is part
+    of :attr:`key`: they change how, not where, we deliver.
     """
 
     aet: str
@@ -41,6 +43,7 @@ class DicomDest:
     nodelay: bool = True
     quickack: bool = True
     associations: int = 0
+    commitment: bool = False
 
     kind = "dicom"
 
@@ -130,7 +133,7 @@ def _dicom_options(query: str, url: str) -> dict:
     for part in filter(None, query.split("&")):
         name, _, value = part.partition("=")
         name, value = name.lower(), unquote(value).lower()
-        if name in ("nodelay", "quickack"):
+        if name in ("nodelay", "quickack", "commitment"):
             if value not in _FLAGS:
                 raise ValueError(f"destination {url!r}: {name} must be 0 or 1")
             options[name] = _FLAGS[value]
@@ -140,7 +143,8 @@ def _dicom_options(query: str, url: str) -> dict:
             options[name] = int(value)
         else:
             raise ValueError(
-                f"destination {url!r}: unknown option {name!r} (nodelay, quickack, associations)"
+                f"destination {url!r}: unknown option {name!r} "
+                "(nodelay, quickack, associations, commitment)"
             )
     return options
 

@@ -308,7 +308,14 @@ def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
         parse_dest(url)  # usage errors before any medium is touched
     _require_sources(args.sources)
     parse_routes(list(cfg.route), parse_dest)
-    importer = _importer(cfg)
+    from pdimport.job.importer import disk_full_result
+    from pdimport.store.fsutil import DiskFull
+
+    try:
+        importer = _importer(cfg)
+    except DiskFull as exc:  # not even the journal opens: say so, for every source
+        _print([disk_full_result(s, exc).report for s in args.sources], args.json)
+        return 2
     results = []
     worst = 0
     try:

@@ -216,6 +216,14 @@ SETTINGS: tuple[Setting, ...] = (
         min=0,
     ),
     Setting(
+        "spool.min_free_mb",
+        int,
+        512,
+        "free space (MB) under which the appliance takes no more media (disk_full): intake "
+        "pauses before the disk is full and resumes when space is back",
+        min=0,
+    ),
+    Setting(
         "policy.multi_patient",
         str,
         "hold",

@@ -26,6 +26,7 @@ from pdimport.send import deliver as send_to
 from pdimport.send import parse_dest
 from pdimport.send.link import remove_converted
 from pdimport.settings import Settings
+from pdimport.store.fsutil import DiskFull
 from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
@@ -224,6 +225,8 @@ class Deliverer:
                 break
             try:
                 send_to(dest, items, self.settings, on_outcome, workdir)
+            except DiskFull:
+                raise  # a journal that cannot record must not be retried against
             except Exception as exc:
                 log.exception("delivery to %s failed", dest.key)
                 for key in pending:

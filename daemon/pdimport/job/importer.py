@@ -40,7 +40,7 @@ from typing import Any
 from pdimport.job import report as report_mod
 from pdimport.job.deliver import Deliverer, settle
 from pdimport.job.inventory import Inventory, InventoryTaker
-from pdimport.job.lifecycle import JobEvent, JobState
+from pdimport.job.lifecycle import FINAL_JOB_STATES, IllegalTransition, JobEvent, JobState
 from pdimport.job.prescan import PrescanStore, PrescanWorker
 from pdimport.job.progress import ProgressMeter, ProgressSink
 from pdimport.job.readbudget import ReadBudget
@@ -64,10 +64,14 @@ from pdimport.record.audit import AuditLog
 from pdimport.scan import get_scanner
 from pdimport.send import parse_dest
 from pdimport.settings import Settings
+from pdimport.store.fsutil import DiskFull, check_free
 from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
+
+#: Entries between two checks of the spool's free space (statvfs is cheap, not free).
+_FREE_CHECK_EVERY = 16
 
 EXIT_OK, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE = 0, 1, 2, 64
 
@@ -100,6 +104,22 @@ class JobResult:
     def state(self) -> JobState:
         """The job's state once the step that returned this ended."""
         return JobState(self.report["status"])
+
+
+def disk_full_result(
+    source: str, exc: DiskFull, job: Job | None = None, mode: str = "import"
+) -> JobResult:
+    """The failed result of a job the full disk stopped (``disk_full``),
+    built in memory: it can be printed when nothing can be written."""
+    log.error("disk full: %s", exc.detail)
+    if job is None:  # the job itself could not be recorded
+        now = time.time()
+        job = Job(
+            f"unrecorded-{now:.0f}", "", "unknown", source, "", mode, JobState.FAILED,
+            False, now, now,
+        )  # fmt: skip
+    inv = Inventory(problems=[Problem("disk_full", source, exc.detail)])
+    return JobResult(job.id, report_mod.build(job, inv, [], [], mode, failed=True))
 
 
 class Importer:
@@ -143,10 +163,40 @@ class Importer:
     def run(self, source: str, dests: list[str], mode: str = "import") -> JobResult:
         """Import (or, with ``mode='scan'``, inventory) one source end to end."""
         destinations = [parse_dest(d) for d in dests]
-        job = self.read_source(source, mode)
-        if isinstance(job, JobResult):
-            return job
-        return self.process(job.id, destinations, mode)
+        job: Job | JobResult | None = None
+        try:
+            job = self.read_source(source, mode)
+            if isinstance(job, JobResult):
+                return job
+            return self.process(job.id, destinations, mode)
+        except DiskFull as exc:
+            return self.disk_full(source, exc, job if isinstance(job, Job) else None, mode)
+
+    def disk_full(
+        self, source: str, exc: DiskFull, job: Job | None = None, mode: str = "import"
+    ) -> JobResult:
+        """The job the full disk stopped, as a failed result with ``disk_full``:
+        recorded in the journal and ``reports/`` when they can still be
+        written, on stdout in any case. Nothing read is lost: the spool and
+        the journal keep what was committed, and the same command continues
+        once there is space."""
+        job = getattr(exc, "job", None) or job
+        result = disk_full_result(source, exc, job, mode)
+        report = result.report
+        job = job or Job(result.job_id, "", "unknown", source, "", mode, JobState.FAILED,
+                         False, 0.0, 0.0)  # fmt: skip
+        try:
+            self.journal.save_report(job.id, report)
+            current = self.journal.job(job.id)
+            if current is not None and current.state not in FINAL_JOB_STATES:
+                event = JobEvent.READ_FAILED if current.state == JobState.READING else JobEvent.FAIL
+                self.journal.transition(job.id, event, "disk_full")
+            (self.reports_dir / f"{job.id}.json").write_text(
+                report_mod.dumps(report), encoding="utf-8"
+            )
+        except (DiskFull, OSError, IllegalTransition) as again:
+            log.error("the report of job %s could not be kept: %s", job.id, again)
+        return JobResult(job.id, report)
 
     def read_source(
         self,
@@ -180,7 +230,11 @@ class Importer:
             if on_job is not None:
                 on_job(job)
             if not job.read_complete:
-                self.read(job, wrap(medium) if wrap is not None else medium)
+                try:
+                    self.read(job, wrap(medium) if wrap is not None else medium)
+                except DiskFull as exc:
+                    exc.job = job  # type: ignore[attr-defined]  # for disk_full()
+                    raise
         finally:
             medium.close()
         return job
@@ -226,6 +280,7 @@ class Importer:
         writer.start()
         finished = False
         budget = ReadBudget.from_settings(self.settings)
+        min_free = int(self.settings.get("spool.min_free_mb")) << 20
         try:
             for seq, entry in enumerate(entries):
                 rec = done.get(entry.path)
@@ -238,6 +293,8 @@ class Importer:
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
                     meter.add(files=1, nbytes=entry.size)
                     continue
+                if seq % _FREE_CHECK_EVERY == 0:
+                    check_free(self.spool.root, min_free)  # DiskFull: the read stops, resumable
                 if budget.exhausted:
                     writer.begin(seq, entry)
                     writer.fail("read_abandoned", budget.why())

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pdimport.store.fsutil import DiskFull, disk_full
 from pdimport.store.journal import Journal
 from pdimport.store.spool import Spool
 
@@ -107,7 +108,12 @@ class SpoolWriter(threading.Thread):
         try:
             self._serve()
         except BaseException as exc:
-            log.exception("spool writer failed")
+            if disk_full(exc) and not isinstance(exc, DiskFull):
+                exc = DiskFull(f"spool: {exc}")
+            if isinstance(exc, DiskFull):
+                log.warning("spool writer stopped: %s", exc.detail)
+            else:
+                log.exception("spool writer failed")
             self.error = exc
             self._spool.discard([st for _, _, st in self._group])
             self._group.clear()
@@ -144,19 +150,20 @@ class SpoolWriter(threading.Thread):
             staged = self._spool.stage(self._chunks())
         except _Abandoned:
             return False
-        except (EntryFailed, OSError) as exc:
-            code, detail = (
-                (exc.code, exc.detail)
-                if isinstance(exc, EntryFailed)
-                else ("unreadable_sector", str(exc))
-            )
-            self._commit_group()  # the journal keeps the read order
-            self._journal.record_file(
-                self._job_id, seq, entry.path, entry.size, None, "error", code, detail
-            )
+        except OSError as exc:
+            if disk_full(exc):  # our disk, not the medium: stop the read
+                raise DiskFull(f"spool: {exc.strerror}") from exc
+            code, detail = "unreadable_sector", str(exc)
+        except EntryFailed as exc:
+            code, detail = exc.code, exc.detail
+        else:
+            self._group.append((seq, entry, staged))
+            self._group_bytes += staged.size
             return True
-        self._group.append((seq, entry, staged))
-        self._group_bytes += staged.size
+        self._commit_group()  # the journal keeps the read order
+        self._journal.record_file(
+            self._job_id, seq, entry.path, entry.size, None, "error", code, detail
+        )
         return True
 
     def _commit_group(self) -> None:

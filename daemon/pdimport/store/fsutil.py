@@ -8,12 +8,17 @@ half-written one that a later run would send or parse.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from pdimport.problems import CodedError
 
 
 @contextmanager
@@ -93,3 +98,31 @@ def sync_filesystem(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+class DiskFull(CodedError):
+    """The appliance's own disk (spool, journal, reports) cannot take more:
+    intake pauses and the job stops cleanly (``disk_full``); nothing read
+    is lost, and nothing is retried with a journal that cannot record it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("disk_full", detail)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (ENOSPC, EDQUOT, SQLITE_FULL)."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # SQLITE_FULL: "database or disk is full"
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+def check_free(path: Path, min_free: int) -> None:
+    """Raise :class:`DiskFull` when the file system of ``path`` has less than
+    ``min_free`` bytes free: intake stops at a low-water mark, before the
+    disk is full."""
+    free = shutil.disk_usage(path).free
+    if free < min_free:
+        raise DiskFull(f"{free // (1 << 20)} MB free on {path}, below {min_free // (1 << 20)} MB")

@@ -33,9 +33,31 @@ from pdimport.job.lifecycle import (
     Transition,
     job_state,
 )
+from pdimport.store.fsutil import DiskFull, check_free, disk_full
 from pdimport.store.schema import AUDIT_SCHEMA, SCHEMA
 
 log = logging.getLogger(__name__)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose "database or disk is full" is :class:`DiskFull`:
+    the callers stop instead of retrying with a journal that cannot record."""
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"journal: {exc}") from exc
+            raise
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"journal: {exc}") from exc
+            raise
 
 
 @dataclass(frozen=True)
@@ -108,9 +130,18 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+            str(path),
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=30.0,
+            factory=_Connection,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            # with no byte free SQLite cannot even create its WAL: "disk I/O error"
+            check_free(path.parent, 1 << 20)
+            raise exc from None
         # FULL: with NORMAL a commit can roll back after power loss (SQLite docs).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

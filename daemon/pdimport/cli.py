@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# Only what parsing the command line needs: `pdimport --help` must not pay
+# for pydicom, pynetdicom and numpy (~0.3 s); each command imports its own.
 from pdimport import __version__, logs
-from pdimport.job import report as report_mod
 from pdimport.problems import CodedError
 from pdimport.settings import SETTINGS, Setting, SettingsError, check, load
 
@@ -295,6 +296,8 @@ def _print(results: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         for rep in results:
+            from pdimport.job import report as report_mod
+
             print(report_mod.summary(rep))
 
 
@@ -561,11 +564,15 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
         receiver.stop()
     if args.once:
         rep = result.get("report")
+        from pdimport.job import report as report_mod
+
         return report_mod.exit_code(rep["status"]) if rep else 2
     return rc
 
 
 def _demo_summary(rep: dict[str, Any], iso: Path, watch: Path, pacs_dir: Path, cfg: Any) -> None:
+    from pdimport.job import report as report_mod
+
     print(report_mod.summary(rep))
     stored = sorted(p for p in Path(pacs_dir).glob("*") if p.is_file())
     print(f"\nsample disc:   {iso} (dropped into {watch})")

@@ -1,7 +1,9 @@
 """Phase 2's last step: send a job's instances to each destination.
 
-Each instance's outcome is journaled as it arrives, so an acknowledged one is
-never sent again (not by a retry, not after a restart). A destination that is
+Each instance's outcome is journaled as it arrives, in commit groups
+(:class:`~pdimport.store.groupcommit.DeliveryRecorder`), so an acknowledged
+one is never sent again by a retry, and after a crash at most what was in
+flight and one commit group is sent again. A destination that is
 not there is retried a few times within the delivery, on the same back-off
 schedule the daemon's retry worker uses for whole jobs (:func:`backoff`).
 """
@@ -27,6 +29,7 @@ from pdimport.send import parse_dest
 from pdimport.send.link import remove_converted
 from pdimport.settings import Settings
 from pdimport.store.fsutil import DiskFull
+from pdimport.store.groupcommit import DeliveryRecorder
 from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
@@ -129,9 +132,11 @@ class Deliverer:
         sizes = {key: self._size(inst) for key, inst in todo.items()}
         meter = ProgressMeter(job.id, "delivering", len(todo), sum(sizes.values()), self._progress)
 
+        recorder = DeliveryRecorder(self.journal)
+
         def on_outcome(out: SendOutcome) -> None:
             inst = todo[out.key]
-            self.journal.record_delivery(
+            recorder.add(
                 dest.key, inst.uid, inst.sha256, out.state, out.status, out.code, out.detail, job.id
             )
             if out.key in sizes and out.key not in outcomes:  # a later copy counts no more
@@ -144,10 +149,11 @@ class Deliverer:
         try:
             batch = dict(todo)
             while batch:
-                self._attempts(dest, batch, outcomes, on_outcome, workdir)
+                self._attempts(dest, batch, outcomes, on_outcome, workdir, recorder.flush)
                 batch = self._next_copies(dest, final, spare, outcomes)
                 todo.update(batch)
         finally:
+            recorder.flush()
             # converted copies live as long as the delivery: a resend within
             # it sends the same bytes, a later one converts again
             remove_converted(workdir, todo)
@@ -212,9 +218,11 @@ class Deliverer:
         outcomes: dict[str, SendOutcome],
         on_outcome: Callable[[SendOutcome], None],
         workdir: Path,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         """Up to ``network.retries`` attempts, with growing pauses, until
-        every instance has an outcome that is not worth retrying."""
+        every instance has an outcome that is not worth retrying; the
+        outcomes of each attempt are committed (``flush``) before a pause."""
         attempts = int(self.settings.get("network.retries"))
         delay = float(self.settings.get("network.retry_delay"))
         cap = float(self.settings.get("retry_max_delay"))
@@ -233,6 +241,7 @@ class Deliverer:
                     outcomes.setdefault(
                         key, SendOutcome(key, "retry", code="internal_error", detail=str(exc))
                     )
+            flush()
             pending = [
                 k for k in pending if k not in outcomes or outcomes[k].state in ("retry", "unknown")
             ]

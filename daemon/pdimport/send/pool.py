@@ -50,10 +50,12 @@ LOGGER = logging.getLogger(__name__)
 
 OutcomeCallback = Callable[[SendOutcome], None]
 
-#: Items handed to a worker before it reports. One: the next C-STORE on an
-#: association goes out only after the previous outcome was journaled, so a
-#: crash of this process repeats at most one instance per association.
-DEPTH = 1
+#: Items a worker holds at most: the one on the wire and the next, already
+#: in its pipe, so the association never waits for this process between
+#: two C-STOREs. A crash of this process therefore repeats at most DEPTH
+#: instances per association, plus one journal commit group
+#: (:mod:`pdimport.store.groupcommit`).
+DEPTH = 2
 #: Seconds a worker gets to release its association after "stop".
 STOP_GRACE = 10.0
 
@@ -186,10 +188,11 @@ def _serve(
                     dest.key,
                     workers.timeout,
                 )
-            got, down = _collect(dest, items, by_worker[worker], on_outcome)
+            got, down = _collect(dest, items, by_worker[worker], on_outcome, todo)
             answered += got
             last_down = down or last_down
-            _fill(by_worker[worker], items, todo)
+        for assoc in assocs:  # also the idle ones: a dead worker's queue came back
+            _fill(assoc, items, todo)
     if todo:
         # Every association is down: the rest goes back to the caller.
         rest = [items[i] for i in todo]
@@ -212,7 +215,11 @@ def _fill(assoc: _Assoc, items: list[SendItem], todo: deque[int]) -> None:
 
 
 def _collect(
-    dest: DicomDest, items: list[SendItem], assoc: _Assoc, on_outcome: OutcomeCallback
+    dest: DicomDest,
+    items: list[SendItem],
+    assoc: _Assoc,
+    on_outcome: OutcomeCallback,
+    todo: deque[int],
 ) -> tuple[int, LinkDown | None]:
     """Read what a worker reported; (answers counted, why it went down or None)."""
     worker = assoc.worker
@@ -237,27 +244,33 @@ def _collect(
     if worker.hung_up or not worker.alive:
         assoc.open = False
     if worker.held and not worker.alive:
-        _lost(dest, items, worker, on_outcome)
+        _lost(dest, items, worker, on_outcome, todo)
     return answered, down
 
 
 def _lost(
-    dest: DicomDest, items: list[SendItem], worker: Worker, on_outcome: OutcomeCallback
+    dest: DicomDest,
+    items: list[SendItem],
+    worker: Worker,
+    on_outcome: OutcomeCallback,
+    todo: deque[int],
 ) -> None:
-    """A worker died: its item in flight is unknown, the rest retry."""
+    """A worker died: its item in flight is unknown; the ones queued behind
+    it never went out and go back to the front of `todo`, for another
+    association (given back as ``retry`` when none is left)."""
     detail = f"{dest.key}: send worker exited with status {worker.exitcode}"
     LOGGER.error("%s with %d items outstanding", detail, len(worker.held))
-    first, *rest = (items[i] for i in worker.take_back())
+    first, *rest = worker.take_back()
     on_outcome(
         SendOutcome(
-            first.key,
+            items[first].key,
             "unknown",
             None,
             "outcome_unknown",
             f"{detail} while this instance was in flight",
         )
     )
-    give_back(rest, "association_failed", detail, on_outcome)
+    todo.extendleft(reversed(rest))
 
 
 __all__ = ["DEPTH", "send_parallel"]

@@ -527,17 +527,24 @@ class Journal:
     ) -> None:
         """Record one outcome, durably, before the caller moves on. A 'sent'
         row is never downgraded by a later failure of a resend."""
+        self.record_deliveries(
+            [(dest, sop_instance_uid, sha256, state, status, code, detail, job_id, time.time())]
+        )
+
+    def record_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
+        """:meth:`record_delivery` for ``(dest, uid, sha256, state, status,
+        code, detail, job_id, time)`` rows, in order, in one transaction (one
+        commit, one WAL sync): see :mod:`pdimport.store.groupcommit`."""
+        if not rows:
+            return
         with self._lock:
-            self._db.execute(
-                "INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,1,?) "
-                "ON CONFLICT(dest, sop_instance_uid, sha256) DO UPDATE SET "
-                "state=CASE WHEN deliveries.state='sent' THEN 'sent' ELSE excluded.state END, "
-                "status=CASE WHEN deliveries.state='sent' THEN deliveries.status "
-                "ELSE excluded.status END, "
-                "code=excluded.code, detail=excluded.detail, job_id=excluded.job_id, "
-                "attempts=deliveries.attempts+1, time=excluded.time",
-                (dest, sop_instance_uid, sha256, state, status, code, detail, job_id, time.time()),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_UPSERT_DELIVERY, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # ----------------------------------------------------------- audit head
     def set_audit_head(self, trail: str, count: int, hash: str) -> None:
@@ -553,6 +560,17 @@ class Journal:
         """``(count, hash)`` last recorded for ``trail``, or None if never."""
         rows = self._rows("SELECT count, hash FROM audit_head WHERE trail=?", (trail,))
         return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+_UPSERT_DELIVERY = (
+    "INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,1,?) "
+    "ON CONFLICT(dest, sop_instance_uid, sha256) DO UPDATE SET "
+    "state=CASE WHEN deliveries.state='sent' THEN 'sent' ELSE excluded.state END, "
+    "status=CASE WHEN deliveries.state='sent' THEN deliveries.status "
+    "ELSE excluded.status END, "
+    "code=excluded.code, detail=excluded.detail, job_id=excluded.job_id, "
+    "attempts=deliveries.attempts+1, time=excluded.time"
+)
 
 
 def _job(row: tuple) -> Job:

@@ -347,8 +347,10 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
 
     report = Survey(cfg).run(args.source)  # a folder: its headers read in place
     if report is not None:
+        from pdimport.job.report import exit_code
+
         _print([report], args.json)
-        return report_mod.exit_code(report["status"])
+        return exit_code(report["status"])
     importer = _importer(cfg)
     try:
         res = importer.run(args.source, [], mode="scan")

@@ -118,6 +118,7 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
         ignore: bool = False,
         fork: bool = False,
         log: Path | None = None,
+        unique: bool = False,
     ) -> Peer:
         port = free_port()
         out_dir = tmp_path / f"storescp-{port}"
@@ -133,6 +134,8 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
             args.append("--ignore")  # receive, answer, store nothing: a fast peer
         if fork:
             args.append("--fork")  # one child per association: parallel associations
+        if unique:
+            args.append("+uf")  # a file per reception: an instance received twice is two files
         if log is not None:
             args.append("-v")  # association start / release / abort lines
         env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}

@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Self, TypeVar
 
 from pdimport.appliance import udev
 from pdimport.appliance.control import ControlListener
 from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
+from pdimport.appliance.intake import Intake
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.retry import DeliveryRetrier
 from pdimport.appliance.status import StatusBoard
@@ -50,12 +51,15 @@ from pdimport.job.lifecycle import FINAL_JOB_STATES, Interrupted, JobState
 from pdimport.job.prescan import PrescanStore
 from pdimport.record.audit import AuditLog
 from pdimport.send import parse_dest
+from pdimport.store.fsutil import DiskFull, atomic_write
 from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 86400.0
+#: Seconds between two looks at the free space (a paused intake opens again).
+_INTAKE_EVERY = 5.0
 
 
 # ------------------------------------------------------- cancellable read
@@ -96,6 +100,15 @@ class CancellableMedium:
 
 
 # -------------------------------------------------------------- job runner
+_T = TypeVar("_T")
+
+
+def _probe_write(state: Path) -> None:
+    """A small durable write in the state directory: the disk takes writes."""
+    with atomic_write(state / ".intake-probe") as fp:
+        fp.write(b"\0" * 65536)
+
+
 class JobRunner:
     """The daemon's jobs: one journal, one spool, one audit trail and one
     prescan store, shared by every worker thread; an
@@ -115,6 +128,12 @@ class JobRunner:
         self.destinations = [parse_dest(d) for d in (cfg.dest or [])]
         self.audit = AuditLog.from_settings(state, cfg, journal=self.journal)
         self.prescans = PrescanStore()
+        self.intake = Intake(
+            board.intake,
+            self.spool.root,
+            int(cfg.get("spool.min_free_mb")) << 20,
+            lambda: _probe_write(state),
+        )
         self._local = threading.local()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -158,8 +177,10 @@ class JobRunner:
             if on_job is not None:
                 on_job(job)
 
-        job = self.importer().read_source(
-            source, "import", wrap=lambda m: CancellableMedium(m, self.stop), on_job=started
+        job = self._gated(
+            lambda: self.importer().read_source(
+                source, "import", wrap=lambda m: CancellableMedium(m, self.stop), on_job=started
+            )
         )
         if isinstance(job, JobResult):  # could not be opened: a failed job all the same
             self.board.job(job.job_id, source=source)
@@ -174,13 +195,32 @@ class JobRunner:
             The daemon is stopping mid-delivery; the job resumes at the next start.
         """
         with self._job_lock(job_id):
-            result = self.importer().process(job_id, self.destinations)
+            result = self._gated(lambda: self.importer().process(job_id, self.destinations))
         self.board.job(job_id, counts=result.report.get("counts", {}))
         if result.state == JobState.IMPORTED:
             log.info("job %s: %s", job_id, result.state)
         else:
             log.info("job %s: %s: %s", job_id, result.state, outcome_reason(result.report))
         return result
+
+    def _gated(self, step: Callable[[], _T]) -> _T:
+        """Run a read or a delivery when intake is open; a full disk pauses
+        intake and the step waits, then runs again (resuming its job from
+        the spool and the journal): a disc stays in its drive meanwhile.
+
+        Raises
+        ------
+        Interrupted
+            The daemon stops while the step waits.
+        """
+        while True:
+            self.intake.recheck()  # the low-water mark, before anything is taken
+            if not self.intake.wait_open(self.stop):
+                raise Interrupted()
+            try:
+                return step()
+            except DiskFull as exc:
+                self.intake.pause(exc.detail)
 
     def unusable(self, source: str, code: str, detail: str) -> JobResult:
         """A medium with nothing to read (blank, audio) as a failed job."""
@@ -349,8 +389,13 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         next_ping = time.monotonic()
         next_purge = time.monotonic()  # at start, then once a day
+        next_intake = time.monotonic() + _INTAKE_EVERY
         while True:
-            due = next_purge if interval is None else min(next_ping, next_purge)
+            due = (
+                min(next_purge, next_intake)
+                if interval is None
+                else min(next_ping, next_purge, next_intake)
+            )
             try:
                 kind, value = self.events.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
@@ -361,6 +406,9 @@ class Daemon:
             if time.monotonic() >= next_purge:
                 self._purge()
                 next_purge = time.monotonic() + _PURGE_EVERY
+            if time.monotonic() >= next_intake:
+                self.runner.intake.recheck()  # a paused intake opens once space is back
+                next_intake = time.monotonic() + _INTAKE_EVERY
             if kind == "signal" and value in (signal.SIGTERM, signal.SIGINT):
                 log.info("signal %s: stopping", signal.Signals(value).name)
                 return

@@ -44,6 +44,7 @@ class StatusBoard:
         self._queues: dict[str, int] = {}
         self._started = time.time()
         self._watchers: list[Callable[[], None]] = []
+        self._intake = ""  # "" when media are taken, else why not
 
     def watch(self, watcher: Callable[[], None]) -> Callable[[], None]:
         """Call ``watcher()`` after every change (from the changing thread:
@@ -77,6 +78,14 @@ class StatusBoard:
             self._queues[name] = size
         self.publish()
 
+    def intake(self, paused: str) -> None:
+        """Why the appliance takes no media now ("" again when it does)."""
+        with self._lock:
+            if self._intake == paused:
+                return
+            self._intake = paused
+        self.publish()
+
     def on_job_transition(self, t: Transition) -> None:
         """Journal observer: a job changed state (the journal's word is the board's)."""
         self.job(t.machine, state=t.target)
@@ -101,6 +110,7 @@ class StatusBoard:
                 "drives": json.loads(json.dumps(self._drives)),
                 "jobs": json.loads(json.dumps(self._jobs)),
                 "queue": dict(self._queues),
+                "intake": self._intake,
             }
 
     def line(self, snap: dict[str, Any] | None = None) -> str:
@@ -109,7 +119,10 @@ class StatusBoard:
     def publish(self) -> None:
         snap = self.snapshot()
         with self._lock:  # one writer at a time: the rename must not interleave
-            _write_atomic(self.path, json.dumps(snap, indent=1, ensure_ascii=False))
+            try:
+                _write_atomic(self.path, json.dumps(snap, indent=1, ensure_ascii=False))
+            except OSError as exc:  # a full disk: the file is only a view, systemd still hears
+                log.warning("status.json not written: %s", exc.strerror or exc)
             watchers = list(self._watchers)
         self._notifier.status(status_line(snap))
         for watcher in watchers:  # notifications: a failing watcher is logged, never raised
@@ -144,7 +157,8 @@ def status_line(snap: dict[str, Any]) -> str:
     active = sum(n for s, n in states.items() if s not in FINAL_JOB_STATES and s not in _SHOWN)
     jobs_part = f"{active} active" + "".join(f", {states[s]} {s}" for s in _SHOWN if states.get(s))
     queue_part = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("queue", {}).items())) or "0"
-    return f"drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
+    intake = f"intake {snap['intake']}; " if snap.get("intake") else ""
+    return f"{intake}drives: {drives_part}; jobs: {jobs_part}; queue: {queue_part}"
 
 
 def _percent(job: dict[str, Any] | None) -> str:

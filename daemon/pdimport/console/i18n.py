@@ -15,6 +15,8 @@ LANGS = ("en", "ja")
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "title": "pdimport console",
+        "intake_paused": "No media are taken: the appliance's disk is full. Discs stay in "
+        "their drives and go on when space is back",
         "drives": "Drives",
         "today": "Today",
         "decisions": "Decisions",
@@ -119,6 +121,8 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "ja": {
         "title": "pdimport 操作画面",
+        "intake_paused": "装置のディスクが満杯のため、媒体を受け付けていません。ディスクはドライブに残り、"
+        "空きができると再開します",
         "drives": "ドライブ",
         "today": "本日",
         "decisions": "要判断",

@@ -78,7 +78,12 @@ def drives_view(snap: dict[str, Any], names: Callable[[str], list[str]]) -> dict
         and job.get("state") not in FINAL_JOB_STATES
         and job.get("state") != JobState.HELD
     ]
-    return {"drives": rows, "active": active, "queue": dict(snap.get("queue", {}))}
+    return {
+        "drives": rows,
+        "active": active,
+        "queue": dict(snap.get("queue", {})),
+        "intake": str(snap.get("intake") or ""),
+    }
 
 
 def _job_row(job_id: str, job: dict[str, Any], names: Callable[[str], list[str]]) -> dict[str, Any]:

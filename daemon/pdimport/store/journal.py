@@ -33,31 +33,10 @@ from pdimport.job.lifecycle import (
     Transition,
     job_state,
 )
-from pdimport.store.fsutil import DiskFull, check_free, disk_full
-from pdimport.store.schema import AUDIT_SCHEMA, SCHEMA
+from pdimport.store.fsutil import check_free
+from pdimport.store.schema import AUDIT_SCHEMA, SCHEMA, Connection
 
 log = logging.getLogger(__name__)
-
-
-class _Connection(sqlite3.Connection):
-    """A connection whose "database or disk is full" is :class:`DiskFull`:
-    the callers stop instead of retrying with a journal that cannot record."""
-
-    def execute(self, *args: Any) -> sqlite3.Cursor:
-        try:
-            return super().execute(*args)
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise DiskFull(f"journal: {exc}") from exc
-            raise
-
-    def executemany(self, *args: Any) -> sqlite3.Cursor:
-        try:
-            return super().executemany(*args)
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise DiskFull(f"journal: {exc}") from exc
-            raise
 
 
 @dataclass(frozen=True)
@@ -134,7 +113,7 @@ class Journal:
             check_same_thread=False,
             isolation_level=None,
             timeout=30.0,
-            factory=_Connection,
+            factory=Connection,
         )
         try:
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -1,6 +1,14 @@
 """The journal's tables (:class:`~pdimport.store.journal.Journal`): one
 SQLite file, created when missing; every statement is ``IF NOT EXISTS``, so a
-journal written by an older pdimport gains the tables it lacks at start."""
+journal written by an older pdimport gains the tables it lacks at start;
+and the connection class that tells a full disk apart."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from pdimport.store.fsutil import DiskFull, disk_full
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -104,3 +112,24 @@ CREATE TABLE IF NOT EXISTS audit_head (
     updated REAL NOT NULL
 );
 """
+
+
+class Connection(sqlite3.Connection):
+    """A connection whose "database or disk is full" is :class:`DiskFull`:
+    the callers stop instead of retrying with a journal that cannot record."""
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"journal: {exc}") from exc
+            raise
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"journal: {exc}") from exc
+            raise

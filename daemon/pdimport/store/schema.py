@@ -6,6 +6,8 @@ and the connection class that tells a full disk apart."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pdimport.store.fsutil import DiskFull, disk_full
@@ -114,22 +116,24 @@ CREATE TABLE IF NOT EXISTS audit_head (
 """
 
 
+@contextmanager
+def _full_is_disk_full() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if disk_full(exc):
+            raise DiskFull(f"journal: {exc}") from exc
+        raise
+
+
 class Connection(sqlite3.Connection):
     """A connection whose "database or disk is full" is :class:`DiskFull`:
     the callers stop instead of retrying with a journal that cannot record."""
 
     def execute(self, *args: Any) -> sqlite3.Cursor:
-        try:
+        with _full_is_disk_full():
             return super().execute(*args)
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise DiskFull(f"journal: {exc}") from exc
-            raise
 
     def executemany(self, *args: Any) -> sqlite3.Cursor:
-        try:
+        with _full_is_disk_full():
             return super().executemany(*args)
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                raise DiskFull(f"journal: {exc}") from exc
-            raise

@@ -1,5 +1,6 @@
-"""The emulated drive as a real block device (hardware/fusedrive.py): the
-drive model served through FUSE behind a read-only loop device.
+"""The emulated drive as a real block device (pdimport.capacity.drive, also
+hardware/fusedrive.py): the drive model served through FUSE behind a
+read-only loop device.
 
 These tests time the emulator itself, not pdimport: a long read must take the
 model's time (never less, since the throttle is the point) and an unreadable
@@ -13,15 +14,13 @@ import hashlib
 import mmap
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hardware"))
-import drive_emulation as de
-import fusedrive
+from pdimport.capacity import drive as fusedrive
+from pdimport.capacity import drivemodel as de
 
 SECTOR = de.SECTOR
 

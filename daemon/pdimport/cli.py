@@ -552,7 +552,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
 def cmd_bench(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.capacity.command import bench_main
 
-    return bench_main(args)
+    return bench_main(args, list(cfg.dest or []))
 
 
 def _demo_summary(rep: dict[str, Any], iso: Path, watch: Path, pacs_dir: Path, cfg: Any) -> None:

@@ -1,5 +1,8 @@
 """The ``pdimport bench`` command line, apart from the bench itself so that
-building the parser imports nothing heavy (the CLI's start-up time)."""
+building the parser imports nothing heavy (the CLI's start-up time).
+
+``--dest`` is the ``dest`` setting (its flag comes from the settings table):
+the bench delivers to the first destination instead of its own receiver."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mix", metavar="FILE", help="TOML mix of disc kinds (default: the shipped mix)"
     )
-    p.add_argument("--dest", metavar="URL", help="deliver here and report its measured rate")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--minutes", type=float, metavar="M", help="feed discs for M minutes per run (default 2)"

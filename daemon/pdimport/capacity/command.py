@@ -135,8 +135,13 @@ class _Progress:
         self.progress.stop()
 
 
-def bench_main(args: argparse.Namespace) -> int:
-    """Run the bench; the exit status (0 ok, 2 cannot run, 64 usage)."""
+def bench_main(args: argparse.Namespace, dests: list[str] | None = None) -> int:
+    """Run the bench; the exit status (0 ok, 2 cannot run, 64 usage).
+
+    ``dests``: the configured destinations (``--dest`` or the config file);
+    the first one takes the discs instead of the bench's own receiver.
+    """
+    chosen = dests[0] if dests else None
     counts = drive_counts(args.drives)
     if args.scale <= 0:
         raise ValueError("--scale must be positive")
@@ -168,7 +173,7 @@ def bench_main(args: argparse.Namespace) -> int:
     receiver = None
     udevd = runner.Udevd()
     try:
-        dest = args.dest
+        dest = chosen
         if not dest:
             receiver = runner.Receiver(out / "pacs", args.receiver).start()
             dest = receiver.url
@@ -176,10 +181,11 @@ def bench_main(args: argparse.Namespace) -> int:
         used = {ts for d in discs for ts in d.instances}
         cost = probe.decode_seconds_per_byte(used - accepted)
         pipe = probe.pipeline_probe(Path(discs[0].path), dest, out / "probe")
+        disk_rate = probe.disk_write_rate(out / "probe")
         print(
             f"probe: {dest} accepts {len(accepted)} of {len(mixmod.SYNTAXES)} syntaxes; "
             f"{pipe.disc} imported from disk in {pipe.seconds:.1f} s, delivery "
-            f"{pipe.send_rate / 1e6:.1f} MB/s",
+            f"{pipe.send_rate / 1e6:.1f} MB/s; spool disk {disk_rate / 1e6:.0f} MB/s durable",
             flush=True,
         )
         udevd.start()
@@ -199,7 +205,7 @@ def bench_main(args: argparse.Namespace) -> int:
                     receiver.pid if receiver else 0,
                     bar,
                 )
-            summary = reportmod.summarise(result, accepted, cost, pipe.send_rate)
+            summary = reportmod.summarise(result, accepted, cost, pipe.send_rate, disk_rate)
             runs.append(summary)
             print(
                 f"{n} drive(s): {summary['discs']} discs, {summary['discs_per_hour']:.1f} discs/h, "
@@ -220,14 +226,15 @@ def bench_main(args: argparse.Namespace) -> int:
         "version": __version__,
         "mix": mix.source,
         "shares": mix.shares(),
-        "receiver": (receiver.kind if receiver else args.dest),
-        "dest": args.dest or "",
+        "receiver": (receiver.kind if receiver else chosen),
+        "dest": chosen or "",
         "model": profile.name,
         "scale": args.scale,
         "real_drives": [vars(r) for r in real],
         "accepted_syntaxes": sorted(accepted),
         "decode_seconds_per_mb": {k: v * 1e6 for k, v in cost.items()},
         "pipeline_probe": vars(pipe),
+        "disk_write_rate": disk_rate,
     }
     full = reportmod.build(runs, demands, args.profile, env)
     md, js = reportmod.write(full, out)

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: Distinct encoded frames per series pool: enough that no codec sees one
 #: frame over and over, few enough that a disc is made in seconds.
 POOL = 8
+#: Bumped when the discs made for a mix change: the cache keeps them apart.
+VERSION = 2
 SECTOR = 2048
 _WHEN = _dt.datetime(2024, 3, 15, 10, 15, 0)
 
@@ -202,6 +204,10 @@ def _cross_sectional(
         del template.PixelData  # each slice gets a pool frame
     for i in range(spec.images):
         ds = copy.deepcopy(template)
+        # The template knows only the patient's ID and name: the rest of the
+        # disc's patient and study must agree, or it is two patients.
+        for keyword in ("IssuerOfPatientID", "StudyDescription", "AccessionNumber"):
+            setattr(ds, keyword, getattr(study, keyword))
         ds.StudyInstanceUID = StudyInstanceUID
         ds.SeriesInstanceUID = SeriesInstanceUID
         ds.FrameOfReferenceUID = FrameOfReferenceUID
@@ -345,7 +351,7 @@ def ensure_discs(
     ``cache/<mix digest>/`` keeps them between runs (each run has its own
     journal and receiver, so the same discs may be imported again).
     """
-    folder = cache / mix.digest()
+    folder = cache / f"{mix.digest()}-v{VERSION}"
     folder.mkdir(parents=True, exist_ok=True)
     frames = FrameCache(mix.seed)
     out = []

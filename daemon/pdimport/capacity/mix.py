@@ -203,6 +203,10 @@ def _series(raw: Any, where: str) -> SeriesSpec:
     syntax = raw.get("syntax", "explicit")
     if syntax not in SYNTAXES:
         raise MixError(f"{where}: syntax {syntax!r}: one of {list(SYNTAXES)}")
+    if modality == "US" and syntax in ("j2k", "jpegls"):
+        # The US Image IOD takes RGB only uncompressed, in RLE or JPEG lossless
+        # (PS3.3 C.8.5.6.1.2); JPEG 2000 and JPEG-LS would need YBR_RCT / lossy.
+        raise MixError(f"{where}: US in {syntax}: use explicit, implicit, rle or jpeg_lossless")
     images, size = raw.get("images", 1), raw.get("size", 512)
     if not isinstance(images, int) or images < 1:
         raise MixError(f"{where}: images must be a positive integer")

@@ -66,7 +66,20 @@ def throughput(report: dict[str, Any], path: Path) -> Path:
             textcoords="offset points",
             xytext=(6, -12),
         )
-    ax.set_ylim(0, top * 1.6)
+    finite = [b for p in points for b in p["bounds"].values() if b is not None]
+    # Show the nearest bounds above the projection, not one a hundred times higher.
+    nearest = min([b for b in finite if b > top * 1.01], default=top)
+    ax.set_ylim(0, max(top * 1.4, min(nearest * 1.1, top * 4)))
+    if max(finite, default=0) > ax.get_ylim()[1]:
+        ax.text(
+            0.99,
+            0.02,
+            "bounds above the plot are far from limiting",
+            ha="right",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="grey",
+        )
     ax.set_xlabel("drives")
     ax.set_ylabel("discs per hour")
     ax.set_title(
@@ -120,7 +133,12 @@ def utilisation(report: dict[str, Any], path: Path) -> Path:
             color="tab:red",
             label="CPU, pdimport",
         )
-        ax.plot(ts, [s["disk_busy"] for s in series], color="tab:brown", label="spool disk")
+        ax.plot(
+            ts,
+            [s["disk_busy"] for s in series],
+            color="tab:brown",
+            label="spool disk (device, all users)",
+        )
         if link:
             rates = [0.0]
             for a, b in itertools.pairwise(series):

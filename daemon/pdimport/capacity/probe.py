@@ -135,6 +135,24 @@ def pipeline_probe(image: Path, dest: str, workdir: Path) -> PipelineProbe:
     return PipelineProbe(image.name, seconds, deliver - start, final - deliver, sent, cpu)
 
 
+def disk_write_rate(folder: Path, size: int = 128 << 20) -> float:
+    """Bytes per second written and made durable (fsync) in ``folder``, as
+    the spool writes: what the disk gives pdimport, whatever else uses it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    target = folder / "disk-probe.tmp"
+    started = time.monotonic()
+    try:
+        with open(target, "wb") as fp:
+            fp.writelines(block for _ in range(size >> 20))
+            fp.flush()
+            os.fsync(fp.fileno())
+        took = time.monotonic() - started
+    finally:
+        target.unlink(missing_ok=True)
+    return size / took if took > 0 else 0.0
+
+
 # ------------------------------------------------------------ --real
 @dataclass(frozen=True)
 class RealDrive:

@@ -6,7 +6,8 @@ be busier than 100 %. With N drives the throughput is bounded by
   disc: detect, read, and with ``eject_after = delivered`` scan, delivery and
   label too; each drive has its own head, so they add up);
 * the CPU: ``cores / D_cpu`` (CPU seconds of pdimport's processes per disc);
-* the spool disk: ``1 / D_disk`` (its busy seconds per disc);
+* the spool disk: ``1 / D_disk`` (the bytes pdimport's processes write per
+  disc over the rate the disk takes durable writes);
 * the PACS link: ``rate / bytes_per_disc`` (what the destination took per
   second with nothing else running, decode included);
 
@@ -36,7 +37,7 @@ class Demands:
 
     drive_s: float  # drive-held seconds per disc (one drive)
     cpu_s: float  # CPU seconds of pdimport per disc
-    disk_s: float  # busy seconds of the spool's disk per disc
+    disk_s: float  # seconds of the spool disk's write rate per disc
     bytes_sent: float  # bytes delivered per disc
     link_rate: float  # bytes/s the destination takes (0: not measured)
     cores: int
@@ -66,7 +67,9 @@ class Point:
 
 def project(demands: Demands, drives: int) -> Point:
     bounds = demands.bounds(drives)
-    bottleneck = min(bounds, key=lambda k: (bounds[k], RESOURCES.index(k)))
+    # On a tie the shared resource is named: it is saturated there, and more
+    # drives will not help.
+    bottleneck = min(bounds, key=lambda k: (bounds[k], k == "drives", RESOURCES.index(k)))
     return Point(drives, bounds[bottleneck], bottleneck, bounds)
 
 

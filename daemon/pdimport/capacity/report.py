@@ -41,6 +41,7 @@ def summarise(
     accepted: set[str],
     decode_cost: dict[str, float],
     link_rate: float,
+    disk_rate: float,
     cores: int | None = None,
 ) -> dict[str, Any]:
     """One run's figures: throughput overall and per drive, the stage split,
@@ -67,11 +68,14 @@ def summarise(
                 d.disc.bytes,
             )
         )
+    unread = {t.label for t in timings if t.state == "missing"}
     per_drive: list[dict[str, Any]] = []
     for i, dev in enumerate(run.devnodes):
-        mine = [d for d in discs if d.drive == i]
-        window = (max(d.ejected for d in mine) - min(d.inserted for d in mine)) if mine else 0.0
-        busy = sum(d.ejected - d.inserted for d in mine)
+        fed = [d for d in discs if d.drive == i]
+        window = (max(d.ejected for d in fed) - min(d.inserted for d in fed)) if fed else 0.0
+        busy = sum(d.ejected - d.inserted for d in fed)
+        # A disc the daemon never made a job of was not imported: not counted.
+        mine = [d for d in fed if d.disc.label not in unread]
         rate = len(mine) * 3600.0 / window if window > 0 else 0.0
         per_drive.append(
             {
@@ -84,6 +88,14 @@ def summarise(
                 "busy": busy / window if window > 0 else 0.0,
             }
         )
+    notes = list(run.notes)
+    if unread:
+        notes.append(
+            f"{len(unread)} disc(s) came out of a drive without a job (the daemon never read "
+            f"them): {', '.join(sorted(unread))}; not counted"
+        )
+    discs = [d for d in discs if d.disc.label not in unread]
+    timings = [t for t in timings if t.state != "missing"]
     n = max(len(discs), 1)
     dph = sum(p["discs_per_hour"] for p in per_drive)
     images = sum(d.disc.dicom for d in discs) / n
@@ -94,7 +106,7 @@ def summarise(
     demands = pj.Demands(
         drive_s=sum(t.total for t in timings) / n + _swap_gap(run),
         cpu_s=totals.pdimport_cpu / n,
-        disk_s=totals.disk_busy / n,
+        disk_s=totals.written / n / disk_rate if disk_rate > 0 else 0.0,
         bytes_sent=sent / n,
         link_rate=link_rate,
         cores=cores,
@@ -107,7 +119,8 @@ def summarise(
         "CPU, whole machine": machine,
         "CPU, emulated drives": totals.drives_cpu / window / cores if window > 0 else 0.0,
         "CPU, receiver": totals.receiver_cpu / window / cores if window > 0 else 0.0,
-        "disk": totals.disk_busy / window if window > 0 else 0.0,
+        "disk": totals.written / window / disk_rate if window > 0 and disk_rate > 0 else 0.0,
+        "disk, whole device": totals.disk_busy / window if window > 0 else 0.0,
         "PACS link": (sent / window / link_rate) if window > 0 and link_rate > 0 else 0.0,
     }
     bottleneck, evidence = name_bottleneck(use, run.drives, cores, link_rate)
@@ -131,7 +144,7 @@ def summarise(
         "instances_delivered": _received(run.state_dir),
         "window_s": window,
         "timed_out": sum(d.timed_out for d in discs),
-        "notes": list(run.notes),
+        "notes": notes,
         "series": [asdict(s) for s in samples],
         "discs_detail": [asdict(t) for t in timings],
     }
@@ -154,8 +167,9 @@ def name_bottleneck(
     worst = max(shared, key=lambda k: shared[k])
     facts = (
         f"drives busy {use['drives']:.0%} of the run; pdimport used {use['CPU']:.0%} of "
-        f"{cores} cores (the whole machine {use['CPU, whole machine']:.0%}); spool disk busy "
-        f"{use['disk']:.0%}; PACS link "
+        f"{cores} cores (the whole machine {use['CPU, whole machine']:.0%}); pdimport's writes "
+        f"took {use['disk']:.0%} of the spool disk's rate (the device busy "
+        f"{use.get('disk, whole device', 0.0):.0%} with every user); PACS link "
         + (
             f"at {use['PACS link']:.0%} of {link_rate / 1e6:.0f} MB/s"
             if link_rate

@@ -86,6 +86,30 @@ def _ping() -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["udevadm", "control", "--ping"], capture_output=True, check=False)
 
 
+def prepare_loops(devnodes: list[str]) -> None:
+    """Make the loop device nodes exist before the daemon watches them.
+
+    ``losetup`` on a node that does not exist yet creates it: udev then
+    announces one insertion as an ``add`` and a ``change`` with two DISKSEQs,
+    and the daemon reads the disc twice (the second time after its eject, when
+    the bench may already have put the next disc in). A real drive's node is
+    there before any disc: attach and detach a blank image once, and let udev
+    settle, so the run starts as an appliance does.
+    """
+    import tempfile
+
+    new = [d for d in devnodes if not Path(f"/sys/block/{os.path.basename(d)}").exists()]
+    if not new:
+        return
+    with tempfile.NamedTemporaryFile(prefix="pdimport-blank-") as blank:
+        blank.truncate(1 << 20)
+        blank.flush()
+        for dev in new:
+            subprocess.run(["losetup", "-r", dev, blank.name], capture_output=True, check=False)
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+    subprocess.run(["udevadm", "settle", "-t", "10"], capture_output=True, check=False)
+
+
 class Udevd:
     """A running systemd-udevd: the one there is, else our own child."""
 
@@ -312,6 +336,7 @@ def run(
     appliance = Appliance(state, devnodes, dest, out / "labels")
     sampler: Sampler | None = None
     try:
+        prepare_loops(devnodes)
         for i, dev in enumerate(devnodes):
             emulated.append(Drive(library, profile, scale, loop=dev).start())
             tell("drive", {"drive": i, "devnode": dev})

@@ -26,7 +26,8 @@ class Sample:
     pdimport_cores: float  # cores used by the daemon and its workers
     drives_cores: float  # cores used by the emulated drives (FUSE)
     receiver_cores: float
-    disk_busy: float  # busy fraction of the spool's disk, 0..1
+    disk_busy: float  # busy fraction of the spool's disk, 0..1 (all its users)
+    written: int  # cumulative bytes pdimport's processes wrote to storage
     bytes_read: int  # cumulative, into the spool
     bytes_sent: int  # cumulative, acknowledged by the destination
     instances_sent: int
@@ -40,6 +41,7 @@ class Totals:
     drives_cpu: float = 0.0
     receiver_cpu: float = 0.0
     disk_busy: float = 0.0
+    written: int = 0  # bytes pdimport's processes wrote to storage
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -67,19 +69,37 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def _tree_ticks(table: dict[int, tuple[int, int]], roots: list[int]) -> int:
+def _tree(table: dict[int, tuple[int, int]], roots: list[int]) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0, list(roots), set()
+    out, todo, seen = [], list(roots), set()
     while todo:
         pid = todo.pop()
         if pid in seen or pid not in table:
             continue
         seen.add(pid)
-        total += table[pid][1]
+        out.append(pid)
         todo.extend(children.get(pid, ()))
-    return total
+    return out
+
+
+def _tree_ticks(table: dict[int, tuple[int, int]], roots: list[int]) -> int:
+    return sum(table[pid][1] for pid in _tree(table, roots))
+
+
+def _written(pids: list[int]) -> dict[int, int]:
+    """Bytes each process caused to be written to storage (``/proc/PID/io``)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as fp:
+                for line in fp:
+                    if line.startswith("write_bytes:"):
+                        out[pid] = int(line.split()[1])
+        except OSError:
+            continue
+    return out
 
 
 def disk_stat_path(path: Path) -> Path | None:
@@ -146,6 +166,8 @@ class Sampler(threading.Thread):
         table = _process_table()
         last_owned = [_tree_ticks(table, r) for r in self.roots]
         last_io = _io_ticks_ms(self.disk)
+        # Per process, so a worker that ends keeps what it wrote.
+        written = _written(_tree(table, self.roots[0]))
         while not self._stop_event.wait(self.interval):
             now = time.monotonic()
             dt = max(now - last_t, 1e-6)
@@ -153,6 +175,7 @@ class Sampler(threading.Thread):
             table = _process_table()
             owned = [_tree_ticks(table, r) for r in self.roots]
             io = _io_ticks_ms(self.disk)
+            written.update(_written(_tree(table, self.roots[0])))
             total_d = max(machine[0] - last_machine[0], 1)
             busy = 1.0 - (machine[1] - last_machine[1]) / total_d
             # A process that ended takes its ticks with it: never count backwards.
@@ -160,12 +183,24 @@ class Sampler(threading.Thread):
             disk = min(max(io - last_io, 0) / 1000.0 / dt, 1.0)
             read, sent, instances = journal_counts(self.journal)
             self.totals.samples.append(
-                Sample(time.time(), busy, cores[0], cores[1], cores[2], disk, read, sent, instances)
+                Sample(
+                    time.time(),
+                    busy,
+                    cores[0],
+                    cores[1],
+                    cores[2],
+                    disk,
+                    sum(written.values()),
+                    read,
+                    sent,
+                    instances,
+                )
             )
             self.totals.pdimport_cpu += cores[0] * dt
             self.totals.drives_cpu += cores[1] * dt
             self.totals.receiver_cpu += cores[2] * dt
             self.totals.disk_busy += disk * dt
+            self.totals.written = sum(written.values())
             last_t, last_machine, last_owned, last_io = now, machine, owned, io
             if busy > 0.98 and cores[0] < 0.5 * cpus:
                 log.debug("the machine is busy with work other than pdimport")

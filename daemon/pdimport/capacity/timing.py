@@ -4,7 +4,8 @@ The journal's ``job_events`` time every step of a job, the audit trail the
 label, and the bench itself the insert and the eject:
 
 ==========  =================================================================
-detect      insert → job created (udev event, debounce, medium opened)
+detect      insert → ``start_read`` (udev event, debounce, spin-up, the
+            medium's directory read, the job made)
 read        ``start_read`` → ``read_done`` (the drive; identification and the
             header scan run beside it, on the bytes already spooled)
 scan        ``read_done`` → ``deliver`` (what is left of the scan, grouping,
@@ -113,7 +114,7 @@ def disc_timing(
     deliver = times.get("deliver", times.get("hold", read_done))
     final = times.get("final", deliver)
     label = label_time if label_time is not None and label_time >= final else final
-    stages["detect"] = max(created - inserted, 0.0)
+    stages["detect"] = max(start_read - inserted, 0.0)
     stages["read"] = max(read_done - start_read, 0.0)
     stages["scan"] = max(deliver - read_done, 0.0)
     stages["decode"], stages["send"] = split_delivery(

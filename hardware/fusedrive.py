@@ -10,11 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-try:
-    from pdimport.capacity.drive import Drive, DriveFS, emulated_drive, main, serve
-except ImportError:  # run from a checkout without the package on the path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
-    from pdimport.capacity.drive import Drive, DriveFS, emulated_drive, main, serve
+# This checkout's package first: the shell command serves this tree's model.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
+from pdimport.capacity.drive import Drive, DriveFS, emulated_drive, main, serve
 
 __all__ = ["Drive", "DriveFS", "emulated_drive", "main", "serve"]
 

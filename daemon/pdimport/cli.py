@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop after the sample disc is imported instead of running on",
     )
+
+    from pdimport.capacity.args import add_arguments as bench_arguments  # argparse only
+
+    p = sub.add_parser("bench", help="capacity planning: discs per hour with N drives")
+    _common(p, "bench")
+    bench_arguments(p)
     return parser
 
 
@@ -251,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "discard": cmd_decision,
         "expect": cmd_expect,
         "user": cmd_user,
+        "bench": cmd_bench,
     }[args.command]
     try:
         if args.command in JOURNAL_COMMANDS:
@@ -570,6 +577,12 @@ def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
 
         return report_mod.exit_code(rep["status"]) if rep else 2
     return rc
+
+
+def cmd_bench(args: argparse.Namespace, cfg: Any) -> int:
+    from pdimport.capacity.command import bench_main
+
+    return bench_main(args, list(cfg.dest or []))
 
 
 def _demo_summary(rep: dict[str, Any], iso: Path, watch: Path, pacs_dir: Path, cfg: Any) -> None:

@@ -30,7 +30,8 @@ SETTINGS: tuple[Setting, ...] = (
         [],
         "default destinations: dicom://AET@host:port or file:///path (flag repeatable)",
         flag="--dest",
-        commands=_SEND,
+        # pdimport bench delivers to the first one, instead of its own receiver
+        commands=(*_SEND, "bench"),
         multiple=True,
         metavar="URL",
     ),

@@ -49,6 +49,7 @@ __all__ = [
     "make_sample_datasets",
     "make_sample_disc",
     "make_sample_pdf",
+    "write_iso",
     "write_sample_tree",
 ]
 
@@ -466,40 +467,50 @@ def make_sample_disc(
     temporary name next to `out_iso` and renamed, so a reader never sees half an
     image. Every call makes fresh UIDs.
     """
-    out_iso = Path(out_iso)
-    out_iso.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pdi-sample-") as tmp:
         root = write_sample_tree(
             Path(tmp) / "disc", patient_id, n_ct, n_mr, size=size, patient_name=patient_name
         )
-        iso = pycdlib.PyCdlib()
-        iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=vol_ident)
-        try:
-            # Sorted walk: parents before children, a stable on-disc order.
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                rel = Path(dirpath).relative_to(root)
-                for d in dirnames:
-                    parts = [*rel.parts, d]
-                    iso.add_directory(
-                        iso_path="/" + "/".join(_iso_name(p, True) for p in parts),
-                        rr_name=d,
-                        joliet_path="/" + "/".join(parts),
-                        file_mode=0o040555,
-                    )
-                for f in sorted(filenames):
-                    parts = [*rel.parts, f]
-                    iso.add_file(
-                        str(Path(dirpath) / f),
-                        iso_path="/"
-                        + "/".join([*(_iso_name(p, True) for p in rel.parts), _iso_name(f, False)]),
-                        rr_name=f,
-                        joliet_path="/" + "/".join(parts),
-                        file_mode=0o100444,
-                    )
-            partial = out_iso.with_name(out_iso.name + ".part")
-            iso.write(str(partial))
-        finally:
-            iso.close()
-        os.replace(partial, out_iso)
+        return write_iso(root, out_iso, vol_ident)
+
+
+def write_iso(root: Path, out_iso: Path, vol_ident: str) -> Path:
+    """Master the folder `root` (8.3 upper-case names) as an ISO 9660 level 3
+    image with Joliet and Rock Ridge names at `out_iso`; return `out_iso`.
+
+    Written to a temporary name next to `out_iso` and renamed, so a reader
+    never sees half an image.
+    """
+    out_iso = Path(out_iso)
+    out_iso.parent.mkdir(parents=True, exist_ok=True)
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=vol_ident)
+    try:
+        # Sorted walk: parents before children, a stable on-disc order.
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(root)
+            for d in dirnames:
+                parts = [*rel.parts, d]
+                iso.add_directory(
+                    iso_path="/" + "/".join(_iso_name(p, True) for p in parts),
+                    rr_name=d,
+                    joliet_path="/" + "/".join(parts),
+                    file_mode=0o040555,
+                )
+            for f in sorted(filenames):
+                parts = [*rel.parts, f]
+                iso.add_file(
+                    str(Path(dirpath) / f),
+                    iso_path="/"
+                    + "/".join([*(_iso_name(p, True) for p in rel.parts), _iso_name(f, False)]),
+                    rr_name=f,
+                    joliet_path="/" + "/".join(parts),
+                    file_mode=0o100444,
+                )
+        partial = out_iso.with_name(out_iso.name + ".part")
+        iso.write(str(partial))
+    finally:
+        iso.close()
+    os.replace(partial, out_iso)
     return out_iso

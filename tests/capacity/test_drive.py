@@ -1,5 +1,6 @@
-"""The emulated drive as a real block device (hardware/fusedrive.py): the
-drive model served through FUSE behind a read-only loop device.
+"""The emulated drive as a real block device (pdimport.capacity.drive, also
+hardware/fusedrive.py): the drive model served through FUSE behind a
+read-only loop device.
 
 These tests time the emulator itself, not pdimport: a long read must take the
 model's time (never less, since the throttle is the point) and an unreadable
@@ -13,15 +14,13 @@ import hashlib
 import mmap
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hardware"))
-import drive_emulation as de
-import fusedrive
+from pdimport.capacity import drive as fusedrive
+from pdimport.capacity import drivemodel as de
 
 SECTOR = de.SECTOR
 
@@ -122,3 +121,36 @@ def test_a_missing_image_is_a_clear_error(tmp_path: Path):
         fusedrive.emulated_drive(tmp_path / "none.iso", "dvd"),
     ):
         pass
+
+
+def test_a_drive_takes_one_disc_after_another(tmp_path: Path):
+    """The bench's tray: insert, eject, insert the next; each disc reads as
+    itself, unreadable sectors from its sidecar only."""
+    library = tmp_path / "library"
+    library.mkdir()
+    first, second = os.urandom(1 << 20), os.urandom(2 << 20)
+    (library / "a.iso").write_bytes(first)
+    (library / "b.iso").write_bytes(second)
+    (library / "b.iso.bad-lbas").write_text("10")
+    (library / "notes.txt").write_text("not a disc")
+    with fusedrive.Drive(library, "usb", scale=20.0) as drive:
+        assert sorted(os.listdir(drive.mountpoint)) == ["a.iso", "b.iso"]
+        dev = drive.insert("a.iso")
+        assert drive.loaded()
+        assert read_through(dev) == first
+        drive.eject()
+        assert not drive.loaded()
+        assert drive.insert("b.iso") == dev
+        fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, SECTOR)
+        try:
+            with pytest.raises(OSError) as err:
+                os.preadv(fd, [buf], 10 * SECTOR)
+            assert err.value.errno == errno.EIO
+            assert os.preadv(fd, [buf], 11 * SECTOR) == SECTOR
+            assert buf[:] == second[11 * SECTOR : 12 * SECTOR]
+        finally:
+            os.close(fd)
+        with pytest.raises(RuntimeError, match="does not see"):
+            drive.insert("notes.txt")
+    assert not drive.loaded()

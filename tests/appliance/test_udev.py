@@ -275,3 +275,26 @@ def test_media_polling_unwritable_param(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(type(param), "write_text", refuse)
     assert udev.ensure_media_polling(param) == "off"
     assert "cannot be set" in caplog.text
+
+
+def test_a_late_event_of_an_older_medium_after_release_is_dropped():
+    """A newly created loop device announces two DISKSEQs; the older one,
+    arriving after the newer was released, must not start a second job."""
+    d = Debouncer(quiet=1.0)
+    d.offer(ev(31), now=0.0)
+    assert [e.diskseq for e in d.due(now=2.0)] == [31]
+    d.offer(ev(30), now=3.0)  # late, older
+    assert d.due(now=10.0) == []
+    d.offer(ev(32), now=11.0)  # the next disc
+    assert [e.diskseq for e in d.due(now=13.0)] == [32]
+
+
+def test_an_event_the_drive_has_moved_past_is_stale(tmp_path):
+    """An event queued behind a read: the kernel's DISKSEQ says another
+    medium is in the drive by now."""
+    (tmp_path / "sr0").mkdir()
+    (tmp_path / "sr0" / "diskseq").write_text("12\n")
+    assert udev.is_stale(ev(11), sys_block=tmp_path)
+    assert not udev.is_stale(ev(12), sys_block=tmp_path)
+    assert not udev.is_stale(ev(None), sys_block=tmp_path)  # unknown: acted on
+    assert not udev.is_stale(ev(11, devnode="/dev/sr1"), sys_block=tmp_path)  # no sysfs entry

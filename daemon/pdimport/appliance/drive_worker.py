@@ -100,6 +100,9 @@ class DriveWorker(threading.Thread):
             self._eject()
 
     def _medium(self, event: udev.MediaEvent) -> None:
+        if udev.is_stale(event):
+            log.info("%s: stale medium event (DISKSEQ %s) ignored", self.devnode, event.diskseq)
+            return
         if self.lifecycle.state == FAILED:
             self.lifecycle.fire("reset")  # a new medium: the old failure is history
         if self.lifecycle.state != EMPTY:

@@ -192,13 +192,16 @@ class Debouncer:
                 self._pending.pop(event.devnode, None)
                 self._released.pop(event.devnode, None)
             return [event]
+        released = self._released.get(event.devnode)
         if (
             event.kind in MEDIUM_KINDS
             and event.diskseq is not None
-            and self._released.get(event.devnode) == event.diskseq
+            and released is not None
+            and event.diskseq <= released
         ):
-            # The same medium instance again; keep its richer properties only
-            # if it is still pending (nothing to do once released).
+            # The same medium instance again, or a late event of an older one
+            # (a newly created loop device announces two DISKSEQs): nothing to
+            # do once the newer one was released.
             return []
         pending = self._pending.get(event.devnode)
         if pending and _older(event, pending[1]):
@@ -226,6 +229,20 @@ class Debouncer:
     def forget(self, devnode: str) -> None:
         """Allow the same DISKSEQ again (after an operator reset)."""
         self._released.pop(devnode, None)
+
+
+def is_stale(event: MediaEvent, sys_block: Path = Path("/sys/class/block")) -> bool:
+    """Whether a medium event no longer describes what is in the drive: the
+    kernel's DISKSEQ of the device (Linux 5.15+) has moved past the event's.
+    An event queued behind a read (its disc since ejected, another one in)
+    must not start a job on the next disc. Unknown on either side: not stale."""
+    if event.diskseq is None:
+        return False
+    try:
+        current = int((sys_block / event.kernel / "diskseq").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return current != event.diskseq
 
 
 def _older(event: MediaEvent, pending: MediaEvent) -> bool:

@@ -89,4 +89,4 @@ def test_kill_9_at_random_moments_loses_nothing_and_resends_within_the_bound(
         scp.proc.terminate()
     print(f"{RUNS} kill -9 runs: {killed_with_files} killed mid-delivery, "
           f"at most {worst} instances received twice (bound {BOUND})")  # fmt: skip
-    assert killed_with_files >= RUNS // 10, "the kills never landed in a delivery"
+    assert killed_with_files >= RUNS // 20, "the kills never landed in a delivery"

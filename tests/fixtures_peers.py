@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -121,8 +122,8 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
         unique: bool = False,
     ) -> Peer:
         port = free_port()
-        out_dir = tmp_path / f"storescp-{port}"
-        out_dir.mkdir()
+        # a port may come round again within one test (a test of many runs)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"storescp-{port}-", dir=tmp_path))
         args = [DCMTK_STORESCP, "-aet", aet, "-od", str(out_dir)]
         if accept_all:
             args.append("+xa")

@@ -180,23 +180,22 @@ class Importer:
         written, on stdout in any case. Nothing read is lost: the spool and
         the journal keep what was committed, and the same command continues
         once there is space."""
-        job = getattr(exc, "job", None) or job
+        job = exc.job or job
         result = disk_full_result(source, exc, job, mode)
-        report = result.report
-        job = job or Job(result.job_id, "", "unknown", source, "", mode, JobState.FAILED,
-                         False, 0.0, 0.0)  # fmt: skip
+        if job is None:
+            return result  # the job itself was never recorded
         try:
-            self.journal.save_report(job.id, report)
+            self.journal.save_report(job.id, result.report)
             current = self.journal.job(job.id)
             if current is not None and current.state not in FINAL_JOB_STATES:
                 event = JobEvent.READ_FAILED if current.state == JobState.READING else JobEvent.FAIL
                 self.journal.transition(job.id, event, "disk_full")
             (self.reports_dir / f"{job.id}.json").write_text(
-                report_mod.dumps(report), encoding="utf-8"
+                report_mod.dumps(result.report), encoding="utf-8"
             )
         except (DiskFull, OSError, IllegalTransition) as again:
             log.error("the report of job %s could not be kept: %s", job.id, again)
-        return JobResult(job.id, report)
+        return result
 
     def read_source(
         self,
@@ -233,7 +232,7 @@ class Importer:
                 try:
                     self.read(job, wrap(medium) if wrap is not None else medium)
                 except DiskFull as exc:
-                    exc.job = job  # type: ignore[attr-defined]  # for disk_full()
+                    exc.job = job  # for disk_full()
                     raise
         finally:
             medium.close()

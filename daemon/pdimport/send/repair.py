@@ -428,8 +428,6 @@ def reencode_explicit(src: Path, dst: Path) -> None:
         for _elem in ds.iterall():
             pass  # converts every raw element, its VR from the dictionary
         ds.save_as(dst, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    with open(dst, "rb+") as out:
-        os.fsync(out.fileno())
 
 
 def summary(repair: Repair, limit: int = 5) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pdimport.problems import CodedError
 
@@ -107,6 +107,7 @@ class DiskFull(CodedError):
 
     def __init__(self, detail: str) -> None:
         super().__init__("disk_full", detail)
+        self.job: Any = None  # the job it stopped, once known
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pdimport.demo.sample import SampleStudy, _base_dataset, _finish
+from pdimport.demo.sample import SampleStudy, _base_dataset, _finish, set_series
 
 #: Attributes of the sample's base dataset that belong to cross-sectional
 #: images only (Frame of Reference, Image Plane, patient position).
@@ -34,13 +34,18 @@ _CROSS_SECTIONAL = (
 )
 
 
-def _series(ds: Dataset, modality: str, SeriesInstanceUID: str, number: int, desc: str) -> None:
-    ds.Modality = modality
-    ds.SeriesInstanceUID = SeriesInstanceUID
-    ds.SeriesNumber = number
-    ds.SeriesDescription = desc
-    ds.SeriesDate = ds.StudyDate
-    ds.SeriesTime = ds.StudyTime
+def _projection(
+    study: SampleStudy, StudyInstanceUID: str, when: _dt.datetime, sop_class: str, number: int
+) -> Dataset:
+    """An image that is not a slice (CR, US): no plane or frame of reference."""
+    ds = _base_dataset(study, StudyInstanceUID, when)
+    for keyword in _CROSS_SECTIONAL:
+        delattr(ds, keyword)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = number
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    return ds
 
 
 def _non_image(study: SampleStudy, StudyInstanceUID: str, when: _dt.datetime) -> Dataset:
@@ -71,16 +76,10 @@ def cr_image(
     when: _dt.datetime,
 ) -> Dataset:
     """A Computed Radiography image (PS3.3 A.2): 12 bits stored in 16."""
-    ds = _base_dataset(study, StudyInstanceUID, when)
-    for keyword in _CROSS_SECTIONAL:
-        delattr(ds, keyword)
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    _series(ds, "CR", SeriesInstanceUID, 3, "CHEST PA")
+    ds = _projection(study, StudyInstanceUID, when, ComputedRadiographyImageStorage, number)
+    set_series(ds, "CR", SeriesInstanceUID, 3, "CHEST PA")
     ds.ViewPosition = "PA"  # CR Series (C.8.1.1)
-    ds.InstanceNumber = number
     ds.PatientOrientation = ["L", "F"]
-    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.BitsStored, ds.HighBit = 12, 11
     ds.WindowCenter, ds.WindowWidth = "2048", "4096"
@@ -106,16 +105,10 @@ def us_image(
     when: _dt.datetime,
 ) -> Dataset:
     """An Ultrasound image (PS3.3 A.6), 8-bit RGB, single frame."""
-    ds = _base_dataset(study, StudyInstanceUID, when)
-    for keyword in _CROSS_SECTIONAL:
-        delattr(ds, keyword)
+    ds = _projection(study, StudyInstanceUID, when, UltrasoundImageStorage, number)
     ds.BodyPartExamined = "ABDOMEN"
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    _series(ds, "US", SeriesInstanceUID, 4, "ABDOMEN")
-    ds.InstanceNumber = number
+    set_series(ds, "US", SeriesInstanceUID, 4, "ABDOMEN")
     ds.PatientOrientation = ""
-    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
     ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL", "0001"]
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "RGB"
@@ -142,7 +135,7 @@ def us_pixels(rows: int, rng: np.random.Generator) -> np.ndarray:
 
 # ------------------------------------------------------------------ RT
 def _rt_series(ds: Dataset, modality: str, number: int, desc: str) -> None:
-    _series(ds, modality, generate_uid(), number, desc)
+    set_series(ds, modality, generate_uid(), number, desc)
     ds.OperatorsName = ""  # RT Series (C.8.8.1): type 2
 
 

@@ -23,6 +23,14 @@ _COLOURS = {
 }
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay the figure out, write it as ``path`` and free it."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -88,10 +96,7 @@ def throughput(report: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def stages(report: dict[str, Any], path: Path) -> Path:
@@ -108,10 +113,7 @@ def stages(report: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("seconds per disc (mean)")
     ax.set_title("time per disc by stage", fontsize=10)
     ax.legend(fontsize=8, ncol=len(timing.STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.25))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def utilisation(report: dict[str, Any], path: Path) -> Path:
@@ -151,10 +153,7 @@ def utilisation(report: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("seconds into the run")
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_all(report: dict[str, Any], out: Path) -> list[Path]:

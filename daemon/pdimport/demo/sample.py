@@ -164,6 +164,16 @@ def _base_dataset(study: SampleStudy, StudyInstanceUID: str, when: _dt.datetime)
     return ds
 
 
+def set_series(ds: Dataset, modality: str, series_uid: str, number: int, desc: str) -> None:
+    """The General Series attributes (PS3.3 C.7.3.1), dated as the study."""
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = number
+    ds.SeriesDescription = desc
+    ds.SeriesDate = ds.StudyDate
+    ds.SeriesTime = ds.StudyTime
+
+
 def _finish(ds: Dataset, pixels: np.ndarray) -> Dataset:
     """Attach native pixels and PS3.10 file meta information."""
     ds.Rows, ds.Columns = pixels.shape
@@ -230,12 +240,7 @@ def make_sample_datasets(
             ds = _base_dataset(study, StudyInstanceUID, when)
             ds.SOPClassUID = SOPClassUID
             ds.SOPInstanceUID = generate_uid()
-            ds.Modality = Modality
-            ds.SeriesInstanceUID = SeriesInstanceUID
-            ds.SeriesNumber = SeriesNumber
-            ds.SeriesDescription = description
-            ds.SeriesDate = study.StudyDate
-            ds.SeriesTime = study.StudyTime
+            set_series(ds, Modality, SeriesInstanceUID, SeriesNumber, description)
             ds.FrameOfReferenceUID = FrameOfReferenceUID
             ds.InstanceNumber = i + 1
             ds.AcquisitionNumber = 1

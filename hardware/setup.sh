@@ -98,34 +98,36 @@ install_apt_packages() {
         --no-install-recommends "${missing[@]}"
 }
 
-stop_system_orthanc() {
-    # The orthanc package starts a system service on 4242/8042 when it is
-    # installed. pdimport's tests start their own Orthanc on free ports, and a
-    # system one only wastes memory and could answer on the well-known ports,
-    # so stop it and keep it from coming back at boot. A container may have no
+stop_system_service() {
+    # NAME USER PROCESS: the orthanc and postgresql packages start a system
+    # service (Orthanc on 4242/8042, PostgreSQL on 5432) when they are
+    # installed. pdimport's tests start their own on free ports, and a system
+    # one only wastes memory and could answer on the well-known ports, so stop
+    # it and keep it from coming back at boot. A container may have no
     # running systemd (systemctl then fails) and no init scripts at all, hence
     # every step is guarded.
+    local name=$1 user=$2 process=$3
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-active --quiet orthanc 2>/dev/null || \
-           systemctl is-enabled --quiet orthanc 2>/dev/null; then
-            log "stopping and disabling the system Orthanc service (systemd)"
-            as_root systemctl disable --now orthanc >/dev/null 2>&1 || \
-                log "warning: systemctl could not stop/disable orthanc"
+        if systemctl is-active --quiet "$name" 2>/dev/null || \
+           systemctl is-enabled --quiet "$name" 2>/dev/null; then
+            log "stopping and disabling the system $name service (systemd)"
+            as_root systemctl disable --now "$name" >/dev/null 2>&1 || \
+                log "warning: systemctl could not stop/disable $name"
         fi
-    elif [ -x /etc/init.d/orthanc ]; then
-        if /etc/init.d/orthanc status >/dev/null 2>&1; then
-            log "stopping the system Orthanc service (init script)"
-            as_root /etc/init.d/orthanc stop >/dev/null 2>&1 || \
-                log "warning: /etc/init.d/orthanc stop failed"
+    elif [ -x "/etc/init.d/$name" ]; then
+        if "/etc/init.d/$name" status >/dev/null 2>&1; then
+            log "stopping the system $name service (init script)"
+            as_root "/etc/init.d/$name" stop >/dev/null 2>&1 || \
+                log "warning: /etc/init.d/$name stop failed"
         fi
         if command -v update-rc.d >/dev/null 2>&1 && \
-           compgen -G '/etc/rc[2-5].d/S*orthanc' >/dev/null; then
-            as_root update-rc.d orthanc disable >/dev/null 2>&1 || true
+           compgen -G "/etc/rc[2-5].d/S*$name" >/dev/null; then
+            as_root update-rc.d "$name" disable >/dev/null 2>&1 || true
         fi
     fi
     # Whatever started it, say so if one is still there: tests must not meet it.
-    if pgrep -u orthanc -x Orthanc >/dev/null 2>&1; then
-        log "warning: a system Orthanc (user orthanc) is still running"
+    if pgrep -u "$user" -x "$process" >/dev/null 2>&1; then
+        log "warning: a system $name (user $user) is still running"
     fi
 }
 
@@ -185,7 +187,8 @@ PY
 
 log "repository: $REPO"
 install_apt_packages
-stop_system_orthanc
+stop_system_service orthanc orthanc Orthanc
+stop_system_service postgresql postgres postgres
 setup_venv
 log "set-up done in ${SECONDS}s"
 

@@ -21,6 +21,7 @@ from fixtures_dicom import *
 from fixtures_identity import *
 from fixtures_media import *
 from fixtures_peers import *
+from fixtures_tls import *
 
 
 @pytest.fixture(autouse=True)

@@ -50,7 +50,7 @@ esac
 # (hardware/fusedrive.py) serve disc images through FUSE (fuse3).
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc
-    dcmtk orthanc orthanc-dicomweb dicom3tools postgresql
+    dcmtk orthanc orthanc-dicomweb dicom3tools postgresql nginx-light
     genisoimage xorriso libudfread0 udftools
     udev util-linux
     cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools

@@ -22,6 +22,7 @@ from fixtures_identity import *
 from fixtures_media import *
 from fixtures_peers import *
 from fixtures_pg import *
+from fixtures_tls import *
 
 
 @pytest.fixture(autouse=True)

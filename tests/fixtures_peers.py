@@ -4,7 +4,9 @@
   PATH may be pynetdicom's app of the same name). dcmtk 3.6.7 has no
   bind-address option, so it listens on all interfaces for the few seconds a
   test runs; everything we send goes to 127.0.0.1.
-* ``orthanc``: Debian's Orthanc with a throw-away config and storage.
+* ``orthanc``: Debian's Orthanc with a throw-away config and storage;
+  ``orthanc_web``: the same with its DICOMweb plugin, HTTP Basic
+  authentication and, on request, HTTPS with client certificates.
 * ``scripted_scp``: a pynetdicom Storage SCP that answers a chosen status, or
   stores and never answers (after pynetdicom's ``tests/parrot.py`` idea of a
   peer the test controls).
@@ -16,15 +18,18 @@ its own PID / server object.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,7 @@ __all__ = [
     "cfg",
     "free_port",
     "orthanc",
+    "orthanc_web",
     "receiver",
     "scripted_scp",
     "silent_scp",
@@ -166,12 +172,47 @@ def _popen_logged(args: list[str], env: dict[str, str], log: Path | None) -> sub
 @dataclass
 class OrthancPeer(Peer):
     http_port: int = 0
+    #: HTTP Basic credentials when authentication is on
+    auth: tuple[str, str] | None = None
+    scheme: str = "http"
+    #: the CA of an HTTPS Orthanc's certificate, and the client certificate
+    #: pair it wants (set by the test that made them)
+    ca: Path | None = None
+    client_cert: tuple[Path, Path] | None = None
+    #: behind a bearer-token gate (``orthanc_web(bearer=...)``), the token
+    bearer: str = ""
+    #: Orthanc's own HTTP port when a front (nginx) has taken ``http_port``
+    backend_port: int = 0
+
+    @property
+    def web_url(self) -> str:
+        """The DICOMweb root as pdimport spells it."""
+        return f"dicomweb+{self.scheme}://127.0.0.1:{self.http_port}/dicom-web"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """One REST call, with the peer's credentials and TLS material."""
+        url = f"{self.scheme}://127.0.0.1:{self.http_port}{path}"
+        req = urllib.request.Request(url, data=body, method=method)
+        if self.bearer:
+            req.add_header("Authorization", f"Bearer {self.bearer}")
+        elif self.auth:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        ctx = None
+        if self.scheme == "https":
+            ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+            if self.client_cert:
+                ctx.load_cert_chain(*map(str, self.client_cert))
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as rsp:
+            return rsp.read()
 
     def get(self, path: str) -> Any:
         """GET a REST resource as JSON (``/instances``, ``/system`` ...)."""
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as rsp:
-            return json.load(rsp)
+        return json.loads(self.request("GET", path))
+
+    def upload(self, part10: bytes) -> dict[str, Any]:
+        """Store one Part 10 file through the REST API (POST /instances)."""
+        return json.loads(self.request("POST", "/instances", part10))
 
     def instances(self) -> list[dict[str, Any]]:
         """The simplified tags of every stored instance."""
@@ -181,9 +222,116 @@ class OrthancPeer(Peer):
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
     """Orthanc on 127.0.0.1 (HTTP) with empty storage; DICOM on all interfaces."""
+    with _orthanc(tmp_path / "orthanc") as peer:
+        yield peer
+
+
+#: Orthanc's DICOMweb plugin (Debian orthanc-dicomweb).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+#: The account of :func:`orthanc_web` (HTTP Basic).
+ORTHANC_USER = ("pdimport", "s3cret-Passw0rd")
+
+
+@pytest.fixture
+def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancPeer]]:
+    """A factory of Orthancs with the DICOMweb plugin at ``/dicom-web`` and
+    HTTP Basic authentication (:data:`ORTHANC_USER`) enabled.
+
+    ``tls``: a :class:`~fixtures_tls.TlsFiles`: HTTPS with its server
+    certificate, served by Debian's nginx in front of Orthanc (Orthanc 1.10's
+    own HTTPS crashes on this OpenSSL; a TLS-terminating proxy is also how
+    such servers are usually published); with ``client_cert`` nginx wants a
+    client certificate signed by the CA. ``bearer``: nginx admits only
+    ``Authorization: Bearer <bearer>`` and speaks Basic to Orthanc (a
+    resource server behind an OAuth 2.0 gateway). ``peer.web_url`` is the
+    DICOMweb root as pdimport spells it (``dicomweb+http(s)://...``).
+    """
+    if not os.access(DICOMWEB_PLUGIN, os.R_OK):
+        pytest.skip("orthanc-dicomweb not installed")
+    with ExitStack() as stack:
+        count = iter(range(1000))
+
+        def start(tls: Any = None, client_cert: bool = False, bearer: str = "") -> OrthancPeer:
+            root = tmp_path / f"orthanc-web-{next(count)}"
+            extra: dict[str, Any] = {
+                "Plugins": [DICOMWEB_PLUGIN],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+                "AuthenticationEnabled": True,
+                "RegisteredUsers": {ORTHANC_USER[0]: ORTHANC_USER[1]},
+            }
+            peer = stack.enter_context(_orthanc(root, extra))
+            if tls is not None or bearer:
+                stack.enter_context(_nginx_front(root / "nginx", peer, tls, client_cert, bearer))
+            return peer
+
+        yield start
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+@contextmanager
+def _nginx_front(
+    root: Path, peer: OrthancPeer, tls: Any, client_cert: bool, bearer: str
+) -> Iterator[None]:
+    """nginx on a new port in front of ``peer``'s HTTP port; ``peer`` is
+    changed to point at the front (its own port stays reachable at
+    ``peer.backend_port``)."""
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip("nginx not installed")
+    root.mkdir(parents=True)
+    port = free_port()
+    basic = base64.b64encode(":".join(ORTHANC_USER).encode()).decode()
+    listen = f"listen 127.0.0.1:{port}"
+    tls_lines = ""
+    if tls is not None:
+        listen += " ssl"
+        tls_lines = f"ssl_certificate {tls.server_cert}; ssl_certificate_key {tls.server_key};"
+        if client_cert:
+            tls_lines += f" ssl_client_certificate {tls.ca}; ssl_verify_client on;"
+    gate = ""
+    if bearer:
+        gate = (
+            f'if ($http_authorization != "Bearer {bearer}") {{ return 401; }}'
+            f' proxy_set_header Authorization "Basic {basic}";'
+        )
+    temp = " ".join(
+        f"{kind}_temp_path {root}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (root / "nginx.conf").write_text(
+        f"daemon off; master_process off; worker_processes 1; pid {root}/nginx.pid;"
+        f" error_log {root}/error.log; events {{ worker_connections 64; }}"
+        f" http {{ access_log {root}/access.log; {temp}"
+        f" server {{ {listen}; {tls_lines} client_max_body_size 0;"
+        f" location / {{ {gate} proxy_pass http://127.0.0.1:{peer.http_port};"
+        f" proxy_http_version 1.1; proxy_request_buffering off; proxy_buffering off; }} }} }}"
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(root), "-c", str(root / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+        peer.backend_port = peer.http_port
+        peer.http_port = port
+        if tls is not None:
+            peer.scheme = "https"
+            peer.ca = tls.ca
+            if client_cert:
+                peer.client_cert = (tls.client_cert, tls.client_key)
+        if bearer:
+            peer.bearer = bearer
+        yield
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def _orthanc(root: Path, extra: dict[str, Any] | None = None) -> Iterator[OrthancPeer]:
     if not os.access(ORTHANC, os.X_OK):
         pytest.skip("Orthanc not installed")
-    root = tmp_path / "orthanc"
     (root / "db").mkdir(parents=True)
     peer = OrthancPeer("ORTHANC", free_port(), root / "db", http_port=free_port())
     config = {
@@ -207,6 +355,9 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
         "Plugins": [],
         "SaveJobs": False,
     }
+    config.update(extra or {})
+    if config["AuthenticationEnabled"]:
+        peer.auth = ORTHANC_USER
     (root / "config.json").write_text(json.dumps(config))
     with open(root / "orthanc.log", "wb") as log:
         proc = subprocess.Popen(

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -108,6 +107,19 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
     for setting in SETTINGS:
         if setting.flag and command in setting.commands:
             _add_setting(p, setting)
+
+
+#: Modules that bring their own subcommands: each has ``add_parsers(sub,
+#: common)`` and ``HANDLERS`` (command -> handler(args, cfg) -> exit status).
+#: They are imported whenever the parser is built (``--help`` included), so
+#: they import nothing heavy at module level.
+EXTENSIONS: tuple[str, ...] = ()
+
+
+def _extensions() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(name) for name in EXTENSIONS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="capacity planning: discs per hour with N drives")
     _common(p, "bench")
     bench_arguments(p)
+    for ext in _extensions():
+        ext.add_parsers(sub, _common)
     return parser
 
 
@@ -242,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pdimport: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    handler = {
+    handlers = {
         "import": cmd_import,
         "scan": cmd_scan,
         "jobs": cmd_jobs,
@@ -258,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "expect": cmd_expect,
         "user": cmd_user,
         "bench": cmd_bench,
-    }[args.command]
+    }
+    for ext in _extensions():
+        handlers.update(ext.HANDLERS)
+    handler = handlers[args.command]
     try:
         if args.command in JOURNAL_COMMANDS:
             _require_state_dir(cfg.state_path)
@@ -515,82 +532,12 @@ def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Any) -> int:
-    """Embedded defaults: a local storage SCP stands in for the PACS, the
-    appliance watches a folder, and a generated sample PDI disc image is
-    dropped into it. The appliance then runs on (Ctrl-C or SIGTERM to stop)
-    unless ``--once``."""
-    import shutil
-    import threading
+    from pdimport.demo.command import demo_main
 
-    from pdimport.appliance.daemon import Daemon
-    from pdimport.appliance.watchfolder import RESTING_STATES
-    from pdimport.demo.receiver import Receiver
-    from pdimport.demo.sample import make_sample_disc
-
-    demo = cfg.state_path / "demo"
-    watch = demo / "watch"
-    watch.mkdir(parents=True, exist_ok=True)
-    iso = make_sample_disc(demo / "sample-pdi.iso")
-    pacs_dir = demo / "pacs"
-    receiver = Receiver(pacs_dir, aet="DEMOPACS")
-    receiver.start()
-    cfg = cfg.replace(
-        dest=[f"dicom://DEMOPACS@127.0.0.1:{receiver.port}"], watch=str(watch), watch_settle=1.0
-    )
-    appliance = Daemon(cfg)
-    result: dict[str, Any] = {}
-
-    def feed() -> None:
-        # Copy under a temporary name, then rename: the watch folder only
-        # takes complete packages, as an operator's copy tool would deliver.
-        name = f"sample-{int(time.time())}.iso"
-        shutil.copy(iso, watch / f".{name}.part")
-        (watch / f".{name}.part").rename(watch / name)
-        # The package rests in the folder named for its job's state.
-        results = [watch / state / f"{name}.json" for state in RESTING_STATES]
-        while not appliance.stop.is_set():
-            for f in results:
-                if f.exists():
-                    try:
-                        result["report"] = json.loads(f.read_text(encoding="utf-8"))
-                    except ValueError:
-                        continue  # being written
-                    _demo_summary(result["report"], iso, watch, pacs_dir, cfg)
-                    if args.once:
-                        appliance.request_stop()
-                    return
-            time.sleep(0.2)
-
-    threading.Thread(target=feed, name="demo-feed", daemon=True).start()
-    print(
-        f"pdimport appliance running: watch folder {watch}, stand-in PACS "
-        f"DEMOPACS@127.0.0.1:{receiver.port}" + ("" if args.once else "  (Ctrl-C stops it)"),
-        flush=True,
-    )
-    try:
-        rc = appliance.run()
-    finally:
-        receiver.stop()
-    if args.once:
-        rep = result.get("report")
-        from pdimport.job import report as report_mod
-
-        return report_mod.exit_code(rep["status"]) if rep else 2
-    return rc
+    return demo_main(args, cfg)
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.capacity.command import bench_main
 
     return bench_main(args, list(cfg.dest or []))
-
-
-def _demo_summary(rep: dict[str, Any], iso: Path, watch: Path, pacs_dir: Path, cfg: Any) -> None:
-    from pdimport.job import report as report_mod
-
-    print(report_mod.summary(rep))
-    stored = sorted(p for p in Path(pacs_dir).glob("*") if p.is_file())
-    print(f"\nsample disc:   {iso} (dropped into {watch})")
-    print(f"stand-in PACS: {pacs_dir} ({len(stored)} files received)")
-    print(f"report:        {cfg.state_path / 'reports' / (str(rep.get('job')) + '.json')}")
-    print(f"journal:       {cfg.state_path / 'journal.sqlite'}", flush=True)

@@ -408,4 +408,38 @@ SETTINGS: tuple[Setting, ...] = (
         commands=("import", "scan"),
         choices=("auto", "pydicom", "numba"),
     ),
+    # DICOMweb and Cloud PDI peers (pdimport.web.http): one set for every HTTP peer
+    Setting(
+        "web.auth",
+        str,
+        "none",
+        "HTTP authentication of DICOMweb peers",
+        choices=("none", "basic", "bearer", "oauth2"),
+    ),
+    Setting("web.username", str, "", "user name for web.auth = basic"),
+    Setting("web.password_file", str, "", "file holding the password for web.auth = basic"),
+    Setting("web.token_file", str, "", "file holding the token for web.auth = bearer"),
+    Setting("web.oauth_token_url", str, "", "OAuth 2.0 token endpoint (client credentials grant)"),
+    Setting("web.oauth_client_id", str, "", "OAuth 2.0 client id"),
+    Setting("web.oauth_client_secret_file", str, "", "file holding the OAuth 2.0 client secret"),
+    Setting("web.oauth_scope", str, "", "OAuth 2.0 scope asked for (space-separated)"),
+    Setting(
+        "web.ca_bundle",
+        str,
+        "",
+        "PEM CA bundle that HTTPS peers are checked against (empty: the system's)",
+    ),
+    Setting("web.client_cert", str, "", "PEM client certificate for HTTPS peers that ask for one"),
+    Setting(
+        "web.client_key", str, "", "PEM private key of web.client_cert (if not in the same file)"
+    ),
+    Setting(
+        "web.timeout",
+        float,
+        30.0,
+        "seconds to connect and for each read from an HTTP peer",
+        min=0,
+        min_open=True,
+    ),
+    Setting("web.connections", int, 4, "keep-alive connections per HTTP peer", min=1, max=64),
 )

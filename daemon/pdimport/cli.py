@@ -385,13 +385,13 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.store.journal import Journal
+    from pdimport.store.journal import open_existing_journal
 
     if args.verify:
         from pdimport.job.verify import verify_main
 
-        return verify_main(cfg.state_path, args.verify, args.json)
-    journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
+        return verify_main(cfg.state_path, args.verify, args.json, cfg)
+    journal = open_existing_journal(cfg)
     if args.held:
         from pdimport.job.holdqueue import jobs_held_main
 
@@ -432,9 +432,9 @@ def cmd_jobs(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.store.journal import Journal
+    from pdimport.store.journal import open_existing_journal
 
-    journal = Journal.open_existing(cfg.state_path / "journal.sqlite")
+    journal = open_existing_journal(cfg)
     rep = None
     if journal is not None:
         try:
@@ -527,7 +527,7 @@ def cmd_audit(args: argparse.Namespace, cfg: Any) -> int:
     from pdimport.record.auditcli import audit_export_main, audit_verify_main
 
     if args.audit_command == "verify":
-        return audit_verify_main(cfg.state_path)
+        return audit_verify_main(cfg.state_path, settings=cfg)
     return audit_export_main(cfg.state_path, args.since)
 
 

@@ -207,6 +207,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "the appliance's disk or journal could not take more; intake paused, nothing lost",
     ),
+    "journal_unavailable": (
+        "error",
+        "the shared journal's database cannot be reached; intake paused until it is back",
+    ),
     "internal_error": (
         "error",
         "an unexpected error in pdimport itself; the rest of the medium went on",

@@ -442,4 +442,22 @@ SETTINGS: tuple[Setting, ...] = (
         min_open=True,
     ),
     Setting("web.connections", int, 4, "keep-alive connections per HTTP peer", min=1, max=64),
+    # a hospital group's stations sharing one journal (issue 19)
+    Setting(
+        "journal.url",
+        str,
+        "",
+        "the journal's database: empty for STATE_DIR/journal.sqlite (this station alone), "
+        "or postgresql://USER@HOST:PORT/DB shared by the stations of a hospital group",
+        validate=lambda v: v == "" or v.startswith(("postgresql://", "postgres://")),
+        allowed="empty, or a postgresql:// URL",
+    ),
+    Setting(
+        "station.name",
+        str,
+        "",
+        "this station's name in a shared journal (the jobs whose spool it holds); "
+        "empty for the host name",
+        max=64,
+    ),
 )

@@ -52,7 +52,7 @@ from pdimport.job.prescan import PrescanStore
 from pdimport.record.audit import AuditLog
 from pdimport.send import parse_dest
 from pdimport.store.fsutil import DiskFull, atomic_write
-from pdimport.store.journal import Job, Journal
+from pdimport.store.journal import Job, open_journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class JobRunner:
         self.board = board
         self.stop = stop
         state = cfg.state_path
-        self.journal = Journal(state / "journal.sqlite")
+        self.journal = open_journal(cfg)
         self.journal.subscribe(board.on_job_transition)
         self.spool = Spool(state / "spool")
         self.destinations = [parse_dest(d) for d in (cfg.dest or [])]

@@ -45,7 +45,7 @@ from pdimport.console.views import (
     outcome_counts,
     patient_names,
 )
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_journal
 from pdimport.store.spool import Spool
 
 #: Every page forbids framing and foreign scripts: all it loads ships in the package.
@@ -112,7 +112,7 @@ class Console:
         self.state = Path(cfg.state_path)
         self.tls = bool(cfg.get("console.tls_cert"))
         self.journal_path = self.state / "journal.sqlite"
-        self.journal = Journal(self.journal_path)
+        self.journal = open_journal(cfg)
         self.users = UserStore(users_path(self.state))
         self.sessions = Sessions(float(cfg.get("console.idle_timeout")), deps.clock)
         self.throttle = Throttle(int(cfg.get("console.login_attempts")), clock=deps.clock)

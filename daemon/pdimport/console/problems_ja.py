@@ -74,5 +74,6 @@ PROBLEM_WORDS_JA: dict[str, str] = {
     "outcome_unknown": "C-STORE の応答が届きませんでした。再送します",
     "write_failed": "送信先フォルダへの書き込みに失敗しました",
     "disk_full": "装置のディスクまたはジャーナルが満杯です。取り込みを一時停止しました（データは失われません）",
+    "journal_unavailable": "共有ジャーナルのデータベースに接続できません。復旧するまで取り込みを一時停止します",
     "internal_error": "pdimport 内部の予期しないエラーです。媒体の残りは処理を続けました",
 }

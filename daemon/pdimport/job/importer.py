@@ -65,7 +65,7 @@ from pdimport.scan import get_scanner
 from pdimport.send import parse_dest
 from pdimport.settings import Settings
 from pdimport.store.fsutil import DiskFull, check_free
-from pdimport.store.journal import Job, Journal
+from pdimport.store.journal import Job, Journal, open_journal
 from pdimport.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class Importer:
         self.settings = settings
         state = settings.state_path
         state.mkdir(parents=True, exist_ok=True)
-        self.journal = journal or Journal(state / "journal.sqlite")
+        self.journal = journal or open_journal(settings)
         self.spool = spool or Spool(state / "spool")
         self.reports_dir = state / "reports"
         self.reports_dir.mkdir(exist_ok=True)

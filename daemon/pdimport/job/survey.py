@@ -49,7 +49,7 @@ from pdimport.scan import get_scanner
 from pdimport.scan.dicomdir import unindexed
 from pdimport.scan.identify import identify, ignored_by_name, medium_context
 from pdimport.settings import Settings
-from pdimport.store.journal import Journal
+from pdimport.store.journal import Journal, open_journal
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Survey:
             if medium.kind not in IN_PLACE_KINDS or not _nameable(medium):
                 return None
             self.state.mkdir(parents=True, exist_ok=True)
-            journal = Journal(self.state / "journal.sqlite")
+            journal = open_journal(self.settings)
             try:
                 key = source_key(medium.kind, source, medium.label)
                 if journal.find_unfinished(key, "scan") is not None:

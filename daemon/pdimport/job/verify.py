@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pdimport.store.journal import FileRecord, Journal
+from pdimport.store.journal import FileRecord, Journal, open_existing_journal
 from pdimport.store.spool import Spool, owner_alive
 
 EXIT_HOLDS, EXIT_BROKEN, EXIT_NO_JOB = 0, 1, 2
@@ -149,10 +149,10 @@ def _instance_ending(
     return "", f"instance {state or 'without a state'} and no problem recorded against it"
 
 
-def verify_main(state_path: Any, job_id: str, as_json: bool) -> int:
+def verify_main(state_path: Any, job_id: str, as_json: bool, settings: Any = None) -> int:
     """The CLI: print the verdict; exit 0 when it holds, 1 when not, 2 for
     an unknown job."""
-    journal = Journal.open_existing(state_path / "journal.sqlite")
+    journal = open_existing_journal(settings, state_path)
     verdict = None
     if journal is not None:
         try:

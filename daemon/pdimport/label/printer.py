@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from pdimport.label import render as label_mod
 from pdimport.record.audit import AuditLog, operator_name
 from pdimport.settings import declared
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_journal
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def label_main(cfg_state_dir: Any, job_id: str, out: Path | None = None) -> int:
     """
     settings = cfg_state_dir if hasattr(cfg_state_dir, "state_path") else None
     state = Path(settings.state_path if settings is not None else cfg_state_dir)
-    report = _stored_report(state, job_id)
+    report = _stored_report(state, job_id, settings)
     if report is None:
         print(f"pdimport label: no report for job {job_id!r} in {state}", flush=True)
         return 2
@@ -353,8 +353,8 @@ def label_main(cfg_state_dir: Any, job_id: str, out: Path | None = None) -> int:
     return 0 if result.ok else 1
 
 
-def _stored_report(state: Path, job_id: str) -> dict[str, Any] | None:
-    journal = Journal(state / "journal.sqlite")
+def _stored_report(state: Path, job_id: str, settings: Any) -> dict[str, Any] | None:
+    journal = open_journal(settings, state)
     try:
         return journal.report(job_id)
     finally:

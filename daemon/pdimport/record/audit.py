@@ -45,7 +45,7 @@ from pdimport.record.auditchain import (
     write_durably,
 )
 from pdimport.record.auditsyslog import Node, SyslogSender
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_journal
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class AuditLog:
     ) -> AuditLog:
         """Build from the settings table (``audit.*``, ``calling_aet``).
 
-        Without ``journal``, opens ``state_dir/journal.sqlite``: every writer
+        Without ``journal``, opens the journal of ``settings``
+        (``state_dir/journal.sqlite`` by default): every writer
         of the appliance's trail must keep its chain head, or
         :func:`~pdimport.record.auditchain.verify` reports the records it
         wrote as unknown to the journal.
@@ -175,7 +176,7 @@ class AuditLog:
             syslog = SyslogSender(opt("audit.syslog", ""))
             node = Node(aet=opt("calling_aet", "PDIMPORT"), site_id=opt("audit.site_id", ""))
         if journal is None:
-            journal = Journal(Path(state_dir) / "journal.sqlite")
+            journal = open_journal(settings, state_dir)
         return cls(
             Path(state_dir) / "audit",
             consent=opt("audit.consent", "unknown"),

@@ -10,19 +10,19 @@ from typing import Any
 
 from pdimport.record.audit import TRAIL
 from pdimport.record.auditchain import export, verify
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_existing_journal
 
 
-def audit_verify_main(state_dir: Path | str, journal: Any = None) -> int:
+def audit_verify_main(state_dir: Path | str, journal: Any = None, settings: Any = None) -> int:
     """``pdimport audit verify``: 0 when the chain is intact and as long as the
     journal knows, 1 naming the first bad (or missing) record.
 
-    Without ``journal``, reads the chain head from ``state_dir/journal.sqlite``
-    when that exists.
+    Without ``journal``, reads the chain head from the journal of
+    ``settings`` (``state_dir/journal.sqlite`` by default) when that exists.
     """
     head = None
-    if journal is None and (Path(state_dir) / "journal.sqlite").exists():
-        own = Journal(Path(state_dir) / "journal.sqlite")
+    own = open_existing_journal(settings, state_dir) if journal is None else None
+    if own is not None:
         try:
             head = own.audit_head(TRAIL)
         finally:

@@ -1,5 +1,7 @@
-"""The journal: an SQLite database (WAL, ``synchronous=FULL``) of jobs, the
-files read from each medium, and every delivery outcome per destination.
+"""The journal: a database of jobs, the files read from each medium, and
+every delivery outcome per destination; an embedded SQLite file (WAL,
+``synchronous=FULL``) or, with ``journal.url``, a PostgreSQL database shared
+by the stations of a hospital group (:mod:`pdimport.store.db`).
 
 It is what makes an import resumable and idempotent:
 
@@ -7,19 +9,18 @@ It is what makes an import resumable and idempotent:
   without the medium;
 * an instance acknowledged by a destination is recorded there before the next
   one is sent, and is never sent to that destination again (same SOP Instance
-  UID and same content), unless someone asks for it.
+  UID and same content), unless someone asks for it. In a shared journal that
+  holds for every station: the lookups never filter by station or job.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
+import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,98 +34,43 @@ from pdimport.job.lifecycle import (
     Transition,
     job_state,
 )
-from pdimport.store.fsutil import check_free
-from pdimport.store.schema import AUDIT_SCHEMA, SCHEMA, Connection
+from pdimport.store.db import POSTGRESQL, Database, Rows, is_url, migrate
+from pdimport.store.records import Decision, Delivery, FileRecord, Job
+from pdimport.store.schema import JOURNAL_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    source_key: str
-    source_kind: str
-    source_path: str
-    label: str
-    mode: str
-    state: JobState
-    read_complete: bool
-    created: float
-    updated: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A person's decision on a held patient of a job (release or discard)."""
-
-    job_id: str
-    patient: str
-    action: str
-    identity: dict[str, Any] | None
-    operator: str
-    reason: str
-    time: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "patient": self.patient,
-            "action": self.action,
-            "local_id": (self.identity or {}).get("patient_id"),
-            "identity": self.identity,
-            "operator": self.operator,
-            "reason": self.reason,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time)),
-        }
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    seq: int
-    path: str
-    size: int
-    sha256: str | None
-    state: str
-    code: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Delivery:
-    dest: str
-    sop_instance_uid: str
-    sha256: str
-    state: str
-    status: int | None
-    code: str
-    detail: str
-    job_id: str
-    attempts: int
+__all__ = [
+    "Decision",
+    "Delivery",
+    "FileRecord",
+    "Job",
+    "Journal",
+    "journal_target",
+    "open_existing_journal",
+    "open_journal",
+    "station_name",
+]
 
 
 class Journal:
-    """Thread-safe wrapper around one SQLite connection."""
+    """The journal's questions and records, over one thread-safe
+    :class:`~pdimport.store.db.Database`.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(path),
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=30.0,
-            factory=Connection,
-        )
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
-            # with no byte free SQLite cannot even create its WAL: "disk I/O error"
-            check_free(path.parent, 1 << 20)
-            raise exc from None
-        # FULL: with NORMAL a commit can roll back after power loss (SQLite docs).
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._db.executescript(AUDIT_SCHEMA)
+    Parameters
+    ----------
+    target : Path, str or Database
+        The SQLite file, a ``postgresql://`` URL, or an open database.
+    station : str, optional
+        This station's name, recorded on the jobs it creates (the station
+        that holds their spool).
+    """
+
+    def __init__(self, target: Path | str | Database, station: str = "") -> None:
+        self.db = target if isinstance(target, Database) else Database(target)
+        self.path = self.db.path
+        self.station = station
+        migrate(self.db, "journal", JOURNAL_MIGRATIONS)
         self._observers: list[Observer] = []
 
     def subscribe(self, observer: Observer) -> None:
@@ -135,28 +81,29 @@ class Journal:
         self._observers.append(observer)
 
     @classmethod
-    def open_existing(cls, path: Path) -> Journal | None:
-        """The journal at ``path`` if there is one, else None: read-only
-        commands (``jobs``, ``report``) never create a journal."""
-        return cls(path) if path.is_file() else None
+    def open_existing(cls, target: Path | str, station: str = "") -> Journal | None:
+        """The journal at ``target`` if there is one, else None: read-only
+        commands (``jobs``, ``report``) never create a journal file (a
+        database server always has one)."""
+        if is_url(target) or Path(target).is_file():
+            return cls(target, station)
+        return None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     # ------------------------------------------------------------- helpers
-    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, args)
+    def _exec(self, sql: str, args: tuple = ()) -> Rows:
+        return self.db.execute(sql, args)
 
-    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _rows(self, sql: str, args: tuple = ()) -> Rows:
+        return self.db.execute(sql, args)
 
     # ---------------------------------------------------------------- jobs
     def find_unfinished(self, source_key: str, mode: str) -> Job | None:
         rows = self._rows(
-            "SELECT * FROM jobs WHERE source_key=? AND mode=? ORDER BY created DESC LIMIT 1",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_key=? AND mode=? "
+            "ORDER BY created DESC LIMIT 1",
             (source_key, mode),
         )
         if rows and job_state(rows[0][6]) not in FINAL_JOB_STATES:
@@ -169,7 +116,7 @@ class Journal:
         now = time.time()
         job_id = time.strftime("%Y%m%d-%H%M%S-", time.gmtime(now)) + uuid.uuid4().hex[:8]
         self._exec(
-            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 source_key,
@@ -181,6 +128,7 @@ class Journal:
                 0,
                 now,
                 now,
+                self.station,
             ),
         )
         job = self.job(job_id)
@@ -188,13 +136,15 @@ class Journal:
         return job
 
     def job(self, job_id: str) -> Job | None:
-        rows = self._rows("SELECT * FROM jobs WHERE id=?", (job_id,))
+        rows = self._rows(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
         return _job(rows[0]) if rows else None
 
     def jobs(self, limit: int = 100) -> list[Job]:
         return [
             _job(r)
-            for r in self._rows("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
+            for r in self._rows(
+                f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created DESC LIMIT ?", (limit,)
+            )
         ]
 
     def set_label(self, job_id: str, label: str) -> None:
@@ -236,30 +186,27 @@ class Journal:
         """
         event = JobEvent(event)
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-                if row is None:
-                    raise KeyError(job_id)
-                source = job_state(row[0])
-                target = JOB_TRANSITIONS.get((source, event))
-                if target is None:
-                    raise IllegalTransition(job_id, source, event)
-                read_done = 1 if event == JobEvent.READ_DONE else None
-                self._db.execute(
-                    "UPDATE jobs SET state=?, updated=?, "
-                    "read_complete=COALESCE(?, read_complete) WHERE id=?",
-                    (str(target), now, read_done, job_id),
-                )
-                self._db.execute(
-                    "INSERT INTO job_events VALUES (?,?,?,?,?,?)",
-                    (job_id, now, str(event), str(source), str(target), reason),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.db.transaction() as db:
+            # FOR UPDATE on PostgreSQL: two stations moving one job serialise here
+            lock = " FOR UPDATE" if db.dialect == POSTGRESQL else ""
+            rows = db.execute(f"SELECT state FROM jobs WHERE id=?{lock}", (job_id,))
+            if not rows:
+                raise KeyError(job_id)
+            source = job_state(rows[0][0])
+            target = JOB_TRANSITIONS.get((source, event))
+            if target is None:
+                raise IllegalTransition(job_id, source, event)
+            read_done = 1 if event == JobEvent.READ_DONE else None
+            db.execute(
+                "UPDATE jobs SET state=?, updated=?, "
+                "read_complete=COALESCE(?, read_complete) WHERE id=?",
+                (str(target), now, read_done, job_id),
+            )
+            db.execute(
+                "INSERT INTO job_events (job_id, time, event, source, target, reason) "
+                "VALUES (?,?,?,?,?,?)",
+                (job_id, now, str(event), str(source), str(target), reason),
+            )
         transition = Transition(
             job_id, str(event), str(source), str(target), dict(info, reason=reason), now
         )
@@ -274,7 +221,7 @@ class Journal:
         """``(time, event, from, to, reason)`` of every transition of a job, oldest first."""
         return self._rows(
             "SELECT time, event, source, target, reason FROM job_events "
-            "WHERE job_id=? ORDER BY rowid",
+            f"WHERE job_id=? ORDER BY {self.db.rowid}",
             (job_id,),
         )
 
@@ -300,7 +247,8 @@ class Journal:
     ) -> Decision:
         now = time.time()
         self._exec(
-            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO decisions (job_id, patient, action, identity, operator, reason, time) "
+            "VALUES (?,?,?,?,?,?,?)",
             (
                 job_id,
                 patient,
@@ -325,7 +273,8 @@ class Journal:
         """What ``dest`` answered to a storage commitment request for one
         instance (the latest answer counts: a resent instance may commit)."""
         self._exec(
-            "INSERT INTO commitments VALUES (?,?,?,?,?,?,?) "
+            "INSERT INTO commitments (dest, sop_instance_uid, sha256, state, detail, "
+            "transaction_uid, time) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(dest, sop_instance_uid, sha256) DO UPDATE SET "
             "state=excluded.state, detail=excluded.detail, "
             "transaction_uid=excluded.transaction_uid, time=excluded.time",
@@ -351,7 +300,8 @@ class Journal:
         """The identity a patient of a job was first delivered under, found
         without a person: later runs of the job (a retry, a resume) keep it."""
         self._exec(
-            "INSERT OR IGNORE INTO settlements VALUES (?,?,?,?,?)",
+            "INSERT INTO settlements (job_id, patient, identity, match, time) "
+            "VALUES (?,?,?,?,?) ON CONFLICT (job_id, patient) DO NOTHING",
             (
                 job_id,
                 patient,
@@ -377,7 +327,9 @@ class Journal:
         return [
             Decision(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], r[5], r[6])
             for r in self._rows(
-                "SELECT * FROM decisions WHERE job_id=? ORDER BY time, rowid", (job_id,)
+                "SELECT job_id, patient, action, identity, operator, reason, time "
+                f"FROM decisions WHERE job_id=? ORDER BY time, {self.db.rowid}",
+                (job_id,),
             )
         ]
 
@@ -410,27 +362,15 @@ class Journal:
         code: str = "",
         detail: str = "",
     ) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-            (job_id, seq, path, size, sha256, state, code, detail),
-        )
+        self._exec(_UPSERT_FILE, (job_id, seq, path, size, sha256, state, code, detail))
 
     def record_files(
         self, job_id: str, rows: list[tuple[int, str, int, str | None, str, str, str]]
     ) -> None:
         """:meth:`record_file` for ``(seq, path, size, sha256, state, code,
         detail)`` rows, in one transaction (one commit, one WAL sync)."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-                    [(job_id, *r) for r in rows],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.db.transaction() as db:
+            db.executemany(_UPSERT_FILE, [(job_id, *r) for r in rows])
 
     def files(self, job_id: str) -> list[FileRecord]:
         return [
@@ -446,16 +386,18 @@ class Journal:
         return {f.path: f for f in self.files(job_id)}
 
     def replace_job_problems(self, job_id: str, problems: Iterator[tuple[str, str, str]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM job_problems WHERE job_id=?", (job_id,))
-            self._db.executemany(
-                "INSERT INTO job_problems VALUES (?,?,?,?)", [(job_id, *p) for p in problems]
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM job_problems WHERE job_id=?", (job_id,))
+            db.executemany(
+                "INSERT INTO job_problems (job_id, code, path, detail) VALUES (?,?,?,?)",
+                [(job_id, *p) for p in problems],
             )
-            self._db.execute("COMMIT")
 
     def job_problems(self, job_id: str) -> list[tuple[str, str, str]]:
-        return self._rows("SELECT code, path, detail FROM job_problems WHERE job_id=?", (job_id,))
+        return self._rows(
+            f"SELECT code, path, detail FROM job_problems WHERE job_id=? ORDER BY {self.db.rowid}",
+            (job_id,),
+        )
 
     # ------------------------------------------------------------- derived
     def derived(self, sha256: str, purpose: str) -> str | None:
@@ -465,12 +407,17 @@ class Journal:
         return rows[0][0] if rows else None
 
     def record_derived(self, sha256: str, purpose: str, out_sha256: str) -> None:
-        self._exec("INSERT OR REPLACE INTO derived VALUES (?,?,?)", (sha256, purpose, out_sha256))
+        self._exec(
+            "INSERT INTO derived (sha256, purpose, out_sha256) VALUES (?,?,?) "
+            "ON CONFLICT (sha256, purpose) DO UPDATE SET out_sha256=excluded.out_sha256",
+            (sha256, purpose, out_sha256),
+        )
 
     # ---------------------------------------------------------- deliveries
     def delivery(self, dest: str, sop_instance_uid: str, sha256: str) -> Delivery | None:
         rows = self._rows(
-            "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=? AND sha256=?",
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+            "WHERE dest=? AND sop_instance_uid=? AND sha256=?",
             (dest, sop_instance_uid, sha256),
         )
         return _delivery(rows[0]) if rows else None
@@ -479,19 +426,20 @@ class Journal:
         return [
             _delivery(r)
             for r in self._rows(
-                "SELECT * FROM deliveries WHERE dest=? AND sop_instance_uid=?",
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE dest=? AND sop_instance_uid=?",
                 (dest, sop_instance_uid),
             )
         ]
 
     def sent_set(self, dest: str) -> set[tuple[str, str]]:
         """(uid, sha256) pairs already acknowledged by ``dest``."""
-        return set(
-            self._rows(
+        return {
+            (r[0], r[1])
+            for r in self._rows(
                 "SELECT sop_instance_uid, sha256 FROM deliveries WHERE dest=? AND state='sent'",
                 (dest,),
             )
-        )
+        }
 
     def record_delivery(
         self,
@@ -516,21 +464,16 @@ class Journal:
         commit, one WAL sync): see :mod:`pdimport.store.groupcommit`."""
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(_UPSERT_DELIVERY, rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.db.transaction() as db:
+            db.executemany(_UPSERT_DELIVERY, rows)
 
     # ----------------------------------------------------------- audit head
     def set_audit_head(self, trail: str, count: int, hash: str) -> None:
         """Record that ``trail`` now ends with its ``count``-th record, whose
         ``hash`` field is ``hash`` (one autocommitted, synced statement)."""
         self._exec(
-            "INSERT INTO audit_head VALUES (?,?,?,?) ON CONFLICT(trail) DO UPDATE SET "
+            "INSERT INTO audit_head (trail, count, hash, updated) VALUES (?,?,?,?) "
+            "ON CONFLICT(trail) DO UPDATE SET "
             "count=excluded.count, hash=excluded.hash, updated=excluded.updated",
             (trail, count, hash, time.time()),
         )
@@ -541,8 +484,21 @@ class Journal:
         return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
 
+_JOB_COLUMNS = (
+    "id, source_key, source_kind, source_path, label, mode, state, read_complete, "
+    "created, updated, station"
+)
+_DELIVERY_COLUMNS = (
+    "dest, sop_instance_uid, sha256, state, status, code, detail, job_id, attempts, time"
+)
+_UPSERT_FILE = (
+    "INSERT INTO files (job_id, seq, path, size, sha256, state, code, detail) "
+    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (job_id, path) DO UPDATE SET "
+    "seq=excluded.seq, size=excluded.size, sha256=excluded.sha256, state=excluded.state, "
+    "code=excluded.code, detail=excluded.detail"
+)
 _UPSERT_DELIVERY = (
-    "INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,1,?) "
+    f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,1,?) "
     "ON CONFLICT(dest, sop_instance_uid, sha256) DO UPDATE SET "
     "state=CASE WHEN deliveries.state='sent' THEN 'sent' ELSE excluded.state END, "
     "status=CASE WHEN deliveries.state='sent' THEN deliveries.status "
@@ -564,7 +520,50 @@ def _job(row: tuple) -> Job:
         read_complete=bool(row[7]),
         created=row[8],
         updated=row[9],
+        station=row[10],
     )
+
+
+def station_name(settings: Any) -> str:
+    """``station.name``, or this host's name when it is not set."""
+    return _opt(settings, "station.name") or socket.gethostname()
+
+
+def journal_target(settings: Any = None, state_dir: Path | str | None = None) -> Path | str:
+    """Where the journal lives: ``journal.url`` when set, else
+    ``journal.sqlite`` in the state folder (``state_dir`` when there are no
+    settings)."""
+    url = _opt(settings, "journal.url")
+    if url:
+        return url
+    state = Path(state_dir) if state_dir is not None else settings.state_path
+    return state / "journal.sqlite"
+
+
+def open_journal(settings: Any = None, state_dir: Path | str | None = None) -> Journal:
+    """The one way pdimport opens its journal (see :func:`journal_target`),
+    named after this station (:func:`station_name`)."""
+    return Journal(journal_target(settings, state_dir), _station(settings))
+
+
+def open_existing_journal(
+    settings: Any = None, state_dir: Path | str | None = None
+) -> Journal | None:
+    """:func:`open_journal` for read-only commands: None rather than
+    creating a journal file."""
+    return Journal.open_existing(journal_target(settings, state_dir), _station(settings))
+
+
+def _opt(settings: Any, name: str) -> str:
+    """A text setting, '' when unset (or ``settings`` is None or lacks it)."""
+    try:
+        return str(settings.get(name) or "") if settings is not None else ""
+    except KeyError:
+        return ""
+
+
+def _station(settings: Any) -> str:
+    return station_name(settings) if settings is not None else socket.gethostname()
 
 
 def _delivery(row: tuple) -> Delivery:

@@ -1,16 +1,15 @@
-"""The journal's tables (:class:`~pdimport.store.journal.Journal`): one
-SQLite file, created when missing; every statement is ``IF NOT EXISTS``, so a
-journal written by an older pdimport gains the tables it lacks at start;
-and the connection class that tells a full disk apart."""
+"""The journal's tables (:class:`~pdimport.store.journal.Journal`) as
+versioned migrations (:func:`pdimport.store.db.migrate`), the same on SQLite
+and PostgreSQL (:func:`pdimport.store.db.ddl` translates the types).
+
+Version 1 is the schema pdimport had before versions were recorded; every
+statement is ``IF NOT EXISTS``, so a journal written by an older pdimport
+takes it as it is (gaining the tables it lacks) and then the later steps.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
-from pdimport.store.fsutil import DiskFull, disk_full
+from pdimport.store.db import Migration
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -42,7 +41,7 @@ CREATE TABLE IF NOT EXISTS job_problems (
     job_id TEXT NOT NULL,
     code   TEXT NOT NULL,
     path   TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL            -- ROWID
 );
 CREATE TABLE IF NOT EXISTS derived (
     sha256      TEXT NOT NULL,      -- the spooled original
@@ -70,7 +69,7 @@ CREATE TABLE IF NOT EXISTS job_events (
     event   TEXT NOT NULL,
     source  TEXT NOT NULL,          -- the state before
     target  TEXT NOT NULL,          -- the state after
-    reason  TEXT NOT NULL DEFAULT ''
+    reason  TEXT NOT NULL DEFAULT '' -- ROWID
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id, time);
 CREATE TABLE IF NOT EXISTS decisions (
@@ -80,7 +79,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     identity  TEXT,                 -- JSON: the local identity applied; NULL = unchanged
     operator  TEXT NOT NULL,
     reason    TEXT NOT NULL DEFAULT '',
-    time      REAL NOT NULL
+    time      REAL NOT NULL         -- ROWID
 );
 CREATE INDEX IF NOT EXISTS decisions_job ON decisions(job_id, time);
 CREATE TABLE IF NOT EXISTS commitments (
@@ -116,24 +115,12 @@ CREATE TABLE IF NOT EXISTS audit_head (
 """
 
 
-@contextmanager
-def _full_is_disk_full() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if disk_full(exc):
-            raise DiskFull(f"journal: {exc}") from exc
-        raise
-
-
-class Connection(sqlite3.Connection):
-    """A connection whose "database or disk is full" is :class:`DiskFull`:
-    the callers stop instead of retrying with a journal that cannot record."""
-
-    def execute(self, *args: Any) -> sqlite3.Cursor:
-        with _full_is_disk_full():
-            return super().execute(*args)
-
-    def executemany(self, *args: Any) -> sqlite3.Cursor:
-        with _full_is_disk_full():
-            return super().executemany(*args)
+#: The journal's schema, in order; append, never edit a step once released.
+JOURNAL_MIGRATIONS = (
+    Migration(1, "jobs, files, deliveries, decisions, audit head", SCHEMA + AUDIT_SCHEMA),
+    Migration(
+        2,
+        "the station that holds a job's spool (issue 19: a shared journal)",
+        "ALTER TABLE jobs ADD COLUMN station TEXT NOT NULL DEFAULT ''",
+    ),
+)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pdimport.job import report as report_mod
 from pdimport.job.importer import Importer, JobResult
@@ -23,6 +24,13 @@ from pdimport.send import parse_dest
 from pdimport.store import notify
 from pdimport.store.journal import Journal
 from pdimport.store.spool import Spool
+
+if TYPE_CHECKING:
+    from pdimport.job.decisionqueue import Decision, DecisionQueue
+
+
+#: Seconds ``pdimport release`` waits for the answer of the station holding the job.
+QUEUED_WAIT = 60.0
 
 
 class HoldError(ValueError):
@@ -214,6 +222,100 @@ def discard(
     return imp.process(job_id, [parse_dest(d) for d in dests or []])
 
 
+# ------------------------------------------------- at the station holding it
+@dataclass(frozen=True)
+class Queued:
+    """A decision written to the group's queue for the station that holds
+    the job's spool (:mod:`pdimport.job.decisionqueue`); that station runs it."""
+
+    job_id: str
+    station: str
+    decision: int
+
+
+def holder(imp: Importer, job_id: str) -> str:
+    """The station that holds ``job_id``'s spool ("" when not recorded)."""
+    job = imp.journal.job(job_id)
+    return str(getattr(job, "station", "") or "") if job is not None else ""
+
+
+def decide(
+    imp: Importer,
+    queue: DecisionQueue | None,
+    action: str,
+    job_id: str,
+    operator: str,
+    args: dict[str, Any],
+    dests: list[str] | None = None,
+) -> JobResult | Queued:
+    """Run a decision here when this station holds the job's spool (or no
+    group is configured), else queue it for the station that does.
+
+    The checks that need no spool run here first, so a mistaken decision is
+    refused at the console that took it.
+
+    Raises
+    ------
+    HoldError
+        As :func:`release` and :func:`discard`; nothing is queued.
+    """
+    held_by = holder(imp, job_id)
+    if queue is None or not held_by or held_by == queue.station:
+        return run(imp, action, job_id, operator, args, dests)
+    operator = _operator(operator)
+    if action != "retry":
+        report = _held_job(imp, job_id)
+        patient = args.get("patient")
+        if action == "release" or patient is not None:
+            chosen = _patient(report, job_id, patient)
+            if action == "release":
+                _releasable(report, job_id, chosen, args.get("local_id"))
+    return Queued(job_id, held_by, queue.submit(job_id, held_by, action, args, operator))
+
+
+def run(
+    imp: Importer,
+    action: str,
+    job_id: str,
+    operator: str,
+    args: dict[str, Any],
+    dests: list[str] | None = None,
+) -> JobResult:
+    """The one code path of a decision, at the station holding the spool."""
+    if action == "release":
+        return release(
+            imp,
+            job_id,
+            operator,
+            local_id=args.get("local_id") or None,
+            patient=args.get("patient"),
+            keep_foreign=bool(args.get("keep_foreign")),
+            dests=dests,
+        )
+    if action == "discard":
+        return discard(
+            imp, job_id, operator, str(args.get("reason", "")), args.get("patient"), dests
+        )
+    if action == "retry":
+        imp.audit_event("retry_requested", job=job_id, actor=operator)
+        return imp.process(job_id, [parse_dest(d) for d in dests or []])
+    raise HoldError(f"unknown decision {action!r}")
+
+
+def execute(imp: Importer, decision: Decision, dests: list[str]) -> dict[str, Any]:
+    """A queued decision, run here; the result the queue records."""
+    held_by = holder(imp, decision.job)
+    if held_by and held_by != decision.station:  # never work from a spool it does not have
+        raise HoldError(f"job {decision.job} is not held at station {decision.station}")
+    result = run(imp, decision.action, decision.job, decision.operator, decision.args, dests)
+    return {
+        "job": result.job_id,
+        "state": str(result.state),
+        "exit_code": result.exit_code,
+        "summary": report_mod.summary(result.report),
+    }
+
+
 def purge_discarded(journal: Journal, spool: Spool, retention_days: float, now: float) -> int:
     """Delete the spooled files of media discarded more than
     ``retention_days`` ago (content another job still holds is kept);
@@ -245,19 +347,43 @@ def jobs_held_main(journal: Journal | None, as_json: bool) -> int:
 
 
 def decision_main(imp: Importer, args: Any, dests: list[str]) -> int:
-    """``pdimport release`` / ``pdimport discard``: exit status as for import."""
+    """``pdimport release`` / ``pdimport discard``: exit status as for import.
+
+    In a hospital group a job read at another station is queued for it; the
+    command waits :data:`QUEUED_WAIT` seconds for that station's answer.
+    """
+    from pdimport.job.decisionqueue import DONE, for_journal
+
     if args.command == "release":
-        result = release(
-            imp,
-            args.job,
-            args.operator,
-            local_id=args.local_id,
-            patient=args.patient,
-            keep_foreign=args.keep_foreign,
-            dests=dests,
-        )
+        action = "release"
+        fields = {
+            "local_id": args.local_id,
+            "patient": args.patient,
+            "keep_foreign": bool(args.keep_foreign),
+        }
     else:
-        result = discard(imp, args.job, args.operator, args.reason, args.patient, dests=dests)
+        action, fields = "discard", {"reason": args.reason, "patient": args.patient}
+    queue = for_journal(imp.journal)
+    result = decide(imp, queue, action, args.job, args.operator, fields, dests)
+    if isinstance(result, Queued):
+        assert queue is not None
+        print(
+            f"job {result.job_id} is held at station {result.station}: decision"
+            f" {result.decision} queued there"
+        )
+        done = queue.wait(result.decision, QUEUED_WAIT)
+        if done is None:
+            print(
+                f"station {result.station} has not answered yet; it runs the decision"
+                " when it is up (pdimport jobs shows the outcome)"
+            )
+            return 1
+        answer = done.result or {}
+        if done.state != DONE:
+            print(f"station {result.station}: {answer.get('error', 'failed')}", file=sys.stderr)
+            return 64 if "HoldError" in str(answer.get("error", "")) else 2
+        print(answer.get("summary", ""))
+        return int(answer.get("exit_code", 1))
     # A daemon on this state directory shows the job too: its status, its
     # watch-folder result file and its retry queue follow the decision.
     notify.job_changed(imp.settings.state_path, result.job_id)

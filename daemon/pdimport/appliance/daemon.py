@@ -37,7 +37,8 @@ from typing import Any, BinaryIO, Self, TypeVar
 from pdimport.appliance import udev
 from pdimport.appliance.control import ControlListener
 from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
-from pdimport.appliance.intake import Intake
+from pdimport.appliance.group import GroupMember
+from pdimport.appliance.intake import Intake, reachable
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.retry import DeliveryRetrier
 from pdimport.appliance.status import StatusBoard
@@ -45,12 +46,13 @@ from pdimport.appliance.systemd import Notifier
 from pdimport.appliance.watchfolder import WatchFolder, WatchLedger, WatchResult
 from pdimport.console.app import ConsoleDeps
 from pdimport.console.server import ConsoleServer
-from pdimport.job.holdqueue import purge_discarded
+from pdimport.job.holdqueue import execute, purge_discarded
 from pdimport.job.importer import Importer, JobResult
 from pdimport.job.lifecycle import FINAL_JOB_STATES, Interrupted, JobState
 from pdimport.job.prescan import PrescanStore
 from pdimport.record.audit import AuditLog
 from pdimport.send import parse_dest
+from pdimport.store.db import POSTGRESQL, JournalUnavailable
 from pdimport.store.fsutil import DiskFull, atomic_write
 from pdimport.store.journal import Job, open_journal
 from pdimport.store.spool import Spool
@@ -133,6 +135,7 @@ class JobRunner:
             self.spool.root,
             int(cfg.get("spool.min_free_mb")) << 20,
             lambda: _probe_write(state),
+            lambda: reachable(self.journal),
         )
         self._local = threading.local()
         self._locks: dict[str, threading.Lock] = {}
@@ -221,6 +224,8 @@ class JobRunner:
                 return step()
             except DiskFull as exc:
                 self.intake.pause(exc.detail)
+            except JournalUnavailable as exc:  # the group's database is down: wait for it
+                self.intake.pause(exc.detail, exc.code)
 
     def unusable(self, source: str, code: str, detail: str) -> JobResult:
         """A medium with nothing to read (blank, audio) as a failed job."""
@@ -309,6 +314,7 @@ class Daemon:
         self._watch_ledger: WatchLedger | None = None
         self.control: ControlListener | None = None
         self.console: ConsoleServer | None = None
+        self.group: GroupMember | None = None
 
     # ---------------------------------------------------------- lifecycle
     def run(self, install_signals: bool = True) -> int:
@@ -363,6 +369,10 @@ class Daemon:
         if self.patterns:
             self.udev = udev.UdevSource(self.patterns, self.router.inbox.put)
             self.udev.start()
+        if self.runner.journal.db.dialect == POSTGRESQL:  # one of a hospital group's stations
+            journal = self.runner.journal
+            self.group = GroupMember(journal, self._decide, self.board.snapshot, self.stop)
+            self.group.start()
         watch_dir = self.cfg.get("watch")
         if watch_dir:
             self._watch_ledger = WatchLedger(self.cfg.state_path / "watch.sqlite")
@@ -373,6 +383,7 @@ class Daemon:
                 float(self.cfg.get("watch_settle")),
                 on_change=self._watch_changed,
                 reports=self.runner.journal.report,
+                claims=self.group.claims if self.group is not None else None,
             )
             watch = self.watch
             self.runner.journal.subscribe(lambda t: watch.job_changed(t.machine, t.target))
@@ -440,6 +451,8 @@ class Daemon:
             threads.append(self.control)
         if self.console is not None:
             threads.append(self.console)
+        if self.group is not None:
+            threads.append(self.group)
         with self._workers_lock:
             threads.extend(self.workers.values())
         alive = all(t.is_alive() for t in threads)
@@ -457,6 +470,8 @@ class Daemon:
             self.udev.stop()
         self.router.inbox.put(None)
         self.retrier.wake()
+        if self.group is not None:
+            self.group.close()
         with self._workers_lock:
             workers = list(self.workers.values())
         for worker in workers:
@@ -539,6 +554,13 @@ class Daemon:
             self.watch.job_changed(job_id, job.state)
         if job.state == JobState.WAITING_FOR_DESTINATION:
             self.retrier.submit(job_id)
+
+    def _decide(self, decision: Any) -> dict[str, Any]:
+        """A decision queued for this station (it holds the job's spool)."""
+        with self.runner._job_lock(decision.job):
+            result = execute(self.runner.importer(), decision, list(self.cfg.dest or []))
+        self.job_changed_elsewhere(decision.job)
+        return result
 
     def unreadable_medium(self, event: udev.MediaEvent, what: str) -> JobResult:
         """A disc with nothing to import (blank, audio) is a failed job with

@@ -266,6 +266,9 @@ class WatchFolder:
     reports : callable, optional
         ``reports(job_id) -> report | None``: a job's current report, read
         when the job of an entry changes state later (:meth:`job_changed`).
+    claims : WatchClaims, optional
+        A folder shared by the stations of a group: an entry is taken only
+        once this station claimed it (:mod:`pdimport.appliance.group`).
     """
 
     def __init__(
@@ -276,6 +279,7 @@ class WatchFolder:
         settle: float = 5.0,
         on_change: Callable[[], None] | None = None,
         reports: Callable[[str], dict[str, Any] | None] | None = None,
+        claims: Any = None,
     ) -> None:
         self.root = Path(root)
         self.settle = settle
@@ -283,6 +287,7 @@ class WatchFolder:
         self._ledger = ledger
         self._on_change = on_change or (lambda: None)
         self._reports = reports or (lambda job_id: None)
+        self._claims = claims
         self._inbox: queue.Queue[tuple[str, str]] = queue.Queue()
         self._candidates: dict[str, _Candidate] = {}
         self._observer: Any = None
@@ -400,6 +405,8 @@ class WatchFolder:
             # Imported before a restart; only the move was missing.
             self._finish(key, path, WatchResult(known.job_id, state, known.report or {}))
             return
+        if not self._claimed(name, key, sig):
+            return
         self._ledger.set(key, name, "importing")
         self.current = name
         try:
@@ -411,6 +418,20 @@ class WatchFolder:
             return
         self._ledger.set(key, name, result.state, result.report, result.job_id)
         self._finish(key, path, result)
+
+    def _claimed(self, name: str, key: str, sig: tuple[int, int, int]) -> bool:
+        """Whether this station takes the entry (always, outside a group)."""
+        if self._claims is None:
+            return True
+        try:
+            mine = bool(self._claims.claim(key))
+        except Exception as exc:  # noqa: BLE001 - the database is down: look again later
+            log.warning("watch folder: %s waits: %s", name, exc)
+            self._candidates[name] = _Candidate(time.monotonic() + self.settle, sig)
+            return False
+        if not mine:
+            log.info("watch folder: %s is taken by another station", name)
+        return mine
 
     def _run_import(self, path: Path) -> WatchResult | None:
         try:
@@ -431,6 +452,11 @@ class WatchFolder:
         dest = self._place(path, result.state, result.report)
         self._ledger.set(key, path.name, result.state, result.report, result.job_id, str(dest))
         log.info("watch folder: %s -> %s", path.name, dest)
+        if self._claims is not None:
+            try:
+                self._claims.done(key, result.state, result.job_id)
+            except Exception as exc:  # noqa: BLE001 - the claim is ours either way
+                log.warning("watch folder: claim of %s not updated: %s", path.name, exc)
 
     def _place(self, path: Path, state: JobState, report: dict[str, Any]) -> Path:
         """Move ``path`` into ``state``'s folder and write its report beside it."""

@@ -143,3 +143,20 @@ def browser():
     driver.implicitly_wait(10)
     yield driver
     driver.quit()
+
+
+def metric(text: str, name: str, station: str | None = None) -> float:
+    """The value of one sample of a ``/metrics`` page, named without its
+    ``station`` label, which every sample must carry (``station``: its
+    value, the host name by default)."""
+    import socket
+
+    station = socket.gethostname() if station is None else station
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    for line in samples:
+        assert f'station="{station}"' in line, line
+    plain = re.sub(r',?station="[^"]*"', "", "\n".join(samples)).replace("{}", "")
+    plain = plain.replace("{,", "{")
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", plain, re.MULTILINE)
+    assert found, name
+    return float(found.group(1))

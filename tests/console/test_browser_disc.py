@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fixtures_console import CHROMEDRIVER, CHROMIUM, PASSWORD
+from fixtures_console import CHROMEDRIVER, CHROMIUM, PASSWORD, metric
 from fixtures_daemon import DaemonProc
 from fixtures_dicom import make_ct_series
 from fixtures_peers import free_port
@@ -166,8 +166,8 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
         assert db.execute("SELECT id, state FROM jobs").fetchall() == [(job_id, "imported")]
     finally:
         db.close()
-    assert re.search(r"^pdimport_files_read_total 60\.0$", metrics, re.MULTILINE)
-    assert re.search(r'^pdimport_jobs\{outcome="imported"\} 1\.0$', metrics, re.MULTILINE)
+    assert metric(metrics, "pdimport_files_read_total") == 60
+    assert metric(metrics, 'pdimport_jobs{outcome="imported"}') == 1
     assert sorted(p.stem for p in shots.iterdir()) == sorted(
         ["drives-reading", "drives", "job", "today", "decisions", "audit", "about", "users"]
     )

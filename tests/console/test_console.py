@@ -11,7 +11,7 @@ import sqlite3
 
 import pydicom
 import pytest
-from fixtures_console import PASSWORD, csrf_of, login
+from fixtures_console import PASSWORD, csrf_of, login, metric
 
 from pdimport.cli import main
 from pdimport.console.server import ConsoleError, check_listen
@@ -158,11 +158,6 @@ def test_discard_needs_a_reason_and_is_recorded(console, held_disc):
 
 def test_metrics_equal_the_journal(console, held_disc):
     _app, client = console()
-
-    def metric(text: str, name: str) -> float:
-        found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-        assert found, name
-        return float(found.group(1))
 
     text = client.get("/metrics").text
     journal = Journal(held_disc.cfg.state_path / "journal.sqlite")

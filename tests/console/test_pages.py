@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from fixtures_console import PASSWORD, csrf_of, login
+from fixtures_console import PASSWORD, csrf_of, login, metric
 from fixtures_dicom import make_ct_series, make_empty
 from fixtures_peers import free_port
 from PIL import Image
@@ -227,12 +227,6 @@ def _jobs(state: Path) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- metrics
-def _metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
-    assert found, name
-    return float(found.group(1))
-
-
 def test_metrics_durations_latency_and_bytes_equal_the_journal(console, held_disc):
     _app, client = console()
     login(client, "tanaka")
@@ -261,18 +255,18 @@ def test_metrics_durations_latency_and_bytes_equal_the_journal(console, held_dis
     assert [len(stays[s]) for s in ("read", "scan", "deliver")] == [1, 1, 2]
     for stage, seconds in stays.items():
         label = f'{{stage="{stage}"}}'
-        assert _metric(text, f"pdimport_stage_seconds_count{label}") == len(seconds)
-        assert _metric(text, f"pdimport_stage_seconds_sum{label}") == pytest.approx(sum(seconds))
+        assert metric(text, f"pdimport_stage_seconds_count{label}") == len(seconds)
+        assert metric(text, f"pdimport_stage_seconds_sum{label}") == pytest.approx(sum(seconds))
         inf = f'pdimport_stage_seconds_bucket{{le="+Inf",stage="{stage}"}}'
-        assert _metric(text, inf) == len(seconds)
+        assert metric(text, inf) == len(seconds)
     dest = held_disc.cfg.dest[0]
     label = f'{{dest="{dest}"}}'
-    assert _metric(text, f"pdimport_delivery_latency_seconds_count{label}") == len(sent) == 4
-    assert _metric(text, f"pdimport_delivery_latency_seconds_sum{label}") == pytest.approx(
+    assert metric(text, f"pdimport_delivery_latency_seconds_count{label}") == len(sent) == 4
+    assert metric(text, f"pdimport_delivery_latency_seconds_sum{label}") == pytest.approx(
         sum(s for (s,) in sent)
     )
-    assert _metric(text, f"pdimport_bytes_delivered_total{label}") == nbytes
-    assert _metric(text, "pdimport_bytes_read_total") == nbytes
+    assert metric(text, f"pdimport_bytes_delivered_total{label}") == nbytes
+    assert metric(text, "pdimport_bytes_read_total") == nbytes
     assert PASSWORD not in text
 
 

@@ -45,7 +45,7 @@ from pdimport.console.views import (
     outcome_counts,
     patient_names,
 )
-from pdimport.store.journal import open_journal
+from pdimport.store.journal import open_journal, station_name
 from pdimport.store.spool import Spool
 
 #: Every page forbids framing and foreign scripts: all it loads ships in the package.
@@ -121,7 +121,9 @@ class Console:
             autoescape=select_autoescape(["html"]),
         )
         self.metrics = metrics.registry(
-            metrics.JournalCollector(self.journal_path, self.journal, deps.snapshot)
+            metrics.JournalCollector(
+                self.journal_path, self.journal, deps.snapshot, station_name(deps.settings)
+            )
         )
         self._names: dict[str, list[str]] = {}
         self.headers = _HEADERS

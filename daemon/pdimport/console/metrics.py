@@ -16,6 +16,10 @@ Metric names:
   reading, scanning (inventory) and delivering;
 * ``pdimport_delivery_latency_seconds{dest}`` — histogram of the time from a
   job's start to each of its instances acknowledged.
+
+Every sample carries a ``station`` label (``station.name``, else the host
+name): the stations of a hospital group share one journal, and Prometheus
+tells their scrapes apart by it.
 """
 
 from __future__ import annotations
@@ -49,13 +53,25 @@ class JournalCollector:
     """A prometheus_client collector over ``journal.sqlite`` and the board."""
 
     def __init__(
-        self, journal_path: Path, journal: Journal, snapshot: Callable[[], dict[str, Any]]
+        self,
+        journal_path: Path,
+        journal: Journal,
+        snapshot: Callable[[], dict[str, Any]],
+        station: str = "",
     ) -> None:
         self.journal_path = journal_path
         self.journal = journal
         self.snapshot = snapshot
+        self.station = station
 
     def collect(self) -> Iterator[Metric]:
+        for metric in self._collect():
+            metric.samples = [
+                s._replace(labels={**s.labels, "station": self.station}) for s in metric.samples
+            ]
+            yield metric
+
+    def _collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
             "pdimport_jobs", "jobs in the journal by state", labels=["outcome"]
         )

@@ -4,9 +4,10 @@ group's PostgreSQL database beside the journal.
 * ``stations``: each station's drive board and queues, with a heartbeat,
   so every console shows the group's drives;
 * ``watch_claims``: each package of a shared watch folder is taken by
-  exactly one station (``INSERT … ON CONFLICT DO NOTHING`` on the package's
-  name, size and mtime); a claim stays with its station, which finishes it
-  after a restart, since only it has the package's spool;
+  exactly one station (``INSERT … ON CONFLICT DO NOTHING`` on the folder's
+  path and the package's name, size and mtime: the stations mount a shared
+  folder at the same path); a claim stays with its station, which finishes
+  it after a restart, since only it has the package's spool;
 * the decision queue (:mod:`pdimport.job.decisionqueue`), run by the
   ``decisions`` thread: release, discard and retry of the jobs whose spool
   this station holds, wherever they were decided.

@@ -424,7 +424,9 @@ class WatchFolder:
         if self._claims is None:
             return True
         try:
-            mine = bool(self._claims.claim(key))
+            # the folder's path is part of a package's identity: stations
+            # mount a shared folder at the same path, their own folders differ
+            mine = bool(self._claims.claim(f"{self.root}/{key}"))
         except Exception as exc:  # noqa: BLE001 - the database is down: look again later
             log.warning("watch folder: %s waits: %s", name, exc)
             self._candidates[name] = _Candidate(time.monotonic() + self.settle, sig)
@@ -454,7 +456,7 @@ class WatchFolder:
         log.info("watch folder: %s -> %s", path.name, dest)
         if self._claims is not None:
             try:
-                self._claims.done(key, result.state, result.job_id)
+                self._claims.done(f"{self.root}/{key}", result.state, result.job_id)
             except Exception as exc:  # noqa: BLE001 - the claim is ours either way
                 log.warning("watch folder: claim of %s not updated: %s", path.name, exc)
 

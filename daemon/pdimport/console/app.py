@@ -39,6 +39,7 @@ from pdimport.console.users import UserStore, may, users_path
 from pdimport.console.views import (
     OUTCOMES,
     batch_summary,
+    group_boards,
     history,
     job_detail,
     local_day,
@@ -291,9 +292,20 @@ class Console:
         return response
 
     # ------------------------------------------------------------- drives
-    def drives(self, request: Request) -> Response:
+    async def drives(self, request: Request) -> Response:
         session = self.session(request)
-        return self.page(request, "drives.html", session, fragment=self.live.drives_html(request))
+        station = request.query_params.get("station", "")
+        boards = await run_in_threadpool(group_boards, self.journal)
+        here = self.journal.station
+        return self.page(
+            request,
+            "drives.html",
+            session,
+            fragment=self.live.drives_html(request) if station in ("", here) else "",
+            group=[b for b in boards if station in ("", b["station"])],
+            station=station,
+            stations=[here, *(b["station"] for b in boards)] if boards else [],
+        )
 
     # ----------------------------------------------------- today, a job
     def today(self, request: Request) -> Response:
@@ -301,7 +313,10 @@ class Console:
         t = self.words(request)
         day = request.query_params.get("date", local_day(time.time()))
         outcome = request.query_params.get("outcome") or None
+        station = request.query_params.get("station", "")
         every = history(self.journal, day or None, None)
+        stations = sorted({r["station"] for r in every if r["station"]})
+        every = [r for r in every if station in ("", r["station"])]
         rows = [r for r in every if outcome is None or r["outcome"] == outcome]
         return self.page(
             request,
@@ -311,6 +326,8 @@ class Console:
             day=day,
             outcome=outcome or "",
             outcomes=OUTCOMES,
+            station=station,
+            stations=stations if len(stations) > 1 or station else [],
             counts=outcome_counts(every),
             summary=batch_summary(every, t.outcome) if every else "",
         )

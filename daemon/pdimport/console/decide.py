@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from pdimport.job.holdqueue import HoldError, discard, held_jobs, release
+from pdimport.job.decisionqueue import for_journal
+from pdimport.job.holdqueue import HoldError, Queued, decide, held_jobs, holder
 from pdimport.label.content import reasons
 
 if TYPE_CHECKING:
@@ -94,6 +95,17 @@ class DecisionPages:
             return self.c.page(
                 request, "result.html", session, 409, decision=decision, error=str(exc)
             )
+        if isinstance(result, Queued):  # the station holding the spool runs it
+            return self.c.page(
+                request,
+                "result.html",
+                session,
+                decision=decision,
+                error="",
+                queued_at=result.station,
+                outcome="queued",
+                live="",
+            )
         self.c.deps.after_decision(result.job_id)
         return self.c.page(
             request,
@@ -109,17 +121,28 @@ class DecisionPages:
     def _apply(self, d: dict[str, str], operator: str) -> Any:
         imp = self.c.deps.importer()
         dests = list(self.c.deps.settings.get("dest") or [])
+        args: dict[str, Any]
         if d["action"] == "discard":
-            return discard(imp, d["job"], operator, d["reason"], d["patient"], dests=dests)
-        return release(
-            imp,
-            d["job"],
-            operator,
-            local_id=d["local_id"] or None,
-            patient=d["patient"],
-            keep_foreign=d["action"] == "keep_foreign",
-            dests=dests,
-        )
+            action, args = "discard", {"reason": d["reason"], "patient": d["patient"]}
+        else:
+            action = "release"
+            args = {
+                "local_id": d["local_id"] or None,
+                "patient": d["patient"],
+                "keep_foreign": d["action"] == "keep_foreign",
+            }
+        return decide(imp, for_journal(imp.journal), action, d["job"], operator, args, dests)
+
+    def _elsewhere(self, job_id: str) -> str:
+        """The station holding ``job_id``'s spool when it is not this one."""
+        imp = self.c.deps.importer()
+        queue = for_journal(imp.journal)
+        held_by = holder(imp, job_id) if queue is not None else ""
+        return held_by if held_by and held_by != imp.journal.station else ""
+
+    def _queue_retry(self, job_id: str, operator: str) -> None:
+        imp = self.c.deps.importer()
+        decide(imp, for_journal(imp.journal), "retry", job_id, operator, {})
 
     # ------------------------------------------------------------- labels
     def _report(self, job_id: str) -> dict[str, Any]:
@@ -167,6 +190,11 @@ class DecisionPages:
         session, _form = await self.c.form(request, "operator")
         job_id = request.path_params["job_id"]
         t = self.c.words(request)
+        held_by = await run_in_threadpool(self._elsewhere, job_id)
+        if held_by:  # its spool is at another station: that station retries it
+            await run_in_threadpool(self._queue_retry, job_id, session.user.name)
+            session.flash.append(t("queued_at", station=held_by))
+            return RedirectResponse(f"/jobs/{job_id}", 303)
         if self.c.deps.retry is not None:  # the daemon's retry worker, now
             self.c.deps.retry(job_id)
             session.flash.append(t("retry_queued"))

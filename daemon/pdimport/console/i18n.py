@@ -17,6 +17,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "pdimport console",
         "intake_paused": "No media are taken: the appliance's disk is full. Discs stay in "
         "their drives and go on when space is back",
+        "intake_paused_journal": "intake paused: journal unreachable: {e}. Discs stay in "
+        "their drives; a read already running finishes into this station's spool",
+        "queued_at": "the medium's files are at station {station}: the decision is queued "
+        "there and done by that station",
+        "station": "Station",
+        "all_stations": "every station",
+        "station_gone": "no heartbeat",
         "drives": "Drives",
         "today": "Today",
         "decisions": "Decisions",
@@ -123,6 +130,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "pdimport 操作画面",
         "intake_paused": "装置のディスクが満杯のため、媒体を受け付けていません。ディスクはドライブに残り、"
         "空きができると再開します",
+        "intake_paused_journal": "取り込み一時停止：ジャーナルに接続できません：{e}。ディスクはドライブに残り、"
+        "読み取り中の媒体はこのステーションのスプールに読み終えます",
+        "queued_at": "媒体のファイルはステーション {station} にあります。判断はそこで実行されるよう登録しました",
+        "station": "ステーション",
+        "all_stations": "全ステーション",
+        "station_gone": "応答なし",
         "drives": "ドライブ",
         "today": "本日",
         "decisions": "要判断",

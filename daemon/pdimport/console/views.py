@@ -3,6 +3,7 @@ the journal: plain values, no HTTP, so each is tested on its own."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from pdimport.console.preview import series_previews
 from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState
 from pdimport.problems import PROBLEM_CODES
 from pdimport.store.journal import Job, Journal
+
+log = logging.getLogger(__name__)
 
 #: The outcomes a person filters by, in the order the summary names them.
 OUTCOMES = (
@@ -45,6 +48,36 @@ def eta_text(eta: Any) -> str:
         return "?"
     seconds = int(float(eta))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ------------------------------------------------------------------ group
+def group_boards(journal: Journal) -> list[dict[str, Any]]:
+    """The other stations of a hospital group (a shared journal only), each
+    with its drives as its last heartbeat published them."""
+    from pdimport.appliance.group import Stations
+    from pdimport.store.db import POSTGRESQL
+
+    if journal.db.dialect != POSTGRESQL:
+        return []
+    try:
+        boards = Stations(journal.db, journal.station).boards()
+    except Exception as exc:  # noqa: BLE001 - no group table yet, or the database is down
+        log.warning("console: the group's drive boards: %s", exc)
+        return []
+    out = []
+    for board in boards:
+        if board["station"] == journal.station:
+            continue  # this station's own board is the live one
+        board["drive_rows"] = [
+            {
+                "drive": os.path.basename(devnode),
+                "state": drive.get("state", "?"),
+                "label": drive.get("label") if isinstance(drive.get("label"), str) else "",
+            }
+            for devnode, drive in sorted((board.get("drives") or {}).items())
+        ]
+        out.append(board)
+    return out
 
 
 # ------------------------------------------------------------------ drives
@@ -152,6 +185,7 @@ def _history_row(job: Job, report: dict[str, Any] | None) -> dict[str, Any]:
         "counts": dict((report or {}).get("counts") or {}),
         "state": str(job.state),
         "outcome": outcome_of(job.state),
+        "station": job.station,
     }
 
 

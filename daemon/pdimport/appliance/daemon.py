@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Self, TypeVar
+from typing import Any, TypeVar
 
 from pdimport.appliance import udev
+from pdimport.appliance.cancellable import CancellableMedium
 from pdimport.appliance.control import ControlListener
 from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
 from pdimport.appliance.group import GroupMember
@@ -62,43 +63,6 @@ log = logging.getLogger(__name__)
 _PURGE_EVERY = 86400.0
 #: Seconds between two looks at the free space (a paused intake opens again).
 _INTAKE_EVERY = 5.0
-
-
-# ------------------------------------------------------- cancellable read
-class _CancellableStream:
-    def __init__(self, fp: BinaryIO, stop: threading.Event) -> None:
-        self._fp = fp
-        self._stop = stop
-
-    def read(self, size: int = -1) -> bytes:
-        if self._stop.is_set():
-            raise Interrupted()
-        return self._fp.read(size)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fp, name)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fp.close()
-
-
-class CancellableMedium:
-    """A medium whose reads stop at the next chunk once ``stop`` is set."""
-
-    def __init__(self, medium: Any, stop: threading.Event) -> None:
-        self._medium = medium
-        self._stop = stop
-
-    def open(self, entry: Any) -> _CancellableStream:
-        if self._stop.is_set():
-            raise Interrupted()
-        return _CancellableStream(self._medium.open(entry), self._stop)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._medium, name)
 
 
 # -------------------------------------------------------------- job runner
@@ -198,6 +162,12 @@ class JobRunner:
             The daemon is stopping mid-delivery; the job resumes at the next start.
         """
         with self._job_lock(job_id):
+            done = self.journal.job(job_id)
+            report = self.journal.report(job_id) if done is not None else None
+            if done is not None and done.state == JobState.IMPORTED and report is not None:
+                # delivered meanwhile (the retry worker and the watch folder both
+                # resume a job after a crash): nothing is left to do
+                return JobResult(job_id, report)
             result = self._gated(lambda: self.importer().process(job_id, self.destinations))
         self.board.job(job_id, counts=result.report.get("counts", {}))
         if result.state == JobState.IMPORTED:

@@ -96,27 +96,15 @@ class DecisionPages:
                 request, "result.html", session, 409, decision=decision, error=str(exc)
             )
         if isinstance(result, Queued):  # the station holding the spool runs it
-            return self.c.page(
-                request,
-                "result.html",
-                session,
-                decision=decision,
-                error="",
-                queued_at=result.station,
-                outcome="queued",
-                live="",
-            )
-        self.c.deps.after_decision(result.job_id)
-        return self.c.page(
-            request,
-            "result.html",
-            session,
-            decision=decision,
-            error="",
-            outcome=str(result.state),
-            report=result.report,
-            live=self.c.live.job_html(request, result.job_id),
-        )
+            shown: dict[str, Any] = {"queued_at": result.station, "outcome": "queued", "live": ""}
+        else:
+            self.c.deps.after_decision(result.job_id)
+            shown = {
+                "outcome": str(result.state),
+                "report": result.report,
+                "live": self.c.live.job_html(request, result.job_id),
+            }
+        return self.c.page(request, "result.html", session, decision=decision, error="", **shown)
 
     def _apply(self, d: dict[str, str], operator: str) -> Any:
         imp = self.c.deps.importer()

@@ -41,6 +41,7 @@ __all__ = [
     "SilentSCP",
     "cfg",
     "free_port",
+    "journal_argv",
     "orthanc",
     "receiver",
     "scripted_scp",
@@ -377,6 +378,18 @@ def cfg(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
         network__network_timeout=10.0,
         journal__url=journal_url,
     )
+
+
+def journal_argv(cfg: Any) -> list[str]:
+    """Command-line arguments that point ``pdimport`` at ``cfg``'s journal:
+    ``--config`` with a file setting ``journal.url`` when it is set (the
+    PostgreSQL pass), nothing otherwise (the state folder's SQLite file)."""
+    url = cfg.get("journal.url")
+    if not url:
+        return []
+    path = cfg.state_path.parent / "journal.toml"
+    path.write_text(f'[journal]\nurl = "{url}"\n', encoding="utf-8")
+    return ["--config", str(path)]
 
 
 # ------------------------------------------------------------------ receiver

@@ -459,10 +459,12 @@ def cmd_decision(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_expect(args: argparse.Namespace, cfg: Any) -> int:
-    from pdimport.reconcile.sources import add_expectation, list_expectations, remove_expectation
+    from pdimport.reconcile import expect
+
+    where = expect.expectations_at(cfg)  # the state folder, or the group's database
 
     if args.list:
-        rows = list_expectations(cfg.state_path)
+        rows = expect.list_expectations(where)
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=2))
         for row in [] if args.json else rows:
@@ -474,15 +476,15 @@ def cmd_expect(args: argparse.Namespace, cfg: Any) -> int:
             )
         return 0
     if args.remove:
-        n = remove_expectation(cfg.state_path, args.remove)
+        n = expect.remove_expectation(where, args.remove)
         if not n:
             raise ValueError(f"no expectation {args.remove!r} (see pdimport expect --list)")
         print(f"removed {n}")
         return 0
     if not args.local_id:
         raise ValueError("expect: give --local-id ID (or --list, --remove)")
-    number = add_expectation(
-        cfg.state_path, args.local_id, args.name, args.birth, args.sex, args.note
+    number = expect.add_expectation(
+        where, args.local_id, args.name, args.birth, args.sex, args.note
     )
     print(f"expectation {number}: a medium for {args.local_id} is expected")
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import re
-import sqlite3
 
 import pydicom
 import pytest
@@ -16,7 +15,7 @@ from fixtures_console import PASSWORD, csrf_of, login, metric
 from pdimport.cli import main
 from pdimport.console.server import ConsoleError, check_listen
 from pdimport.record import auditchain
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_journal
 
 NAMES = ("Satou", "佐藤", "Other", "Person")
 
@@ -160,7 +159,7 @@ def test_metrics_equal_the_journal(console, held_disc):
     _app, client = console()
 
     text = client.get("/metrics").text
-    journal = Journal(held_disc.cfg.state_path / "journal.sqlite")
+    journal = open_journal(held_disc.cfg)
     try:
         jobs = journal.jobs(1000)
     finally:
@@ -186,9 +185,9 @@ def test_metrics_equal_the_journal(console, held_disc):
             },
         )
     text = client.get("/metrics").text
-    db = sqlite3.connect(held_disc.cfg.state_path / "journal.sqlite")
-    [(sent,)] = db.execute("SELECT count(*) FROM deliveries WHERE state='sent'").fetchall()
-    db.close()
+    journal = open_journal(held_disc.cfg)
+    [(sent,)] = journal.db.execute("SELECT count(*) FROM deliveries WHERE state='sent'")
+    journal.close()
     dest = held_disc.cfg.dest[0]
     assert metric(text, f'pdimport_instances_delivered_total{{dest="{dest}"}}') == sent == 4
     assert metric(text, "pdimport_decisions_pending") == 0
@@ -255,7 +254,7 @@ def test_user_add_and_list(tmp_path, capsys, monkeypatch):
 
 
 def _state(held_disc) -> str:
-    journal = Journal(held_disc.cfg.state_path / "journal.sqlite")
+    journal = open_journal(held_disc.cfg)
     try:
         job = journal.job(held_disc.job)
         assert job is not None

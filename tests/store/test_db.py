@@ -22,11 +22,9 @@ from pdimport.store.journal import Journal
 from pdimport.store.schema import SCHEMA
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        return tmp_path / "db.sqlite"
-    return request.getfixturevalue("pg_url")
+@pytest.fixture
+def target(backend):
+    return backend
 
 
 def test_placeholders_and_rows(target):

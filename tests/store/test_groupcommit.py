@@ -15,7 +15,7 @@ def _job(journal: Journal) -> str:
     return journal.create_job("dir:/x", "dir", "/x", "").id
 
 
-def _on_disk(path: Path) -> set[str]:
+def _on_disk(path: Path | str) -> set[str]:
     """UIDs recorded as sent, seen by another connection (what a crash keeps)."""
     other = Journal(path)
     try:
@@ -24,8 +24,8 @@ def _on_disk(path: Path) -> set[str]:
         other.close()
 
 
-def test_a_group_is_committed_when_full_and_at_flush(tmp_path: Path) -> None:
-    path = tmp_path / "journal.sqlite"
+def test_a_group_is_committed_when_full_and_at_flush(backend: Path | str) -> None:
+    path = backend
     journal = Journal(path)
     job = _job(journal)
     recorder = DeliveryRecorder(journal, max_rows=3, max_seconds=3600)
@@ -37,8 +37,8 @@ def test_a_group_is_committed_when_full_and_at_flush(tmp_path: Path) -> None:
     journal.close()
 
 
-def test_an_old_group_is_committed_with_the_next_outcome(tmp_path: Path) -> None:
-    path = tmp_path / "journal.sqlite"
+def test_an_old_group_is_committed_with_the_next_outcome(backend: Path | str) -> None:
+    path = backend
     journal = Journal(path)
     job = _job(journal)
     recorder = DeliveryRecorder(journal, max_rows=100, max_seconds=0.0)
@@ -47,8 +47,8 @@ def test_an_old_group_is_committed_with_the_next_outcome(tmp_path: Path) -> None
     journal.close()
 
 
-def test_a_sent_row_is_not_downgraded_within_a_group(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite")
+def test_a_sent_row_is_not_downgraded_within_a_group(backend: Path | str) -> None:
+    journal = Journal(backend)
     job = _job(journal)
     recorder = DeliveryRecorder(journal, max_rows=10)
     recorder.add(DEST, "1.2.0", SHA, "sent", 0, "", "", job)

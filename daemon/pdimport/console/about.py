@@ -9,7 +9,6 @@ down), in the thread pool, with the configured connection timeout.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +80,9 @@ class AboutPages:
         from pdimport.send import parse_dest
 
         last: dict[str, float] = {}
-        if self.c.journal_path.is_file():
-            db = sqlite3.connect(f"file:{self.c.journal_path}?mode=ro", uri=True, timeout=5.0)
-            try:
+        with journal_stats.reader(self.c.journal) as db:
+            if db is not None:
                 last = journal_stats.last_delivered(db)
-            finally:
-                db.close()
         rows = []
         for url in self.c.deps.settings.get("dest") or []:
             try:

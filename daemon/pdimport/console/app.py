@@ -35,7 +35,7 @@ from pdimport.console.decide import DecisionPages
 from pdimport.console.i18n import LANGS, Words, pick_lang
 from pdimport.console.live import LivePages
 from pdimport.console.preview import PLACEHOLDER, Previews, series_previews
-from pdimport.console.users import UserStore, may, users_path
+from pdimport.console.users import UserStore, may, users_target
 from pdimport.console.views import (
     OUTCOMES,
     batch_summary,
@@ -114,7 +114,7 @@ class Console:
         self.tls = bool(cfg.get("console.tls_cert"))
         self.journal_path = self.state / "journal.sqlite"
         self.journal = open_journal(cfg)
-        self.users = UserStore(users_path(self.state))
+        self.users = UserStore(users_target(cfg))
         self.sessions = Sessions(float(cfg.get("console.idle_timeout")), deps.clock)
         self.throttle = Throttle(int(cfg.get("console.login_attempts")), clock=deps.clock)
         self.env = Environment(

@@ -2,15 +2,20 @@
 ``/metrics``: how long jobs spent in each stage, how long instances took to
 reach a destination, how many bytes were delivered.
 
-Plain SQL over a connection of the caller's (opened read-only): the journal's
-schema is :mod:`pdimport.store.journal`'s; nothing here writes.
+Plain SQL over a connection of :func:`reader`: the journal's schema is
+:mod:`pdimport.store.journal`'s; nothing here writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+from pdimport.store.db import POSTGRESQL
+from pdimport.store.journal import Journal
 
 #: The state a job is in during each stage of the flow.
 STAGES = {"reading": "read", "inventoried": "scan", "delivering": "deliver"}
@@ -46,7 +51,29 @@ class Histogram:
         return [*cumulative, ("+Inf", float(self.n))]
 
 
-def stage_durations(db: sqlite3.Connection) -> dict[str, Histogram]:
+@contextmanager
+def reader(journal: Journal) -> Iterator[Any]:
+    """A connection to ask on, None when there is no journal file yet.
+
+    On SQLite a read-only connection of its own: a scrape never takes the
+    daemon's journal lock and never writes (WAL readers do not block the
+    writer). On PostgreSQL the journal's own database (readers never block
+    writers there), so it is the group's shared journal.
+    """
+    if journal.db.dialect == POSTGRESQL:
+        yield journal.db
+        return
+    if journal.path is None or not journal.path.is_file():
+        yield None
+        return
+    db = sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def stage_durations(db: Any) -> dict[str, Histogram]:
     """Seconds each job spent in each stage, one observation per stay:
     from the transition into ``reading`` / ``inventoried`` / ``delivering``
     to the job's next transition (a stage still running is not counted)."""
@@ -54,8 +81,9 @@ def stage_durations(db: sqlite3.Connection) -> dict[str, Histogram]:
     rows = db.execute(
         "SELECT target, next_time - time FROM ("
         " SELECT target, time,"
-        "  LEAD(time) OVER (PARTITION BY job_id ORDER BY time, rowid) AS next_time"
-        " FROM job_events)"
+        f"  LEAD(time) OVER (PARTITION BY job_id ORDER BY time, {getattr(db, 'rowid', 'rowid')})"
+        " AS next_time"
+        " FROM job_events) AS e"
         " WHERE next_time IS NOT NULL AND target IN (?, ?, ?)",
         tuple(STAGES),
     )
@@ -64,7 +92,7 @@ def stage_durations(db: sqlite3.Connection) -> dict[str, Histogram]:
     return out
 
 
-def delivery_latency(db: sqlite3.Connection) -> dict[str, Histogram]:
+def delivery_latency(db: Any) -> dict[str, Histogram]:
     """Per destination: seconds from a job's start (the medium inserted, the
     package seen) to each of its instances acknowledged by that destination."""
     out: dict[str, Histogram] = {}
@@ -77,7 +105,7 @@ def delivery_latency(db: sqlite3.Connection) -> dict[str, Histogram]:
     return out
 
 
-def bytes_delivered(db: sqlite3.Connection) -> Iterable[tuple[str, int]]:
+def bytes_delivered(db: Any) -> Iterable[tuple[str, int]]:
     """Per destination: bytes of the originals (as read from the medium)
     whose instance it acknowledged."""
     return db.execute(
@@ -89,7 +117,7 @@ def bytes_delivered(db: sqlite3.Connection) -> Iterable[tuple[str, int]]:
     ).fetchall()
 
 
-def last_delivered(db: sqlite3.Connection) -> dict[str, float]:
+def last_delivered(db: Any) -> dict[str, float]:
     """Per destination: when it last acknowledged an instance."""
     return dict(
         db.execute("SELECT dest, max(time) FROM deliveries WHERE state = 'sent' GROUP BY dest")

@@ -24,7 +24,6 @@ tells their scrapes apart by it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,6 @@ from pdimport.console import journal_stats
 from pdimport.job.holdqueue import held_jobs
 from pdimport.job.lifecycle import JobState
 from pdimport.store.journal import Journal
-
-
-def _read_only(path: Path) -> sqlite3.Connection:
-    # A read-only connection of its own: a scrape never takes the daemon's
-    # journal lock and never writes (WAL readers do not block the writer).
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
 
 
 class JournalCollector:
@@ -99,9 +92,8 @@ class JournalCollector:
             stage: journal_stats.Histogram(journal_stats.STAGE_BUCKETS)
             for stage in journal_stats.STAGES.values()
         }
-        if self.journal_path.is_file():
-            db = _read_only(self.journal_path)
-            try:
+        with journal_stats.reader(self.journal) as db:
+            if db is not None:
                 for state, n in db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
                     by_state[state] = n
                 files = db.execute(
@@ -115,15 +107,13 @@ class JournalCollector:
                 latencies = journal_stats.delivery_latency(db)
                 for dest, n in journal_stats.bytes_delivered(db):
                     nsent.add_metric([dest], n)
-            finally:
-                db.close()
-            read.add_metric([], files[0])
-            nbytes.add_metric([], files[1])
-            errors.add_metric([], failed[0])
-            for dest, n in delivered:
-                sent.add_metric([dest], n)
-            for dest, hist in sorted(latencies.items()):
-                latency.add_metric([dest], hist.buckets(), hist.total)
+                read.add_metric([], files[0])
+                nbytes.add_metric([], files[1])
+                errors.add_metric([], failed[0])
+                for dest, n in delivered:
+                    sent.add_metric([dest], n)
+                for dest, hist in sorted(latencies.items()):
+                    latency.add_metric([dest], hist.buckets(), hist.total)
         for stage, hist in durations.items():
             stages.add_metric([stage], hist.buckets(), hist.total)
         for state, n in sorted(by_state.items()):

@@ -1,4 +1,6 @@
-"""Local console accounts: ``STATE_DIR/users.sqlite``, argon2id password hashes.
+"""Console accounts: ``STATE_DIR/users.sqlite`` (or, with ``journal.url``,
+the hospital group's shared database: one account works at every station),
+argon2id password hashes.
 
 Roles are ordered: a viewer sees, an operator also decides (release, discard,
 reprint, retry), an admin also manages users. ``pdimport user add NAME --role
@@ -8,9 +10,7 @@ ROLE`` and ``pdimport user list`` are the command line of this module.
 from __future__ import annotations
 
 import getpass
-import sqlite3
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from pdimport.store.db import Database, Migration, migrate
 
 ROLES = ("viewer", "operator", "admin")
 
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS users (
     created  REAL NOT NULL
 );
 """
+_MIGRATIONS = (Migration(1, "console accounts", _SCHEMA),)
 
 
 def may(role: str, needed: str) -> bool:
@@ -47,22 +50,27 @@ class UserError(ValueError):
 
 
 class UserStore:
-    """The accounts table; thread-safe (one connection, one lock)."""
+    """The accounts table; thread-safe (one connection, one lock).
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.executescript(_SCHEMA)
+    ``target`` is the SQLite file or a ``postgresql://`` URL
+    (:func:`users_target`).
+    """
+
+    def __init__(self, target: Path | str) -> None:
+        self._db = Database(target)
+        self.path = self._db.path
+        try:
+            migrate(self._db, "users", _MIGRATIONS)
+        except BaseException:
+            self._db.close()
+            raise
         self._hasher = PasswordHasher()
         # Verifying a name that does not exist still costs one hash, so the
         # time a login takes does not tell which names exist.
         self._dummy = self._hasher.hash("not a password")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def add(self, name: str, role: str, password: str) -> User:
         """Create or replace the account ``name`` (a new password, a new role)."""
@@ -74,29 +82,24 @@ class UserStore:
         if len(password) < 8:
             raise UserError("the password needs at least 8 characters")
         digest = self._hasher.hash(password)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO users VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "role=excluded.role, hash=excluded.hash",
-                (name, role, digest, time.time()),
-            )
+        self._db.execute(
+            "INSERT INTO users (name, role, hash, created) VALUES (?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET role=excluded.role, hash=excluded.hash",
+            (name, role, digest, time.time()),
+        )
         return User(name, role)
 
     def remove(self, name: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount > 0
+        return self._db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount > 0
 
     def users(self) -> list[User]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, role FROM users ORDER BY name").fetchall()
+        rows = self._db.execute("SELECT name, role FROM users ORDER BY name")
         return [User(n, r) for n, r in rows]
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when ``password`` is theirs, else None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT role, hash FROM users WHERE name=?", (name.strip(),)
-            ).fetchone()
+        rows = self._db.execute("SELECT role, hash FROM users WHERE name=?", (name.strip(),))
+        row = rows[0] if rows else None
         digest = row[1] if row else self._dummy
         try:
             self._hasher.verify(digest, password)
@@ -107,6 +110,11 @@ class UserStore:
 
 def users_path(state_dir: Path) -> Path:
     return state_dir / "users.sqlite"
+
+
+def users_target(settings: Any) -> Path | str:
+    """``journal.url`` when the stations share a database, else ``users.sqlite``."""
+    return str(settings.get("journal.url") or "") or users_path(settings.state_path)
 
 
 def _read_password() -> str:
@@ -121,7 +129,7 @@ def _read_password() -> str:
 
 def user_main(cfg: Any, args: Any) -> int:
     """``pdimport user add NAME --role ROLE`` / ``pdimport user list``."""
-    store = UserStore(users_path(cfg.state_path))
+    store = UserStore(users_target(cfg))
     try:
         if args.user_command == "add":
             user = store.add(args.name, args.role, _read_password())

@@ -37,7 +37,7 @@ from pdimport.problems import Problem
 from pdimport.reconcile.coerce import LocalIdentity, coerce_file
 from pdimport.reconcile.match import match
 from pdimport.reconcile.model import Candidate, Demographics, IdentitySource, MatchKind, SourceDown
-from pdimport.reconcile.sources import open_source
+from pdimport.reconcile.sources import expectations_at, open_source
 from pdimport.settings import Settings
 from pdimport.store.journal import Decision, Journal
 from pdimport.store.spool import Spool
@@ -113,7 +113,7 @@ class Reconciler:
                     url,
                     timeout=float(self.settings.get("reconcile.timeout")),
                     calling_aet=str(self.settings.get("calling_aet")),
-                    state_dir=self.settings.state_path,
+                    state_dir=expectations_at(self.settings),
                 )
                 for url in self.settings.get("reconcile.sources")
             ]

@@ -1,7 +1,9 @@
 """Expected patients (``expect:``): a person at the referral desk says
 "a CD for local patient 123456 is coming" before it is read.
 
-Kept in ``STATE_DIR/expectations.sqlite``. An expectation need not say
+Kept in ``STATE_DIR/expectations.sqlite``, or with ``journal.url`` in the
+hospital group's shared database, where every station sees what the
+referral desk registered (issue 19). An expectation need not say
 everything: an empty birth date or sex is allowed (the person may know
 only the ID). It still only becomes a candidate when its birth date equals
 the medium's, and its sex too when both are known (:func:`tables.wanted`);
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pdimport.reconcile.model import Candidate, Demographics, SourceDown
 from pdimport.reconcile.tables import normalise_birth_date, normalise_sex, wanted
+from pdimport.store.db import Database, JournalUnavailable, Migration, is_url, migrate
 
 FILENAME = "expectations.sqlite"
 FIELDS = ("id", "local_id", "name", "birth_date", "sex", "note", "created")
@@ -35,22 +39,39 @@ CREATE TABLE IF NOT EXISTS expectations (
     created TEXT NOT NULL
 )
 """
+_MIGRATIONS = (Migration(1, "expected patients", _SCHEMA),)
+
+#: Where the expectations are: the state folder (its ``expectations.sqlite``)
+#: or a ``postgresql://`` URL (:func:`expectations_at`).
+Where = Path | str
 
 
-def expectations_path(state_dir: Path) -> Path:
+def expectations_at(settings: Any) -> Where:
+    """``journal.url`` when the stations share a database, else the state folder."""
+    url = str(settings.get("journal.url") or "")
+    return url or settings.state_path
+
+
+def expectations_path(state_dir: Where) -> Path:
     return Path(state_dir) / FILENAME
 
 
-def _connect(state_dir: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    path = expectations_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=timeout)
-    db.execute(_SCHEMA)
-    return db
+def _exists(where: Where) -> bool:
+    return is_url(where) or expectations_path(where).exists()
+
+
+@contextmanager
+def _connect(where: Where) -> Iterator[Database]:
+    db = Database(where if is_url(where) else expectations_path(where))
+    try:
+        migrate(db, "expectations", _MIGRATIONS)
+        yield db
+    finally:
+        db.close()
 
 
 def add_expectation(
-    state_dir: Path,
+    state_dir: Where,
     local_id: str,
     name: str = "",
     birth_date: str = "",
@@ -76,26 +97,25 @@ def add_expectation(
         note.strip(),
         datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    with closing(_connect(state_dir)) as db, db:
-        cursor = db.execute(
+    with _connect(state_dir) as db:
+        rows = db.execute(
             "INSERT INTO expectations (local_id, name, birth_date, sex, note, created)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             values,
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return int(rows[0][0])
 
 
-def list_expectations(state_dir: Path) -> list[dict[str, Any]]:
+def list_expectations(state_dir: Where) -> list[dict[str, Any]]:
     """Every expectation, oldest first, as dicts with keys :data:`FIELDS`."""
-    if not expectations_path(state_dir).exists():
+    if not _exists(state_dir):
         return []
-    with closing(_connect(state_dir)) as db:
-        cursor = db.execute(f"SELECT {', '.join(FIELDS)} FROM expectations ORDER BY id")
-        return [dict(zip(FIELDS, row, strict=True)) for row in cursor]
+    with _connect(state_dir) as db:
+        rows = db.execute(f"SELECT {', '.join(FIELDS)} FROM expectations ORDER BY id")
+        return [dict(zip(FIELDS, row, strict=True)) for row in rows]
 
 
-def remove_expectation(state_dir: Path, id_or_local_id: int | str) -> int:
+def remove_expectation(state_dir: Where, id_or_local_id: int | str) -> int:
     """Remove expectations; returns how many went.
 
     An ``int`` is an expectation's id. A ``str`` is a local ID (every
@@ -103,9 +123,9 @@ def remove_expectation(state_dir: Path, id_or_local_id: int | str) -> int:
     local ID is taken as an id (a command line passes strings: the id a
     listing shows still works, and a patient's ID always wins).
     """
-    if not expectations_path(state_dir).exists():
+    if not _exists(state_dir):
         return 0
-    with closing(_connect(state_dir)) as db, db:
+    with _connect(state_dir) as db, db.transaction():
         if isinstance(id_or_local_id, int):
             return db.execute("DELETE FROM expectations WHERE id = ?", (id_or_local_id,)).rowcount
         key = id_or_local_id.strip()
@@ -120,12 +140,14 @@ class ExpectSource:
     """``expect:``: the expectations as an identity source."""
 
     url: str
-    state_dir: Path
+    state_dir: Where
     timeout: float = 5.0
 
     def _rows(self) -> list[dict[str, Any]]:
         try:
             return list_expectations(self.state_dir)
+        except JournalUnavailable as exc:
+            raise SourceDown(self.url, exc.detail) from None
         except sqlite3.Error as exc:
             raise SourceDown(self.url, f"{expectations_path(self.state_dir)}: {exc}") from None
 

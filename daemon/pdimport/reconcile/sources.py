@@ -24,11 +24,13 @@ from pdimport.reconcile.dimse import RegistrySource, WorklistSource
 from pdimport.reconcile.expect import (
     ExpectSource,
     add_expectation,
+    expectations_at,
     list_expectations,
     remove_expectation,
 )
 from pdimport.reconcile.model import IdentitySource
 from pdimport.reconcile.tables import CsvSource, SqliteSource
+from pdimport.store.db import is_url
 
 ACCEPTED = (
     "mwl://AET@host:port, pdq://AET@host:port, csv:///absolute/path, "
@@ -42,7 +44,9 @@ _DIMSE_URL = re.compile(
 )
 
 
-def open_source(url: str, *, timeout: float, calling_aet: str, state_dir: Path) -> IdentitySource:
+def open_source(
+    url: str, *, timeout: float, calling_aet: str, state_dir: Path | str
+) -> IdentitySource:
     """The identity source a URL names (nothing is contacted yet).
 
     Parameters
@@ -55,8 +59,9 @@ def open_source(url: str, *, timeout: float, calling_aet: str, state_dir: Path) 
         each C-FIND response); for a table, how long to wait for a lock.
     calling_aet : str
         Our AE title in associations.
-    state_dir : Path
-        Where ``expect:`` keeps ``expectations.sqlite``.
+    state_dir : Path or str
+        Where ``expect:`` keeps ``expectations.sqlite``, or the
+        ``postgresql://`` URL of the group's shared database.
 
     Raises
     ------
@@ -77,7 +82,11 @@ def open_source(url: str, *, timeout: float, calling_aet: str, state_dir: Path) 
     if scheme == "expect":
         if text.lower() not in ("expect:", "expect://"):
             raise _bad(url, "expect: takes nothing after the colon")
-        return ExpectSource(url="expect:", state_dir=Path(state_dir), timeout=timeout)
+        return ExpectSource(
+            url="expect:",
+            state_dir=state_dir if is_url(state_dir) else Path(state_dir),
+            timeout=timeout,
+        )
     raise _bad(url, "unknown scheme")
 
 
@@ -149,6 +158,7 @@ __all__ = [
     "SqliteSource",
     "WorklistSource",
     "add_expectation",
+    "expectations_at",
     "list_expectations",
     "open_source",
     "remove_expectation",

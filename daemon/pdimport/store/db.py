@@ -55,6 +55,13 @@ class Rows(list[tuple[Any, ...]]):
 
     rowcount: int = -1
 
+    # the two sqlite3.Cursor reads read-only callers use (console.journal_stats)
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self)
+
 
 def is_url(target: str | Path) -> bool:
     """Whether ``target`` names a database server rather than a file."""

@@ -70,7 +70,11 @@ class Journal:
         self.db = target if isinstance(target, Database) else Database(target)
         self.path = self.db.path
         self.station = station
-        migrate(self.db, "journal", JOURNAL_MIGRATIONS)
+        try:
+            migrate(self.db, "journal", JOURNAL_MIGRATIONS)
+        except BaseException:
+            self.db.close()
+            raise
         self._observers: list[Observer] = []
 
     def subscribe(self, observer: Observer) -> None:

@@ -104,3 +104,13 @@ class DaemonProc:
 
 def status(state: Path) -> dict:
     return json.loads((state / "status.json").read_text())
+
+
+def status_text(state: Path) -> str:
+    """What ``pdimport status`` prints for the daemon on ``state``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pdimport", "status", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from fixtures_daemon import status, wait_until
+from fixtures_daemon import status, status_text, wait_until
 from fixtures_dicom import make_ct_series
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
@@ -34,12 +33,7 @@ def test_a_full_disk_pauses_intake_until_space_is_back(daemon_factory, tmp_path:
         make_ct_series(stage, 6, patient_id="PAUSE")
         os.rename(stage, watch / "PAUSE")
         wait_until(lambda: "disk_full" in str(status(state).get("intake", "")), 20, "intake paused")
-        said = subprocess.run(
-            [sys.executable, "-m", "pdimport", "status", "--state-dir", str(state)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
+        said = status_text(state)
         assert "intake paused: disk_full" in said, said
         assert list(out.iterdir()) == []  # nothing taken meanwhile
         filler.unlink()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_console import CHROMEDRIVER, CHROMIUM, PASSWORD, metric
-from fixtures_daemon import DaemonProc
+from fixtures_daemon import DaemonProc, status_text
 from fixtures_dicom import make_ct_series
 from fixtures_peers import free_port
 from test_daemon_e2e import _free_loops
@@ -177,10 +177,5 @@ def test_a_disc_on_a_loop_device_is_watched_from_reading_to_imported(
 
 
 def _status(state: Path) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "pdimport", "status", "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    out = status_text(state)
     return next((line for line in out.splitlines() if line.startswith("  job ")), out)

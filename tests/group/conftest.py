@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from test_db import target  # noqa: F401 - both backends, as the journal's own tests
 
 from pdimport.store.db import Database
 
@@ -21,3 +20,10 @@ def connect():
     yield open_one
     for db in made:
         db.close()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def target(request, tmp_path):
+    """The group's database on PostgreSQL, and the same tables in SQLite
+    (one station on its own)."""
+    return tmp_path / "g.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_url")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pydicom
-from fixtures_daemon import status, wait_until
+from fixtures_daemon import status, status_text, wait_until
 from fixtures_dicom import make_ct_series
 from test_stations import group  # noqa: F401 - the stations' fixture
 
@@ -45,6 +45,8 @@ def test_the_database_stopped_during_a_read(group, postgres, tmp_path):  # noqa:
             60,
             "intake paused for the journal",
         )
+        said = status_text(state)
+        assert "intake paused: journal_unavailable" in said, said
         paused_at = group.received()
         time.sleep(1)  # nothing is taken or delivered while the journal is away
         assert group.received() == paused_at

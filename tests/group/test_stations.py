@@ -145,7 +145,7 @@ def test_b_s_console_shows_the_group_and_its_release_is_done_by_a(group, tmp_pat
 
     from pdimport import settings
     from pdimport.console.app import ConsoleDeps, create_app
-    from pdimport.console.users import UserStore, users_path
+    from pdimport.console.users import UserStore, users_target
     from pdimport.job.importer import Importer
 
     watch, stage = tmp_path / "watch-A", tmp_path / "stage"
@@ -165,7 +165,7 @@ def test_b_s_console_shows_the_group_and_its_release_is_done_by_a(group, tmp_pat
             "station.name": "B",
         }
     )
-    users = UserStore(users_path(state_b))
+    users = UserStore(users_target(cfg))  # the group's accounts
     users.add("tanaka", "operator", PASSWORD)
     users.close()
     importers: list[Importer] = []

@@ -98,20 +98,29 @@ def test_a_shared_watch_folder_is_consumed_once_by_three_stations(group, tmp_pat
 
 
 def test_the_same_disc_at_two_stations_is_delivered_once(group, tmp_path):
+    """Two copies dropped at two stations at once: both are read, the
+    second delivery waits for the first and then finds every instance
+    acknowledged; and a third copy later sends nothing either."""
     stage = tmp_path / "stage"
-    disc = stage / "disc"
-    make_ct_series(disc, 5, patient_id="SAME")
+    make_ct_series(stage / "disc", 60, patient_id="SAME")
+    watches = {}
     for name in ("A", "B"):
-        watch = tmp_path / f"watch-{name}"
-        watch.mkdir()
-        group.start(name, watch)
-        copy = stage / f"copy-{name}"
-        subprocess.run(["cp", "-a", str(disc), str(copy)], check=True)
-        os.rename(copy, watch / "disc")
-        wait_until(lambda w=watch: (w / "imported" / "disc.json").exists(), 120, f"{name} done")
-    assert group.received() == 5
-    second = json.loads((tmp_path / "watch-B" / "imported" / "disc.json").read_text())
-    assert second["status"] == "imported" and second["counts"]["already_sent"] == 5
+        watches[name] = tmp_path / f"watch-{name}"
+        watches[name].mkdir()
+        group.start(name, watches[name])
+        subprocess.run(["cp", "-a", str(stage / "disc"), str(stage / name)], check=True)
+    for name, watch in watches.items():
+        os.rename(stage / name, watch / "disc")  # both at once
+    reports = []
+    for name, watch in watches.items():
+        done = watch / "imported" / "disc.json"
+        wait_until(done.exists, 120, f"{name} done")
+        reports.append(json.loads(done.read_text()))
+    assert group.received() == 60  # each instance once, though both stations read it
+    assert sorted(r["counts"]["already_sent"] for r in reports) == [0, 60]
+    os.rename(stage / "disc", watches["B"] / "again")
+    wait_until((watches["B"] / "imported" / "again.json").exists, 120, "the third copy")
+    assert group.received() == 60
 
 
 def test_a_disc_held_at_a_is_released_from_b_and_delivered_by_a(group, tmp_path):

@@ -38,7 +38,7 @@ from pdimport.appliance import udev
 from pdimport.appliance.cancellable import CancellableMedium
 from pdimport.appliance.control import ControlListener
 from pdimport.appliance.drive_worker import DriveWorker, outcome_reason
-from pdimport.appliance.group import GroupMember
+from pdimport.appliance.group import GroupMember, content_lock
 from pdimport.appliance.intake import Intake, reachable
 from pdimport.appliance.lock import EXIT_LOCKED, AlreadyRunning, DaemonLock
 from pdimport.appliance.retry import DeliveryRetrier
@@ -168,7 +168,8 @@ class JobRunner:
                 # delivered meanwhile (the retry worker and the watch folder both
                 # resume a job after a crash): nothing is left to do
                 return JobResult(job_id, report)
-            result = self._gated(lambda: self.importer().process(job_id, self.destinations))
+            with content_lock(self.journal.db, job_id):  # a copy at another station
+                result = self._gated(lambda: self.importer().process(job_id, self.destinations))
         self.board.job(job_id, counts=result.report.get("counts", {}))
         if result.state == JobState.IMPORTED:
             log.info("job %s: %s", job_id, result.state)

@@ -8,6 +8,11 @@ group's PostgreSQL database beside the journal.
   path and the package's name, size and mtime: the stations mount a shared
   folder at the same path); a claim stays with its station, which finishes
   it after a restart, since only it has the package's spool;
+* one delivery at a time of the same content: two copies of a disc read
+  at two stations at once would both find nothing acknowledged yet and
+  both send; a PostgreSQL advisory lock on the medium's content (the hashes
+  of its files) makes the second wait, and then its "already acknowledged"
+  lookup finds everything the first sent (:func:`content_lock`);
 * the decision queue (:mod:`pdimport.job.decisionqueue`), run by the
   ``decisions`` thread: release, discard and retry of the jobs whose spool
   this station holds, wherever they were decided.
@@ -18,15 +23,17 @@ builds no :class:`GroupMember`, and its watch folder takes everything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pdimport.job.decisionqueue import DecisionQueue, Waker, run_worker
-from pdimport.store.db import Database, JournalUnavailable, Migration, migrate
+from pdimport.store.db import POSTGRESQL, Database, JournalUnavailable, Migration, migrate
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,31 @@ def _claim_key(key: str) -> str:
     # the ledger's key separates name and signature with NUL, which
     # PostgreSQL's text refuses; "/" cannot occur in a file name either
     return key.replace("\0", "/")
+
+
+@contextmanager
+def content_lock(db: Database, job_id: str) -> Iterator[None]:
+    """Hold the group's lock on ``job_id``'s content (its files' hashes)
+    while the block delivers it; a no-op outside a group.
+
+    The lock lives in a connection of its own, so waiting for it never
+    holds up the journal, and it goes with that connection if the station dies.
+    """
+    if db.dialect != POSTGRESQL:
+        yield
+        return
+    rows = db.execute(
+        "SELECT sha256 FROM files WHERE job_id=? AND sha256 IS NOT NULL ORDER BY sha256",
+        (job_id,),
+    )
+    digest = hashlib.sha256("\n".join(r[0] for r in rows).encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    lock = Database(db.url)
+    try:
+        lock.execute("SELECT pg_advisory_lock(?)", (key,))
+        yield
+    finally:
+        lock.close()  # the session ends: its lock is released
 
 
 class WatchClaims:

@@ -49,6 +49,20 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "a directory leads back to itself or has a bad extent: the entries below it are missing",
     ),
+    # --- DICOMweb intake (QIDO-RS / WADO-RS) ------------------------------
+    "remote_unreachable": (
+        "error",
+        "the DICOMweb server could not be reached or the connection broke; imported again later",
+    ),
+    "remote_refused": ("error", "the DICOMweb server answered an HTTP error status"),
+    "remote_answer_invalid": (
+        "error",
+        "the DICOMweb server's search answer is not valid DICOM JSON (or lacks UIDs)",
+    ),
+    "multipart_malformed": (
+        "error",
+        "a WADO-RS answer is not a well-formed multipart/related body (boundary, headers, end)",
+    ),
     # --- DICOMDIR ---------------------------------------------------------
     "dicomdir_invalid": (
         "warning",

@@ -442,4 +442,37 @@ SETTINGS: tuple[Setting, ...] = (
         min_open=True,
     ),
     Setting("web.connections", int, 4, "keep-alive connections per HTTP peer", min=1, max=64),
+    # DICOMweb intake (pdimport.web.medium, pdimport.web.poller)
+    Setting(
+        "intake.qido_url",
+        str,
+        "",
+        "QIDO-RS study search the daemon polls, e.g. "
+        "dicomweb+https://host/dicom-web/studies?ModalitiesInStudy=CT (empty: none)",
+        validate=lambda v: not v or v.lower().startswith(("dicomweb+http://", "dicomweb+https://")),
+        allowed="a dicomweb+http(s)://…/studies URL",
+    ),
+    Setting(
+        "intake.qido_interval",
+        float,
+        300.0,
+        "seconds between two searches of intake.qido_url",
+        min=1,
+    ),
+    Setting(
+        "intake.qido_page_size",
+        int,
+        500,
+        "matches asked for per QIDO-RS request (limit/offset paging)",
+        min=1,
+        max=10000,
+    ),
+    Setting(
+        "intake.wado_retries",
+        int,
+        3,
+        "times a WADO-RS retrieve broken off mid-instance is taken up again",
+        min=0,
+        max=100,
+    ),
 )

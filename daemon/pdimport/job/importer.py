@@ -239,7 +239,11 @@ class Importer:
         return job
 
     def start_job(self, medium: Any, source: str, mode: str) -> Job:
-        key = source_key(medium.kind, source, medium.label, getattr(medium, "size", None))
+        # A remote medium names itself (a normalised URL, no credentials).
+        key = getattr(medium, "source_key", "") or source_key(
+            medium.kind, source, medium.label, getattr(medium, "size", None)
+        )
+        source = medium.path if getattr(medium, "source_key", "") else source
         job = self.journal.find_unfinished(key, mode)
         if job is not None:
             log.info("resuming job %s for %s", job.id, source)

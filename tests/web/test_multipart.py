@@ -138,3 +138,26 @@ def test_fuzz_truncation_is_never_a_short_part(parts, cut):
         assert exc.code == "multipart_malformed"
     else:
         assert got == parts  # only the epilogue or close delimiter was lost
+
+
+def test_memory_stays_bounded_on_a_large_part():
+    """A 64 MiB part in 1 MiB chunks: the reader never holds much more than
+    one chunk (the study is streamed, never held)."""
+    chunk = b"\x5a" * (1 << 20)
+    peak = 0
+
+    def chunks():
+        nonlocal peak
+        yield b"--" + B + b"\r\n\r\n"
+        for _ in range(64):
+            peak = max(peak, len(reader._buf))
+            yield chunk
+        yield b"\r\n--" + B + b"--"
+
+    reader = MultipartReader(chunks(), B, 1 << 30)
+    assert reader.next_part() == {}
+    total = 0
+    while data := reader.read(1 << 20):
+        total += len(data)
+    assert total == 64 << 20
+    assert peak <= (1 << 20) + len(B) + 4

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import RLELossless, generate_uid
 
 from pdimport.cli import main
-from pdimport.record import auditchain
+from pdimport.record import auditchain, auditsyslog
 
 
 def run_cli(capsys, *args: str) -> tuple[int, dict]:
@@ -93,7 +93,7 @@ def test_study_arrives_whole_and_a_second_import_sends_nothing(
     upload(peer, every)
     scp = storescp(accept_all=True, bit_preserving=True)
     url = f"{peer.web_url}/studies/{study_uid}"
-    cfg = web_config(tmp_path)
+    cfg = web_config(tmp_path, qido_page_size="2")  # five instances: three QIDO-RS pages
     args = ["import", url, "--dest", scp.url, "--state-dir", str(state), "--config", str(cfg)]
     rc, rep = run_cli(capsys, *args)
     assert rc == 0, rep["problems"]
@@ -111,6 +111,16 @@ def test_study_arrives_whole_and_a_second_import_sends_nothing(
     inserted = [r for r in recs if r["event"] == "medium_inserted"]
     assert inserted[0]["medium"]["type"] == "dicomweb"
     assert inserted[0]["medium"]["source"] == url
+    # and the DICOM audit message (PS3.15 A.5.3.6 Import) calls the medium a URI
+    xml = auditsyslog.import_message(auditsyslog.Node(), inserted[0]["medium"], rep["patients"])
+    assert b'originalText="URI"' in xml
+    # the label of the job, rendered to a file (the file printer's way)
+    assert (
+        main(["label", rep["job"], "--out", str(tmp_path / "l.png"), "--state-dir", str(state)])
+        == 0
+    )
+    assert (tmp_path / "l.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
     # the same study again: nothing is sent twice
     before = len(scp.files())
     rc, again = run_cli(capsys, *args)

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from fixtures_dicom import make_ct_series
@@ -36,6 +37,10 @@ class Parrot(ThreadingHTTPServer):
         #: SOP Instance UIDs answered with a body that is not multipart
         self.garbage: set[str] = set()
         self.retrieves: list[str] = []
+        #: (offset, limit) of each QIDO-RS request
+        self.searches: list[tuple[int, int]] = []
+        #: a QIDO-RS answer to give instead of the listing
+        self.qido_body = b""
 
     @property
     def url(self) -> str:
@@ -56,10 +61,11 @@ class _Handler(BaseHTTPRequestHandler):
                 {"00080018": {"vr": "UI", "Value": [sop]}, "0020000E": {"vr": "UI", "Value": [se]}}
                 for sop, (se, _data) in self.server.instances.items()
             ]
-            offset = (
-                int(self.path.split("offset=")[1].split("&")[0]) if "offset=" in self.path else 0
-            )
-            self._send(200, "application/dicom+json", json.dumps(listing[offset:]).encode())
+            query = dict(parse_qsl(urlsplit(self.path).query))
+            offset, limit = int(query.get("offset", 0)), int(query.get("limit", 1000))
+            self.server.searches.append((offset, limit))
+            body = self.server.qido_body or json.dumps(listing[offset : offset + limit]).encode()
+            self._send(200, "application/dicom+json", body)
             return
         sop = path.rsplit("/", 1)[-1]
         self.server.retrieves.append(sop)
@@ -107,9 +113,11 @@ def parrot(tmp_path: Path) -> Iterator[Parrot]:
         thread.join(5)
 
 
-def _import(parrot: Parrot, tmp_path: Path, capsys, retries: int) -> tuple[int, dict]:
+def _import(
+    parrot: Parrot, tmp_path: Path, capsys, retries: int = 3, extra: str = ""
+) -> tuple[int, dict]:
     cfg = tmp_path / "pdimport.toml"
-    cfg.write_text(f"[intake]\nwado_retries = {retries}\n")
+    cfg.write_text(f"[intake]\nwado_retries = {retries}\n{extra}")
     rc = main(
         [
             "import", parrot.url, "--dest", f"file://{tmp_path}/out", "--config", str(cfg),
@@ -165,3 +173,75 @@ def test_an_answer_that_is_not_multipart_is_a_problem_the_rest_arrives(parrot, t
     codes = {p["code"] for p in rep["problems"]}
     assert "multipart_malformed" in codes
     assert _received(tmp_path).keys() == parrot.instances.keys() - {victim}
+
+
+def test_a_read_stopped_midway_resumes_without_retrieving_again(parrot, tmp_path):
+    """The daemon stops after two instances (its reads raise Interrupted);
+    the next start resumes the job and retrieves only the two left."""
+    from pdimport.appliance.daemon import CancellableMedium
+    from pdimport.job.importer import Importer
+    from pdimport.job.lifecycle import Interrupted
+    from pdimport.settings import load
+
+    cfg = load(overrides={"state_dir": str(tmp_path / "state"), "dest": [f"file://{tmp_path}/o"]})
+    stop = threading.Event()
+
+    class StopAfterTwo(CancellableMedium):
+        def open(self, entry):
+            if len(parrot.retrieves) >= 2:
+                stop.set()
+            return super().open(entry)
+
+    importer = Importer(cfg, stop=stop)
+    try:
+        with pytest.raises(Interrupted):
+            importer.read_source(parrot.url, wrap=lambda m: StopAfterTwo(m, stop))
+        assert len(parrot.retrieves) == 2
+        stop.clear()
+        job = importer.read_source(parrot.url)
+        assert job.read_complete or importer.journal.job(job.id).read_complete
+        assert sorted(parrot.retrieves) == sorted(parrot.instances)  # each retrieved once
+        result = importer.process(job.id, [])
+        assert result.report["counts"]["dicom"] == 4
+    finally:
+        importer.close()
+
+
+def test_the_listing_is_paged(parrot, tmp_path, capsys):
+    rc, rep = _import(parrot, tmp_path, capsys, extra="qido_page_size = 3\n")
+    assert rc == 0, rep["problems"]
+    assert parrot.searches == [(0, 3), (3, 3)]
+    assert _received(tmp_path).keys() == parrot.instances.keys()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>not json</html>", b'{"00080018": {}}', b"[1, 2]"],
+)
+def test_a_search_answer_that_is_not_dicom_json_fails_the_job(parrot, tmp_path, capsys, body):
+    parrot.qido_body = body
+    rc, rep = _import(parrot, tmp_path, capsys)
+    assert rc == 2
+    assert [p["code"] for p in rep["problems"]] == ["remote_answer_invalid"]
+    assert parrot.retrieves == []
+
+
+def test_listed_instances_with_hostile_uids_are_skipped(parrot, tmp_path, capsys):
+    listing = [
+        {"00080018": {"vr": "UI", "Value": [sop]}, "0020000E": {"vr": "UI", "Value": [se]}}
+        for sop, (se, _data) in parrot.instances.items()
+    ]
+    listing.append({"00080018": {"vr": "UI", "Value": ["../../etc/passwd"]}})
+    listing.append({"00080018": {"vr": "UI", "Value": ["1.2.3"]}, "0020000E": {"Value": [{}]}})
+    parrot.qido_body = json.dumps(listing).encode()
+    rc, rep = _import(parrot, tmp_path, capsys)
+    assert rc == 1  # the rest is imported, and a person reads why something is missing
+    assert [p["code"] for p in rep["problems"]] == ["remote_answer_invalid"] * 2
+    assert _received(tmp_path).keys() == parrot.instances.keys()
+
+
+def test_more_instances_than_max_files_are_too_large(parrot, tmp_path, capsys):
+    rc, rep = _import(parrot, tmp_path, capsys, extra="[limits]\nmax_files = 3\n")
+    assert rc == 1 and rep["status"] == "partial"
+    assert [p["code"] for p in rep["problems"]] == ["too_large"]
+    assert len(_received(tmp_path)) == 3

@@ -291,7 +291,8 @@ class Importer:
                     rec
                     and rec.state == "read"
                     and rec.sha256
-                    and self.spool.has(rec.sha256, entry.size)
+                    # a remote medium lists no sizes (0): the content hash decides
+                    and self.spool.has(rec.sha256, entry.size or None)
                 ):
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
                     meter.add(files=1, nbytes=entry.size)

@@ -93,6 +93,7 @@ KIND_ALIASES = {
     "dir": "uri",
     "zip": "uri",
     "folder": "uri",
+    "dicomweb": "uri",  # a study retrieved from a DICOMweb server
 }
 
 

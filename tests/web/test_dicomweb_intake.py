@@ -181,12 +181,13 @@ def test_wrong_password_and_no_server_are_coded_failures(tmp_path, state, orthan
     (tmp_path / "web-password").write_text("wrong\n")
     uid = generate_uid()
     dest = ["--dest", f"file://{tmp_path}/out"]
+    url = f"{peer.web_url}/studies/{uid}".replace("://", "://someone:pa55word@")
     rc, rep = run_cli(
-        capsys, "import", f"{peer.web_url}/studies/{uid}", *dest, "--state-dir", str(state),
-        "--config", str(cfg),
+        capsys, "import", url, *dest, "--state-dir", str(state), "--config", str(cfg),
     )  # fmt: skip
     assert rc == 2
     assert [p["code"] for p in rep["problems"]] == ["remote_refused"]
+    assert "pa55word" not in json.dumps(rep) and "someone" not in json.dumps(rep)
     assert "401" in rep["problems"][0]["detail"]
     rc, rep = run_cli(
         capsys, "import", f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web/studies/{uid}",

@@ -245,3 +245,11 @@ def test_more_instances_than_max_files_are_too_large(parrot, tmp_path, capsys):
     assert rc == 1 and rep["status"] == "partial"
     assert [p["code"] for p in rep["problems"]] == ["too_large"]
     assert len(_received(tmp_path)) == 3
+
+
+def test_scan_of_a_remote_study_sends_nothing(parrot, tmp_path, capsys):
+    rc = main(["scan", parrot.url, "--state-dir", str(tmp_path / "state"), "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0, rep["problems"]
+    assert rep["source"]["kind"] == "dicomweb" and rep["counts"]["dicom"] == 4
+    assert not (tmp_path / "out").exists()

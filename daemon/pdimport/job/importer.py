@@ -67,6 +67,7 @@ from pdimport.settings import Settings
 from pdimport.store.fsutil import DiskFull, check_free
 from pdimport.store.journal import Job, Journal
 from pdimport.store.spool import Spool
+from pdimport.web.dicomweb import without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,8 @@ class Importer:
         """
         try:
             medium = open_medium(source, self.settings, workdir=self.spool.tmp)
-        except MediumOpenError as exc:
-            return self.unusable(source, exc.code, exc.detail, mode)
+        except MediumOpenError as exc:  # the report never shows a URL's credentials
+            return self.unusable(without_credentials(source), exc.code, exc.detail, mode)
         try:
             job = self.start_job(medium, source, mode)
             log.info(

@@ -51,6 +51,16 @@ def is_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_UID.match(value))
 
 
+def without_credentials(source: str) -> str:
+    """``source`` with the ``user:password@`` of a dicomweb+ URL taken out
+    (any other source as it is): what reports and logs may show."""
+    if not is_dicomweb(source):
+        return source
+    head, sep, rest = source.partition("://")
+    authority, slash, tail = rest.partition("/")
+    return f"{head}{sep}{authority.rpartition('@')[2]}{slash}{tail}"
+
+
 def _base(url: str) -> tuple[str, str]:
     """``(http(s)://host[:port], path)`` of a dicomweb+ URL, lower-cased
     scheme and host, credentials dropped, default ports left out."""

@@ -210,3 +210,20 @@ def test_a_url_naming_no_study_is_a_usage_error(url, tmp_path, capsys):
     assert main(["import", url, *dest, "--state-dir", str(tmp_path / "s")]) == 64
     err = capsys.readouterr().err
     assert "studies/UID" in err or "is not a UID" in err
+
+
+def test_bearer_token_behind_a_gateway(tmp_path, state, orthanc_web, storescp, capsys):
+    peer = orthanc_web(bearer="t0ken-for-pdimport")
+    study_uid, series = make_study(tmp_path / "study", compressed=False)
+    every = [p for files in series.values() for p in files]
+    upload(peer, every)
+    (tmp_path / "token").write_text("t0ken-for-pdimport\n")
+    cfg = tmp_path / "bearer.toml"
+    cfg.write_text(f'[web]\nauth = "bearer"\ntoken_file = "{tmp_path / "token"}"\n')
+    scp = storescp()
+    rc, rep = run_cli(
+        capsys, "import", f"{peer.web_url}/studies/{study_uid}", "--dest", scp.url,
+        "--state-dir", str(state), "--config", str(cfg),
+    )  # fmt: skip
+    assert rc == 0, rep["problems"]
+    assert datasets(scp.files()).keys() == datasets(every).keys()

@@ -94,12 +94,17 @@ class InstanceStream(LargeReads):
     def _connect(self) -> _Retrieve:
         current = _Retrieve(self._medium.client, self._path, self._medium.max_part)
         skip = self._count
-        while skip:  # a retrieve taken up again: the bytes spooled already
-            chunk = current.reader.read(min(skip, self.CHUNK))
-            if not chunk:
-                current.close()
-                raise MultipartError("multipart_malformed", f"{self._path}: shorter than before")
-            skip -= len(chunk)
+        try:
+            while skip:  # a retrieve taken up again: the bytes spooled already
+                chunk = current.reader.read(min(skip, self.CHUNK))
+                if not chunk:
+                    raise MultipartError(
+                        "multipart_malformed", f"{self._path}: shorter than before"
+                    )
+                skip -= len(chunk)
+        except BaseException:
+            current.close()
+            raise
         return current
 
     def readinto(self, buf: Any) -> int:

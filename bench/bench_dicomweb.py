@@ -46,6 +46,8 @@ class Row:
     peer: str
     seconds: list[float] = field(default_factory=list)
     nbytes: int = 0
+    #: peak RSS (MB) of a child process row, 0 for in-process rows
+    rss: float = 0.0
 
     @property
     def median(self) -> float:
@@ -60,14 +62,19 @@ REFERENCE = {"multipart": "copy-chunks", "intake": "pdimport-folder"}
 def table() -> str:
     """The summary printed by bench/conftest.py."""
     lines = [
-        "| scenario | peer | median s | MB/s | reference ÷ this (speed) |",
-        "|---|---|---:|---:|---:|",
+        "| scenario | peer | median s | MB/s | peak RSS MB | reference ÷ this (speed) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for (scenario, peer), row in RESULTS.items():
+        if not row.seconds:
+            continue  # the test failed before a round ended
         ref = RESULTS.get((scenario, REFERENCE[scenario]))
-        ratio = ref.median / row.median if ref is not None else float("nan")
+        ratio = ref.median / row.median if ref is not None and ref.seconds else float("nan")
         rate = row.nbytes / row.median / 1e6
-        lines.append(f"| {scenario} | {peer} | {row.median:.3f} | {rate:.0f} | {ratio:.2f} |")
+        rss = f"{row.rss:.0f}" if row.rss else ""
+        lines.append(
+            f"| {scenario} | {peer} | {row.median:.3f} | {rate:.0f} | {rss} | {ratio:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -148,7 +155,10 @@ def test_intake(benchmark, tmp_path, orthanc_web, storescp, study, peer):
     def pdimport(source: str) -> None:
         state = tmp_path / f"state-{next(rounds)}"  # a fresh journal: everything is sent
         cmd = [sys.executable, "-m", "pdimport", "import", source, "--dest", scp.url]
-        timed([*cmd, "--config", str(cfg), "--state-dir", str(state)], env=_env(nodelay=True))
+        run = timed([*cmd, "--config", str(cfg), "--state-dir", str(state)], env=_env(nodelay=True))
+        row = RESULTS.get(("intake", peer))
+        if row is not None:
+            row.rss = max(row.rss, run.rss_mb)
 
     base = f"http://127.0.0.1:{server.http_port}/dicom-web"
     sops = [s["00080018"]["Value"][0] for s in server.get(f"/dicom-web/studies/{uid}/instances")]

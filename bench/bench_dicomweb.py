@@ -32,7 +32,7 @@ from corpus import make_ct_series
 from fixtures_peers import ORTHANC_USER
 
 from pdimport.web.dicomweb import WADO_ACCEPT
-from pdimport.web.multipart import MultipartReader
+from pdimport.web.multipart_reader import MultipartReader
 
 pytestmark = pytest.mark.bench
 

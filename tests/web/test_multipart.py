@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdimport.web.multipart import MultipartError, MultipartReader, boundary_of
+from pdimport.web.multipart_reader import MultipartError, MultipartReader, boundary_of
 
 B = b"xyzBOUNDARYzyx"
 

@@ -38,7 +38,7 @@ from pdimport.web.dicomweb import (
     value,
 )
 from pdimport.web.http import WebConfigError, make_client
-from pdimport.web.multipart import MultipartError, MultipartReader, boundary_of
+from pdimport.web.multipart_reader import MultipartError, MultipartReader, boundary_of
 
 log = logging.getLogger(__name__)
 

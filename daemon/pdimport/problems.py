@@ -199,10 +199,24 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "the object had to be decompressed for the destination and could not be",
     ),
-    "store_failed": ("error", "the destination answered a C-STORE with a failure status"),
+    "store_failed": (
+        "error",
+        "the destination answered a C-STORE (or STOW-RS) with a failure status",
+    ),
     "store_warning": ("warning", "the destination stored the object with a warning status"),
-    "outcome_unknown": ("warning", "no C-STORE response arrived; the object will be sent again"),
+    "outcome_unknown": (
+        "warning",
+        "no C-STORE response (or STOW-RS answer for it) arrived; the object will be sent again",
+    ),
     "write_failed": ("error", "writing to a file destination failed"),
+    "tls_failed": (
+        "error",
+        "the HTTPS peer's certificate did not verify against the CA bundle, or it refused ours",
+    ),
+    "auth_refused": (
+        "error",
+        "the HTTP peer or its OAuth 2.0 token endpoint refused our credentials",
+    ),
     "disk_full": (
         "error",
         "the appliance's disk or journal could not take more; intake paused, nothing lost",

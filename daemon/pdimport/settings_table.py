@@ -442,4 +442,19 @@ SETTINGS: tuple[Setting, ...] = (
         min_open=True,
     ),
     Setting("web.connections", int, 4, "keep-alive connections per HTTP peer", min=1, max=64),
+    Setting(
+        "web.stow_batch_files",
+        int,
+        50,
+        "instances per STOW-RS request at most (a dicomweb+ URL's ?batch=N wins)",
+        min=1,
+        max=10000,
+    ),
+    Setting(
+        "web.stow_batch_mb",
+        int,
+        64,
+        "megabytes per STOW-RS request at most (one larger instance goes alone)",
+        min=1,
+    ),
 )

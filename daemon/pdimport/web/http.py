@@ -84,15 +84,22 @@ class ClientCredentials(httpx.Auth):
         self._expires = time.monotonic() + float(body.get("expires_in", 300))
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # The lock is held across the token request: requests running in
+        # parallel (web.connections) wait for one token instead of each
+        # fetching its own. httpx drives this generator in the requesting
+        # thread and closes it on error, so the lock is always released.
         with self._lock:
-            stale = not self._token or time.monotonic() > self._expires - 30
-        if stale:
-            self._accept((yield self._token_request()))
-        request.headers["Authorization"] = f"Bearer {self._token}"
+            if not self._token or time.monotonic() > self._expires - 30:
+                self._accept((yield self._token_request()))
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            self._accept((yield self._token_request()))
-            request.headers["Authorization"] = f"Bearer {self._token}"
+            with self._lock:
+                if self._token == token:  # not renewed by another request meanwhile
+                    self._accept((yield self._token_request()))
+                token = self._token
+            request.headers["Authorization"] = f"Bearer {token}"
             yield request
 
 

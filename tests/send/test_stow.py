@@ -359,7 +359,37 @@ def test_bearer_token(orthanc_web, cfg, tmp_path) -> None:
     assert {o.code for o in got.values()} == {"auth_refused"}
 
 
-class TokenEndpoint:
+class JsonHandler(BaseHTTPRequestHandler):
+    """The part of a stand-in's request handler that answers JSON, quietly."""
+
+    def answer(self, status: int, doc: object, content_type: str = "application/json") -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LocalServer:
+    """A real HTTP server on 127.0.0.1 in a thread, for a thin stand-in."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = HTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class TokenEndpoint(LocalServer):
     """A thin stand-in for an OAuth 2.0 authorization server's token
     endpoint (RFC 6749 4.4), on a real HTTP server on 127.0.0.1: it checks
     the client's id and secret (HTTP Basic, 2.3.1) and the grant type, and
@@ -370,7 +400,7 @@ class TokenEndpoint:
         outer = self
         self.requests: list[dict[str, list[str]]] = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 form = urllib.parse.parse_qs(
                     self.rfile.read(int(self.headers["Content-Length"])).decode()
@@ -388,25 +418,10 @@ class TokenEndpoint:
                     if ok
                     else {"error": "invalid_client"}
                 )
-                data = json.dumps(body).encode()
-                self.send_response(200 if ok else 401)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer(200 if ok else 401, body)
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/token"
 
 
 def test_oauth2_client_credentials(orthanc_web, cfg, tmp_path) -> None:

@@ -473,3 +473,62 @@ def test_https_with_a_wrong_ca_is_tls_failed(orthanc_web, cfg, tmp_path, tls_fil
     detail = next(iter(got.values())).detail
     assert "certificate not verified" in detail and "web.ca_bundle" in detail, detail
     assert peer.get("/statistics")["CountInstances"] == 0
+
+
+RSS_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from pdimport import settings
+from pdimport.model import SendItem
+from pdimport.send import deliver, parse_dest
+import pdimport.web.stow, httpx, pydicom  # imported before the baseline
+
+args = json.loads(Path(sys.argv[1]).read_text())
+items = [SendItem(**{**i, "path": Path(i["path"])}) for i in args["items"]]
+cfg = settings.defaults().replace(state_dir=args["state"], web__auth="basic",
+    web__username=args["user"], web__password_file=args["password"],
+    web__stow_batch_mb=1024, web__stow_batch_files=1000)
+out = []
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+deliver(parse_dest(args["url"]), items, cfg, out.append, Path(args["state"]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_kb": before, "after_kb": after, "states": [o.state for o in out]}))
+"""
+
+
+def test_one_large_request_is_streamed_in_bounded_memory(orthanc_web, tmp_path) -> None:
+    """30 instances of 4 MB in one request: the sender's peak RSS grows by
+    far less than the 126 MB it posts (the body is read from the spool as
+    it goes out, never held whole)."""
+    import subprocess
+    import sys
+
+    peer = orthanc_web()
+    items = ct_items(tmp_path, 30, rows=1448)
+    payload = sum(i.size for i in items)
+    args = tmp_path / "args.json"
+    args.write_text(
+        json.dumps(
+            {
+                "items": [{**i.__dict__, "path": str(i.path)} for i in items],
+                "state": str(tmp_path / "state"),
+                "url": peer.web_url,
+                "user": ORTHANC_USER[0],
+                "password": secret(tmp_path, "password", ORTHANC_USER[1]),
+            }
+        )
+    )
+    (tmp_path / "state").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    probe = json.loads(done.stdout)
+    assert probe["states"] == ["sent"] * len(items)
+    grew = (probe["after_kb"] - probe["before_kb"]) * 1024
+    print(f"posted {payload / 1e6:.0f} MB in one request; peak RSS grew {grew / 1e6:.1f} MB")
+    assert payload > 120e6
+    assert grew < payload / 5

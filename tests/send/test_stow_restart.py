@@ -106,3 +106,38 @@ def test_killed_mid_delivery_resends_nothing_acknowledged(orthanc_web, tmp_path:
         f"killed after {len(before)} received, {len(acknowledged)} journaled; "
         f"second run sent {len(again)}, {len(set(before) & set(again))} of them again"
     )
+
+
+def test_import_reports_an_instance_orthanc_rejects(orthanc_web, tmp_path: Path) -> None:
+    """The job is partial; the rejected instance is failed with its reason in
+    the report, the journal keeps the two stored ones, and a second import
+    sends only the rejected one again."""
+    peer, log = counted(orthanc_web, tmp_path)
+    disc = tmp_path / "disc"
+    paths = make_ct_series(disc, 3, patient_id="STOWREJ")
+    ds = dcmread(paths[1])
+    del ds.SeriesInstanceUID  # Orthanc cannot index it
+    ds.save_as(paths[1])
+    bad = str(ds.SOPInstanceUID)
+    config = tmp_path / "pdimport.toml"
+    config.write_text(
+        f'[web]\nauth = "basic"\nusername = "{ORTHANC_USER[0]}"\n'
+        f'password_file = "{secret(tmp_path, "password", ORTHANC_USER[1])}"\n'
+    )
+    command = [sys.executable, "-m", "pdimport", "import", str(disc), "--dest", peer.web_url,
+               "--config", str(config), "--state-dir", str(tmp_path / "state"), "--json"]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 1, first.stderr[-2000:]
+    report = json.loads(first.stdout)
+    assert report["status"] == "partial"
+    states = {i["sop_instance_uid"]: i["state"] for i in report["instances"]}
+    assert states.pop(bad) == "failed" and set(states.values()) == {"sent"}
+    (problem,) = [p for p in report["problems"] if p["code"] == "store_failed"]
+    assert "FailureReason 0xC000" in problem["detail"] and peer.web_url[9:] in problem["detail"]
+    second = json.loads(
+        subprocess.run(command, capture_output=True, text=True, timeout=300, check=False).stdout
+    )
+    assert second["counts"]["already_sent"] == 2
+    assert [i["state"] for i in second["instances"] if i["sop_instance_uid"] == bad] == ["failed"]
+    # the two stored went once (Orthanc fails the other before its Lua filter sees it)
+    assert sorted(received(log)) == sorted(states)

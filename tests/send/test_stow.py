@@ -532,3 +532,17 @@ def test_one_large_request_is_streamed_in_bounded_memory(orthanc_web, tmp_path) 
     print(f"posted {payload / 1e6:.0f} MB in one request; peak RSS grew {grew / 1e6:.1f} MB")
     assert payload > 120e6
     assert grew < payload / 5
+
+
+def test_https_without_our_client_certificate_is_failed_with_the_reason(
+    orthanc_web, cfg, tmp_path, tls_files
+) -> None:
+    """nginx answers 400 with an HTML page and no Store Instances Response:
+    failed at once (not resent within the delivery), its words in the detail."""
+    peer = orthanc_web(tls=tls_files, client_cert=True)
+    settings = basic(cfg, tmp_path).replace(web__ca_bundle=str(tls_files.ca))
+    got = run(peer.web_url, ct_items(tmp_path, 2), settings, tmp_path)
+    assert {(o.state, o.code) for o in got.values()} == {("failed", "store_failed")}
+    detail = next(iter(got.values())).detail
+    assert "HTTP 400 without a Store Instances Response" in detail
+    assert "No required SSL certificate was sent" in detail, detail

@@ -11,6 +11,7 @@ OAuth 2.0 flow resends the request after a 401).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,6 +167,18 @@ def parse_response(body: bytes) -> dict[str, Any]:
     if isinstance(doc, list) and len(doc) == 1:
         doc = doc[0]
     return doc if isinstance(doc, dict) else {}
+
+
+def has_module(doc: dict[str, Any]) -> bool:
+    """Whether `doc` is a Store Instances Response (either sequence present)."""
+    return FAILED_SOP_SEQUENCE in doc or REFERENCED_SOP_SEQUENCE in doc
+
+
+def brief(body: bytes, limit: int = 160) -> str:
+    """What an error page says, in one line: tags dropped, blanks folded."""
+    text = re.sub(r"<[^>]*>", " ", body[: 4 * limit].decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    return text[:limit] or "(empty body)"
 
 
 def outcomes(parts: list[Part], http_status: int, doc: dict[str, Any]) -> list[SendOutcome]:

@@ -264,6 +264,18 @@ def _post(
     if rsp.status_code in (401, 403) and not doc:
         detail = f"{dest.key}: HTTP {rsp.status_code}: credentials refused (check web.auth)"
         return _all(parts, Stop("failed", "auth_refused", detail))
+    if 400 <= rsp.status_code < 500 and not multipart.has_module(doc):
+        # The request refused as a whole (400 from a proxy that wants a
+        # client certificate, 413, 415) with no word on any instance:
+        # failed, not unknown, so that it is not sent again and again within
+        # this delivery; a later import sends it again.
+        detail = (
+            f"{dest.key}: HTTP {rsp.status_code} without a Store Instances Response: "
+            f"{multipart.brief(rsp.content)}"
+        )
+        return [
+            SendOutcome(p.item.key, "failed", None, "store_failed", detail) for p in parts
+        ], None
     return multipart.outcomes(parts, rsp.status_code, doc), None
 
 

@@ -1,11 +1,15 @@
 """A thin stand-in for a Cloud PDI FHIR R4 repository, on a real HTTP server
 (uvicorn), for the tests only.
 
-Why not a real FHIR server: none installs from the registries here in a form
-a test can start in seconds on 2 cores (HAPI FHIR is a Spring Boot
-application assembled from Maven artefacts, with a JVM and a database; no
-Debian or PyPI package carries a FHIR server). This app implements exactly
-the part of FHIR R4 the reference profile uses:
+Why not a real FHIR server (checked for this issue): Debian has no FHIR
+server package (``apt-cache search fhir`` finds nothing); HAPI FHIR's JPA
+server is a Java application from Maven, not a registry this project's
+machines reach; npm's node-fhir-server-core is a framework whose resource
+handlers one writes oneself (a stand-in again, in another language); on PyPI
+``fhirsnake`` 1.1.0 (105 lines) has no search by identifier and no raw Binary
+reads and pins uvicorn < 0.31 against our 0.55, and the others found are
+clients, MCP bridges or servers tied to a whole EHR (GNU Health). This app
+implements exactly the part of FHIR R4 the reference profile uses:
 
 * ``POST /token``: OAuth 2.0 client credentials (RFC 6749 §4.4), client
   authenticated by HTTP Basic; a bearer token back.

@@ -172,6 +172,7 @@ def test_tampered_chunk_is_refused(tmp_path, appliance, sender, storescp, capsys
     token = make_token(appliance.cert_pem, token_fields(up.document_id, up.password))
     rep = add_refused(capsys, tmp_path, appliance, storescp(), token, "chunk_tampered")
     assert "chunk 1" in rep["problems"][0]["detail"]
+    assert "SHA-256" in rep["problems"][0]["detail"]  # caught by the manifest, before the tag
     assert rep["source"]["cloudpdi"]["document_id"] == up.document_id
     assert list((appliance.state / "cloudpdi" / "tmp").iterdir()) == []  # nothing half-made kept
 
@@ -200,7 +201,8 @@ def test_unknown_document_and_wrong_password(tmp_path, appliance, sender, stores
     add_refused(capsys, tmp_path, appliance, scp, token, "document_not_found")
     # a wrong password fails the first chunk's GCM tag
     token = make_token(appliance.cert_pem, token_fields(up.document_id, "wrong"))
-    add_refused(capsys, tmp_path, appliance, scp, token, "chunk_tampered")
+    rep = add_refused(capsys, tmp_path, appliance, scp, token, "chunk_tampered")
+    assert "chunk 0" in rep["problems"][0]["detail"] and "tag" in rep["problems"][0]["detail"]
 
 
 def test_garbage_and_unreadable_qr_are_malformed(tmp_path, appliance, storescp, capsys):

@@ -81,10 +81,12 @@ def qr_text(image: Path) -> bytes:
 def cmd_token(args: argparse.Namespace, cfg: Any) -> int:
     if not cfg.dest:
         raise ValueError("no destination: give --dest URL or set 'dest' in the config")
+    from pdimport.policy.rules import parse_routes
     from pdimport.send import parse_dest
 
     for url in cfg.dest:
-        parse_dest(url)
+        parse_dest(url)  # usage errors before the token is touched, as for import
+    parse_routes(list(cfg.route), parse_dest)
     from pdimport.cloudpdi.channel import Channel
     from pdimport.cloudpdi.profile import ProfileError
 

@@ -110,6 +110,22 @@ def test_token_file_imports_the_package_once(tmp_path, appliance, sender, stores
     assert len(scp.files()) == 4
 
 
+def test_pacs_down_then_the_same_token_again_resumes_the_job(
+    tmp_path, appliance, sender, storescp, capsys
+):
+    from fixtures_peers import free_port
+
+    up = upload(tmp_path, sender)
+    token = tmp_path / "token.p7m"
+    token.write_bytes(make_token(appliance.cert_pem, token_fields(up.document_id, up.password)))
+    rc, first = add(capsys, appliance, f"dicom://NOBODY@127.0.0.1:{free_port()}", str(token))
+    assert rc == 1 and first["status"] == "waiting_for_destination", first["problems"]
+    scp = storescp()
+    rc, second = add(capsys, appliance, scp.url, str(token))
+    assert rc == 0 and second["job"] == first["job"]
+    assert len(scp.files()) == 4
+
+
 def test_token_text_on_stdin(tmp_path, appliance, sender, storescp, capsys, monkeypatch):
     up = upload(tmp_path, sender)
     der = make_token(appliance.cert_pem, token_fields(up.document_id, up.password))

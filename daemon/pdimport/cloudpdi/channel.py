@@ -22,7 +22,7 @@ from typing import Any
 
 from pdimport.cloudpdi.profile import Profile, Token, load_profile
 from pdimport.job.importer import Importer, JobResult
-from pdimport.job.lifecycle import FINAL_JOB_STATES, JobState
+from pdimport.job.lifecycle import JobState
 from pdimport.problems import CodedError
 from pdimport.settings import Settings
 from pdimport.store.journal import Job
@@ -30,6 +30,10 @@ from pdimport.store.journal import Job
 log = logging.getLogger(__name__)
 
 SOURCE_KIND = "netpdi"
+#: A document whose job ended so is not fetched again; after ``partial`` or
+#: ``failed`` it is (what was acknowledged is not sent again, as for a disc
+#: imported twice), and an unfinished job is resumed.
+_DONE = frozenset({JobState.IMPORTED, JobState.HELD, JobState.DISCARDED})
 
 
 class NetPdiImporter(Importer):
@@ -126,7 +130,7 @@ class Channel:
             repository.close()
 
     def _earlier(self, token: Token) -> JobResult | None:
-        """The job of this document already done (not failed), if any: a
+        """The job of this document already done (:data:`_DONE`), if any: a
         second token add delivers nothing new and says which job it was.
         An unfinished one is resumed by :meth:`NetPdiImporter.start_job`
         (the spool keeps what it read)."""
@@ -135,7 +139,7 @@ class Channel:
             for job in importer.journal.jobs(limit=1_000_000):
                 if job.source_key != token.source_key or job.mode != "import":
                     continue
-                if job.state in FINAL_JOB_STATES and job.state != JobState.FAILED:
+                if job.state in _DONE:
                     report = importer.journal.report(job.id)
                     if report is not None:
                         log.info("document %s was imported as job %s", token.document_id, job.id)

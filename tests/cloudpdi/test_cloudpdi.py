@@ -302,3 +302,14 @@ def test_download_memory_is_bounded_by_the_chunk_not_the_package(tmp_path, appli
         tracemalloc.stop()
     assert path.read_bytes() == package
     assert peak < 8 << 20, f"{peak / 2**20:.1f} MB"
+
+
+def test_without_keys_or_repository_the_command_says_what_is_missing(tmp_path, capsys):
+    token = tmp_path / "t.p7m"
+    token.write_bytes(b"\x30\x03abc")
+    state = tmp_path / "state"
+    args = ["token", "add", str(token), "--state-dir", str(state), "--dest", "file:///dev/null/x"]
+    assert main(args) == 2
+    assert "pdimport keys generate" in capsys.readouterr().err
+    assert main(["token", "add", str(token), "--state-dir", str(state)]) == 64  # no --dest
+    assert "no destination" in capsys.readouterr().err

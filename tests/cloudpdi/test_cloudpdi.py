@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudpdi_sender import Sender, make_token, qr_png, token_fields
 from cryptography.hazmat.primitives.serialization import Encoding
 from fixtures_cloudpdi import CLIENT_ID, CLIENT_SECRET
 from fixtures_dicom import make_ct_series
 from fixtures_media import make_zip
-from sender import Sender, make_token, qr_png, token_fields
 
 from pdimport.cli import main
 

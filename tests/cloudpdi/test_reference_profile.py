@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudpdi_sender import make_token, token_fields
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-from sender import make_token, token_fields
 
 from pdimport import settings as settings_mod
 from pdimport.cloudpdi import keys

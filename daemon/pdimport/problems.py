@@ -225,6 +225,26 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "an unexpected error in pdimport itself; the rest of the medium went on",
     ),
+    # --- Cloud PDI (pdimport.cloudpdi): a refused token delivers nothing ---
+    "token_malformed": ("error", "the Cloud PDI token is not a token (bad encoding or fields)"),
+    "token_undecryptable": (
+        "error",
+        "the Cloud PDI token is not encrypted to this appliance's key (or is damaged)",
+    ),
+    "token_expired": ("error", "the Cloud PDI token's expiry has passed"),
+    "repository_unreachable": (
+        "error",
+        "the Cloud PDI repository could not be reached or refused us (network, TLS, OAuth)",
+    ),
+    "document_not_found": ("error", "the Cloud PDI repository has no document with that ID"),
+    "manifest_invalid": (
+        "error",
+        "the Cloud PDI manifest is unusable (not JSON, unknown cipher, a part elsewhere)",
+    ),
+    "chunk_tampered": (
+        "error",
+        "a Cloud PDI chunk does not match its manifest hash or its AES-GCM tag",
+    ),
 }
 
 

@@ -303,6 +303,8 @@ class AuditLog:
         }
         if f.get("facility"):
             ctx["facility"] = f["facility"]
+        if f.get("consent"):  # a Cloud PDI token says it: every record of the job carries it
+            ctx["consent"] = f["consent"]
         return {"medium": ctx["medium"]}
 
     def _on_read_completed(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:

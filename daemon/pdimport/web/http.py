@@ -44,7 +44,10 @@ class ClientCredentials(httpx.Auth):
     fetched from ``token_url`` when there is none or it expires within 30 s,
     and once more when the resource server answers 401 (revoked early)."""
 
-    requires_response_body = True
+    # False: httpx would otherwise read every response whole before the flow
+    # sees it, a download included (a Cloud PDI chunk, a WADO-RS study); only
+    # the token endpoint's answer is read, in _accept().
+    requires_response_body = False
 
     def __init__(self, token_url: str, client_id: str, secret: str, scope: str = "") -> None:
         self.token_url = token_url
@@ -67,6 +70,7 @@ class ClientCredentials(httpx.Auth):
         )
 
     def _accept(self, response: httpx.Response) -> None:
+        response.read()
         if response.status_code != 200:
             raise httpx.HTTPStatusError(
                 f"OAuth token endpoint answered {response.status_code}",

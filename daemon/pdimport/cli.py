@@ -113,7 +113,7 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
 #: common)`` and ``HANDLERS`` (command -> handler(args, cfg) -> exit status).
 #: They are imported whenever the parser is built (``--help`` included), so
 #: they import nothing heavy at module level.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("pdimport.cloudpdi.cli",)
 
 
 def _extensions() -> list[Any]:

@@ -7,8 +7,8 @@ import re
 from pdimport.settings_decl import ALL, Setting
 
 #: Commands that deliver: an import, or a person's decision on a held job.
-_IMPORT = ("import", "release", "discard")
-_SEND = ("import", "daemon", "release", "discard")
+_IMPORT = ("import", "release", "discard", "token")
+_SEND = ("import", "daemon", "release", "discard", "token")
 _DAEMON = ("daemon",)
 #: ``HOST:PORT`` or ``[IPv6]:PORT`` (the console checks the address itself).
 _LISTEN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
@@ -442,6 +442,64 @@ SETTINGS: tuple[Setting, ...] = (
         min_open=True,
     ),
     Setting("web.connections", int, 4, "keep-alive connections per HTTP peer", min=1, max=64),
+    Setting(
+        "web.stow_batch_files",
+        int,
+        50,
+        "instances per STOW-RS request at most (a dicomweb+ URL's ?batch=N wins)",
+        min=1,
+        max=10000,
+    ),
+    Setting(
+        "web.stow_batch_mb",
+        int,
+        64,
+        "megabytes per STOW-RS request at most (one larger instance goes alone)",
+        min=1,
+    ),
+    # Cloud PDI (pdimport.cloudpdi): the token channel beside the drives
+    Setting(
+        "cloudpdi.profile",
+        str,
+        "",
+        "TOML profile naming the token decoder, repository client and package "
+        "decryptor (empty: the packaged reference profile)",
+        flag="--cloudpdi-profile",
+        commands=("token",),
+        metavar="FILE",
+    ),
+    Setting(
+        "cloudpdi.repository",
+        str,
+        "",
+        "base URL of the Cloud PDI FHIR R4 repository, e.g. https://host/fhir "
+        "(authenticated by the web.* settings, OAuth 2.0 as HS043 describes)",
+        flag="--repository",
+        commands=("token",),
+        metavar="URL",
+    ),
+    Setting(
+        "cloudpdi.max_chunk_mb",
+        int,
+        64,
+        "largest encrypted chunk accepted, MB (one chunk is held in memory to decrypt it)",
+        min=1,
+        max=1024,
+    ),
+    Setting(
+        "cloudpdi.max_package_mb",
+        int,
+        16384,
+        "largest reassembled package accepted, MB",
+        min=1,
+    ),
+    Setting(
+        "cloudpdi.clock_skew",
+        float,
+        300.0,
+        "seconds of clock difference forgiven when checking a token's issue date and expiry",
+        min=0,
+    ),
     # DICOMweb intake (pdimport.web.medium, pdimport.web.poller)
     Setting(
         "intake.qido_url",

@@ -77,6 +77,16 @@ PROBLEM_WORDS_JA: dict[str, str] = {
     "store_warning": "送信先は警告ステータス付きで保存しました",
     "outcome_unknown": "C-STORE の応答が届きませんでした。再送します",
     "write_failed": "送信先フォルダへの書き込みに失敗しました",
+    "tls_failed": "HTTPS の相手の証明書を CA で検証できないか、相手がこちらの証明書を拒否しました",
+    "auth_refused": "HTTP の相手または OAuth 2.0 トークン発行元が認証情報を拒否しました",
     "disk_full": "装置のディスクまたはジャーナルが満杯です。取り込みを一時停止しました（データは失われません）",
     "internal_error": "pdimport 内部の予期しないエラーです。媒体の残りは処理を続けました",
+    # --- Cloud PDI
+    "token_malformed": "クラウドPDIのトークンではありません（符号化または項目が不正）",
+    "token_undecryptable": "クラウドPDIのトークンがこの装置の鍵宛てに暗号化されていないか、壊れています",
+    "token_expired": "クラウドPDIのトークンの有効期限が切れています",
+    "repository_unreachable": "クラウドPDIのリポジトリに接続できないか、拒否されました（ネットワーク、TLS、OAuth）",
+    "document_not_found": "クラウドPDIのリポジトリにその文書IDの文書がありません",
+    "manifest_invalid": "クラウドPDIの文書のマニフェストが使えません（JSONでない、未対応の暗号、リポジトリ外の参照）",
+    "chunk_tampered": "クラウドPDIのチャンクがマニフェストのハッシュまたは AES-GCM の認証タグと一致しません",
 }

@@ -34,6 +34,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         ("bench_decode", "decode throughput side by side"),
         ("bench_scan", "header scan side by side (ratio = peer time / numba time)"),
         ("bench_e2e", "whole processes side by side (ratio = peer's time ÷ this row's)"),
+        ("bench_dicomweb", "DICOMweb intake side by side (ratio = reference time ÷ this row's)"),
     ):
         module = sys.modules.get(name)
         if module is not None and module.RESULTS:

@@ -246,21 +246,28 @@ def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancPeer]]:
     ``Authorization: Bearer <bearer>`` and speaks Basic to Orthanc (a
     resource server behind an OAuth 2.0 gateway). ``peer.web_url`` is the
     DICOMweb root as pdimport spells it (``dicomweb+http(s)://...``).
+    ``extra``: more Orthanc configuration (``LuaScripts`` ...).
     """
     if not os.access(DICOMWEB_PLUGIN, os.R_OK):
         pytest.skip("orthanc-dicomweb not installed")
     with ExitStack() as stack:
         count = iter(range(1000))
 
-        def start(tls: Any = None, client_cert: bool = False, bearer: str = "") -> OrthancPeer:
+        def start(
+            tls: Any = None,
+            client_cert: bool = False,
+            bearer: str = "",
+            extra: dict[str, Any] | None = None,
+        ) -> OrthancPeer:
             root = tmp_path / f"orthanc-web-{next(count)}"
-            extra: dict[str, Any] = {
+            config: dict[str, Any] = {
                 "Plugins": [DICOMWEB_PLUGIN],
                 "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
                 "AuthenticationEnabled": True,
                 "RegisteredUsers": {ORTHANC_USER[0]: ORTHANC_USER[1]},
+                **(extra or {}),
             }
-            peer = stack.enter_context(_orthanc(root, extra))
+            peer = stack.enter_context(_orthanc(root, config))
             if tls is not None or bearer:
                 stack.enter_context(_nginx_front(root / "nginx", peer, tls, client_cert, bearer))
             return peer

@@ -113,7 +113,7 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
 #: common)`` and ``HANDLERS`` (command -> handler(args, cfg) -> exit status).
 #: They are imported whenever the parser is built (``--help`` included), so
 #: they import nothing heavy at module level.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("pdimport.cloudpdi.cli",)
 
 
 def _extensions() -> list[Any]:
@@ -358,10 +358,15 @@ def cmd_import(args: argparse.Namespace, cfg: Any) -> int:
 
 def _require_sources(sources: Sequence[str]) -> None:
     """A source that does not exist is a usage error (64), not a failed job."""
+    from pdimport.web.dicomweb import is_dicomweb, parse_url
+
     for source in sources:
-        if not os.path.exists(source):
+        if is_dicomweb(source):
+            parse_url(source)  # ValueError: not …/studies/UID[/series/UID]
+        elif not os.path.exists(source):
             raise ValueError(
-                f"no such source: {source} (a folder, .iso/.img, .zip or block device)"
+                f"no such source: {source} (a folder, .iso/.img, .zip, block device "
+                "or dicomweb+http(s)://…/studies/UID)"
             )
 
 

@@ -49,6 +49,20 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "a directory leads back to itself or has a bad extent: the entries below it are missing",
     ),
+    # --- DICOMweb intake (QIDO-RS / WADO-RS) ------------------------------
+    "remote_unreachable": (
+        "error",
+        "the DICOMweb server could not be reached or the connection broke; imported again later",
+    ),
+    "remote_refused": ("error", "the DICOMweb server answered an HTTP error status"),
+    "remote_answer_invalid": (
+        "error",
+        "the DICOMweb server's search answer is not valid DICOM JSON (or lacks UIDs)",
+    ),
+    "multipart_malformed": (
+        "error",
+        "a WADO-RS answer is not a well-formed multipart/related body (boundary, headers, end)",
+    ),
     # --- DICOMDIR ---------------------------------------------------------
     "dicomdir_invalid": (
         "warning",
@@ -199,10 +213,24 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "the object had to be decompressed for the destination and could not be",
     ),
-    "store_failed": ("error", "the destination answered a C-STORE with a failure status"),
+    "store_failed": (
+        "error",
+        "the destination answered a C-STORE (or STOW-RS) with a failure status",
+    ),
     "store_warning": ("warning", "the destination stored the object with a warning status"),
-    "outcome_unknown": ("warning", "no C-STORE response arrived; the object will be sent again"),
+    "outcome_unknown": (
+        "warning",
+        "no C-STORE response (or STOW-RS answer for it) arrived; the object will be sent again",
+    ),
     "write_failed": ("error", "writing to a file destination failed"),
+    "tls_failed": (
+        "error",
+        "the HTTPS peer's certificate did not verify against the CA bundle, or it refused ours",
+    ),
+    "auth_refused": (
+        "error",
+        "the HTTP peer or its OAuth 2.0 token endpoint refused our credentials",
+    ),
     "disk_full": (
         "error",
         "the appliance's disk or journal could not take more; intake paused, nothing lost",
@@ -214,6 +242,26 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "internal_error": (
         "error",
         "an unexpected error in pdimport itself; the rest of the medium went on",
+    ),
+    # --- Cloud PDI (pdimport.cloudpdi): a refused token delivers nothing ---
+    "token_malformed": ("error", "the Cloud PDI token is not a token (bad encoding or fields)"),
+    "token_undecryptable": (
+        "error",
+        "the Cloud PDI token is not encrypted to this appliance's key (or is damaged)",
+    ),
+    "token_expired": ("error", "the Cloud PDI token's expiry has passed"),
+    "repository_unreachable": (
+        "error",
+        "the Cloud PDI repository could not be reached or refused us (network, TLS, OAuth)",
+    ),
+    "document_not_found": ("error", "the Cloud PDI repository has no document with that ID"),
+    "manifest_invalid": (
+        "error",
+        "the Cloud PDI manifest is unusable (not JSON, unknown cipher, a part elsewhere)",
+    ),
+    "chunk_tampered": (
+        "error",
+        "a Cloud PDI chunk does not match its manifest hash or its AES-GCM tag",
     ),
 }
 

@@ -33,6 +33,8 @@ ALL = (
     "discard",
     "expect",
     "user",
+    "keys",
+    "token",
 )
 
 

@@ -7,8 +7,8 @@ import re
 from pdimport.settings_decl import ALL, Setting
 
 #: Commands that deliver: an import, or a person's decision on a held job.
-_IMPORT = ("import", "release", "discard")
-_SEND = ("import", "daemon", "release", "discard")
+_IMPORT = ("import", "release", "discard", "token")
+_SEND = ("import", "daemon", "release", "discard", "token")
 _DAEMON = ("daemon",)
 #: ``HOST:PORT`` or ``[IPv6]:PORT`` (the console checks the address itself).
 _LISTEN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
@@ -459,5 +459,96 @@ SETTINGS: tuple[Setting, ...] = (
         "this station's name in a shared journal (the jobs whose spool it holds); "
         "empty for the host name",
         max=64,
+    ),
+    Setting(
+        "web.stow_batch_files",
+        int,
+        50,
+        "instances per STOW-RS request at most (a dicomweb+ URL's ?batch=N wins)",
+        min=1,
+        max=10000,
+    ),
+    Setting(
+        "web.stow_batch_mb",
+        int,
+        64,
+        "megabytes per STOW-RS request at most (one larger instance goes alone)",
+        min=1,
+    ),
+    # Cloud PDI (pdimport.cloudpdi): the token channel beside the drives
+    Setting(
+        "cloudpdi.profile",
+        str,
+        "",
+        "TOML profile naming the token decoder, repository client and package "
+        "decryptor (empty: the packaged reference profile)",
+        flag="--cloudpdi-profile",
+        commands=("token",),
+        metavar="FILE",
+    ),
+    Setting(
+        "cloudpdi.repository",
+        str,
+        "",
+        "base URL of the Cloud PDI FHIR R4 repository, e.g. https://host/fhir "
+        "(authenticated by the web.* settings, OAuth 2.0 as HS043 describes)",
+        flag="--repository",
+        commands=("token",),
+        metavar="URL",
+    ),
+    Setting(
+        "cloudpdi.max_chunk_mb",
+        int,
+        64,
+        "largest encrypted chunk accepted, MB (one chunk is held in memory to decrypt it)",
+        min=1,
+        max=1024,
+    ),
+    Setting(
+        "cloudpdi.max_package_mb",
+        int,
+        16384,
+        "largest reassembled package accepted, MB",
+        min=1,
+    ),
+    Setting(
+        "cloudpdi.clock_skew",
+        float,
+        300.0,
+        "seconds of clock difference forgiven when checking a token's issue date and expiry",
+        min=0,
+    ),
+    # DICOMweb intake (pdimport.web.medium, pdimport.web.poller)
+    Setting(
+        "intake.qido_url",
+        str,
+        "",
+        "QIDO-RS study search the daemon polls, e.g. "
+        "dicomweb+https://host/dicom-web/studies?ModalitiesInStudy=CT (empty: none)",
+        validate=lambda v: not v or v.lower().startswith(("dicomweb+http://", "dicomweb+https://")),
+        allowed="a dicomweb+http(s)://…/studies URL",
+    ),
+    Setting(
+        "intake.qido_interval",
+        float,
+        300.0,
+        "seconds between two searches of intake.qido_url",
+        min=1,
+    ),
+    Setting(
+        "intake.qido_page_size",
+        int,
+        500,
+        "matches asked for per QIDO-RS request (limit/offset paging)",
+        min=1,
+        max=10000,
+    ),
+    Setting(
+        "intake.wado_retries",
+        int,
+        3,
+        "times a WADO-RS retrieve broken off mid-instance is taken up again",
+        min=0,
+        max=100,
     ),
 )

@@ -468,3 +468,21 @@ def test_from_settings_keeps_the_head_without_a_journal_argument(tmp_path: Path)
     journal = Journal(tmp_path / "journal.sqlite")
     assert journal.audit_head(audit.TRAIL)[0] == 1
     journal.close()
+
+
+def test_dicomweb_destination_is_named_by_its_url() -> None:
+    """A STOW-RS destination has no AE title: its audit participant is the
+    URL (no AETITLES= alternative, no AE-title type code), on its host."""
+    url = "dicomweb+https://pacs.example.org:8443/dicom-web"
+    assert audit.aet_of(url) == (url, "pacs.example.org")
+    assert audit.aet_of("dicom://PACS@10.0.0.5:104") == ("PACS", "10.0.0.5")
+    assert audit.aet_of("file:///srv/out") == ("", "")
+    node = auditsyslog.Node(aet="PDIMPORT", source_id="pdimport-test", site_id="HOSP")
+    xml = auditsyslog.instances_transferred_message(node, url, "pacs.example.org", [])
+    root = ET.fromstring(xml)
+    parts = {ap.find("RoleIDCode").get("csd-code"): ap for ap in root.iterfind("ActiveParticipant")}
+    dest = parts["110152"]
+    assert dest.get("UserID") == url
+    assert dest.get("AlternativeUserID") is None
+    assert dest.find("UserIDTypeCode") is None
+    assert dest.get("NetworkAccessPointTypeCode") == "1"

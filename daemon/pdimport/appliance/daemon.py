@@ -9,6 +9,8 @@ Threads (each blocks on its own queue; none sleep-polls):
   (:mod:`pdimport.job.lifecycle`): confirm the medium, lock the tray, read it into
   the spool, deliver, eject. A slow or failing disc delays only its own drive;
 * ``watch-folder`` imports dropped ISO images, zip packages and folders;
+* ``qido-poller`` turns the studies a QIDO-RS search finds into jobs
+  (:mod:`pdimport.web.poller`, when ``intake.qido_url`` is set);
 * ``delivery-retry`` re-delivers jobs whose destination was down, with
   exponential back-off, until the PACS answers;
 * ``console`` serves the operator console (:mod:`pdimport.console`) under
@@ -57,6 +59,7 @@ from pdimport.store.db import POSTGRESQL, JournalUnavailable
 from pdimport.store.fsutil import DiskFull, atomic_write
 from pdimport.store.journal import Job, open_journal
 from pdimport.store.spool import Spool
+from pdimport.web.poller import QidoLedger, QidoPoller
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +286,7 @@ class Daemon:
         self.udev: udev.UdevSource | None = None
         self.watch: WatchFolder | None = None
         self._watch_ledger: WatchLedger | None = None
+        self.qido: QidoPoller | None = None
         self.control: ControlListener | None = None
         self.console: ConsoleServer | None = None
         self.group: GroupMember | None = None
@@ -359,6 +363,10 @@ class Daemon:
             watch = self.watch
             self.runner.journal.subscribe(lambda t: watch.job_changed(t.machine, t.target))
             self.watch.start()
+        if self.cfg.get("intake.qido_url"):  # DICOMweb studies: jobs as watch-folder entries
+            ledger = QidoLedger(self.cfg.state_path / "qido.sqlite")
+            self.qido = QidoPoller(self.cfg, ledger, self._watch_import, self.stop)
+            self.qido.start()
 
     def _recover(self) -> None:
         """Jobs fully read before a stop continue from the spool at once."""
@@ -431,6 +439,8 @@ class Daemon:
             alive = alive and self.udev.is_alive()
         if self.watch is not None:
             alive = alive and self.watch.is_alive()
+        if self.qido is not None:
+            alive = alive and self.qido.is_alive()
         return alive
 
     def _shutdown(self) -> None:
@@ -453,10 +463,11 @@ class Daemon:
             self.control.stop(max(0.1, deadline - time.monotonic()))
         if self.console is not None:
             self.console.stop(max(0.1, deadline - time.monotonic()))
-        for thread in [self.router, self.retrier, *workers]:
+        threads = [self.router, self.retrier, *workers, *([self.qido] if self.qido else [])]
+        for thread in threads:
             if thread.is_alive():
                 thread.join(max(0.1, deadline - time.monotonic()))
-        stuck = [t.name for t in [self.router, self.retrier, *workers] if t.is_alive()]
+        stuck = [t.name for t in threads if t.is_alive()]
         if stuck:
             # A delivery in flight: every acknowledged instance is in the
             # journal already; the rest is sent at the next start.
@@ -484,7 +495,7 @@ class Daemon:
         if self.watch is not None:
             self.board.queue("watch", self.watch.pending())
 
-    def _watch_import(self, path: Path) -> WatchResult | None:
+    def _watch_import(self, path: Path | str) -> WatchResult | None:
         try:
             job = self.runner.read(str(path))
         except Interrupted:

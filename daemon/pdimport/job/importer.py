@@ -67,6 +67,7 @@ from pdimport.settings import Settings
 from pdimport.store.fsutil import DiskFull, check_free
 from pdimport.store.journal import Job, Journal, open_journal
 from pdimport.store.spool import Spool
+from pdimport.web.dicomweb import without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,8 @@ class Importer:
         """
         try:
             medium = open_medium(source, self.settings, workdir=self.spool.tmp)
-        except MediumOpenError as exc:
-            return self.unusable(source, exc.code, exc.detail, mode)
+        except MediumOpenError as exc:  # the report never shows a URL's credentials
+            return self.unusable(without_credentials(source), exc.code, exc.detail, mode)
         try:
             job = self.start_job(medium, source, mode)
             log.info(
@@ -239,7 +240,11 @@ class Importer:
         return job
 
     def start_job(self, medium: Any, source: str, mode: str) -> Job:
-        key = source_key(medium.kind, source, medium.label, getattr(medium, "size", None))
+        # A remote medium names itself (a normalised URL, no credentials).
+        key = getattr(medium, "source_key", "") or source_key(
+            medium.kind, source, medium.label, getattr(medium, "size", None)
+        )
+        source = medium.path if getattr(medium, "source_key", "") else source
         job = self.journal.find_unfinished(key, mode)
         if job is not None:
             log.info("resuming job %s for %s", job.id, source)
@@ -287,7 +292,8 @@ class Importer:
                     rec
                     and rec.state == "read"
                     and rec.sha256
-                    and self.spool.has(rec.sha256, entry.size)
+                    # a remote medium lists no sizes (0): the content hash decides
+                    and self.spool.has(rec.sha256, entry.size or None)
                 ):
                     writer.already_spooled(entry.path, rec.sha256)  # read before a restart
                     meter.add(files=1, nbytes=entry.size)

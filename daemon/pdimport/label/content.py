@@ -410,11 +410,34 @@ def _footer_lines(report: dict[str, Any], drive: str, now: datetime | None) -> l
         )
         if x
     )
+    lines = [Line(first, 6.5, kind="facility")]
+    token = source.get("cloudpdi")
+    if token:
+        lines.append(Line(cloudpdi_line(token), 6.5, kind="cloudpdi"))
     return [
-        Line(first, 6.5, kind="facility"),
+        *lines,
         Line(second, 6.5, kind="where"),
         Line(f"Job {report.get('job') or '-'}", 6.5, kind="job"),
     ]
+
+
+def cloudpdi_line(token: dict[str, Any]) -> str:
+    """A Cloud PDI token's sender, receiver, issue date and consent."""
+    parts = [f"クラウドPDI Cloud PDI {token.get('document_id') or '-'}"]
+    who = " → ".join(
+        x
+        for x in (
+            " ".join(x for x in (token.get("sending_facility"), token.get("sender")) if x),
+            token.get("receiver") or "",
+        )
+        if x
+    )
+    if who:
+        parts.append(f"送信 {who}")
+    if token.get("issued"):
+        parts.append(f"発行 issued {str(token['issued'])[:10]}")
+    parts.append(f"同意 consent {token.get('consent') or '不明 unknown'}")
+    return "  ".join(parts)
 
 
 def _report_time(report: dict[str, Any]) -> datetime | None:

@@ -28,6 +28,7 @@ from pdimport.media.udf import UdfMedium
 from pdimport.model import Medium, MediumEntry, MediumReadError
 from pdimport.problems import Problem
 from pdimport.settings import Settings
+from pdimport.web.dicomweb import is_dicomweb
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,9 @@ def open_medium(source: str, settings: Settings, workdir: Path | None = None) ->
     Parameters
     ----------
     source : str
-        A folder, an ISO 9660/UDF image file, a block device or a zip package.
+        A folder, an ISO 9660/UDF image file, a block device, a zip package,
+        or a study on a DICOMweb server
+        (``dicomweb+http(s)://host/path/studies/UID[/series/UID]``).
     settings : Settings
         Supplies the ``limits.*`` caps.
     workdir : Path, optional
@@ -173,6 +176,10 @@ def open_medium(source: str, settings: Settings, workdir: Path | None = None) ->
         ``unreadable_medium`` when the source is missing, of an unknown kind,
         or cannot be parsed at all.
     """
+    if is_dicomweb(source):  # a study on a DICOMweb server: no packages inside
+        from pdimport.web.medium import DicomwebMedium
+
+        return DicomwebMedium(source, settings)
     medium = open_medium_flat(source, settings)
     if not any(is_package_name(e.path) for e in medium.entries()):
         return medium

@@ -97,10 +97,14 @@ def manifest_digest(files: list[tuple[str, str | None]]) -> str:
 
 
 def aet_of(dest: str) -> tuple[str, str]:
-    """(AE title, host) of a ``dicom://AET@host:port`` destination, else ("", "")."""
+    """(who, host) of a destination: the AE title of ``dicom://AET@host:port``,
+    the URL itself of a DICOMweb one (``dicomweb+https://host/path``: its
+    audit participant is named by URI), else ("", "")."""
     parts = urlsplit(dest or "")
-    if parts.scheme.startswith("dicom"):
+    if parts.scheme == "dicom":
         return parts.username or "", parts.hostname or ""
+    if parts.scheme.startswith("dicomweb+"):
+        return dest, parts.hostname or ""
     return "", ""
 
 
@@ -300,6 +304,8 @@ class AuditLog:
         }
         if f.get("facility"):
             ctx["facility"] = f["facility"]
+        if f.get("consent"):  # a Cloud PDI token says it: every record of the job carries it
+            ctx["consent"] = f["consent"]
         return {"medium": ctx["medium"]}
 
     def _on_read_completed(self, ctx: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:

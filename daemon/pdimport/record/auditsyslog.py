@@ -93,6 +93,7 @@ KIND_ALIASES = {
     "dir": "uri",
     "zip": "uri",
     "folder": "uri",
+    "dicomweb": "uri",  # a study retrieved from a DICOMweb server
 }
 
 
@@ -295,14 +296,15 @@ def instances_transferred_message(
         alt=f"AETITLES={node.aet}",
         user_type=USER_AE_TITLE,
     )
+    by_uri = "://" in dest_aet  # a DICOMweb destination: its URL, no AE title
     _participant(
         root,
         dest_aet,
         ROLE_DESTINATION,
         requestor=False,
         host=dest_host,
-        alt=f"AETITLES={dest_aet}",
-        user_type=USER_AE_TITLE,
+        alt="" if by_uri else f"AETITLES={dest_aet}",
+        user_type=None if by_uri else USER_AE_TITLE,
     )
     _source_id(root, node)
     _studies(root, [st for p in patients for st in p.get("studies") or []])

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send.dest import Destination, DicomDest, FileDest, parse_dest
+from pdimport.send.dest import Destination, DicomDest, FileDest, WebDest, parse_dest
 from pdimport.send.files import send_files
 
-__all__ = ["Destination", "DicomDest", "FileDest", "deliver", "parse_dest"]
+__all__ = ["Destination", "DicomDest", "FileDest", "WebDest", "deliver", "parse_dest"]
 
 
 def deliver(
@@ -29,12 +29,12 @@ def deliver(
 
     Parameters
     ----------
-    dest : DicomDest or FileDest
+    dest : DicomDest, FileDest or WebDest
         From :func:`parse_dest`.
     items : list of SendItem
         Spooled Part 10 files to deliver.
     settings : pdimport.settings.Settings
-        Network timeouts, calling AE title.
+        Network timeouts, calling AE title, ``web.*``.
     on_outcome : callable
         Receives each item's outcome the moment it is known (journal it).
     workdir : pathlib.Path
@@ -48,5 +48,10 @@ def deliver(
         send_dicom(dest, items, settings, on_outcome, workdir)
     elif isinstance(dest, FileDest):
         send_files(dest, items, settings, on_outcome, workdir)
+    elif isinstance(dest, WebDest):
+        # httpx and the decode pool: as lazily as for dicom://
+        from pdimport.web.stow import send_stow
+
+        send_stow(dest, items, settings, on_outcome, workdir)
     else:
         raise TypeError(f"unknown destination {dest!r}")

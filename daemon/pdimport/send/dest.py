@@ -1,4 +1,5 @@
-"""Destination URLs: ``dicom://AET@host:port`` and ``file:///path``.
+"""Destination URLs: ``dicom://AET@host:port``, ``file:///path`` and
+``dicomweb+http(s)://host[:port]/path`` (STOW-RS).
 
 A destination is a plain value. Its :attr:`key` is the normalised URL; the
 journal records deliveries under it, so two spellings of one destination
@@ -11,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 _DICOM_URL = re.compile(
     r"^dicom://(?P<aet>[^@/?]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})"
@@ -76,7 +77,47 @@ class FileDest:
         return self.key
 
 
-Destination = DicomDest | FileDest
+#: ``?syntaxes=`` of a DICOMweb destination: which transfer syntaxes it takes
+#: as they are; everything else is decoded to Explicit VR Little Endian first.
+WEB_SYNTAXES = ("all", "uncompressed")
+
+
+@dataclass(frozen=True)
+class WebDest:
+    """A DICOMweb origin server that takes STOW-RS (PS3.18 10.5).
+
+    ``base_url`` is the service root (``http(s)://host:port/path``);
+    instances are posted to ``<base_url>/studies``. Options on the URL
+    query: ``batch=N`` instances per request (0 = ``web.stow_batch_files``),
+    ``connections=N`` requests in parallel (0 = ``web.connections``),
+    ``syntaxes=all|uncompressed`` (what the server takes without decoding).
+    Credentials never go in the URL (they would land in the journal and the
+    audit trail): the ``web.*`` settings name the files that hold them.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    batch: int = 0
+    connections: int = 0
+    syntaxes: str = "all"
+
+    kind = "dicomweb"
+
+    @property
+    def key(self) -> str:
+        return f"dicomweb+{self.scheme}://{self.host}:{self.port}{self.path}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+Destination = DicomDest | FileDest | WebDest
 
 
 def parse_dest(url: str) -> Destination:
@@ -90,11 +131,12 @@ def parse_dest(url: str) -> Destination:
         characters; percent-escapes allowed, e.g. ``%20``; options
         ``nodelay=0|1``, ``quickack=0|1``, ``associations=N`` joined by
         ``&``) or
-        ``file:///absolute/path``.
+        ``file:///absolute/path`` or
+        ``dicomweb+http(s)://host[:port]/path[?batch=N&connections=N&syntaxes=all|uncompressed]``.
 
     Returns
     -------
-    DicomDest or FileDest
+    DicomDest, FileDest or WebDest
 
     Raises
     ------
@@ -107,8 +149,11 @@ def parse_dest(url: str) -> Destination:
         return _parse_dicom(text)
     if scheme == "file":
         return _parse_file(text)
+    if scheme in ("dicomweb+http", "dicomweb+https"):
+        return _parse_web(text)
     raise ValueError(
-        f"destination {url!r}: unknown scheme, expected dicom://AET@host:port or file:///path"
+        f"destination {url!r}: unknown scheme, expected dicom://AET@host:port, "
+        "file:///path or dicomweb+http(s)://host/path"
     )
 
 
@@ -190,3 +235,74 @@ def _parse_file(url: str) -> FileDest:
     if not norm.startswith("/") or norm == "/":
         raise ValueError(f"destination {url!r}: the path must be an absolute folder, not /")
     return FileDest(path=Path(norm))
+
+
+def _parse_web(url: str) -> WebDest:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"destination {url!r}: {exc}") from None
+    scheme = parts.scheme.lower().removeprefix("dicomweb+")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            # not echoed: the URL holds a secret
+            "destination: no credentials in a dicomweb+ URL; set web.auth and "
+            "web.password_file / web.token_file instead"
+        )
+    if parts.fragment:
+        raise ValueError(f"destination {url!r}: a fragment is not allowed")
+    host = _web_host(parts, url)
+    path = _web_path(parts.path, url)
+    return WebDest(
+        scheme=scheme,
+        host=host,
+        port=port or (443 if scheme == "https" else 80),
+        path=path,
+        **_web_options(parts.query, url),
+    )
+
+
+def _web_host(parts: SplitResult, url: str) -> str:
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"destination {url!r}: no host")
+    if ":" in host:  # IPv6, bracketed again as the URL wants it
+        return f"[{host}]"
+    return _check_host(host, url)
+
+
+def _web_path(raw: str, url: str) -> str:
+    """The service root path, normalised: no empty, ``.`` or ``..`` segments,
+    percent-escapes decoded and re-encoded one way."""
+    segments = []
+    for seg in filter(None, raw.split("/")):
+        value = unquote(seg)
+        if value in (".", "..") or any(ord(c) < 0x21 or c in "/\\" for c in value):
+            raise ValueError(
+                f"destination {url!r}: path segment {value!r} is '.', '..' or has a "
+                "blank, a slash or a control character"
+            )
+        segments.append(quote(value, safe="@:+-._~!$&'()*,;="))
+    return "".join(f"/{seg}" for seg in segments)
+
+
+def _web_options(query: str, url: str) -> dict:
+    options: dict = {}
+    for part in filter(None, query.split("&")):
+        name, _, value = part.partition("=")
+        name, value = name.lower(), unquote(value).lower()
+        if name in ("batch", "connections"):
+            top = 10000 if name == "batch" else 64
+            if not value.isdigit() or not 1 <= int(value) <= top:
+                raise ValueError(f"destination {url!r}: {name} must be 1..{top}")
+            options[name] = int(value)
+        elif name == "syntaxes":
+            if value not in WEB_SYNTAXES:
+                raise ValueError(f"destination {url!r}: syntaxes must be all or uncompressed")
+            options[name] = value
+        else:
+            raise ValueError(
+                f"destination {url!r}: unknown option {name!r} (batch, connections, syntaxes)"
+            )
+    return options

@@ -24,12 +24,12 @@ import logging
 import os
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
 from pdimport.send.dicom import Batch, NetSettings, give_back, plan_batches
-from pdimport.send.link import Link, LinkDown, converted_path, decode_failed, new_link
+from pdimport.send.link import LinkDown, converted_path, decode_failed, new_link
 from pdimport.send.pool import send_parallel
 from pdimport.transcode import decode
 
@@ -151,8 +151,15 @@ def send_batch(
     return None
 
 
+class Converts(Protocol):
+    """What :func:`converted_ahead` asks of a link: the syntax an item must
+    be converted to (a C-STORE :class:`Link`, a STOW-RS destination)."""
+
+    def conversion_target(self, item: SendItem) -> str | None: ...
+
+
 def converted_ahead(
-    link: Link, items: list[SendItem], workdir: Path, budget_mb: int | None = None
+    link: Converts, items: list[SendItem], workdir: Path, budget_mb: int | None = None
 ) -> Generator[tuple[SendItem, SendOutcome | None]]:
     """`items` in order, each with None (send it) or its ``decode_failed`` outcome.
 
@@ -191,7 +198,7 @@ def converted_ahead(
             stream.close()
 
 
-def _pool_plan(link: Link, items: list[SendItem], workdir: Path) -> dict[str, list[int]]:
+def _pool_plan(link: Converts, items: list[SendItem], workdir: Path) -> dict[str, list[int]]:
     """Conversion target -> indices of the items to decode for it, in order.
 
     Items with a converted copy already (a resend) are not decoded again.

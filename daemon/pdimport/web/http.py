@@ -44,7 +44,10 @@ class ClientCredentials(httpx.Auth):
     fetched from ``token_url`` when there is none or it expires within 30 s,
     and once more when the resource server answers 401 (revoked early)."""
 
-    requires_response_body = True
+    # False: httpx would otherwise read every response whole before the flow
+    # sees it, a download included (a Cloud PDI chunk, a WADO-RS study); only
+    # the token endpoint's answer is read, in _accept().
+    requires_response_body = False
 
     def __init__(self, token_url: str, client_id: str, secret: str, scope: str = "") -> None:
         self.token_url = token_url
@@ -67,6 +70,7 @@ class ClientCredentials(httpx.Auth):
         )
 
     def _accept(self, response: httpx.Response) -> None:
+        response.read()
         if response.status_code != 200:
             raise httpx.HTTPStatusError(
                 f"OAuth token endpoint answered {response.status_code}",
@@ -84,15 +88,22 @@ class ClientCredentials(httpx.Auth):
         self._expires = time.monotonic() + float(body.get("expires_in", 300))
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # The lock is held across the token request: requests running in
+        # parallel (web.connections) wait for one token instead of each
+        # fetching its own. httpx drives this generator in the requesting
+        # thread and closes it on error, so the lock is always released.
         with self._lock:
-            stale = not self._token or time.monotonic() > self._expires - 30
-        if stale:
-            self._accept((yield self._token_request()))
-        request.headers["Authorization"] = f"Bearer {self._token}"
+            if not self._token or time.monotonic() > self._expires - 30:
+                self._accept((yield self._token_request()))
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            self._accept((yield self._token_request()))
-            request.headers["Authorization"] = f"Bearer {self._token}"
+            with self._lock:
+                if self._token == token:  # not renewed by another request meanwhile
+                    self._accept((yield self._token_request()))
+                token = self._token
+            request.headers["Authorization"] = f"Bearer {token}"
             yield request
 
 

@@ -46,7 +46,6 @@ __all__ = [
     "SilentSCP",
     "cfg",
     "free_port",
-    "journal_argv",
     "orthanc",
     "orthanc_web",
     "receiver",
@@ -515,39 +514,23 @@ def silent_scp(tmp_path: Path) -> Iterator[Callable[..., SilentSCP]]:
 
 # ------------------------------------------------------------- sender settings
 @pytest.fixture
-def cfg(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+def cfg(tmp_path: Path) -> Any:
     """Default settings with a state folder under tmp_path and short network
     timeouts (a test that waits, waits seconds, not minutes).
 
-    With ``PDIMPORT_TEST_JOURNAL=postgresql`` the journal is a fresh
-    database on the session's PostgreSQL (``pg_url``): the second CI pass
-    runs the job-level tests against the shared-journal backend.
+    With ``PDIMPORT_TEST_JOURNAL=postgresql`` its ``journal.url`` (like every
+    default's, see ``fixtures_pg.journal_backend``) is a fresh database on
+    the session's PostgreSQL.
     """
     from pdimport import settings as settings_mod
 
-    journal_url = ""
-    if os.environ.get("PDIMPORT_TEST_JOURNAL", "sqlite") == "postgresql":
-        journal_url = request.getfixturevalue("pg_url")
     return settings_mod.defaults().replace(
         state_dir=str(tmp_path / "state"),
         network__connection_timeout=3.0,
         network__acse_timeout=5.0,
         network__dimse_timeout=10.0,
         network__network_timeout=10.0,
-        journal__url=journal_url,
     )
-
-
-def journal_argv(cfg: Any) -> list[str]:
-    """Command-line arguments that point ``pdimport`` at ``cfg``'s journal:
-    ``--config`` with a file setting ``journal.url`` when it is set (the
-    PostgreSQL pass), nothing otherwise (the state folder's SQLite file)."""
-    url = cfg.get("journal.url")
-    if not url:
-        return []
-    path = cfg.state_path.parent / "journal.toml"
-    path.write_text(f'[journal]\nurl = "{url}"\n', encoding="utf-8")
-    return ["--config", str(path)]
 
 
 # ------------------------------------------------------------------ receiver

@@ -8,6 +8,10 @@
   port); :meth:`PgServer.kill` is the power cut.
 * ``pg_url`` (function): a fresh empty database on that server, as a
   ``postgresql://user@127.0.0.1:port/dbname`` URL.
+* ``journal_backend`` (autouse): with ``PDIMPORT_TEST_JOURNAL=postgresql``,
+  the default of ``journal.url`` is the test's ``pg_url``, so every journal
+  the test opens through the settings (the ``cfg`` fixture, ``defaults()``,
+  the CLI in-process) is on PostgreSQL: the second CI pass.
 
 PostgreSQL refuses to run as root, and CI runs as root: the server then runs
 as the ``postgres`` system user (``runuser``) in a folder it owns. Tests skip
@@ -16,6 +20,7 @@ only when PostgreSQL is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -30,7 +35,15 @@ from pathlib import Path
 import pytest
 from fixtures_peers import free_port
 
-__all__ = ["PgServer", "pg_bin", "pg_url", "postgres", "start_postgres"]
+__all__ = [
+    "PgServer",
+    "journal_backend",
+    "journal_config",
+    "pg_bin",
+    "pg_url",
+    "postgres",
+    "start_postgres",
+]
 
 #: The superuser initdb creates; tests connect as it (trust, loopback only).
 PG_USER = "pdimport"
@@ -177,3 +190,37 @@ def pg_url(postgres: PgServer) -> Iterator[str]:
     if not postgres.running():
         postgres.start()
     postgres.drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def journal_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``sqlite``, or with ``PDIMPORT_TEST_JOURNAL=postgresql`` a test
+    whose ``journal.url`` defaults to a fresh database (``pg_url``)."""
+    backend = os.environ.get("PDIMPORT_TEST_JOURNAL", "sqlite")
+    if backend == "sqlite":
+        return backend
+    if backend != "postgresql":
+        raise pytest.UsageError(f"PDIMPORT_TEST_JOURNAL={backend!r}: sqlite or postgresql")
+    from pdimport import settings
+
+    url = request.getfixturevalue("pg_url")
+    table = tuple(
+        dataclasses.replace(s, default=url) if s.name == "journal.url" else s
+        for s in settings.SETTINGS
+    )
+    monkeypatch.setattr(settings, "SETTINGS", table)
+    return backend
+
+
+def journal_config(folder: Path) -> list[str]:
+    """``--config FILE`` for a ``pdimport`` started as a subprocess (which
+    the monkeypatched default of :func:`journal_backend` does not reach):
+    a file setting this test's ``journal.url``, or nothing on SQLite."""
+    from pdimport.settings import defaults
+
+    url = defaults().get("journal.url")
+    if not url:
+        return []
+    path = folder / "journal.toml"
+    path.write_text(f'[journal]\nurl = "{url}"\n', encoding="utf-8")
+    return ["--config", str(path)]

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fixtures_dicom import make_ct_series
-from fixtures_peers import journal_argv
 
 from pdimport.cli import main
 from pdimport.console.app import ConsoleDeps, create_app
@@ -69,7 +68,6 @@ def held_disc(tmp_path: Path, cfg, storescp, capsys) -> HeldDisc:
     dest = f"dicom://PACS@127.0.0.1:{pacs.port}"
     cfg = cfg.replace(dest=[dest], reconcile__sources=[f"csv://{table}"])
     argv = ["import", str(src), "--json", "--state-dir", str(cfg.state_path), "--dest", dest]
-    argv += journal_argv(cfg)
     assert main([*argv, "--identity", f"csv://{table}"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "held" and report["hold_reasons"] == ["multi_patient"]

@@ -28,6 +28,7 @@ from fixtures_dicom import (
     make_raw,
 )
 from fixtures_media import make_iso
+from fixtures_pg import journal_config
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from test_scan import BROKEN
@@ -468,6 +469,7 @@ def test_sigkill_mid_send_then_restart_delivers_each_instance_once(tmp_path, sto
         scp.url,
         "--state-dir",
         str(state),
+        *journal_config(tmp_path),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

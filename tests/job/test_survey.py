@@ -30,7 +30,7 @@ from test_import import run_cli
 from pdimport.job.importer import Importer
 from pdimport.job.survey import Survey
 from pdimport.settings import defaults
-from pdimport.store.journal import Journal
+from pdimport.store.journal import open_journal
 
 #: What only the spooled inventory knows: content hashes, and the repairs a
 #: send would make (the survey leaves those to ``pdimport import``).
@@ -119,7 +119,7 @@ def test_the_survey_copies_nothing_and_keeps_the_job(medium: Path, tmp_path: Pat
     assert rc == 1 and rep["status"] == "held" and rep["mode"] == "scan"  # two patients
     spool = state / "spool"
     assert not spool.exists() or not any(p.is_file() for p in spool.rglob("*"))
-    journal = Journal(state / "journal.sqlite")
+    journal = open_journal(defaults(), state)
     try:
         job = journal.job(rep["job"])
         assert job is not None and job.state == "scanned"

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,8 @@ import pytest
 from fixtures_dicom import make_ct_series, make_truncated_pixel_data
 
 from pdimport.cli import main
+from pdimport.settings import defaults
+from pdimport.store.journal import open_journal
 from pdimport.store.spool import Spool, tmp_prefix
 
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
@@ -71,9 +72,9 @@ def test_a_delivery_the_journal_does_not_record_is_listed(tmp_path, state, store
         capsys, "import", str(tmp_path / "disc"), "--dest", scp.url, "--state-dir", str(state)
     )
     uid = rep["instances"][0]["sop_instance_uid"]
-    with sqlite3.connect(state / "journal.sqlite") as db:
-        db.execute("DELETE FROM deliveries WHERE sop_instance_uid=?", (uid,))
-    db.close()
+    journal = open_journal(defaults(), state)  # SQLite in state, or the PG pass's database
+    journal.db.execute("DELETE FROM deliveries WHERE sop_instance_uid=?", (uid,))
+    journal.close()
     rc, verdict = _cli(capsys, "jobs", "--verify", rep["job"], "--state-dir", str(state))
     assert rc == 1 and not verdict["holds"]
     [lost] = verdict["unaccounted"]
@@ -110,7 +111,7 @@ CHILD = textwrap.dedent(
     from pdimport.job.importer import Importer
     from pdimport.settings import defaults
 
-    source, state, marker = sys.argv[1:4]
+    source, state, marker, journal_url = sys.argv[1:5]
 
     class Stall:
         def __init__(self, fp, stall):
@@ -135,7 +136,7 @@ CHILD = textwrap.dedent(
         def __getattr__(self, name):
             return getattr(self.medium, name)
 
-    imp = Importer(defaults().replace(state_dir=state))
+    imp = Importer(defaults().replace(state_dir=state, journal__url=journal_url))
     imp.read_source(source, wrap=Medium)
     """
 )
@@ -156,7 +157,10 @@ def test_kill_9_during_a_read_leaves_nothing_behind(tmp_path, state, storescp, c
     marker = tmp_path / "reading"
     tmp = state / "spool" / "tmp"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "disc"), str(state), str(marker)],
+        [
+            *(sys.executable, str(script), str(tmp_path / "disc"), str(state), str(marker)),
+            defaults().get("journal.url"),  # the PostgreSQL pass's database, or ""
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -3,8 +3,13 @@ SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +175,29 @@ def test_full_disk_on_sqlite_is_disk_full(tmp_path):
             db.execute("INSERT INTO t (x) VALUES (?)", (b"x" * 100_000,))
     finally:
         db.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
+def test_full_disk_on_postgresql_is_disk_full(postgres, pg_url):
+    """SQLSTATE 53100 ("could not extend file": no space left on device),
+    from a tablespace on a 2 MB tmpfs."""
+    mnt = Path(tempfile.mkdtemp(prefix="pdimport-pgfull-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        shutil.chown(mnt, "postgres", "postgres")
+        db = Database(pg_url)
+        try:
+            space = "full_" + pg_url.rsplit("/", 1)[1]
+            db.execute(f"CREATE TABLESPACE {space} LOCATION '{mnt}'")
+            db.execute(f"CREATE TABLE t (x TEXT) TABLESPACE {space}")
+            with pytest.raises(DiskFull, match="journal"):
+                for _ in range(64):  # 64 x 100 kB of incompressible text > 2 MB
+                    db.execute("INSERT INTO t (x) VALUES (?)", (os.urandom(50_000).hex(),))
+            db.execute("SELECT 1")  # the connection is still usable
+            db.execute("DROP TABLE t")
+            db.execute(f"DROP TABLESPACE {space}")
+        finally:
+            db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)

@@ -128,6 +128,13 @@ class Database:
             elif self._pg is not None:
                 self._pg.close()
 
+    def __del__(self) -> None:
+        # As sqlite3 does: a database dropped without close() closes quietly
+        # (psycopg would warn, and a journal is often dropped with its owner).
+        pg = getattr(self, "_pg", None)
+        if pg is not None and not pg.closed:
+            pg.close()
+
     # ---------------------------------------------------------- statements
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Rows:
         """Run one statement; its rows (autocommitted outside a transaction)."""

@@ -73,47 +73,62 @@ def reader(journal: Journal) -> Iterator[Any]:
         db.close()
 
 
-def stage_durations(db: Any) -> dict[str, Histogram]:
+def own(db: Any, station: str, column: str = "job_id") -> tuple[str, tuple[str, ...]]:
+    """An ``AND`` clause keeping the rows of this station's jobs, and its
+    argument. On the group's shared journal (PostgreSQL) every station
+    counts only its own jobs, so summing the stations' metrics counts each
+    job once; a SQLite journal is one station's already."""
+    if getattr(db, "dialect", "") != POSTGRESQL:
+        return "", ()
+    return f" AND {column} IN (SELECT id FROM jobs WHERE station = ?)", (station,)
+
+
+def stage_durations(db: Any, station: str = "") -> dict[str, Histogram]:
     """Seconds each job spent in each stage, one observation per stay:
     from the transition into ``reading`` / ``inventoried`` / ``delivering``
     to the job's next transition (a stage still running is not counted)."""
     out = {stage: Histogram(STAGE_BUCKETS) for stage in STAGES.values()}
+    mine, arg = own(db, station)
     rows = db.execute(
         "SELECT target, next_time - time FROM ("
         " SELECT target, time,"
         f"  LEAD(time) OVER (PARTITION BY job_id ORDER BY time, {getattr(db, 'rowid', 'rowid')})"
         " AS next_time"
-        " FROM job_events) AS e"
+        f" FROM job_events WHERE 1 = 1{mine}) AS e"
         " WHERE next_time IS NOT NULL AND target IN (?, ?, ?)",
-        tuple(STAGES),
+        (*arg, *STAGES),
     )
     for target, seconds in rows:
         out[STAGES[target]].observe(max(float(seconds), 0.0))
     return out
 
 
-def delivery_latency(db: Any) -> dict[str, Histogram]:
+def delivery_latency(db: Any, station: str = "") -> dict[str, Histogram]:
     """Per destination: seconds from a job's start (the medium inserted, the
     package seen) to each of its instances acknowledged by that destination."""
     out: dict[str, Histogram] = {}
+    mine, arg = own(db, station, "d.job_id")
     rows = db.execute(
         "SELECT d.dest, d.time - j.created FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-        " WHERE d.state = 'sent'"
+        f" WHERE d.state = 'sent'{mine}",
+        arg,
     )
     for dest, seconds in rows:
         out.setdefault(dest, Histogram(LATENCY_BUCKETS)).observe(max(float(seconds), 0.0))
     return out
 
 
-def bytes_delivered(db: Any) -> Iterable[tuple[str, int]]:
+def bytes_delivered(db: Any, station: str = "") -> Iterable[tuple[str, int]]:
     """Per destination: bytes of the originals (as read from the medium)
     whose instance it acknowledged."""
+    mine, arg = own(db, station, "d.job_id")
     return db.execute(
         "SELECT d.dest, coalesce(sum(f.size), 0) FROM deliveries d"
         " JOIN (SELECT job_id, sha256, max(size) AS size FROM files"
         "       WHERE state = 'read' GROUP BY job_id, sha256) f"
         "   ON f.job_id = d.job_id AND f.sha256 = d.sha256"
-        " WHERE d.state = 'sent' GROUP BY d.dest"
+        f" WHERE d.state = 'sent'{mine} GROUP BY d.dest",
+        arg,
     ).fetchall()
 
 

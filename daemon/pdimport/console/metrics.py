@@ -94,18 +94,26 @@ class JournalCollector:
         }
         with journal_stats.reader(self.journal) as db:
             if db is not None:
-                for state, n in db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                mine, arg = journal_stats.own(db, self.station, "id")
+                for state, n in db.execute(
+                    f"SELECT state, count(*) FROM jobs WHERE 1 = 1{mine} GROUP BY state", arg
+                ):
                     by_state[state] = n
+                mine, arg = journal_stats.own(db, self.station)
                 files = db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE state='read'"
+                    f"SELECT count(*), coalesce(sum(size), 0) FROM files WHERE state='read'{mine}",
+                    arg,
                 ).fetchone()
-                failed = db.execute("SELECT count(*) FROM files WHERE state='error'").fetchone()
+                failed = db.execute(
+                    f"SELECT count(*) FROM files WHERE state='error'{mine}", arg
+                ).fetchone()
                 delivered = db.execute(
-                    "SELECT dest, count(*) FROM deliveries WHERE state='sent' GROUP BY dest"
+                    f"SELECT dest, count(*) FROM deliveries WHERE state='sent'{mine} GROUP BY dest",
+                    arg,
                 ).fetchall()
-                durations = journal_stats.stage_durations(db)
-                latencies = journal_stats.delivery_latency(db)
-                for dest, n in journal_stats.bytes_delivered(db):
+                durations = journal_stats.stage_durations(db, self.station)
+                latencies = journal_stats.delivery_latency(db, self.station)
+                for dest, n in journal_stats.bytes_delivered(db, self.station):
                     nsent.add_metric([dest], n)
                 read.add_metric([], files[0])
                 nbytes.add_metric([], files[1])

@@ -8,6 +8,8 @@ under ``if TYPE_CHECKING:`` are for the type checker only and never run.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,18 @@ def test_no_import_cycles() -> None:
 def test_no_module_over_600_lines(name: str) -> None:
     lines = _modules()[name].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+def test_a_plain_import_loads_no_network_client_or_database_driver() -> None:
+    """``pdimport import FOLDER`` on the embedded SQLite journal starts
+    without httpx, psycopg or cryptography (60 ms and more of start-up;
+    issue 13's 1.0 s budget): only the channels that talk HTTP, PostgreSQL
+    or Cloud PDI import them."""
+    code = (
+        "import sys, pdimport.cli, pdimport.job.importer, pdimport.media;"
+        "print(sorted(m for m in ('httpx', 'psycopg', 'cryptography') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -19,10 +19,11 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:  # httpx costs 60 ms: imported only by what talks HTTP
+    import httpx
 
 from pdimport.problems import CodedError
 
@@ -194,6 +195,8 @@ def search(
     RemoteError
         Unreachable, refused, or an answer that is not a DICOM JSON array.
     """
+    import httpx
+
     offset = 0
     while offset < limit:
         page = httpx.QueryParams([*params, ("limit", str(page_size)), ("offset", str(offset))])

@@ -191,6 +191,15 @@ install_apt_packages
 stop_system_service orthanc orthanc Orthanc
 stop_system_service postgresql postgres postgres
 setup_venv
+# The scanner's kernels compiled ahead of time (pdimport.scan.aot): a scan
+# then needs no numba at run time (≈ 0.5 s less per process). Built once
+# per version of the kernels; without it numba compiles them as before.
+if "$VENV/bin/python" -m pdimport.scan.aot --check >/dev/null 2>&1; then
+    log "scan kernels: built ahead of time already"
+else
+    log "scan kernels: compiling ahead of time (python -m pdimport.scan.aot)"
+    "$VENV/bin/python" -m pdimport.scan.aot >/dev/null || log "scan kernels: not built, numba will compile them"
+fi
 log "set-up done in ${SECONDS}s"
 
 case "$MODE" in

@@ -315,13 +315,15 @@ def _importer(cfg: Any) -> Any:
 
 
 def _print(results: list[dict[str, Any]], as_json: bool) -> None:
+    from pdimport.job import report as report_mod
+
     if as_json:
-        out = results[0] if len(results) == 1 else results
-        print(json.dumps(out, ensure_ascii=False, indent=2))
+        if len(results) == 1:
+            print(report_mod.dumps(results[0]))
+        else:  # one report per source: a list of reports, each indented alike
+            print("[\n" + ",\n".join(report_mod.dumps(r) for r in results) + "\n]")
     else:
         for rep in results:
-            from pdimport.job import report as report_mod
-
             print(report_mod.summary(rep))
 
 

@@ -47,15 +47,18 @@ from pdimport.problems import Problem
 from pdimport.scan import get_scanner
 from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.numba_buffers import _Template
+from pdimport.scan.numba_decode import _PLAIN_FIELDS
 from pdimport.scan.numba_scanner import NumbaScanner
 from pdimport.scan.pydicom_scanner import PydicomScanner
 from pdimport.settings import defaults
 
 pytest.importorskip("numba")
 
+pytestmark = pytest.mark.usefixtures("kernels")  # the module runs once per kernel build
+
 
 @pytest.fixture(scope="module")
-def fast() -> NumbaScanner:
+def fast(kernels: str) -> NumbaScanner:
     scanner = NumbaScanner()
     assert scanner.is_available()
     return scanner
@@ -296,3 +299,27 @@ def test_explicit_lengths_are_checked_against_items(tmp_path: Path, fast: NumbaS
         data[at : at + 4] = struct.pack("<I", max(length - 4, 0))
     path.write_bytes(bytes(data))
     _compare(fast, [path], ["part10"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    field=st.sampled_from(sorted(_PLAIN_FIELDS.items())),
+    raw=st.from_regex(rb"\A[ !-~]{0,20}\Z")
+    | st.from_regex(rb"\A[A-Z0-9 \\^=.-]{0,16}[\0 ]{0,2}\Z"),
+    implicit=st.booleans(),
+    little=st.booleans(),
+    charset=st.sampled_from([None, b"ISO_IR 100", b"ISO_IR 192 ", b"ISO_IR 6", b"ISO_IR 13"]),
+)
+def test_plain_field_fast_path_equals_pydicom(
+    field: tuple[int, int], raw: bytes, implicit: bool, little: bool, charset: bytes | None
+):
+    scanner = NumbaScanner()
+    tag, vr = field
+    tpl = _Template()
+    tpl.implicit = implicit
+    tpl.little = little
+    tpl.charset = None if charset is None else ("CS", charset)
+    vr = 0 if implicit else vr
+    assert scanner.decoder.field(tag, vr, raw, tpl) == scanner.decoder.decode_slow(
+        tag, vr, raw, tpl
+    )

@@ -29,8 +29,6 @@ A bad file is a recorded problem, never an exception that leaves the job.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -51,14 +49,12 @@ from pdimport.job.reconcile import (
     Reconciler,
     Settled,
     all_discarded,
-    patient_instances,
 )
 from pdimport.job.spoolwriter import SpoolWriter
-from pdimport.media import MediumOpenError, open_medium
-from pdimport.media.blockdev import device_size
+from pdimport.media import MediumOpenError, open_medium, source_key
 from pdimport.model import MediumReadError, iter_chunks
 from pdimport.policy import rules as policy
-from pdimport.policy.group import Instance, Patient, group_patients
+from pdimport.policy.group import Instance, group_patients, hold_unidentified
 from pdimport.problems import Problem
 from pdimport.record.audit import AuditLog
 from pdimport.scan import get_scanner
@@ -398,7 +394,7 @@ class Importer:
             # taken as complete; a site that splits media (a sender it knows)
             # gets its named patients while the unnamed files wait.
             whole = self.settings.get("policy.multi_patient") == "hold"
-            _hold_unidentified(patients, pending if whole else [], inv.problems)
+            hold_unidentified(patients, pending if whole else [], inv.problems)
         ai_policy = self.settings.get("ai.policy")
         if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
             hold_reasons.append("ai_content")
@@ -544,33 +540,3 @@ class Importer:
 
     def close(self) -> None:
         self.journal.close()
-
-
-def _hold_unidentified(
-    patients: list[Patient], pending: list[Instance], problems: list[Problem]
-) -> None:
-    """Record the files that name no patient, and hold ``pending`` with them."""
-    paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
-    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-    problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))
-    for inst in pending:
-        if inst.state == "pending":
-            inst.state = "held"
-
-
-def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:
-    """A stable identity for "the same source again" (resume after a crash).
-
-    For a device the node alone is not enough (another disc may be in the
-    drive now): the volume label and the medium size must match too.
-    """
-    real = os.path.realpath(source)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return f"{kind}:{real}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"dir:{real}"
-    if stat.S_ISBLK(st.st_mode):
-        return f"device:{real}:{label}:{size if size is not None else device_size(real)}"
-    return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"

@@ -25,9 +25,7 @@ from pdimport.scan.identify import identify, medium_context
 from pdimport.send import repair
 from pdimport.settings import Settings
 from pdimport.store.journal import Job, Journal
-from pdimport.store.part10 import wrap_part10
 from pdimport.store.spool import Spool
-from pdimport.transcode.digest import pixel_digests
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +148,8 @@ class InventoryTaker:
         """sha256 -> (digest of the decoded pixels, why not), decoded in the
         pool's worker processes, never here."""
         try:
+            from pdimport.transcode.digest import pixel_digests  # decoders: only for copies
+
             results = pixel_digests([self.spool.path(c.send_sha256) for c in copies])
         except Exception as exc:  # no comparison: the copies clash, as they did before
             log.exception("comparing the pixels of %d copies failed", len(copies))
@@ -222,6 +222,8 @@ class InventoryTaker:
         without preamble/meta the same bytes behind correct file meta."""
         if header.encoding == "part10":
             return sha
+        from pdimport.store.part10 import wrap_part10  # pydicom: only for files to wrap
+
         return self._derive(sha, "part10", lambda src, dst: wrap_part10(src, dst, header))
 
     def _repaired(self, sha: str, header: Header, path: str, inv: Inventory) -> str:

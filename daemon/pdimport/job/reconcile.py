@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdimport.policy.group import Instance, Patient
+from pdimport.policy.group import Instance, Patient, patient_instances
 from pdimport.problems import Problem
 from pdimport.reconcile.coerce import LocalIdentity, coerce_file
 from pdimport.reconcile.match import match
@@ -66,10 +66,6 @@ class Settled:
 def all_discarded(settled: list[Settled]) -> bool:
     """A person discarded every patient of the medium (none: not discarded)."""
     return bool(settled) and all(s.action == DISCARD for s in settled)
-
-
-def patient_instances(patient: Patient) -> list[Instance]:
-    return [i for st in patient.studies.values() for se in st.series.values() for i in se.instances]
 
 
 def identity_dict(identity: LocalIdentity | None) -> dict[str, Any] | None:

@@ -220,8 +220,28 @@ def _instance(i: Any) -> dict[str, Any]:
     return out
 
 
-def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, ensure_ascii=False, indent=2)
+#: Depth from which a value is written on one line (see :func:`dumps`).
+FLAT_DEPTH = 2
+
+
+def dumps(report: Any, depth: int = 0) -> str:
+    """JSON for people and tools: indented down to the report's lists, each
+    of their items on one line (an instance, a problem, a patient).
+
+    ``json.dumps(indent=2)`` runs CPython's pure-Python encoder, ≈ 10× the
+    C one: 0.25 s for a 10,000-instance report, about a third of a whole
+    ``pdimport scan``; here the C encoder writes every line."""
+    if depth >= FLAT_DEPTH or not isinstance(report, (dict, list)) or not report:
+        return json.dumps(report, ensure_ascii=False)
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(report, dict):
+        items = [
+            f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {dumps(v, depth + 1)}"
+            for k, v in report.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    items = [inner + dumps(v, depth + 1) for v in report]
+    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ from pdimport.job.inventory import Inventory, InventoryTaker, scanned_instance
 from pdimport.job.lifecycle import JobEvent
 from pdimport.model import Header, Identity
 from pdimport.policy import rules as policy
-from pdimport.policy.group import Instance, group_patients
+from pdimport.policy.group import Instance, group_patients, hold_unidentified
 from pdimport.problems import Problem
 from pdimport.scan import get_scanner
 from pdimport.scan.dicomdir import unindexed
@@ -74,8 +74,7 @@ class Survey:
     def run(self, source: str) -> dict[str, Any] | None:
         """The scan report of ``source``, or None when the source is not a
         medium read in place (the caller then runs the importer)."""
-        from pdimport.job.importer import source_key
-        from pdimport.media import MediumOpenError, open_medium
+        from pdimport.media import MediumOpenError, open_medium, source_key
 
         try:
             medium = open_medium(source, self.settings)
@@ -126,9 +125,7 @@ class Survey:
             inv.problems.append(Problem("multi_patient", "", names))
         if len(identified) < len(patients):
             hold_reasons.append("unidentified_patient")
-            from pdimport.job.importer import _hold_unidentified
-
-            _hold_unidentified(patients, [], inv.problems)
+            hold_unidentified(patients, [], inv.problems)
         current = journal.job(job.id)
         assert current is not None
         report = report_mod.build(

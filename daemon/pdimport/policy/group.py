@@ -45,10 +45,12 @@ different value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pdimport.model import Header
+from pdimport.problems import Problem
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Patient:
     unidentified: bool = False
 
 
+@functools.lru_cache(maxsize=4096)  # a medium repeats a few names thousands of times
 def normalise_name(name: str) -> str:
     """Compare names the way a person would: case, trailing component
     separators and padding do not make a different patient (PS3.5 §6.2.1)."""
@@ -129,20 +132,31 @@ class _Identity:
 
     @classmethod
     def of(cls, h: Header) -> _Identity:
-        name = normalise_name(h.patient_name)
-        return cls(
-            h.patient_id.strip(),
-            h.issuer_of_patient_id.strip(),
-            name,
-            h.patient_birth_date.strip(),
-            h.patient_sex.strip().upper(),
-            tuple(name.split("=")) if name else (),
+        return _identity(
+            h.patient_id,
+            h.issuer_of_patient_id,
+            h.patient_name,
+            h.patient_birth_date,
+            h.patient_sex,
         )
 
     @property
     def blank(self) -> bool:
         """Names no one: sex and issuer alone identify no patient."""
         return not (self.PatientID or self.PatientName or self.PatientBirthDate)
+
+
+@functools.lru_cache(maxsize=4096)  # a medium repeats a few identities thousands of times
+def _identity(pid: str, issuer: str, name: str, birth_date: str, sex: str) -> _Identity:
+    name = normalise_name(name)
+    return _Identity(
+        pid.strip(),
+        issuer.strip(),
+        name,
+        birth_date.strip(),
+        sex.strip().upper(),
+        tuple(name.split("=")) if name else (),
+    )
 
 
 def _differ(a: str, b: str) -> bool:
@@ -317,3 +331,19 @@ def _patient(files: list[Header]) -> Patient:
         birth_date=first("patient_birth_date"),
         sex=first("patient_sex"),
     )
+
+
+def patient_instances(patient: Patient) -> list[Instance]:
+    return [i for st in patient.studies.values() for se in st.series.values() for i in se.instances]
+
+
+def hold_unidentified(
+    patients: list[Patient], pending: list[Instance], problems: list[Problem]
+) -> None:
+    """Record the files that name no patient, and hold ``pending`` with them."""
+    paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))
+    for inst in pending:
+        if inst.state == "pending":
+            inst.state = "held"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdimport.convert import SUBTYPES, PatientContext, convert_file, mark_ai
 from pdimport.model import Header
 from pdimport.policy.classify import (
     DEFAULT_AI_PATTERNS,
@@ -87,13 +86,13 @@ def detect_ai(instances: list[Instance], spool_path: Callable[[str], Path], rule
     reading every CT slice again would cost a pydicom parse per file for
     nothing. A file that cannot be read keeps the kind its class gave it.
     """
-    from pydicom import dcmread
-
     rules = as_rules(rules)
     for inst in instances:
         uid = inst.header.sop_class_uid
         evidence = class_evidence(uid) if inst.kind == "ai" else ""
         if _worth_reading(inst):
+            from pydicom import dcmread  # here: a medium of plain images never needs it
+
             try:
                 ds = dcmread(spool_path(inst.send_sha256), stop_before_pixels=True)
                 inst.kind, evidence = classify_with_evidence(ds, rules)
@@ -144,6 +143,8 @@ def mark_ai_instances(
     the change recorded in Original Attributes Sequence (PS3.3 C.12.1.1.9)."""
     from pydicom import dcmread
 
+    from pdimport.convert import mark_ai
+
     problems: list[Problem] = []
     for inst in instances:
         if inst.kind != "ai" or inst.state != "pending":
@@ -180,6 +181,9 @@ def convert_other_content(
     problems: list[Problem] = []
     if not other:
         return instances, converted, problems
+    # the builders import pydicom and PIL: only a medium with Other Content pays for them
+    from pdimport.convert import SUBTYPES, PatientContext, convert_file
+
     _study_extras(patients_headers, store)
     try:
         ctx = PatientContext.from_headers(patients_headers)

@@ -8,6 +8,9 @@ Plain Python and numpy: importing it does not import numba.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 # ------------------------------------------------------------- statuses
@@ -149,10 +152,30 @@ def vr_table() -> np.ndarray:
     return t
 
 
-def dictionary_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def dictionary_tables() -> tuple[np.ndarray, ...]:
     """pydicom's data dictionary as arrays for implicit VR (PS3.5 §7.1.3):
     sorted tags with their class bits, then the repeater masks in
-    :func:`pydicom.datadict.mask_match` order (first match wins)."""
+    :func:`pydicom.datadict.mask_match` order (first match wins).
+
+    Kept beside the kernels built ahead of time (:mod:`~pdimport.scan.aot`)
+    once made, keyed by pydicom's dictionary file and this module: making
+    them imports pydicom, ≈ 0.2-0.3 s a process that needs nothing else of it."""
+    from pdimport.scan import cachedir
+
+    return cachedir.cached_arrays(
+        "dictionary", [_dictionary_source(), Path(__file__)], _dictionary_tables
+    )
+
+
+def _dictionary_source() -> Path:
+    """pydicom's dictionary module, found without importing pydicom."""
+    spec = importlib.util.find_spec("pydicom")
+    if spec is None or spec.origin is None:
+        raise ImportError("pydicom is not installed")
+    return Path(spec.origin).with_name("_dicom_dict.py")
+
+
+def _dictionary_tables() -> tuple[np.ndarray, ...]:
     from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
     from pydicom.datadict import masks
 

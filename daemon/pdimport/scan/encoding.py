@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from pydicom.datadict import dictionary_has_tag
-
 from pdimport.problems import FileProblem
 from pdimport.scan.syntax import (
     EXPLICIT_BE,
@@ -90,6 +88,8 @@ def _first_element_fits(prefix: bytes, little: bool, implicit: bool, end: int | 
     inside the file, and for implicit VR, which has no VR bytes to check,
     its tag is a group length (gggg,0000) or in the data dictionary (PS3.6)."""
     if implicit:
+        from pydicom.datadict import dictionary_has_tag  # here: pydicom costs ~0.2 s to import
+
         tag = _tag(prefix[0:8], little)
         if tag & 0xFFFF and not dictionary_has_tag(tag):
             return False

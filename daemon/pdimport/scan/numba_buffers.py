@@ -31,13 +31,18 @@ _KERNELS: Any = None
 
 
 def _kernels() -> Any:
-    """The numba kernels (:mod:`~pdimport.scan._nbbatch`), imported on first
-    use (importing numba costs ~0.3 s)."""
+    """The kernels, on first use: compiled ahead of time when there is a
+    build of this code (:mod:`~pdimport.scan.aot`), else numba's
+    (:mod:`~pdimport.scan._nbbatch`; importing numba costs ~0.3 s)."""
     global _KERNELS
     if _KERNELS is None:
-        from pdimport.scan import _nbbatch
+        from pdimport.scan import aot
 
-        _KERNELS = _nbbatch
+        _KERNELS = aot.load()
+        if _KERNELS is None:
+            from pdimport.scan import _nbbatch
+
+            _KERNELS = _nbbatch
     return _KERNELS
 
 

@@ -25,20 +25,41 @@ _ENCODINGS = ("part10", "implicit_le", "explicit_le", "explicit_be")
 _FIELD_TAGS: dict[str, int] = {}
 
 
-def _tag_of(keyword: str) -> int:
-    from pydicom.datadict import tag_for_keyword
-
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    return int(tag)
-
+#: The tags of those keywords (PS3.6), written out: looking them up would
+#: import pydicom (≈ 0.2-0.3 s) into every scan that never needs it. A test
+#: holds this table to pydicom's dictionary.
+KEYWORD_TAGS: dict[str, int] = {
+    "PatientID": 0x00100020,
+    "IssuerOfPatientID": 0x00100021,
+    "PatientName": 0x00100010,
+    "PatientBirthDate": 0x00100030,
+    "PatientSex": 0x00100040,
+    "StudyInstanceUID": 0x0020000D,
+    "StudyDate": 0x00080020,
+    "StudyTime": 0x00080030,
+    "StudyDescription": 0x00081030,
+    "AccessionNumber": 0x00080050,
+    "SeriesInstanceUID": 0x0020000E,
+    "SeriesNumber": 0x00200011,
+    "SeriesDescription": 0x0008103E,
+    "Modality": 0x00080060,
+    "InstanceNumber": 0x00200013,
+    "SpecificCharacterSet": 0x00080005,
+    "InstitutionName": 0x00080080,
+    "Manufacturer": 0x00080070,
+    "ManufacturerModelName": 0x00081090,
+    "ImageType": 0x00080008,
+    "LossyImageCompression": 0x00282110,
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+}
 
 for _field, _kw in {
     **HEADER_KEYWORDS,
     "sop_class_uid": "SOPClassUID",
     "sop_instance_uid": "SOPInstanceUID",
 }.items():
-    _FIELD_TAGS[_field] = _tag_of(_kw)
+    _FIELD_TAGS[_field] = KEYWORD_TAGS[_kw]
 
 META_LIST = sorted(META_TAGS)  # File Meta tags (PS3.10 §7.1)
 DS_LIST = sorted(set(_FIELD_TAGS.values()) | set(GEOMETRY_TAGS))  # dataset tags

@@ -55,7 +55,7 @@ from pdimport.problems import Problem
 from pdimport.scan import _nbcodes as nb
 from pdimport.scan import walker
 from pdimport.scan.numba_batch import _POOL, _Batch, _batch_bounds, _Split
-from pdimport.scan.numba_buffers import _Walked
+from pdimport.scan.numba_buffers import _kernels, _Walked
 from pdimport.scan.numba_columns import _ENCODINGS
 from pdimport.scan.numba_decode import SeriesDecoder
 from pdimport.scan.pydicom_scanner import PydicomScanner
@@ -104,13 +104,12 @@ class NumbaScanner:
 
     # ------------------------------------------------------------ plugin
     def is_available(self) -> bool:
-        """numba imports, the walker and the reader compile (or load from
-        the cache) and a probe file reads and walks as valid."""
+        """The kernels load (built ahead of time, or numba compiles or loads
+        them from its cache) and a probe file reads and walks as valid."""
         import tempfile
 
         try:
-            from pdimport.scan import _nbbatch  # noqa: F401
-
+            _kernels()
             probe = _probe_file()
             w = _Walked(1, len(probe))
             with tempfile.NamedTemporaryFile(prefix="pdimport-probe-") as fp:

@@ -15,13 +15,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian
-
 from pdimport.transcode.codestream import CodestreamError, check_dataset
 from pdimport.transcode.decode import DecodePool
 from pdimport.transcode.reencode import TranscodeError, decoder_for
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: PS3.5 A.2 Explicit VR Little Endian (pydicom.uid's constant would import pydicom).
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
 def pixel_digest(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> str:
@@ -69,7 +69,7 @@ def pixel_digests(paths: Iterable[Path], workers: int | None = None) -> list[tup
         # dst is part of the pool's item shape only: the digest writes nothing
         return [
             (res.detail, "") if res.ok else ("", res.detail)
-            for res in pool.map(((p, p) for p in todo), ExplicitVRLittleEndian)
+            for res in pool.map(((p, p) for p in todo), EXPLICIT_VR_LE)
         ]
 
 

@@ -200,6 +200,11 @@ else
     log "scan kernels: compiling ahead of time (python -m pdimport.scan.aot)"
     "$VENV/bin/python" -m pdimport.scan.aot >/dev/null || log "scan kernels: not built, numba will compile them"
 fi
+# Bytecode for the package itself (an editable install is not compiled by
+# pip): with PYTHONDONTWRITEBYTECODE set, every command would compile its
+# modules from source again (≈ 0.1 s a process). Stale files are only
+# ignored, never wrong: Python checks each against its source.
+"$VENV/bin/python" -m compileall -q -j0 daemon/pdimport >/dev/null || log "bytecode: not compiled"
 log "set-up done in ${SECONDS}s"
 
 case "$MODE" in

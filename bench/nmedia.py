@@ -331,10 +331,11 @@ def verdict(alone: list[Round], rounds: list[Round], alone_rate: float) -> tuple
     """
     single = statistics.median(m.seconds for r in alone for m in r.media)
     ratio = statistics.median(m.seconds for r in rounds for m in r.media) / single
-    # a short delivery may fall between two samples (nan): the round's share stands
-    shares = [x for r in rounds for x in (r.cpu()[0], r.cpu(delivery_only=True)[0])]
-    busy = max(x for x in shares if not math.isnan(x))
-    mine = max(r.cpu()[1] for r in rounds)
+    # The higher of the round's share and its deliveries' (where media meet);
+    # a short delivery may fall between two samples (nan): the round's stands.
+    shares = [(*r.cpu(), *r.cpu(delivery_only=True)) for r in rounds]
+    busy = max(x for s in shares for x in s[0::2] if not math.isnan(x))
+    mine = max(x for s in shares for x in s[1::2] if not math.isnan(x))
     arrival = max(r.arrival_rate() for r in rounds)
     load = arrival / alone_rate if alone_rate > 0 else float("nan")
     wait = max(r.queue_wait() for r in rounds)

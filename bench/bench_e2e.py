@@ -440,6 +440,8 @@ def test_n_media_at_once(benchmark, nmedia_rig: nmedia.Rig):
         assert all(m.state == "imported" for r in done for m in r.media), done
         benchmark.extra_info[f"media_s_{n}"] = [round(t.seconds, 2) for t in row.runs]
         benchmark.extra_info[f"stages_{n}"] = nmedia.mean_stages(done)
+        benchmark.extra_info[f"arrival_mb_s_{n}"] = [r.arrival_rate() / 1e6 for r in done]
+        benchmark.extra_info[f"cpu_delivering_{n}"] = [r.cpu(delivery_only=True) for r in done]
     single = RESULTS[("n-media", "1 drive")].median
     for n in NMEDIA_DRIVES[1:]:
         ratio, text = nmedia.verdict(rounds[1], rounds[n], nmedia_rig.alone_rate)

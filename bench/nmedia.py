@@ -18,9 +18,9 @@ what was saturated while they ran:
   twice a second by :class:`pdimport.capacity.sampler.Sampler`), over the
   round and over the part of it in which the media were being delivered;
 * the receiver: its arrival rate (bytes acknowledged over the time some
-  medium was being delivered) against its rate alone (one disc imported from
-  the local disk, :func:`pdimport.capacity.probe.pipeline_probe`, in the same
-  run, counted the same way), and how long a medium's delivery waited for its
+  medium was being delivered) against its best rate alone (one disc imported
+  from the local disk, :func:`pdimport.capacity.probe.pipeline_probe`, and the
+  1-drive rounds, counted the same way), and how long a medium's delivery waited for its
   first acknowledgement against the 1-drive rounds (the send queue waiting).
 
 A resource at :data:`pdimport.capacity.report.SATURATED` or more of its
@@ -328,8 +328,14 @@ def verdict(alone: list[Round], rounds: list[Round], alone_rate: float) -> tuple
 
     ``alone``: the 1-drive rounds of the same run; ``alone_rate``: the
     receiver's rate with one import from the local disk (:meth:`Rig.start`).
+    The receiver is saturated when the N media's arrival rate reaches
+    :data:`SATURATED` of the best rate it had alone, or when their first
+    acknowledgements waited :data:`QUEUE_WAIT` s longer than alone.
     """
     single = statistics.median(m.seconds for r in alone for m in r.media)
+    # One probe on a shared machine is one sample: the rate alone is the best
+    # of it and the 1-drive rounds' (a medium alone too, in the same run).
+    alone_rate = max([alone_rate, *(r.arrival_rate() for r in alone)])
     ratio = statistics.median(m.seconds for r in rounds for m in r.media) / single
     # The higher of the round's share and its deliveries' (where media meet);
     # a short delivery may fall between two samples (nan): the round's stands.
@@ -346,8 +352,8 @@ def verdict(alone: list[Round], rounds: list[Round], alone_rate: float) -> tuple
     )
     saturated = []
     if busy >= SATURATED:
-        # the machine is shared: say when the CPU was mostly other work's
-        saturated.append("CPU" + (" (mostly by other work)" if mine < busy / 2 else ""))
+        # the machine is shared (and the drives and the receiver run on it too)
+        saturated.append("CPU" + (" (pdimport under half of it)" if mine < busy / 2 else ""))
     if load >= SATURATED or waited:
         saturated.append("receiver" + (" (the send queue waited)" if waited else ""))
     if ratio <= ALLOWED:

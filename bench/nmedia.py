@@ -48,6 +48,7 @@ from pdimport.capacity.mix import DiscKind, Mix, SeriesSpec
 from pdimport.capacity.report import SATURATED
 from pdimport.capacity.runner import BenchError
 from pdimport.capacity.sampler import Sample
+from pdimport.job.lifecycle import EMPTY
 
 PROFILE = drivemodel.DVD_16X
 #: Ratio of a medium's wall time among N to its time alone the issue allows.
@@ -247,7 +248,7 @@ class _Guard:
             drives = fields["status"].get("drives", {})
             for i, when in list(self.inserted.items()):
                 dev = self.devnodes.get(i, "")
-                if drives.get(dev, {}).get("state", "empty") != "empty":
+                if drives.get(dev, {}).get("state", EMPTY) != EMPTY:
                     self.seen.add(i)
                 elif i not in self.seen and time.monotonic() - when > UNSEEN:
                     raise Unseen(f"{dev}: no disc seen {UNSEEN:.0f} s after it went in")

@@ -17,6 +17,9 @@ thread that scans while the drive keeps reading, and the inventory
 (:mod:`pdimport.job.inventory`) takes those results instead of scanning again:
 the drive should be the only thing an import waits for. The results live in
 memory only: after a restart phase 2 scans from the spool, as it always could.
+A medium that can be read twice cheaply (a folder, a disc image on a local
+disk) is surveyed in place first, and when its decisions allow it, sent from
+the spool while it is still read (:mod:`~pdimport.job.overlap`).
 
 The steps live beside this module: :mod:`~pdimport.job.spoolwriter` (phase 1's
 writer thread), :mod:`~pdimport.job.prescan`, :mod:`~pdimport.job.inventory`,
@@ -29,14 +32,13 @@ A bad file is a recorded problem, never an exception that leaves the job.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pdimport.job import overlap
 from pdimport.job import report as report_mod
 from pdimport.job.deliver import Deliverer, settle
 from pdimport.job.inventory import Inventory, InventoryTaker
@@ -51,14 +53,13 @@ from pdimport.job.reconcile import (
     Reconciler,
     Settled,
     all_discarded,
-    patient_instances,
+    hold_unidentified,
 )
 from pdimport.job.spoolwriter import SpoolWriter
-from pdimport.media import MediumOpenError, open_medium
-from pdimport.media.blockdev import device_size
+from pdimport.media import MediumOpenError, open_medium, source_key
 from pdimport.model import MediumReadError, iter_chunks
 from pdimport.policy import rules as policy
-from pdimport.policy.group import Instance, Patient, group_patients
+from pdimport.policy.group import Instance, group_patients
 from pdimport.problems import Problem
 from pdimport.record.audit import AuditLog
 from pdimport.scan import get_scanner
@@ -166,7 +167,9 @@ class Importer:
         destinations = [parse_dest(d) for d in dests]
         job: Job | JobResult | None = None
         try:
-            job = self.read_source(source, mode)
+            job = self.read_source(
+                source, mode, destinations=destinations if mode == "import" else None
+            )
             if isinstance(job, JobResult):
                 return job
             return self.process(job.id, destinations, mode)
@@ -204,13 +207,15 @@ class Importer:
         mode: str = "import",
         wrap: Callable[[Any], Any] | None = None,
         on_job: Callable[[Job], None] | None = None,
+        destinations: list[Any] | None = None,
     ) -> Job | JobResult:
         """Phase 1 for a source path: open it, start (or resume) its job, read it.
 
         Returns the job, read completely, or the :class:`JobResult` of a
         failed job when the source cannot be opened at all. ``wrap`` wraps the
         opened medium (the daemon's cancellable reads); ``on_job`` is told the
-        job before its read starts.
+        job before its read starts. With ``destinations``, a medium that can
+        be read twice is delivered while it is read (:mod:`~pdimport.job.overlap`).
 
         Raises
         ------
@@ -231,7 +236,7 @@ class Importer:
                 on_job(job)
             if not job.read_complete:
                 try:
-                    self.read(job, wrap(medium) if wrap is not None else medium)
+                    self.read(job, wrap(medium) if wrap is not None else medium, destinations)
                 except DiskFull as exc:
                     exc.job = job  # for disk_full()
                     raise
@@ -256,20 +261,23 @@ class Importer:
         return job
 
     # ------------------------------------------------------------ phase 1
-    def read(self, job: Job, medium: Any) -> None:
+    def read(self, job: Job, medium: Any, destinations: list[Any] | None = None) -> None:
         """Copy every entry into the spool, in on-medium order; record each.
 
         Three things overlap so that the drive never waits for the computer:
         this thread only reads the medium; a :class:`~pdimport.job.spoolwriter.SpoolWriter`
         hashes, writes, fsyncs and journals each file; a
         :class:`~pdimport.job.prescan.PrescanWorker`
-        identifies and scans each spooled file for :meth:`process`.
+        identifies and scans each spooled file for :meth:`process`; and for
+        ``destinations``, an :class:`~pdimport.job.overlap.EarlyDelivery`
+        may send the spooled instances meanwhile.
         """
         if (self.journal.job(job.id) or job).state == JobState.READING:  # crashed mid-read
             self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
         self.journal.transition(job.id, JobEvent.START_READ)
         done = self.journal.file_map(job.id)
         entries = medium.entries()
+        early = overlap.start(self, job, medium, entries, destinations or [])
         meter = ProgressMeter(
             job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
         )
@@ -278,6 +286,7 @@ class Importer:
             self.spool,
             self.prescans.job(job.id),
             on_header=lambda header: meter.note_patient(header.patient_name),
+            on_result=early.offer if early is not None else None,
         )
         writer = SpoolWriter(self.spool, self.journal, job.id, scanner.submit)
         scanner.start()
@@ -316,8 +325,12 @@ class Importer:
                 writer.close(finish=finished)
             finally:
                 scanner.close(drain=finished and writer.error is None)
+                if early is not None:
+                    early.close(cancel=not finished)
+                    self.prescans.note_sent(job.id, early.sent)
+        problems = [*medium.problems, *(early.problems if early is not None else [])]
         self.journal.replace_job_problems(
-            job.id, iter([(p.code, p.path, p.detail) for p in medium.problems])
+            job.id, iter([(p.code, p.path, p.detail) for p in problems])
         )
         self.journal.transition(job.id, JobEvent.READ_DONE, files=len(entries))
         self.audit_event("read_completed", job=job.id, files=len(entries))
@@ -367,6 +380,7 @@ class Importer:
         if current is not None and current.state == JobState.READ:
             self.journal.transition(job.id, JobEvent.INVENTORY)
         inv = self._inventory.take(job, self.prescans.take(job.id))
+        early_sent = self.prescans.take_sent(job.id)
         pending = [i for i in inv.instances if i.state == "pending"]
         policy.detect_ai(pending, self.spool.path, policy.ai_patterns(self.settings))
         patients = group_patients(pending)
@@ -390,6 +404,8 @@ class Importer:
                     elif s.action == DISCARD and s.decision is not None:
                         inst.state = "skipped"
                         inst.detail = f"discarded by {s.decision.operator}: {s.decision.reason}"
+            if overlap.hold_changed(inv, pending, bool(self.journal.decisions(job.id))):
+                hold_reasons.append("source_changed")
         if "multi_patient" in hold_reasons:
             names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in identified)
             inv.problems.append(Problem("multi_patient", "", names))
@@ -398,7 +414,7 @@ class Importer:
             # taken as complete; a site that splits media (a sender it knows)
             # gets its named patients while the unnamed files wait.
             whole = self.settings.get("policy.multi_patient") == "hold"
-            _hold_unidentified(patients, pending if whole else [], inv.problems)
+            hold_unidentified(patients, pending if whole else [], inv.problems)
         ai_policy = self.settings.get("ai.policy")
         if ai_policy == "hold" and any(i.kind == "ai" for i in pending):
             hold_reasons.append("ai_content")
@@ -423,10 +439,11 @@ class Importer:
                 else JobEvent.DELIVER,
             )
             for dest, select in self._deliverer.routes(destinations):
-                self._deliverer.deliver(job, dest, inv, select)
+                self._deliverer.deliver(job, dest, inv, select, early_sent.get(dest.key, set()))
             settle(inv.instances)
         else:
             delivering = False
+            overlap.mark_sent(inv.instances, early_sent)
         report = report_mod.build(
             job,
             inv,
@@ -544,33 +561,3 @@ class Importer:
 
     def close(self) -> None:
         self.journal.close()
-
-
-def _hold_unidentified(
-    patients: list[Patient], pending: list[Instance], problems: list[Problem]
-) -> None:
-    """Record the files that name no patient, and hold ``pending`` with them."""
-    paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
-    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-    problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))
-    for inst in pending:
-        if inst.state == "pending":
-            inst.state = "held"
-
-
-def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:
-    """A stable identity for "the same source again" (resume after a crash).
-
-    For a device the node alone is not enough (another disc may be in the
-    drive now): the volume label and the medium size must match too.
-    """
-    real = os.path.realpath(source)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return f"{kind}:{real}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"dir:{real}"
-    if stat.S_ISBLK(st.st_mode):
-        return f"device:{real}:{label}:{size if size is not None else device_size(real)}"
-    return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"

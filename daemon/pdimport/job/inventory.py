@@ -194,7 +194,7 @@ class InventoryTaker:
                 results[i] = scanned
         for (path, sha, _enc), res in zip(dicom, results):
             assert res is not None
-            self._add_scanned(path, sha, res, inv)
+            self.add_scanned(path, sha, res, inv)
 
     def _scan_batch(self, batch: list[tuple[str, str, str]]) -> list[Header | Problem]:
         paths = [self.spool.path(sha) for _, sha, _ in batch]
@@ -204,7 +204,7 @@ class InventoryTaker:
             log.exception("scanner failed on a batch")
             return [Problem("internal_error", "", str(exc))] * len(batch)
 
-    def _add_scanned(self, path: str, sha: str, res: Header | Problem, inv: Inventory) -> None:
+    def add_scanned(self, path: str, sha: str, res: Header | Problem, inv: Inventory) -> None:
         inst = scanned_instance(path, sha, res, inv)
         if inst is None:
             return

@@ -299,3 +299,15 @@ class Reconciler:
             self.journal.record_derived(inst.send_sha256, purpose, out)
             inst.send_sha256 = out
         return problems
+
+
+def hold_unidentified(
+    patients: list[Patient], pending: list[Instance], problems: list[Problem]
+) -> None:
+    """Record the files that name no patient, and hold ``pending`` with them."""
+    paths = [i.path for p in patients if p.unidentified for i in patient_instances(p)]
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    problems.append(Problem("unidentified_patient", "", f"{len(paths)} file(s): {shown}"))
+    for inst in pending:
+        if inst.state == "pending":
+            inst.state = "held"

@@ -74,15 +74,14 @@ class Survey:
     def run(self, source: str) -> dict[str, Any] | None:
         """The scan report of ``source``, or None when the source is not a
         medium read in place (the caller then runs the importer)."""
-        from pdimport.job.importer import source_key
-        from pdimport.media import MediumOpenError, open_medium
+        from pdimport.media import MediumOpenError, open_medium, source_key
 
         try:
             medium = open_medium(source, self.settings)
         except MediumOpenError:
             return None  # the importer records the unusable medium
         try:
-            if medium.kind not in IN_PLACE_KINDS or not _nameable(medium):
+            if medium.kind not in IN_PLACE_KINDS or not nameable(medium):
                 return None
             self.state.mkdir(parents=True, exist_ok=True)
             journal = open_journal(self.settings)
@@ -126,9 +125,9 @@ class Survey:
             inv.problems.append(Problem("multi_patient", "", names))
         if len(identified) < len(patients):
             hold_reasons.append("unidentified_patient")
-            from pdimport.job.importer import _hold_unidentified
+            from pdimport.job.reconcile import hold_unidentified
 
-            _hold_unidentified(patients, [], inv.problems)
+            hold_unidentified(patients, [], inv.problems)
         current = journal.job(job.id)
         assert current is not None
         report = report_mod.build(
@@ -145,7 +144,7 @@ class Survey:
         return report
 
 
-def _nameable(medium: Any) -> bool:
+def nameable(medium: Any) -> bool:
     """Whether every file of a folder can be opened by its name: one whose
     path is longer than the kernel takes (PATH_MAX, images hundreds of folders
     deep) is read the spooled way, through directory descriptors."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pdimport.media.archive import ZipMedium
 from pdimport.media.base import ISO_IDENTIFIERS, SECTOR, MediumOpenError, SizeBudget
+from pdimport.media.blockdev import device_size
 from pdimport.media.folder import FolderMedium
 from pdimport.media.iso import IsoMedium
 from pdimport.media.nested import NestedMedium, is_package_name
@@ -51,6 +52,7 @@ __all__ = [
     "ZipMedium",
     "detect_kind",
     "open_medium",
+    "source_key",
 ]
 
 
@@ -208,3 +210,21 @@ def open_medium_flat(source: str, settings: Settings) -> Medium:
     raise MediumOpenError(
         "unreadable_medium", f"{source}: not a folder, ISO/UDF image, device or zip"
     )
+
+
+def source_key(kind: str, source: str, label: str, size: int | None = None) -> str:
+    """A stable identity for "the same source again" (resume after a crash).
+
+    For a device the node alone is not enough (another disc may be in the
+    drive now): the volume label and the medium size must match too.
+    """
+    real = os.path.realpath(source)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return f"{kind}:{real}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"dir:{real}"
+    if stat.S_ISBLK(st.st_mode):
+        return f"device:{real}:{label}:{size if size is not None else device_size(real)}"
+    return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"

@@ -19,7 +19,6 @@ import pytest
 from fixtures_dicom import make_ct_series
 from fixtures_media import make_iso
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 from test_pipelining import HookedMedium
 
 from pdimport.job import overlap
@@ -80,14 +79,17 @@ def test_delivery_starts_before_the_read_ends(tmp_path, storescp, kind) -> None:
     medium = open_medium(str(source), imp.settings)
     last = medium.entries()[-1].path
     medium.close()
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"opens": 0}
 
     def hang_on_last(job_id: str, entry: Any) -> None:
         # The drive "hangs" before the last file until instances read before
         # it are acknowledged and at the receiver: only a delivery that runs
         # during the read can ever satisfy it. (The survey of a disc image
-        # opens every file too, before anything is journaled.)
-        if entry.path == last and imp.journal.files(job_id):
+        # opens every file once before the read does.)
+        if entry.path != last:
+            return
+        seen["opens"] += 1
+        if seen["opens"] == (2 if kind == "iso" else 1):
             seen["journal"] = wait_for(lambda: sent_rows(imp, job_id) > 0)
             seen["storescp"] = len(scp.files())
 
@@ -113,16 +115,21 @@ def test_a_file_changed_between_survey_and_copy_holds_the_job(tmp_path, storescp
     imp = importer(tmp_path)
 
     def rewrite(job_id: str, entry: Any) -> None:
-        # After the survey, before its copy: the file now holds another UID.
+        # After the survey, before its copy: the file now holds another UID
+        # of the same length (a file that changes size is read as truncated).
         if entry.path.endswith(changed.name):
             ds = dcmread(changed)
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            uid = str(ds.SOPInstanceUID)
+            ds.SOPInstanceUID = uid[:-1] + ("3" if uid[-1] == "7" else "7")
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            size = changed.stat().st_size
             ds.save_as(changed)
+            assert changed.stat().st_size == size
 
     job_id = read_hooked(imp, folder, dest, rewrite)
     acknowledged = sent_rows(imp, job_id)
     report = imp.process(job_id, [dest]).report
-    assert report["status"] == "held"
+    assert report["status"] == "held", report["problems"]
     assert "source_changed" in report["hold_reasons"]
     [problem] = [p for p in report["problems"] if p["code"] == "source_changed"]
     assert problem["path"].endswith(changed.name) and "sop_instance_uid" in problem["detail"]

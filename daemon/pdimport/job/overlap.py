@@ -62,7 +62,8 @@ MAX_CHUNK = 256
 
 #: Media surveyed before they are read: folders, where the files lie, and
 #: disc images on a local disk, whose files' headers are copied out first
-#: (:class:`_Prefixes`). A drive or a stick (``device``) is read once.
+#: (:class:`_Prefixes`, as for a package on a folder or a path past PATH_MAX).
+#: A drive or a stick (``device``) is read once.
 SURVEYED_KINDS = frozenset({"dir", "iso"})
 #: Bytes of each file of a disc image copied out for the survey (CT headers
 #: are about 4.7 kB, MR about 10 kB); a file whose header runs past them
@@ -88,10 +89,8 @@ def start(
     delivered, as before)."""
     if not destinations or medium.kind not in SURVEYED_KINDS:
         return None
-    if medium.kind == "dir" and not nameable(medium):
-        return None
     try:
-        if medium.kind == "dir":
+        if medium.kind == "dir" and _by_name(medium):
             plan = survey(importer, job, medium, entries)
         else:
             with tempfile.TemporaryDirectory(prefix="pdimport-survey-") as tmp:
@@ -104,6 +103,15 @@ def start(
     early = EarlyDelivery(importer, job, *plan, importer._deliverer.routes(destinations))
     early.start()
     return early
+
+
+def _by_name(medium: Any) -> bool:
+    """Whether every file of a folder can be read where it lies, by its name
+    (not one path past PATH_MAX, nor inside a package on the folder)."""
+    try:
+        return nameable(medium)
+    except (KeyError, OSError):  # an entry of a nested package has no path
+        return False
 
 
 def survey(

@@ -166,7 +166,9 @@ class _Prefixes:
             whole = entry.path.rsplit("/", 1)[-1].upper() == "DICOMDIR"
             with medium.open(entry) as src, open(name, "wb") as dst:
                 left = min(entry.size, _DICOMDIR_MAX if whole else SURVEY_PREFIX)
-                while left > 0 and (chunk := src.read(left)):
+                # the raw stream: a buffered one would read a whole 1 MiB buffer
+                raw = getattr(src, "raw", src)
+                while left > 0 and (chunk := raw.read(left)):
                     dst.write(chunk)
                     left -= len(chunk)
                 dst.truncate(entry.size)

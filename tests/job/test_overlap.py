@@ -24,7 +24,7 @@ from test_pipelining import HookedMedium
 from pdimport.job import overlap
 from pdimport.job.importer import Importer
 from pdimport.media import open_medium
-from pdimport.send import parse_dest
+from pdimport.send import parse_dest, repair
 from pdimport.settings import defaults
 
 #: Upper bound for waiting on the early delivery (a failure, not a timing).
@@ -66,7 +66,7 @@ def read_hooked(imp: Importer, folder: Path, dest: Any, hook) -> str:
 
 
 @pytest.mark.parametrize("kind", ["folder", "iso"])
-def test_delivery_starts_before_the_read_ends(tmp_path, storescp, kind) -> None:
+def test_delivery_starts_before_the_read_ends(tmp_path, storescp, monkeypatch, kind) -> None:
     folder = tmp_path / "disc"
     make_ct_series(folder / "DICOM", FILES, patient_id="OVL1")
     source = folder
@@ -96,7 +96,11 @@ def test_delivery_starts_before_the_read_ends(tmp_path, storescp, kind) -> None:
     job_id = read_hooked(imp, source, dest, hang_on_last)
     assert seen["journal"], "nothing was acknowledged before the last file was read"
     assert seen["storescp"] >= 1
+    walks: list[Any] = []
+    plan = repair.plan
+    monkeypatch.setattr(repair, "plan", lambda *a: walks.append(a) or plan(*a))
     report = imp.process(job_id, [dest]).report
+    assert walks == []  # what the early delivery prepared is not walked again
     assert report["status"] == "imported", report["problems"]
     assert report["counts"]["sent"] == FILES
     # sent by this job, once: not "already there", not twice at the receiver

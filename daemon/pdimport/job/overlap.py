@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pdimport.job import report as report_mod
-from pdimport.job.inventory import Inventory
+from pdimport.job.inventory import Inventory, scanned_instance
 from pdimport.job.reconcile import DELIVER
 from pdimport.job.survey import InPlace, nameable
 from pdimport.model import Header, Identity, SendOutcome
@@ -310,11 +310,25 @@ class EarlyDelivery(threading.Thread):
 
     def _prepare(self, chunk: list[tuple[str, str, Header]]) -> list[Instance]:
         """The chunk as phase 2 would send it (the same derived copies),
-        AI evidence looked for again in the spooled copies."""
+        AI evidence looked for again in the spooled copies; what was
+        prepared is kept with the scan results for phase 2."""
         inv = Inventory()
         taker = self._importer._inventory
+        table = self._importer.prescans.job(self._job.id)
         for path, sha, header in chunk:
-            taker.add_scanned(path, sha, header, inv)
+            inst = scanned_instance(path, sha, header, inv)
+            if inst is None:
+                continue
+            try:
+                inst.send_sha256, repairs = taker.prepare(path, sha, header)
+            except Exception:  # phase 2 prepares it again and records why not
+                log.exception("job %s: could not prepare %s", self._job.id, path)
+                continue
+            inv.instances.append(inst)
+            if (path, sha) in table:  # phase 2 need not walk the file again
+                table[path, sha] = dataclasses.replace(
+                    table[path, sha], prepared=(inst.send_sha256, tuple(repairs))
+                )
         spool = self._importer.spool
         policy.detect_ai(inv.instances, spool.path, policy.ai_patterns(self._importer.settings))
         for inst in inv.instances:

@@ -48,6 +48,9 @@ class Prescan:
 
     identity: Identity
     result: Header | Problem | None
+    #: the file to send and its repairs, when the early delivery prepared it
+    #: (:meth:`~pdimport.job.inventory.InventoryTaker.prepare`)
+    prepared: tuple[str, tuple[Problem, ...]] | None = None
 
 
 class PrescanStore:

@@ -51,6 +51,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nmedia
 import pytest
@@ -319,50 +320,62 @@ def test_scan_folder(benchmark, scan_folder: Path, peer: str):
 
 
 # ------------------------------------------------------------------ ISO from the watch folder
-@pytest.fixture(scope="module")
-def watch_daemon(work: Path, rx_nodelay: Receiver) -> Iterator[tuple[Path, object]]:
+def _daemon(work: Path, rx: Receiver, n: int) -> tuple[Path, Any]:
+    """A daemon with a state directory of its own, watching a folder of its own.
+
+    A new one per round: the journal of a daemon that already delivered the
+    image knows its instances are at the receiver, and a second drop would
+    only be read ("already there"), never sent.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "appliance"))
     from fixtures_daemon import DaemonProc
 
-    watch = work / "watch"
+    watch = work / f"watch-{n}"
     watch.mkdir()
-    base = {"state_dir": str(work / "daemon-state"), "dest": [rx_nodelay.url]}
+    base = {"state_dir": str(work / f"daemon-state-{n}"), "dest": [rx.url]}
     os.environ["TCP_NODELAY"] = "1"  # the daemon's environment, as the receiver's
     try:
         d = DaemonProc(work, base, {"devices": [], "watch": str(watch), "watch_settle": 0.2})
     finally:
         os.environ.pop("TCP_NODELAY", None)
-    yield watch, d
-    d.terminate()
-    d.close()
+    return watch, d
 
 
-def _through_watch(watch: Path, image: Path, rx: Receiver, n: list[int]) -> Run:
-    """Drop the image in (a rename: complete at once) until its report is written."""
+def _through_watch(work: Path, image: Path, rx: Receiver, n: list[int]) -> Run:
+    """Start a daemon (before the clock), drop the image in (a rename:
+    complete at once) and time until its report is written; every instance
+    must have arrived."""
     n[0] += 1
-    name = f"disc{n[0]}.iso"
-    staged = watch.parent / name
-    shutil.copyfile(image, staged)
-    os.sync()
-    start = time.perf_counter()
-    os.rename(staged, watch / name)
-    report = watch / "imported" / f"{name}.json"
-    others = [watch / d / f"{name}.json" for d in ("held", "failed", "partial")]
-    while not report.exists():
-        if any(p.exists() for p in others):
-            raise RuntimeError(f"{name} not imported: {[p for p in others if p.exists()]}")
-        time.sleep(0.02)
-    seconds = time.perf_counter() - start
+    watch, d = _daemon(work, rx, n[0])
+    try:
+        name = f"disc{n[0]}.iso"
+        staged = watch.parent / name
+        shutil.copyfile(image, staged)
+        os.sync()
+        start = time.perf_counter()
+        os.rename(staged, watch / name)
+        report = watch / "imported" / f"{name}.json"
+        others = [watch / s / f"{name}.json" for s in ("held", "failed", "partial")]
+        while not report.exists():
+            if any(p.exists() for p in others):
+                raise RuntimeError(f"{name} not imported: {[p for p in others if p.exists()]}")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+    finally:
+        d.terminate()
+        d.close()
+    arrived = len(list(rx.out.iterdir()))
     rx.clear()
+    if arrived < CT_FILES:
+        raise RuntimeError(f"{name}: {arrived} of {CT_FILES} instances arrived")
     return Run(seconds, 0.0)
 
 
 @pytest.mark.parametrize("peer", ["cp+sync+dcmsend", "pdimport-daemon"])
-def test_iso_from_watch_folder(benchmark, request, ct_iso, ct_folder, rx_nodelay, work, peer):
+def test_iso_from_watch_folder(benchmark, ct_iso, ct_folder, rx_nodelay, work, peer):
     if peer == "pdimport-daemon":
-        watch, _d = request.getfixturevalue("watch_daemon")
         counter = [0]
-        once = lambda: _through_watch(watch, ct_iso, rx_nodelay, counter)
+        once = lambda: _through_watch(work, ct_iso, rx_nodelay, counter)
     else:
 
         def once() -> Run:

@@ -146,6 +146,13 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
         "error",
         "a file names no patient and no study links it to one; the medium is held",
     ),
+    "source_changed": (
+        "error",
+        (
+            "a file changed between the survey of the medium and its copy (another patient, "
+            "another UID): delivery stopped and the medium is held; what was sent stays sent"
+        ),
+    ),
     # --- reconciliation (IHE Import Reconciliation Workflow) ---------------
     "identity_source_down": (
         "error",

@@ -147,9 +147,16 @@ class JobRunner:
             if on_job is not None:
                 on_job(job)
 
+        # A group's station delivers under a lock on the content of the whole
+        # medium (two copies of a disc go once), so it cannot send while reading.
+        early = self.destinations if self.journal.db.dialect != POSTGRESQL else None
         job = self._gated(
             lambda: self.importer().read_source(
-                source, "import", wrap=lambda m: CancellableMedium(m, self.stop), on_job=started
+                source,
+                "import",
+                wrap=lambda m: CancellableMedium(m, self.stop),
+                on_job=started,
+                destinations=early,
             )
         )
         if isinstance(job, JobResult):  # could not be opened: a failed job all the same

@@ -54,6 +54,7 @@ PROBLEM_WORDS_JA: dict[str, str] = {
     "unsupported_content": "pdimport が取り込まない種類のファイルです",
     # --- policy and reconciliation
     "multi_patient": "1枚の媒体に複数の患者が含まれています",
+    "source_changed": "媒体の事前確認とコピーの間にファイルが変わりました（別の患者、別のUID）。送信を止め、媒体を保留にしました。送信済みのものはそのままです",
     "unidentified_patient": "患者を示さないファイルがあり、どの検査にも結び付きません。媒体を保留しました",
     "identity_source_down": "患者情報の照会先（ワークリスト、台帳、表）が応答しません。ジョブを保留しました",
     "coercion_failed": "インスタンスを院内の患者情報に書き換えられませんでした。送信しません",

@@ -95,9 +95,14 @@ class Deliverer:
         dest: Any,
         inv: Inventory,
         select: Callable[[Instance], bool] = lambda i: True,
+        early: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         """Send every pending instance ``select`` picks to one destination,
         with retries; the outcome of each is journaled as it arrives.
+
+        ``early`` holds the (UID, sha256) pairs this destination acknowledged
+        while the medium was read (:mod:`pdimport.job.overlap`): sent by this
+        job, not before it.
 
         An instance with several encodings on the medium
         (:attr:`Instance.copies`) is sent once, in the first copy the
@@ -113,7 +118,7 @@ class Deliverer:
             inst = copies[0]
             done = next((c for c in copies if (c.uid, c.sha256) in sent), None)
             if done is not None:
-                done.previously_sent = True
+                done.previously_sent = (done.uid, done.sha256) not in early
                 done.dest_states[dest.key] = "sent"
                 continue
             if self._historic_conflict(dest.key, inst, {c.sha256 for c in copies}):
@@ -164,7 +169,12 @@ class Deliverer:
             job=job.id,
             dest=dest.key,
             dest_aet=getattr(dest, "aet", ""),
-            sent=sum(1 for k in final if k in outcomes and outcomes[k].state == "sent"),
+            sent=sum(1 for k in final if k in outcomes and outcomes[k].state == "sent")
+            + sum(
+                1
+                for i in inv.instances
+                if i.state == "pending" and (i.uid, i.sha256) in early and select(i)
+            ),
             failed=sum(1 for k in final if k not in outcomes or outcomes[k].state != "sent"),
             already_sent=sum(
                 1
@@ -228,7 +238,7 @@ class Deliverer:
         cap = float(self.settings.get("retry_max_delay"))
         pending = list(todo)
         for attempt in range(attempts):
-            items = [self._item(key, todo[key]) for key in pending]
+            items = [self.item(key, todo[key]) for key in pending]
             if not items:
                 break
             try:
@@ -267,7 +277,8 @@ class Deliverer:
             for d in self.journal.deliveries_for_uid(dest_key, inst.uid)
         )
 
-    def _item(self, key: str, inst: Instance) -> SendItem:
+    def item(self, key: str, inst: Instance) -> SendItem:
+        """What the send layer takes for one instance: its spooled file to send."""
         path = self.spool.path(inst.send_sha256)
         return SendItem(
             key=key,

@@ -17,6 +17,9 @@ thread that scans while the drive keeps reading, and the inventory
 (:mod:`pdimport.job.inventory`) takes those results instead of scanning again:
 the drive should be the only thing an import waits for. The results live in
 memory only: after a restart phase 2 scans from the spool, as it always could.
+A medium that can be read twice cheaply (a folder, a disc image on a local
+disk) is surveyed in place first, and when its decisions allow it, sent from
+the spool while it is still read (:mod:`~pdimport.job.overlap`).
 
 The steps live beside this module: :mod:`~pdimport.job.spoolwriter` (phase 1's
 writer thread), :mod:`~pdimport.job.prescan`, :mod:`~pdimport.job.inventory`,
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pdimport.job import overlap
 from pdimport.job import report as report_mod
 from pdimport.job.deliver import Deliverer, settle
 from pdimport.job.inventory import Inventory, InventoryTaker
@@ -162,7 +166,9 @@ class Importer:
         destinations = [parse_dest(d) for d in dests]
         job: Job | JobResult | None = None
         try:
-            job = self.read_source(source, mode)
+            job = self.read_source(
+                source, mode, destinations=destinations if mode == "import" else None
+            )
             if isinstance(job, JobResult):
                 return job
             return self.process(job.id, destinations, mode)
@@ -200,13 +206,15 @@ class Importer:
         mode: str = "import",
         wrap: Callable[[Any], Any] | None = None,
         on_job: Callable[[Job], None] | None = None,
+        destinations: list[Any] | None = None,
     ) -> Job | JobResult:
         """Phase 1 for a source path: open it, start (or resume) its job, read it.
 
         Returns the job, read completely, or the :class:`JobResult` of a
         failed job when the source cannot be opened at all. ``wrap`` wraps the
         opened medium (the daemon's cancellable reads); ``on_job`` is told the
-        job before its read starts.
+        job before its read starts. With ``destinations``, a medium that can
+        be read twice is delivered while it is read (:mod:`~pdimport.job.overlap`).
 
         Raises
         ------
@@ -227,7 +235,7 @@ class Importer:
                 on_job(job)
             if not job.read_complete:
                 try:
-                    self.read(job, wrap(medium) if wrap is not None else medium)
+                    self.read(job, wrap(medium) if wrap is not None else medium, destinations)
                 except DiskFull as exc:
                     exc.job = job  # for disk_full()
                     raise
@@ -252,20 +260,23 @@ class Importer:
         return job
 
     # ------------------------------------------------------------ phase 1
-    def read(self, job: Job, medium: Any) -> None:
+    def read(self, job: Job, medium: Any, destinations: list[Any] | None = None) -> None:
         """Copy every entry into the spool, in on-medium order; record each.
 
         Three things overlap so that the drive never waits for the computer:
         this thread only reads the medium; a :class:`~pdimport.job.spoolwriter.SpoolWriter`
         hashes, writes, fsyncs and journals each file; a
         :class:`~pdimport.job.prescan.PrescanWorker`
-        identifies and scans each spooled file for :meth:`process`.
+        identifies and scans each spooled file for :meth:`process`; and for
+        ``destinations``, an :class:`~pdimport.job.overlap.EarlyDelivery`
+        may send the spooled instances meanwhile.
         """
         if (self.journal.job(job.id) or job).state == JobState.READING:  # crashed mid-read
             self.journal.transition(job.id, JobEvent.INTERRUPTED, "resumed after a stop")
         self.journal.transition(job.id, JobEvent.START_READ)
         done = self.journal.file_map(job.id)
         entries = medium.entries()
+        early = overlap.start(self, job, medium, entries, destinations or [])
         meter = ProgressMeter(
             job.id, "reading", len(entries), sum(e.size for e in entries), self.progress
         )
@@ -274,6 +285,7 @@ class Importer:
             self.spool,
             self.prescans.job(job.id),
             on_header=lambda header: meter.note_patient(header.patient_name),
+            on_result=early.offer if early is not None else None,
         )
         writer = SpoolWriter(self.spool, self.journal, job.id, scanner.submit)
         scanner.start()
@@ -312,8 +324,12 @@ class Importer:
                 writer.close(finish=finished)
             finally:
                 scanner.close(drain=finished and writer.error is None)
+                if early is not None:
+                    early.close(cancel=not finished)
+                    self.prescans.note_sent(job.id, early.sent)
+        problems = [*medium.problems, *(early.problems if early is not None else [])]
         self.journal.replace_job_problems(
-            job.id, iter([(p.code, p.path, p.detail) for p in medium.problems])
+            job.id, iter([(p.code, p.path, p.detail) for p in problems])
         )
         self.journal.transition(job.id, JobEvent.READ_DONE, files=len(entries))
         self.audit_event("read_completed", job=job.id, files=len(entries))
@@ -363,6 +379,7 @@ class Importer:
         if current is not None and current.state == JobState.READ:
             self.journal.transition(job.id, JobEvent.INVENTORY)
         inv = self._inventory.take(job, self.prescans.take(job.id))
+        early_sent = self.prescans.take_sent(job.id)
         pending = [i for i in inv.instances if i.state == "pending"]
         policy.detect_ai(pending, self.spool.path, policy.ai_patterns(self.settings))
         patients = group_patients(pending)
@@ -386,6 +403,8 @@ class Importer:
                     elif s.action == DISCARD and s.decision is not None:
                         inst.state = "skipped"
                         inst.detail = f"discarded by {s.decision.operator}: {s.decision.reason}"
+            if overlap.hold_changed(inv, pending, bool(self.journal.decisions(job.id))):
+                hold_reasons.append("source_changed")
         if "multi_patient" in hold_reasons:
             names = "; ".join(f"{p.id or '(no ID)'} {p.name}" for p in identified)
             inv.problems.append(Problem("multi_patient", "", names))
@@ -419,10 +438,11 @@ class Importer:
                 else JobEvent.DELIVER,
             )
             for dest, select in self._deliverer.routes(destinations):
-                self._deliverer.deliver(job, dest, inv, select)
+                self._deliverer.deliver(job, dest, inv, select, early_sent.get(dest.key, set()))
             settle(inv.instances)
         else:
             delivering = False
+            overlap.mark_sent(inv.instances, early_sent)
         report = report_mod.build(
             job,
             inv,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,9 @@ class InventoryTaker:
                 results[i] = scanned
         for (path, sha, _enc), res in zip(dicom, results):
             assert res is not None
-            self._add_scanned(path, sha, res, inv)
+            early = prescanned.get((path, sha))
+            prepared = early.prepared if early is not None and early.result is res else None
+            self.add_scanned(path, sha, res, inv, prepared)
 
     def _scan_batch(self, batch: list[tuple[str, str, str]]) -> list[Header | Problem]:
         paths = [self.spool.path(sha) for _, sha, _ in batch]
@@ -204,17 +206,33 @@ class InventoryTaker:
             log.exception("scanner failed on a batch")
             return [Problem("internal_error", "", str(exc))] * len(batch)
 
-    def _add_scanned(self, path: str, sha: str, res: Header | Problem, inv: Inventory) -> None:
+    def prepare(self, path: str, sha: str, header: Header) -> tuple[str, list[Problem]]:
+        """The spooled file to send for one scanned file, and the repairs
+        found on the way (``meta_repaired``, ``length_repaired``)."""
+        found = Inventory()
+        return self._repaired(self._sendable(sha, header), header, path, found), found.problems
+
+    def add_scanned(
+        self,
+        path: str,
+        sha: str,
+        res: Header | Problem,
+        inv: Inventory,
+        prepared: tuple[str, Sequence[Problem]] | None = None,
+    ) -> None:
+        """One scan result as an instance; ``prepared`` is what
+        :meth:`prepare` gave for it earlier (the early delivery's), so the
+        file is not walked again."""
         inst = scanned_instance(path, sha, res, inv)
         if inst is None:
             return
         try:
-            header = inst.header
-            inst.send_sha256 = self._repaired(self._sendable(sha, header), header, path, inv)
+            inst.send_sha256, repairs = prepared or self.prepare(path, sha, inst.header)
         except Exception as exc:
             log.exception("could not prepare %s", path)
             inv.problems.append(Problem("internal_error", path, str(exc)))
             return
+        inv.problems.extend(repairs)
         inv.instances.append(inst)
 
     def _sendable(self, sha: str, header: Header) -> str:

@@ -48,6 +48,9 @@ class Prescan:
 
     identity: Identity
     result: Header | Problem | None
+    #: the file to send and its repairs, when the early delivery prepared it
+    #: (:meth:`~pdimport.job.inventory.InventoryTaker.prepare`)
+    prepared: tuple[str, tuple[Problem, ...]] | None = None
 
 
 class PrescanStore:
@@ -63,6 +66,8 @@ class PrescanStore:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, dict[tuple[str, str], Prescan]] = OrderedDict()
         self._max_jobs = max_jobs
+        #: per job, what its early delivery sent (destination -> (UID, sha256))
+        self._sent: OrderedDict[str, dict[str, set[tuple[str, str]]]] = OrderedDict()
 
     def job(self, job_id: str) -> dict[tuple[str, str], Prescan]:
         """The (live) result table of a job, created on first use."""
@@ -78,6 +83,19 @@ class PrescanStore:
         with self._lock:
             return self._jobs.pop(job_id, {})
 
+    def note_sent(self, job_id: str, sent: dict[str, set[tuple[str, str]]]) -> None:
+        """Keep what a job's early delivery sent (:mod:`pdimport.job.overlap`)
+        for its phase 2, which may run on another thread's Importer."""
+        with self._lock:
+            self._sent[job_id] = sent
+            while len(self._sent) > self._max_jobs:
+                self._sent.popitem(last=False)
+
+    def take_sent(self, job_id: str) -> dict[str, set[tuple[str, str]]]:
+        """Remove and return what :meth:`note_sent` kept (empty when nothing)."""
+        with self._lock:
+            return self._sent.pop(job_id, {})
+
     def peek(self, job_id: str) -> int:
         """How many files of a job have results now (tests, metrics)."""
         with self._lock:
@@ -86,6 +104,7 @@ class PrescanStore:
     def clear(self) -> None:
         with self._lock:
             self._jobs.clear()
+            self._sent.clear()
 
 
 class PrescanWorker(threading.Thread):
@@ -108,6 +127,10 @@ class PrescanWorker(threading.Thread):
     on_header : callable, optional
         Told each header scanned (the job's progress names its patients
         while the medium is still read).
+    on_result : callable, optional
+        Told ``(medium path, sha256, result)`` for each file: a DICOM file's
+        scan result (in the order the files were spooled), another file's
+        :class:`Identity` (the early delivery's ``offer``).
     """
 
     _STOP = object()
@@ -118,12 +141,14 @@ class PrescanWorker(threading.Thread):
         spool: Spool,
         table: dict[tuple[str, str], Prescan],
         on_header: Callable[[Header], None] | None = None,
+        on_result: Callable[[str, str, Header | Problem | Identity], None] | None = None,
     ) -> None:
         super().__init__(name="prescan", daemon=True)
         self._scanner = scanner
         self._spool = spool
         self._table = table
         self._on_header = on_header
+        self._on_result = on_result
         self._queue: queue.Queue[Any] = queue.Queue(_PRESCAN_QUEUE)
         self._cancelled = threading.Event()
 
@@ -176,8 +201,11 @@ class PrescanWorker(threading.Thread):
             ident = identify(key[0], self._spool.path(key[1]))
             if ident.kind == "dicom":
                 dicom.append((key, ident))
-            elif ident.kind == "dicomdir":
+                continue
+            if ident.kind == "dicomdir":
                 self._table[key] = Prescan(ident, None)
+            if self._on_result is not None:
+                self._on_result(key[0], key[1], ident)
         if not dicom:
             return
         paths = [self._spool.path(sha) for (_, sha), _ in dicom]
@@ -186,3 +214,5 @@ class PrescanWorker(threading.Thread):
             self._table[key] = Prescan(ident, res)
             if self._on_header is not None and isinstance(res, Header):
                 self._on_header(res)
+            if self._on_result is not None:
+                self._on_result(key[0], key[1], res)

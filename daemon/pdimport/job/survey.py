@@ -81,7 +81,7 @@ class Survey:
         except MediumOpenError:
             return None  # the importer records the unusable medium
         try:
-            if medium.kind not in IN_PLACE_KINDS or not _nameable(medium):
+            if medium.kind not in IN_PLACE_KINDS or not nameable(medium):
                 return None
             self.state.mkdir(parents=True, exist_ok=True)
             journal = open_journal(self.settings)
@@ -142,7 +142,7 @@ class Survey:
         return report
 
 
-def _nameable(medium: Any) -> bool:
+def nameable(medium: Any) -> bool:
     """Whether every file of a folder can be opened by its name: one whose
     path is longer than the kernel takes (PATH_MAX, images hundreds of folders
     deep) is read the spooled way, through directory descriptors."""

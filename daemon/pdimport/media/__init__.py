@@ -52,6 +52,7 @@ __all__ = [
     "ZipMedium",
     "detect_kind",
     "open_medium",
+    "source_key",
 ]
 
 

@@ -36,8 +36,7 @@ LOGGER = logging.getLogger(__name__)
 READ_BLOCK = 4 << 20
 #: Seconds a failed write waits for the peer's A-ABORT (a reset may beat it).
 ABORT_GRACE = 1.0
-#: Largest PDU we take from a peer that ignores our Maximum Length (0 =
-#: unlimited is still bounded: a length field is 32 bits).
+#: Bytes asked of each recv(): a C-STORE-RSP is ~200 bytes, one read takes it.
 _RECV_CHUNK = 1 << 16
 
 _HAS_QUICKACK = sys.platform.startswith("linux") and hasattr(socket, "TCP_QUICKACK")
@@ -394,7 +393,10 @@ def open_association(
         assoc._close()
         raise Rejected(acse.parse_associate_rj(body))
     if pdu_type != acse.ASSOCIATE_AC:
-        assoc._close() if pdu_type == acse.ABORT else assoc.abort(acse.SOURCE_PROVIDER, 2)
+        if pdu_type == acse.ABORT:
+            assoc._close()
+        else:
+            assoc.abort(acse.SOURCE_PROVIDER, acse.UNEXPECTED_PDU)
         raise Lost(f"A-ASSOCIATE answered with PDU type 0x{pdu_type:02X}")
     try:
         answer = acse.parse_associate_ac(body)

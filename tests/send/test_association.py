@@ -325,3 +325,22 @@ def test_meta_end_agrees_with_pydicom_on_its_test_files() -> None:
         assert found in (None, offset), name
         checked += found == offset
     assert checked > 50
+
+
+def test_an_invalid_response_is_no_answer(byte_peer, cfg, tmp_path) -> None:
+    """A command set that is not a C-STORE-RSP: we abort; the instance is
+    resent once on a fresh association (outcome unknown, never sent or
+    failed on the strength of it)."""
+    items = _items(tmp_path, 2)
+    bogus = wire.encode_store_rq(items[1].sop_class_uid, items[1].sop_instance_uid, 2)
+
+    def script(number: int, msg_id: int, uid: str) -> list[bytes]:
+        if number == 1 and uid == items[1].sop_instance_uid:
+            return [wire.pdata_header(1, True, True, len(bogus)) + bogus]
+        return [_response(msg_id, uid)]
+
+    peer = byte_peer(script)
+    outs = run(peer.url, items, cfg, tmp_path)
+    again = outs[items[1].key]
+    assert (again.state, again.status) == ("sent", 0) and RESENT in again.detail
+    assert peer.associations == 2

@@ -115,6 +115,7 @@ class StoreAssociation:
         if self.quickack:
             quickack(self.sock)
         if not chunk:
+            self._close()
             raise Lost("the peer closed the connection without A-ABORT", by_peer=True)
         self._buffer += chunk
 
@@ -257,7 +258,12 @@ class StoreAssociation:
                 raise Lost(f"the connection broke: {exc}", by_peer=True) from None
             if pdu_type != acse.P_DATA_TF:
                 raise self._unexpected(pdu_type, body)
-            for is_command, is_last, value in _pdvs(body):
+            try:
+                pdvs = _pdvs(body)
+            except ValueError as exc:
+                self.abort(acse.SOURCE_PROVIDER, acse.INVALID_PARAMETER)
+                raise Lost(str(exc)) from None
+            for is_command, is_last, value in pdvs:
                 if not is_command:
                     continue  # a data set after a response: not for C-STORE
                 command += value
@@ -338,7 +344,7 @@ def _pdvs(body: bytes) -> list[tuple[bool, bool, bytes]]:
     while pos + 6 <= len(body):
         length = int.from_bytes(body[pos : pos + 4], "big")
         if length < 2 or pos + 4 + length > len(body):
-            raise Lost(f"malformed P-DATA-TF (PDV length {length})")
+            raise ValueError(f"malformed P-DATA-TF (PDV length {length})")
         control = body[pos + 5]
         out.append((bool(control & 1), bool(control & 2), body[pos + 6 : pos + 4 + length]))
         pos += 4 + length

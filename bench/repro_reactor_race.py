@@ -3,7 +3,8 @@
 No pdimport delivery code is involved: a plain pynetdicom SCU (its socket
 with TCP_NODELAY, so responses come back fast; that socket shim and the
 chunked-dataset switch come from :mod:`pdimport.send.compat`, where every
-pynetdicom internal lives, but the race workaround is *not* installed) sends small CT instances with
+pynetdicom internal lives; pdimport's own C-STORE association does not use
+pynetdicom, so nothing of it is involved) sends small CT instances with
 ``send_c_store`` to dcmtk's storescp (``TCP_NODELAY=1``, ``--ignore``) on
 127.0.0.1, until the race hits or N stores are done. When it hits, pynetdicom
 logs "Received unexpected C-STORE service message", ``send_c_store`` waits

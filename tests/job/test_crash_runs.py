@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from pdimport.store.groupcommit import DELIVERY_GROUP_ROWS
 
 RUNS = int(os.environ.get("PDIMPORT_CRASH_RUNS", "200"))
 FILES = 100  # one association (fewer than 2 x 64 instances): the bound is below the medium
+#: CT images of 512 x 512 (52 MB in all): delivery must be a fair share of a
+#: run for random kills to land in it (of 64 x 64 images, 40 ms of 1.9 s).
+ROWS = 512
 BOUND = 1 * DEPTH + DELIVERY_GROUP_ROWS
 
 
@@ -42,7 +46,9 @@ def test_kill_9_at_random_moments_loses_nothing_and_resends_within_the_bound(
     tmp_path: Path, storescp
 ):
     disc = tmp_path / "disc"
-    want = sorted(uid_of(p) for p in make_ct_series(disc, FILES, patient_id="CRASH"))
+    want = sorted(
+        uid_of(p) for p in make_ct_series(disc, FILES, patient_id="CRASH", rows=ROWS, cols=ROWS)
+    )
     rnd = random.Random(17)
 
     def command(state: Path, scp) -> list[str]:
@@ -87,6 +93,8 @@ def test_kill_9_at_random_moments_loses_nothing_and_resends_within_the_bound(
         )  # fmt: skip
         assert verified.returncode == 0, (run, verified.stdout, verified.stderr)
         scp.proc.terminate()
+        shutil.rmtree(state)  # 200 spools and receptions of 52 MB would not fit
+        shutil.rmtree(scp.out_dir, ignore_errors=True)
     print(f"{RUNS} kill -9 runs: {killed_with_files} killed mid-delivery, "
           f"at most {worst} instances received twice (bound {BOUND})")  # fmt: skip
     assert killed_with_files >= RUNS // 20, "the kills never landed in a delivery"

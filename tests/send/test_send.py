@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
 from pdimport import settings as settings_mod
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, FileDest, deliver, parse_dest
-from pdimport.send import compat as compat_mod
-from pdimport.send.dicom import MAX_CONTEXTS, classify_status, make_ae, plan_batches
+from pdimport.send import association as association_mod
+from pdimport.send.dicom import MAX_CONTEXTS, classify_status, plan_batches
+from pdimport.send.link import new_link
 from pdimport.transcode.reencode import TranscodeError, convert
 
 CT = "CT_small.dcm"
@@ -396,19 +395,19 @@ def _closed_port() -> int:
 
 
 # --------------------------------------------------- socket and reactor
-def test_live_association_has_tcp_nodelay(receiver, cfg) -> None:
+def test_live_association_has_tcp_nodelay(receiver, cfg, tmp_path) -> None:
     recv = receiver()
-    ae = make_ae(cfg)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
+    dest = parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}")
+    link = new_link(dest, plan_batches([make_item(tmp_path, CT)])[0].contexts, cfg, tmp_path)
     try:
-        assert assoc.is_established
-        sock = compat_mod.raw_socket(assoc)
+        link.connect()
+        sock = link._assoc.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        assert ae.connection_timeout == cfg.get("network.connection_timeout")
-        assert assoc.dimse_timeout == cfg.get("network.dimse_timeout")
+        assert link.timeouts.connect == cfg.get("network.connection_timeout")
+        assert link.timeouts.acse == cfg.get("network.acse_timeout")
+        assert link.timeouts.dimse == cfg.get("network.dimse_timeout")
     finally:
-        assoc.release()
+        link.close()
 
 
 def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypatch) -> None:
@@ -416,22 +415,22 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
     delayed ACK (~40 ms) unless we re-arm TCP_QUICKACK after each recv()
     (performance.md §3d). The speed-up itself is measured in bench/, not here:
     this checks that every read on a live association re-arms it."""
-    if not compat_mod._HAS_QUICKACK:
+    if not association_mod._HAS_QUICKACK:
         pytest.skip("TCP_QUICKACK is Linux-only")
     calls = {"recv": 0, "quickack": 0}
-    real_recv = compat_mod.AssociationSocket.recv
-    real_quickack = compat_mod._quickack
+    real_fill = association_mod.StoreAssociation._fill
+    real_quickack = association_mod.quickack
 
-    def counting_recv(self, nr_bytes):
+    def counting_fill(self, deadline):
         calls["recv"] += 1
-        return real_recv(self, nr_bytes)
+        return real_fill(self, deadline)
 
     def counting_quickack(sock):
         calls["quickack"] += 1
         real_quickack(sock)
 
-    monkeypatch.setattr(compat_mod.AssociationSocket, "recv", counting_recv)
-    monkeypatch.setattr(compat_mod, "_quickack", counting_quickack)
+    monkeypatch.setattr(association_mod.StoreAssociation, "_fill", counting_fill)
+    monkeypatch.setattr(association_mod, "quickack", counting_quickack)
     scp = storescp()
     base = make_item(tmp_path, CT)
     items = [
@@ -443,33 +442,6 @@ def test_quickack_is_rearmed_after_every_read(storescp, cfg, tmp_path, monkeypat
     outs = run(scp.url, items, cfg, tmp_path)
     assert {o.state for o in outs.values()} == {"sent"}
     assert calls["recv"] > 30 and calls["quickack"] == calls["recv"]
-
-
-def test_reactor_race_response_is_put_back(receiver, cfg) -> None:
-    """A C-STORE-RSP handed to _serve_request (the reactor's path) for the
-    awaited message goes back on the DIMSE queue; any other is dropped."""
-    recv = receiver()
-    ae = make_ae(cfg)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", recv.port, ae_title=recv.aet)
-    keeper = compat_mod.keep_store_responses(assoc)
-    # Hold the reactor as send_c_store does so it cannot take the message.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        rsp = C_STORE()
-        rsp.MessageIDBeingRespondedTo, rsp.Status = 7, 0x0000
-        keeper.awaiting = 7
-        assoc._serve_request(rsp, 1)
-        assert assoc.dimse.get_msg(block=False) == (1, rsp)
-        keeper.awaiting = 8  # a late answer to another request: not ours
-        assoc._serve_request(rsp, 1)
-        assert assoc.dimse.get_msg(block=False) == (None, None)
-        assert keeper.recovered == 1
-    finally:
-        assoc._reactor_checkpoint.set()
-        assoc.release()
 
 
 # --------------------------------------------------- embedded receiver
@@ -581,8 +553,12 @@ def test_importing_the_send_layer_sets_no_pynetdicom_global() -> None:
         "import pdimport.send, pdimport.send.scu, pdimport.send.pool, pdimport.demo.receiver\n"
         "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
         "from pdimport import settings\n"
-        "pdimport.send.dicom.make_ae(settings.defaults())\n"
+        "from pdimport.send.link import new_link\n"
+        "new_link(pdimport.send.parse_dest('dicom://A@h:104'), [], settings.defaults(), '.')\n"
+        "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
+        "import pdimport.send.compat\n"
+        "pdimport.send.compat.stream_datasets_from_files()\n"
         "print(_config.STORE_SEND_CHUNKED_DATASET)\n"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert done.stdout.split() == ["False", "False", "True"]

@@ -24,7 +24,7 @@ from pynetdicom.dsutils import encode
 from pdimport import settings as settings_mod
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send import DicomDest, deliver, parse_dest, wire
-from pdimport.send import compat as compat_mod
+from pdimport.send import association as association_mod
 from pdimport.send import dicom as dicom_mod
 from pdimport.send.link import RESENT, new_link
 from pdimport.send.scu import association_count
@@ -110,14 +110,14 @@ def test_socket_options_per_destination(
     recv = receiver()
     dest = parse_dest(f"dicom://{recv.aet}@127.0.0.1:{recv.port}{query}")
     calls = []
-    monkeypatch.setattr(compat_mod, "_quickack", lambda sock: calls.append(sock))
+    monkeypatch.setattr(association_mod, "quickack", lambda sock: calls.append(sock))
     item = write_ct(tmp_path / "one.dcm")
     link = new_link(dest, dicom_mod.plan_batches([item])[0].contexts, cfg, tmp_path)
     try:
         assert link.send(item).state == "sent"
-        sock = compat_mod.raw_socket(link._assoc)
+        sock = link._assoc.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == nodelay
-        assert bool(calls) == (quickack and compat_mod._HAS_QUICKACK)
+        assert bool(calls) == quickack
     finally:
         link.close()
 

@@ -1,15 +1,14 @@
 """Every use of pynetdicom's private internals, in one module.
 
-pdimport relies on a few undocumented parts of pynetdicom for speed and
-correctness: an overridden requestor socket (``AE._create_socket``,
-``AssociationSocket._create_socket`` / ``_shutdown_socket``), the
-association's reactor flags (``_reactor_checkpoint``, ``_is_paused``), its
-``_serve_request`` (wrapped to repair a race), ``_handle_no_response`` /
-``_check_received_status``, the DUL's raw socket (PDUs written past the DUL), the DIMSE message queue
-(woken when the peer aborts, :class:`AbortWatch`),
-and the process-wide ``_config.STORE_SEND_CHUNKED_DATASET``. All of them are
-here, behind the small documented API below, so upgrading pynetdicom is this
-one file's work (STYLE.md).
+C-STORE delivery does not use pynetdicom any more (it runs its own
+association, :mod:`pdimport.send.association`). What is left of pynetdicom's
+undocumented parts: an overridden requestor socket (``AE._create_socket``,
+``AssociationSocket._create_socket`` / ``_shutdown_socket``) for the C-FIND
+of the identity sources, the DUL's raw socket of an association (the
+embedded receiver sets TCP_NODELAY on it) and the process-wide
+``_config.STORE_SEND_CHUNKED_DATASET`` (the reactor-race reproduction in
+``bench/``). All of them are here, so upgrading pynetdicom is this one
+file's work (STYLE.md).
 
 Importing this module checks ``pynetdicom.__version__`` against the versions
 the shims were verified on and raises ImportError otherwise: pyproject.toml
@@ -21,23 +20,14 @@ when called.
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pynetdicom
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket
-
-LOGGER = logging.getLogger(__name__)
 
 #: pynetdicom versions whose internals these shims were checked against.
 VERIFIED_VERSIONS = ("3.0.4",)
@@ -55,9 +45,9 @@ def stream_datasets_from_files() -> None:
     re-encode), so the bytes that leave are the bytes read from the medium.
 
     Process-wide by pynetdicom's design (``_config``); it only affects
-    ``send_c_store()`` called with a path, which is how pdimport always calls
-    it. Requires an exact (SOP class, TS) accepted context; conversion is done
-    by us (transcode/), never implicitly. Idempotent.
+    ``send_c_store()`` called with a path, which only
+    ``bench/repro_reactor_race.py`` does now. Requires an exact (SOP class,
+    TS) accepted context. Idempotent.
     """
     _config.STORE_SEND_CHUNKED_DATASET = True
 
@@ -151,177 +141,10 @@ class StoreAE(AE):
         return sock
 
 
-# ======================================================================
-# the reactor race
-# ======================================================================
-@dataclass
-class ResponseKeeper:
-    """Puts back a C-STORE-RSP that pynetdicom's reactor took by mistake.
-
-    The race (pynetdicom 3.0.4, association.py ``_run_reactor`` and
-    ``send_c_store``): the reactor loop does ``_is_paused = True;
-    _reactor_checkpoint.wait(); _is_paused = False; dimse.get_msg()``.
-    ``send_c_store`` pauses it with ``_reactor_checkpoint.clear()`` and then
-    waits only for ``_is_paused`` to be True. Right after a previous
-    ``send_c_store`` set the checkpoint again, the reactor has been released
-    but has not yet cleared ``_is_paused``: the next ``send_c_store`` reads the
-    stale True, sends, and the reactor goes on to ``get_msg()`` and takes the
-    C-STORE-RSP. ``_serve_request`` sees a message that is not a request, logs
-    "Received unexpected C-STORE service message" and drops it; the sender
-    waits ``dimse_timeout`` and aborts. Measured ~1 in 6,700 stores with
-    TCP_NODELAY on loopback, ~1 in 300 under CPU contention.
-
-    The fix is the smallest one that keeps pynetdicom's flow: wrap the
-    association's ``_serve_request`` and, if the message is the C-STORE-RSP
-    to the request we are waiting for (same Message ID), put it back on the
-    DIMSE queue where ``send_c_store``'s blocking ``get_msg()`` picks it up.
-    Any other message goes to pynetdicom unchanged, so a stray or late
-    response is still dropped rather than mistaken for the next answer.
-    """
-
-    assoc: Association
-    awaiting: int | None = None
-    recovered: int = 0
-    _original: Callable[[Any, int], None] | None = field(default=None, repr=False)
-
-    def install(self) -> ResponseKeeper:
-        if not callable(getattr(self.assoc, "_serve_request", None)):
-            # A pynetdicom without this private method: nothing to wrap; an
-            # occurrence of the race then shows as outcome_unknown.
-            LOGGER.warning("pynetdicom has no Association._serve_request; race workaround off")
-            return self
-        self._original = self.assoc._serve_request
-        self.assoc._serve_request = self._serve_request  # type: ignore[method-assign]
-        return self
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        if (
-            isinstance(msg, C_STORE)
-            and not msg.is_valid_request
-            and self.awaiting is not None
-            and getattr(msg, "MessageIDBeingRespondedTo", None) == self.awaiting
-        ):
-            self.recovered += 1
-            LOGGER.debug("reactor took the C-STORE-RSP to message %d: put back", self.awaiting)
-            self.assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        assert self._original is not None
-        self._original(msg, context_id)
-
-
-def keep_store_responses(assoc: Association) -> ResponseKeeper:
-    """Install the race workaround on an established association."""
-    return ResponseKeeper(assoc).install()
-
-
-# ======================================================================
-# why the peer ended the association
-# ======================================================================
-@dataclass
-class AbortWatch:
-    """Names an A-ABORT (or a closed connection) from the peer during a C-STORE.
-
-    pynetdicom notices an abort in the association's reactor, which is
-    paused while we wait for a C-STORE-RSP (:func:`pause_reactor`): the
-    waiting ``dimse.get_msg()`` would sit out the whole ``dimse_timeout``
-    and the report would say "no response". The DUL thread decodes the
-    A-ABORT PDU (PS3.8 9.3.8: source, reason/diagnostic) and triggers
-    ``EVT_PDU_RECV``, and ``EVT_CONN_CLOSE`` when the connection goes: this
-    keeps the cause and, while a store is waiting, wakes it with the
-    ``(None, None)`` that ``get_msg()`` returns for "no message".
-    """
-
-    assoc: Association
-    waiting: bool = False
-    cause: str = ""
-    _seen: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def install(self) -> AbortWatch:
-        self.assoc.bind(evt.EVT_PDU_RECV, self._on_pdu)
-        self.assoc.bind(evt.EVT_CONN_CLOSE, self._on_close)
-        return self
-
-    def _on_pdu(self, event: Any) -> None:
-        pdu = event.pdu
-        if isinstance(pdu, A_ABORT_RQ):
-            reason = pdu.reason_str if pdu.source == 2 else "no reason given"
-            self._note(f"A-ABORT from the {pdu.source_str} (source {pdu.source}): {reason}")
-
-    def _on_close(self, _event: Any) -> None:
-        if self.waiting:
-            self._note("the peer closed the connection without A-ABORT")
-
-    def _note(self, cause: str) -> None:
-        if not self.cause:
-            self.cause = cause
-        self._seen.set()
-        if self.waiting:
-            self.assoc.dimse.msg_queue.put((None, None))
-
-    def wait(self, timeout: float) -> str:
-        """The cause, waiting up to `timeout` s for the DUL to read it
-        (a write that failed on a reset may come first); "" if none."""
-        self._seen.wait(timeout)
-        return self.cause
-
-
-def watch_aborts(assoc: Association) -> AbortWatch:
-    """Start naming the peer's aborts on an established association."""
-    return AbortWatch(assoc).install()
-
-
-# ======================================================================
-# driving a C-STORE past send_c_store
-# ======================================================================
-def pause_reactor(assoc: Association) -> None:
-    """Stop the association's reactor from reading DIMSE messages, as
-    ``send_c_store`` does; the stale-flag race this leaves is what
-    :class:`ResponseKeeper` repairs. A dead reactor never pauses: no spin."""
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused and assoc.is_alive():
-        time.sleep(0.0001)
-
-
-def resume_reactor(assoc: Association) -> None:
-    """Let the reactor read again (after :func:`pause_reactor`)."""
-    assoc._reactor_checkpoint.set()
-
-
-def no_response(assoc: Association) -> None:
-    """What pynetdicom does when a DIMSE response does not come: abort."""
-    assoc._handle_no_response()
-
-
-def response_status(assoc: Association, rsp: Any) -> Any:
-    """The status Dataset of a received DIMSE response (empty if invalid)."""
-    return assoc._check_received_status(rsp)
-
-
-def bound_writes(assoc: Association) -> None:
-    """Give the connected socket a send timeout (``dimse_timeout``).
-
-    pynetdicom leaves it blocking without one; a peer that stops reading
-    would hang our sendmsg() forever. The DUL select()s before it reads, so
-    a timeout does not disturb it.
-    """
-    sock = raw_socket(assoc)
-    if sock is not None and sock.gettimeout() is None:
-        sock.settimeout(float(assoc.dimse_timeout or 60.0))
-
-
 __all__ = [
     "VERIFIED_VERSIONS",
-    "AbortWatch",
-    "ResponseKeeper",
     "StoreAE",
     "TunedSocket",
-    "bound_writes",
-    "keep_store_responses",
-    "no_response",
-    "pause_reactor",
     "raw_socket",
-    "response_status",
-    "resume_reactor",
     "stream_datasets_from_files",
-    "watch_aborts",
 ]

@@ -1,14 +1,14 @@
-"""C-STORE delivery with pynetdicom (PS3.4 Annex B, PS3.7 9.1.1, PS3.8).
+"""C-STORE delivery: planning and outcomes (PS3.4 Annex B, PS3.7 9.1.1, PS3.8).
 
-One call of :func:`send_dicom` makes one delivery attempt for a list of
-instances. Every instance gets exactly one :class:`~pdimport.model.SendOutcome`,
-reported through ``on_outcome`` the moment it is known, so that the caller can
+:func:`pdimport.send.scu.send_dicom` makes one delivery attempt for a list
+of instances; this module holds what it plans and decides without a
+socket: the presentation contexts of each association
+(:func:`plan_batches`), the outcome of a response status
+(:func:`outcome_from_status`), and the settings snapshot workers get. Every
+instance gets exactly one :class:`~pdimport.model.SendOutcome`, reported
+through ``on_outcome`` the moment it is known, so that the caller can
 journal it before the next C-STORE goes out. Retrying (``retry`` and
 ``unknown`` states) is the caller's job.
-
-The adaptations of pynetdicom's internals it relies on (chunked datasets
-streamed from the spool, TCP_NODELAY/QUICKACK sockets, the reactor-race
-workaround) live in :mod:`pdimport.send.compat`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send.compat import StoreAE, stream_datasets_from_files
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,33 +65,6 @@ class NetSettings:
     @property
     def calling_aet(self) -> str:
         return str(self.get("calling_aet"))
-
-
-def make_ae(settings: Any, nodelay: bool = True, quickack: bool = True) -> AE:
-    """An AE for C-STORE requests, every timeout set from `settings`.
-
-    pynetdicom's ``connection_timeout`` defaults to None (wait for the OS TCP
-    connect, minutes); the others default to 30-60 s. All are set explicitly
-    (reliability.md §3.2). ``network.max_pdu`` is the largest PDU we accept
-    (0 = unlimited); what we send is bounded by the peer's announced maximum.
-
-    Parameters
-    ----------
-    settings : pdimport.settings.Settings
-        ``calling_aet`` and ``network.*``.
-    nodelay, quickack : bool
-        Socket options of the destination (``?nodelay=0`` / ``?quickack=0``).
-    """
-    stream_datasets_from_files()
-    ae = StoreAE(ae_title=settings.calling_aet.strip())
-    ae.nodelay = nodelay
-    ae.quickack = quickack
-    ae.connection_timeout = float(settings.get("network.connection_timeout"))
-    ae.acse_timeout = float(settings.get("network.acse_timeout"))
-    ae.dimse_timeout = float(settings.get("network.dimse_timeout"))
-    ae.network_timeout = float(settings.get("network.network_timeout"))
-    ae.maximum_pdu_size = int(settings.get("network.max_pdu"))
-    return ae
 
 
 # ======================================================================
@@ -171,15 +141,15 @@ def classify_status(status: int) -> tuple[str, str]:
 
 
 def outcome_from_status(
-    item: SendItem, status_ds: Dataset, ts: str, converted: Path | None
+    item: SendItem, status: int | None, comment: str, ts: str, converted: Path | None
 ) -> SendOutcome:
-    """The outcome of one C-STORE from the status Dataset pynetdicom returned.
+    """The outcome of one C-STORE from its response's Status and Error Comment.
 
-    An empty Dataset (no response within ``dimse_timeout``, abort, invalid
+    No status (no response within ``dimse_timeout``, abort, invalid
     response) is ``unknown``: the SCP may well have stored the object
     (reliability.md §0.6), so it is neither sent nor failed.
     """
-    if "Status" not in status_ds:
+    if status is None:
         return SendOutcome(
             item.key,
             "unknown",
@@ -189,10 +159,8 @@ def outcome_from_status(
             ts,
             converted,
         )
-    status = int(status_ds.Status)
     state, code = classify_status(status)
     detail = "" if status == 0 else f"0x{status:04X}"
-    comment = status_ds.get("ErrorComment")
     if detail and comment:
         detail += f" {comment}"
     return SendOutcome(item.key, state, status, code, detail, ts, converted)

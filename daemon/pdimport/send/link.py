@@ -5,11 +5,12 @@ order it is given them, and turns each into one
 :class:`~pdimport.model.SendOutcome`. It opens the association lazily, and
 it is where "outcome unknown" is handled:
 
-* no C-STORE-RSP within ``dimse_timeout`` (pynetdicom then aborts) after
-  the peer has answered earlier stores on this association: the instance is
-  resent **once** on a fresh association and the answer to the resend is the
-  outcome (detail says so). A missing answer in the middle of a stream is a
-  glitch (a dropped response, reliability.md §0.6, performance.md §3b);
+* no C-STORE-RSP within ``dimse_timeout`` (the association is then
+  aborted) after the peer has answered earlier stores on this association:
+  the instance is resent **once** on a fresh association and the answer to
+  the resend is the outcome (detail says so). A missing answer in the middle
+  of a stream is a glitch (a dropped response, reliability.md §0.6,
+  performance.md §3b);
 * no answer to the resend, or a peer that never answered anything on this
   association: ``unknown``, and the link goes down. A peer that hangs from
   its first store is not hammered; the caller's back-off retries later.
@@ -17,9 +18,8 @@ it is where "outcome unknown" is handled:
 Either way the object may be stored twice; PS3.4 B.2.2 lets an SCP accept a
 repeated SOP Instance UID, and the spool bytes are the same.
 
-The C-STORE request itself is written by :func:`_c_store` straight to the
-association's socket (see :mod:`pdimport.send.wire` for why); the response
-still comes back through pynetdicom's DUL and DIMSE providers.
+The association itself is :mod:`pdimport.send.association`: our own, over
+a blocking socket in this thread (no pynetdicom on the C-STORE path).
 """
 
 from __future__ import annotations
@@ -27,46 +27,33 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 
 from pdimport.model import SendItem, SendOutcome
-from pdimport.send.compat import (
-    AbortWatch,
-    ResponseKeeper,
-    bound_writes,
-    keep_store_responses,
-    no_response,
-    pause_reactor,
-    raw_socket,
-    response_status,
-    resume_reactor,
-    watch_aborts,
+from pdimport.send.association import (
+    ConnectFailed,
+    Lost,
+    Rejected,
+    StoreAssociation,
+    Timeouts,
+    open_association,
 )
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import FALLBACK_TS, make_ae, outcome_from_status
-from pdimport.send.peer import Unresolvable, connect_failure, rejection_detail, resolve
-from pdimport.send.wire import command_buffers, dataset_buffers, encode_store_rq, fragment_size
+from pdimport.send.dicom import FALLBACK_TS, outcome_from_status
+from pdimport.send.peer import Unresolvable, describe_connect_error, rejection_detail, resolve
+from pdimport.send.wire import encode_store_rq, meta_end
 from pdimport.transcode.reencode import TranscodeError, convert
 
 LOGGER = logging.getLogger(__name__)
 
-#: Bytes read from the spool per sendmsg() round; bounds memory per link.
-READ_BLOCK = 4 << 20
-
 RESENT = "resent once on a fresh association after no C-STORE response"
-#: Seconds a failed write waits for the DUL to read the peer's A-ABORT.
-ABORT_GRACE = 1.0
 
 
 class LinkDown(Exception):
@@ -96,35 +83,36 @@ class Link:
 
     Parameters
     ----------
-    ae : pynetdicom.AE
-        From :func:`pdimport.send.dicom.make_ae`.
     dest : DicomDest
-        Called AE title and address.
+        Called AE title, address and socket options.
     contexts : list of PresentationContext
-        What every association of this link proposes.
+        What every association of this link proposes (context IDs 1, 3, 5 …
+        in this order, as pynetdicom numbers them).
     workdir : pathlib.Path
         Where converted copies are written.
+    calling_aet : str
+        Our AE title (``calling_aet``).
+    timeouts : Timeouts
+        ``network.connection_timeout``, ``acse_timeout``, ``dimse_timeout``.
     max_pdu : int
         The maximum PDU we announce (``network.max_pdu``, 0 = unlimited).
     """
 
-    ae: AE
     dest: DicomDest
     contexts: list[PresentationContext]
     workdir: Path
+    calling_aet: str
+    timeouts: Timeouts
     max_pdu: int = 0
     answered: int = 0
     sent: int = 0
-    _assoc: Association | None = field(default=None, repr=False)
-    _keeper: ResponseKeeper | None = field(default=None, repr=False)
-    _watch: AbortWatch | None = field(default=None, repr=False)
+    _assoc: StoreAssociation | None = field(default=None, repr=False)
     #: ``answered`` at the last abort by the peer (see :meth:`_aborted`)
     _answered_at_abort: int | None = None
     _accepted: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _cx_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _no_context: bool = False
     _down: LinkDown | None = None
-    recovered: int = 0
     #: Checked right before each C-STORE; False takes the link down unsent
     #: (a worker whose parent died must not send what nobody will journal).
     guard: Any = None
@@ -133,13 +121,8 @@ class Link:
     def close(self) -> None:
         """Release the association (abort it if it cannot be released)."""
         assoc, self._assoc = self._assoc, None
-        if assoc is None:
-            return
-        self._count_recovered()
-        if assoc.is_established:
+        if assoc is not None:
             assoc.release()
-        if assoc.is_established:
-            assoc.abort()
 
     def abort(self) -> None:
         """Abort at once (an exception in the caller)."""
@@ -147,75 +130,57 @@ class Link:
         if assoc is not None:
             assoc.abort()
 
-    def _count_recovered(self) -> None:
-        if self._keeper is not None and self._keeper.recovered:
-            self.recovered += self._keeper.recovered
-            LOGGER.warning(
-                "%s: recovered %d C-STORE responses taken by the pynetdicom reactor",
-                self.dest.key,
-                self._keeper.recovered,
-            )
-            self._keeper.recovered = 0
-
     def _open(self) -> None:
         """Establish a fresh association, or raise :class:`LinkDown`."""
-        rejections: list = []
-        connected: list[bool] = []
-
-        def on_acse_recv(event: evt.Event) -> None:
-            # Keep the A-ASSOCIATE-RJ so the report can say why (PS3.8 7.1.1.9).
-            primitive = getattr(event, "primitive", None)
-            if getattr(primitive, "result", None) in (0x01, 0x02):
-                rejections.append(primitive)
-
+        host, port = self.dest.connect_host, self.dest.port
         try:
-            resolve(self.dest.connect_host, self.dest.port)
+            resolve(host, port)
         except Unresolvable as exc:
             raise LinkDown(
                 "association_failed", exc.detail, "retry" if exc.transient else "failed"
             ) from None
-        assoc = self.ae.associate(
-            self.dest.connect_host,
-            self.dest.port,
-            contexts=self.contexts,
-            ae_title=self.dest.aet,
-            max_pdu=self.max_pdu,
-            evt_handlers=[
-                (evt.EVT_ACSE_RECV, on_acse_recv),
-                (evt.EVT_CONN_OPEN, lambda _e: connected.append(True)),
-            ],
-        )
-        if assoc.is_rejected:
-            permanent = bool(rejections) and rejections[-1].result == 0x01
+        proposed = [
+            (2 * n + 1, str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+            for n, cx in enumerate(self.contexts)
+        ]
+        try:
+            assoc = open_association(
+                (host, port),
+                self.calling_aet,
+                self.dest.aet,
+                proposed,
+                self.max_pdu,
+                self.timeouts,
+                nodelay=self.dest.nodelay,
+                quick=self.dest.quickack,
+            )
+        except Rejected as rj:
+            permanent = rj.rejection.result == 0x01
             raise LinkDown(
                 "association_rejected",
-                rejection_detail(self.dest, rejections),
+                rejection_detail(self.dest, [rj.rejection]),
                 "failed" if permanent else "retry",
-            )
-        if not assoc.is_established:
-            if assoc.rejected_contexts and not assoc.accepted_contexts:
-                # pynetdicom aborts when the SCP accepts no context at all.
-                self._no_context = True
-                return
-            if not connected:
-                raise LinkDown(
-                    "association_failed",
-                    connect_failure(
-                        self.dest.connect_host,
-                        self.dest.port,
-                        float(self.ae.connection_timeout or 5),
-                    ),
-                )
+            ) from None
+        except ConnectFailed as exc:
+            raise LinkDown(
+                "association_failed",
+                describe_connect_error(host, port, exc.error, self.timeouts.connect),
+            ) from None
+        except Lost as lost:
+            LOGGER.warning("%s: association failed: %s", self.dest.key, lost.cause)
             raise LinkDown(
                 "association_failed",
                 f"{self.dest.key}: association aborted or timed out by the peer",
-            )
+            ) from None
+        if not assoc.accepted:
+            # No context at all: nothing can go on this association (as
+            # pynetdicom did, abort it); every item is no_presentation_context.
+            assoc.abort()
+            self._no_context = True
+            return
         self._assoc = assoc
-        self._keeper = keep_store_responses(assoc)
-        self._watch = watch_aborts(assoc)
         self._accepted, self._cx_ids = _accepted(assoc)
         self.sent = 0
-        bound_writes(assoc)
 
     def connect(self) -> None:
         """Establish the association now (else the first :meth:`send` does).
@@ -250,6 +215,11 @@ class Link:
         """
         if self._down is not None:
             raise self._down
+        if self._assoc is not None and (why := self._assoc.ended_by_peer()):
+            LOGGER.info(
+                "%s ended the idle association (%s): opening a fresh one", self.dest.key, why
+            )
+            self._assoc = None
         self.connect()
         if self._no_context:
             return _no_context(item, self.dest)
@@ -257,7 +227,7 @@ class Link:
             self._down = LinkDown("association_failed", "the delivering process is gone")
             raise self._down
         assoc = self._assoc
-        if assoc is None or not assoc.is_established:
+        if assoc is None or not assoc.established:
             self._down = LinkDown(
                 "association_failed",
                 f"{self.dest.key}: association lost after {self.answered} answered stores",
@@ -309,13 +279,12 @@ class Link:
 
     def _drop_association(self) -> None:
         assoc, self._assoc = self._assoc, None
-        self._count_recovered()
-        if assoc is not None and assoc.is_established:
+        if assoc is not None:
             assoc.abort()
 
     def _send_one(self, item: SendItem) -> SendOutcome:
         assoc = self._assoc
-        assert assoc is not None and self._keeper is not None and self._watch is not None
+        assert assoc is not None
         prepared = _prepare(item, self._accepted, self.dest, self.workdir)
         if isinstance(prepared, SendOutcome):
             return prepared
@@ -327,10 +296,27 @@ class Link:
             # never from the File Meta, which a vendor may have left out.
             cx_id = self._cx_ids[(item.sop_class_uid, ts)]
             command = encode_store_rq(item.sop_class_uid, item.sop_instance_uid, msg_id)
-            status_ds = _c_store(assoc, self._keeper, self._watch, cx_id, command, path, msg_id)
+            with open(path, "rb") as fp:
+                fp.seek(dataset_offset(fp, path))
+                rsp = assoc.store(cx_id, command, fp, msg_id, item.sop_instance_uid)
+        except Lost as lost:
+            self._assoc = None  # closed or aborted by now
+            if lost.by_peer:
+                return self._aborted(item, lost.cause, ts, converted)
+            return SendOutcome(
+                item.key,
+                "unknown",
+                None,
+                "outcome_unknown",
+                f"no C-STORE response: {lost.cause}",
+                ts,
+                converted,
+            )
         except (OSError, ValueError, KeyError) as exc:
             # The spooled file is not what the header scan said (no context
             # for its real SOP class / syntax, no Part 10 framing, unreadable).
+            if not assoc.established:
+                self._assoc = None  # broken mid-message: the next item opens anew
             return SendOutcome(
                 item.key,
                 "failed",
@@ -340,9 +326,10 @@ class Link:
                 ts,
                 converted,
             )
-        if "Status" not in status_ds and self._watch.cause:
-            return self._aborted(item, self._watch.cause, ts, converted)
-        return outcome_from_status(item, status_ds, ts, converted)
+        if rsp is None:
+            self._assoc = None  # aborted after dimse_timeout
+            return outcome_from_status(item, None, "", ts, converted)
+        return outcome_from_status(item, rsp.status, _comment(rsp), ts, converted)
 
     def _aborted(self, item: SendItem, cause: str, ts: str, converted: Path | None) -> SendOutcome:
         """The peer aborted the association (or closed it) during this store.
@@ -360,7 +347,6 @@ class Link:
         """
         detail = f"{self.dest.key} aborted the association during this C-STORE: {cause}"
         LOGGER.warning("%s (%s)", detail, item.sop_instance_uid)
-        self._drop_association()
         if self._answered_at_abort == self.answered:
             self._down = LinkDown(
                 "association_failed",
@@ -372,9 +358,20 @@ class Link:
 
 # ----------------------------------------------------------- per item
 def new_link(dest: DicomDest, batch_contexts: list, settings: Any, workdir: Path) -> Link:
-    """A :class:`Link` with an AE configured from `settings` and `dest`."""
-    ae = make_ae(settings, nodelay=dest.nodelay, quickack=dest.quickack)
-    return Link(ae, dest, batch_contexts, workdir, max_pdu=int(settings.get("network.max_pdu")))
+    """A :class:`Link` to `dest` with the calling AE title and timeouts of `settings`."""
+    timeouts = Timeouts(
+        float(settings.get("network.connection_timeout")),
+        float(settings.get("network.acse_timeout")),
+        float(settings.get("network.dimse_timeout")),
+    )
+    return Link(
+        dest,
+        batch_contexts,
+        workdir,
+        str(settings.get("calling_aet")).strip(),
+        timeouts,
+        max_pdu=int(settings.get("network.max_pdu")),
+    )
 
 
 def _prepare(
@@ -422,100 +419,43 @@ def decode_failed(
     )
 
 
-def _c_store(
-    assoc: Association,
-    keeper: ResponseKeeper,
-    watch: AbortWatch,
-    cx_id: int,
-    command: bytes,
-    path: Path,
-    msg_id: int,
-) -> Dataset:
-    """One C-STORE of a Part 10 file's original bytes; the status Dataset.
+#: Bytes read to find the end of the File Meta; more only for a rare long one.
+META_HEAD = 4096
 
-    Same flow as pynetdicom's ``send_c_store`` (pause the reactor, send, wait
-    ``dimse_timeout`` for the response, abort without one), except that the
-    request is written by :func:`_write_request` from this thread. An empty
-    Dataset means no response (the association is then aborted); when the
-    peer aborted it, `watch` says why.
+
+def dataset_offset(fp: Any, path: Path) -> int:
+    """Where the data set of the Part 10 file `fp` starts (after its File Meta).
+
+    :func:`~pdimport.send.wire.meta_end` on the first bytes (~2 µs), pydicom
+    (~0.2 ms) only for what that cannot tell: a meta longer than
+    :data:`META_HEAD`, or no standard framing.
 
     Raises
     ------
-    ValueError, OSError
-        The file has no Part 10 framing or cannot be read.
+    ValueError
+        No Part 10 framing.
     """
-    _meta, offset = split_dataset(path)
-    pause_reactor(assoc)
-    keeper.awaiting = msg_id
-    watch.waiting = True
-    try:
-        with open(path, "rb") as fp:
-            fp.seek(offset)
-            written = _write_request(assoc, cx_id, command, fp)
-        rsp = assoc.dimse.get_msg(block=True)[1] if written else None
-        if not written:
-            watch.wait(ABORT_GRACE)  # a reset may beat the A-ABORT to us
-    finally:
-        watch.waiting = False
-        keeper.awaiting = None
-        resume_reactor(assoc)
-    if rsp is None:
-        no_response(assoc)
-        return Dataset()
-    return response_status(assoc, rsp)
+    offset = meta_end(fp.read(META_HEAD))
+    if offset is None:
+        _meta, offset = split_dataset(path)
+    return int(offset)
 
 
-def _write_request(assoc: Association, cx_id: int, command: bytes, fp: Any) -> bool:
-    """Write command and data set PDUs; False if the connection broke.
-
-    The DUL thread writes to this socket only for primitives we queue (none
-    while a C-STORE is in progress) and for an abort, after which the stream
-    does not matter any more. P-DATA needs no state change in Sta6 (PS3.8
-    9.2, DT-1), so bypassing the state machine keeps it consistent.
-    """
-    sock = raw_socket(assoc)
-    if sock is None:
-        return False
-    fragment = fragment_size(assoc.acceptor.maximum_length or 0)
-    block_size = fragment * max(1, READ_BLOCK // fragment)
-    try:
-        buffers = command_buffers(cx_id, command, fragment)
-        block = memoryview(fp.read(block_size))
-        if not block:
-            raise ValueError("empty data set")
-        while block:
-            following = memoryview(fp.read(block_size))
-            for batch in dataset_buffers(cx_id, block, fragment, not following):
-                _sendmsg_all(sock, buffers + batch)
-                buffers = []
-            block = following
-    except (TimeoutError, OSError) as exc:
-        LOGGER.warning("writing to %s failed: %s", assoc.acceptor.address, exc)
-        return False
-    return True
+def _comment(rsp: Any) -> str:
+    """Error Comment and Offending Element(s) of a response, for the detail."""
+    tags = ", ".join(f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in rsp.offending)
+    return " ".join(x for x in (rsp.comment, f"offending {tags}" if tags else "") if x)
 
 
-def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
-    """sendmsg() until every buffer is written (a blocking send may be partial)."""
-    views = [memoryview(b) for b in buffers]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
-
-
-def _accepted(assoc: Association) -> tuple[dict[str, list[str]], dict[tuple[str, str], int]]:
+def _accepted(
+    assoc: StoreAssociation,
+) -> tuple[dict[str, list[str]], dict[tuple[str, str], int]]:
     """SOP class -> accepted syntaxes, and (class, syntax) -> context ID (PS3.8 9.3.3.2)."""
     by_class: dict[str, list[str]] = {}
     ids: dict[tuple[str, str], int] = {}
-    for cx in assoc.accepted_contexts:
-        sop_class, ts = str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+    for cx_id, sop_class, ts in assoc.accepted:
         by_class.setdefault(sop_class, []).append(ts)
-        assert cx.context_id is not None  # accepted contexts always carry their id
-        ids.setdefault((sop_class, ts), cx.context_id)
+        ids.setdefault((sop_class, ts), cx_id)
     return by_class, ids
 
 
@@ -578,7 +518,6 @@ def _with_detail(outcome: SendOutcome, detail: str) -> SendOutcome:
 
 
 __all__ = [
-    "READ_BLOCK",
     "RESENT",
     "Link",
     "LinkDown",

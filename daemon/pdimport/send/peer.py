@@ -1,9 +1,9 @@
 """Why a destination could not be reached, in words (PS3.8 7.1.1.9, 9.3.4).
 
-pynetdicom logs the causes of a failed association (a name that does not
-resolve, a refused connection, an A-ASSOCIATE-RJ) but does not return them;
-these helpers find them again for the report. Used by
-:mod:`pdimport.send.link`.
+The words of the report for a name that does not resolve, a refused
+connection and an A-ASSOCIATE-RJ. Used by :mod:`pdimport.send.link` and by
+the console's C-ECHO (through pynetdicom, which logs these causes but does
+not return them: :func:`connect_failure` finds them again).
 """
 
 from __future__ import annotations
@@ -59,18 +59,30 @@ def resolve(host: str, port: int) -> None:
 def connect_failure(host: str, port: int, timeout: float) -> str:
     """Why the TCP connection to ``host:port`` failed, in words.
 
-    pynetdicom logs the socket error but does not return it; one more
-    connect attempt, bounded by the connection timeout, names the cause.
+    For callers that only learnt that it failed (pynetdicom logs the socket
+    error but does not return it): one more connect attempt, bounded by the
+    connection timeout, names the cause.
     """
     try:
         with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
             return f"{host}:{port}: connection failed, then accepted on a second try"
-    except ConnectionRefusedError:
-        return f"connection refused by {host}:{port} (is the PACS running?)"
-    except TimeoutError:
-        return f"no answer from {host}:{port} within {min(timeout, 5.0):.0f} s (firewall?)"
     except OSError as exc:
-        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        return describe_connect_error(host, port, exc, min(timeout, 5.0))
 
 
-__all__ = ["Unresolvable", "connect_failure", "rejection_detail", "resolve"]
+def describe_connect_error(host: str, port: int, exc: OSError, timeout: float) -> str:
+    """The words for the OSError of a connect() to ``host:port``."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {host}:{port} (is the PACS running?)"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {host}:{port} within {timeout:.0f} s (firewall?)"
+    return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+
+
+__all__ = [
+    "Unresolvable",
+    "connect_failure",
+    "describe_connect_error",
+    "rejection_detail",
+    "resolve",
+]

@@ -1,8 +1,8 @@
 """Several associations to one destination, one worker process each.
 
 Why processes: a C-STORE sender in Python is CPU-bound per association
-(pynetdicom's DUL and DIMSE threads share one GIL, performance.md §3c); a
-second process uses the second core.
+(reading the spool, framing PDUs and decoding responses in one GIL,
+performance.md §3c); a second process uses the second core.
 
 How work is spread: the parent deals the batch's items out one at a time, in
 medium order, to whichever worker has room (at most :data:`DEPTH`
@@ -12,7 +12,7 @@ roughly in order (the first series completes first, which is what a PACS
 "series complete" rule and a reader opening the study need), and a slow
 association simply gets fewer items: no chunk is left waiting on a stalled
 link. Memory stays bounded: a worker holds at most :data:`DEPTH` items and
-one read block (:data:`pdimport.send.link.READ_BLOCK`).
+one read block (:data:`pdimport.send.association.READ_BLOCK`).
 
 Outcomes come back over each worker's pipe and ``on_outcome`` is called in
 this process as each arrives. The parent knows exactly which items every

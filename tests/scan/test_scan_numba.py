@@ -47,6 +47,7 @@ from pdimport.problems import Problem
 from pdimport.scan import get_scanner
 from pdimport.scan.encoding import detect_encoding
 from pdimport.scan.numba_buffers import _Template
+from pdimport.scan.numba_columns import KEYWORD_TAGS as _PLAIN_FIELDS_BY_KEYWORD
 from pdimport.scan.numba_decode import _PLAIN_FIELDS
 from pdimport.scan.numba_scanner import NumbaScanner
 from pdimport.scan.pydicom_scanner import PydicomScanner
@@ -305,7 +306,8 @@ def test_explicit_lengths_are_checked_against_items(tmp_path: Path, fast: NumbaS
 @given(
     field=st.sampled_from(sorted(_PLAIN_FIELDS.items())),
     raw=st.from_regex(rb"\A[ !-~]{0,20}\Z")
-    | st.from_regex(rb"\A[A-Z0-9 \\^=.-]{0,16}[\0 ]{0,2}\Z"),
+    | st.from_regex(rb"\A[A-Z0-9 \\^=.+-]{0,16}[\0 ]{0,2}\Z")
+    | st.binary(min_size=0, max_size=6),
     implicit=st.booleans(),
     little=st.booleans(),
     charset=st.sampled_from([None, b"ISO_IR 100", b"ISO_IR 192 ", b"ISO_IR 6", b"ISO_IR 13"]),
@@ -320,6 +322,22 @@ def test_plain_field_fast_path_equals_pydicom(
     tpl.little = little
     tpl.charset = None if charset is None else ("CS", charset)
     vr = 0 if implicit else vr
+    assert scanner.decoder.field(tag, vr, raw, tpl) == scanner.decoder.decode_slow(
+        tag, vr, raw, tpl
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", [b"=", b"==", b"A=", b"A==", b"=A", b"A=\\B", b"A^", b"^", b"A^B=C", b"A\\B"]
+)
+@pytest.mark.parametrize("implicit", [False, True])
+def test_person_names_with_groups_match_pydicom(raw: bytes, implicit: bool):
+    """pydicom drops a name's empty trailing component groups ('A=' is 'A')."""
+    scanner = NumbaScanner()
+    tag = _PLAIN_FIELDS_BY_KEYWORD["PatientName"]
+    tpl = _Template()
+    tpl.implicit = implicit
+    vr = 0 if implicit else _PLAIN_FIELDS[tag]
     assert scanner.decoder.field(tag, vr, raw, tpl) == scanner.decoder.decode_slow(
         tag, vr, raw, tpl
     )

@@ -101,6 +101,7 @@ _PLAIN_FIELDS = {
     }.items()
 }
 _VR_US = _vr_code("US")
+_VR_PN = _vr_code("PN")
 #: Printable ASCII words, single spaces or '\\' between them, trailing spaces.
 _TEXT_PLAIN = re.compile(rb"[!-\[\]-~]+(?:[ \\][!-\[\]-~]+)* *\Z")
 #: Character sets in which printable ASCII bytes are those characters.
@@ -122,6 +123,8 @@ def _plain(vr: int, raw: bytes, tpl: _Template) -> str | None:
     if vr == _VR_IS:
         return raw.rstrip(b"\0 ").decode("ascii") if _IS_PLAIN.match(raw) else None
     if tpl.charset is not None and tpl.charset[1].strip(b" \0") not in _ASCII_SETS:
+        return None
+    if vr == _VR_PN and b"=" in raw:  # pydicom drops empty trailing groups ('A=' is 'A')
         return None
     return raw.rstrip(b" ").decode("ascii") if _TEXT_PLAIN.match(raw) else None
 

@@ -310,6 +310,7 @@ class StoreAssociation:
             while True:
                 pdu_type, _body = self.read_pdu(deadline - time.monotonic())
                 if pdu_type == acse.RELEASE_RP:
+                    LOGGER.debug("association with %s released", _peer(self.sock))
                     self._close()
                     return True
                 if pdu_type == acse.ABORT:
@@ -416,6 +417,11 @@ def open_association(
         if result == acse.ACCEPTANCE and cx_id in proposed and ts in proposed[cx_id][1]
     ]
     assoc.peer_max_pdu = answer.max_pdu
+    LOGGER.debug(
+        "association %s -> %s at %s:%s accepted: %d of %d presentation contexts, peer max PDU %d",
+        calling_aet, called_aet, address[0], address[1], len(assoc.accepted), len(contexts),
+        answer.max_pdu,
+    )  # fmt: skip
     return assoc
 
 

@@ -54,8 +54,17 @@ def test_associate_rq_is_byte_for_byte_pynetdicoms(max_pdu: int) -> None:
         def answer() -> None:
             conn, _ = server.accept()
             with conn:
+                conn.settimeout(10)
                 got.append(_first_pdu(conn))
                 conn.sendall(acse.header(acse.ASSOCIATE_RJ, 4) + bytes((0, 1, 1, 1)))
+                # Keep the connection until the requestor closes it, having read
+                # the RJ: closed at once, a loaded requestor may see the close
+                # first and report an abort instead of the rejection.
+                try:
+                    while conn.recv(4096):
+                        pass
+                except OSError:
+                    pass
 
         thread = threading.Thread(target=answer)
         thread.start()

@@ -6,6 +6,7 @@ read completely is never dropped."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,3 +126,61 @@ def test_commit_without_syncfs_fsyncs_each_file(tmp_path: Path, monkeypatch) -> 
 def test_syncfs_is_available_here(tmp_path: Path) -> None:
     """The group commit's one sync per group needs syncfs(2) (Linux)."""
     assert fsutil.sync_filesystem(tmp_path) is True
+
+
+def test_the_writer_keeps_writing_while_a_group_is_synced(tmp_path: Path) -> None:
+    """While one group waits for the disk, the next files are written (to
+    the spool's temporary folder) and then commit together, in read order."""
+    sp = Spool(tmp_path / "spool")
+    journal = Journal(tmp_path / "journal.sqlite")
+    release = threading.Event()
+    commits: list[list[str]] = []
+    real_commit = sp.commit
+
+    def slow_first_commit(staged):
+        if not commits:
+            commits.append([])
+            assert release.wait(10)
+        else:
+            commits.append([])
+        return real_commit(staged)
+
+    sp.commit = slow_first_commit  # type: ignore[method-assign]
+    handed: list[str] = []
+    writer = SpoolWriter(sp, journal, "job", lambda path, sha: handed.append(path))
+    writer.start()
+    _send(writer, 0, "F0", b"0" * 1000)
+    assert _wait_for(lambda: len(commits) == 1)  # F0's group is being synced
+    for n in range(1, 6):
+        _send(writer, n, f"F{n}", bytes([n]) * 1000)
+    tmp = tmp_path / "spool" / "tmp"
+    assert _wait_for(lambda: len(list(tmp.iterdir())) == 6)  # F0 and the five after it
+    assert journal.files("job") == [] and handed == []
+    release.set()
+    writer.close()
+    assert [r.path for r in journal.files("job")] == [f"F{n}" for n in range(6)]
+    assert handed == [f"F{n}" for n in range(6)]
+    assert 2 <= len(commits) <= 3  # F0, then the rest in one or two groups
+    assert not list(tmp.iterdir())
+
+
+def test_a_failed_commit_stops_the_reader_and_keeps_nothing_half_done(
+    tmp_path: Path,
+) -> None:
+    sp = Spool(tmp_path / "spool")
+    journal = Journal(tmp_path / "journal.sqlite")
+
+    def broken_commit(staged):
+        sp.discard(staged)
+        raise OSError(5, "Input/output error")
+
+    sp.commit = broken_commit  # type: ignore[method-assign]
+    writer = SpoolWriter(sp, journal, "job", lambda path, sha: None)
+    writer.start()
+    _send(writer, 0, "F0", b"0" * 1000)
+    assert _wait_for(lambda: writer.error is not None)
+    with pytest.raises(OSError):
+        _send(writer, 1, "F1", b"1" * 1000)
+    writer.close(finish=False)
+    assert journal.files("job") == []
+    assert not list((tmp_path / "spool" / "tmp").iterdir())

@@ -30,17 +30,19 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdimport.policy.group import Instance, Patient, patient_instances
 from pdimport.problems import Problem
-from pdimport.reconcile.coerce import LocalIdentity, coerce_file
 from pdimport.reconcile.match import match
 from pdimport.reconcile.model import Candidate, Demographics, IdentitySource, MatchKind, SourceDown
 from pdimport.reconcile.sources import expectations_at, open_source
 from pdimport.settings import Settings
 from pdimport.store.journal import Decision, Journal
 from pdimport.store.spool import Spool
+
+if TYPE_CHECKING:
+    from pdimport.reconcile.coerce import LocalIdentity
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,19 @@ def identity_dict(identity: LocalIdentity | None) -> dict[str, Any] | None:
     return None if identity is None else dataclasses.asdict(identity)
 
 
+def local_identity(**fields: Any) -> LocalIdentity:
+    """A :class:`~pdimport.reconcile.coerce.LocalIdentity`. Coercion needs
+    pydicom (≈ 0.3 s to import): it is loaded when a medium has a patient to
+    coerce, not at every start."""
+    from pdimport.reconcile.coerce import LocalIdentity
+
+    return LocalIdentity(**fields)
+
+
 def identity_of(candidate: Candidate, default_issuer: str) -> LocalIdentity:
     """A matched candidate's identity; ``reconcile.issuer`` where the source names none."""
+    from pdimport.reconcile.coerce import LocalIdentity
+
     identity = LocalIdentity.from_candidate(candidate)
     if not identity.issuer and default_issuer:
         identity = dataclasses.replace(identity, issuer=default_issuer)
@@ -149,7 +162,7 @@ class Reconciler:
                 # patient is never delivered under two identities, whatever
                 # the sources or settings say now.
                 identity, how = earlier[patient.id]
-                local = LocalIdentity(**identity) if identity else None
+                local = local_identity(**identity) if identity else None
                 out.append(Settled(patient, insts, DELIVER, identity=local, match=how))
             elif several and self.settings.get("policy.multi_patient") == "hold":
                 out.append(Settled(patient, insts, HOLD, hold_reason="multi_patient"))
@@ -179,7 +192,7 @@ class Reconciler:
     def _decided(self, patient: Patient, insts: list[Instance], decision: Decision) -> Settled:
         if decision.action == DISCARD:
             return Settled(patient, insts, DISCARD, decision=decision)
-        identity = LocalIdentity(**decision.identity) if decision.identity else None
+        identity = local_identity(**decision.identity) if decision.identity else None
         return Settled(
             patient,
             insts,
@@ -242,7 +255,7 @@ class Reconciler:
         local_id = patient.id
         if policy == "prefix":
             local_id = f"{self.settings.get('reconcile.prefix')}{patient.id}"
-        identity = LocalIdentity(
+        identity = local_identity(
             patient_id=local_id,
             issuer=patient.issuer or facility,
             name=patient.name,
@@ -266,6 +279,8 @@ class Reconciler:
     ) -> list[Problem]:
         """Point each instance's ``send_sha256`` at a copy coerced to
         ``identity`` (made once, then found in the journal)."""
+        from pdimport.reconcile.coerce import coerce_file
+
         accession = str(self.settings.get("reconcile.accession"))
         key = json.dumps([identity_dict(identity), accession, facility], sort_keys=True)
         purpose = "coerce:" + hashlib.sha256(key.encode()).hexdigest()[:32]

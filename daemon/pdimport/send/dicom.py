@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.presentation import PresentationContext, build_context
-
 from pdimport.model import SendItem, SendOutcome
 
 LOGGER = logging.getLogger(__name__)
 
 #: PS3.8 9.3.2.2: presentation context IDs are odd integers 1..255.
 MAX_CONTEXTS = 128
-#: Fallback transfer syntaxes offered for every SOP class, in preference order.
-FALLBACK_TS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Fallback transfer syntaxes offered for every SOP class, in preference
+#: order: Explicit VR Little Endian, Implicit VR Little Endian.
+FALLBACK_TS = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 OutcomeCallback = Callable[[SendOutcome], None]
 
@@ -70,11 +68,35 @@ class NetSettings:
 # ======================================================================
 # planning: presentation contexts and associations
 # ======================================================================
+@dataclass(frozen=True)
+class Context:
+    """A presentation context to propose: one abstract syntax, its transfer
+    syntaxes (the fields of pynetdicom's ``PresentationContext`` our own
+    association reads; pynetdicom itself is not loaded to send)."""
+
+    abstract_syntax: str
+    transfer_syntax: tuple[str, ...]
+
+
+def build_context(abstract_syntax: str, transfer_syntax: str | Iterable[str]) -> Context:
+    """A :class:`Context` for one SOP class and one or several syntaxes."""
+    if isinstance(transfer_syntax, str):
+        transfer_syntax = (transfer_syntax,)
+    return Context(str(abstract_syntax), tuple(str(t) for t in transfer_syntax))
+
+
+def uid_name(uid: str) -> str:
+    """The name of a UID for a message (``JPEG 2000``), else the UID itself."""
+    from pydicom.uid import UID  # its dictionary only when a message names one
+
+    return str(UID(uid).name)
+
+
 @dataclass
 class Batch:
     """The items sent on one association and the contexts it proposes."""
 
-    contexts: list[PresentationContext]
+    contexts: list[Context]
     items: list[SendItem]
 
 

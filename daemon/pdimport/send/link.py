@@ -32,10 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import UID
-from pynetdicom.dsutils import split_dataset
-from pynetdicom.presentation import PresentationContext
-
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.association import (
     ConnectFailed,
@@ -46,10 +42,10 @@ from pdimport.send.association import (
     open_association,
 )
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import FALLBACK_TS, outcome_from_status
+from pdimport.send.dicom import FALLBACK_TS, Context, outcome_from_status, uid_name
 from pdimport.send.peer import Unresolvable, describe_connect_error, rejection_detail, resolve
 from pdimport.send.wire import encode_store_rq, meta_end
-from pdimport.transcode.reencode import TranscodeError, convert
+from pdimport.transcode.errors import TranscodeError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,7 +81,7 @@ class Link:
     ----------
     dest : DicomDest
         Called AE title, address and socket options.
-    contexts : list of PresentationContext
+    contexts : list of Context
         What every association of this link proposes (context IDs 1, 3, 5 …
         in this order, as pynetdicom numbers them).
     workdir : pathlib.Path
@@ -99,7 +95,7 @@ class Link:
     """
 
     dest: DicomDest
-    contexts: list[PresentationContext]
+    contexts: list[Context]
     workdir: Path
     calling_aet: str
     timeouts: Timeouts
@@ -390,6 +386,8 @@ def _prepare(
     converted = converted_path(workdir, item, target)
     try:
         if not converted.exists():
+            from pdimport.transcode.reencode import convert  # pydicom: only to convert
+
             convert(item.path, converted, target)
     except TranscodeError as exc:
         return decode_failed(item, target, str(exc), exc.code)
@@ -415,7 +413,7 @@ def decode_failed(
         "failed",
         None,
         code or TranscodeError.code,
-        f"{UID(item.transfer_syntax).name} -> {UID(target).name}: {detail}",
+        f"{uid_name(item.transfer_syntax)} -> {uid_name(target)}: {detail}",
     )
 
 
@@ -437,6 +435,8 @@ def dataset_offset(fp: Any, path: Path) -> int:
     """
     offset = meta_end(fp.read(META_HEAD))
     if offset is None:
+        from pynetdicom.dsutils import split_dataset
+
         _meta, offset = split_dataset(path)
     return int(offset)
 
@@ -500,8 +500,8 @@ def _no_context(item: SendItem, dest: DicomDest) -> SendOutcome:
         "failed",
         None,
         "no_presentation_context",
-        f"{dest.key} accepts neither {UID(item.sop_class_uid).name} in "
-        f"{UID(item.transfer_syntax).name} nor in an uncompressed syntax",
+        f"{dest.key} accepts neither {uid_name(item.sop_class_uid)} in "
+        f"{uid_name(item.transfer_syntax)} nor in an uncompressed syntax",
     )
 
 

@@ -37,13 +37,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.presentation import build_context
-
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import Batch, give_back
+from pdimport.send.dicom import Batch, build_context, give_back
 from pdimport.send.link import LinkDown, new_link
-from pdimport.transcode.decode import DEFAULT_TIMEOUT
+from pdimport.transcode.errors import DEFAULT_TIMEOUT
 from pdimport.workers import Supervisor, Worker
 
 LOGGER = logging.getLogger(__name__)

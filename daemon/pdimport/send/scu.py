@@ -31,7 +31,6 @@ from pdimport.send.dest import DicomDest
 from pdimport.send.dicom import Batch, NetSettings, give_back, plan_batches
 from pdimport.send.link import LinkDown, converted_path, decode_failed, new_link
 from pdimport.send.pool import send_parallel
-from pdimport.transcode import decode
 
 LOGGER = logging.getLogger(__name__)
 
@@ -177,6 +176,8 @@ def converted_ahead(
     if not plan:
         yield from ((item, None) for item in items)
         return
+    from pdimport.transcode import decode  # the codecs only when something is converted
+
     streams: dict[str, Generator[decode.DecodeResult]] = {}
     try:
         for target, pooled in plan.items():

@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Self
 
 from pdimport.transcode import memory as mem
+from pdimport.transcode.errors import DEFAULT_TIMEOUT
 from pdimport.transcode.reencode import (
     DECODER_PREFERENCE,
     TARGETS,
@@ -54,11 +55,6 @@ from pdimport.workers import Supervisor, Worker
 
 log = logging.getLogger(__name__)
 
-#: Seconds one file may take in a worker. A 1,000-frame 512×512 JPEG 2000
-#: multi-frame (524 MB of pixels) at the 18 MB/s a worker decodes here
-#: (bench/bench_decode.py) takes about 30 s: a codec still busy after 5
-#: minutes is looping on its input.
-DEFAULT_TIMEOUT = 300.0
 #: Seconds a worker gets to finish its file when the pool closes.
 STOP_GRACE = 5.0
 

@@ -39,6 +39,7 @@ from pydicom.uid import (
 
 from pdimport.store.fsutil import atomic_write
 from pdimport.transcode.codestream import CodestreamError, check_dataset
+from pdimport.transcode.errors import TranscodeError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,19 +98,6 @@ _NATIVE_PHOTOMETRIC = {
 }
 _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _ENCAPSULATED_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (+ lengths)
-
-
-class TranscodeError(Exception):
-    """The object could not be re-encoded; ``code`` is its problem code:
-    ``decode_failed``, or ``decode_refused`` when the codestream's header
-    disagrees with the dataset (:mod:`pdimport.transcode.codestream`)."""
-
-    code = "decode_failed"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, target_ts: str) -> str:

@@ -32,6 +32,9 @@ medium's wall time ≤ 1.1× its time alone in one drive, unless the CPU or the
 receiver saturated, which the row then names (``bench/nmedia.py``; skipped
 with the reason where loop devices, FUSE or udevd cannot run).
 
+Every round starts after a ``sync`` (outside the clock), so no command
+flushes the files an earlier one left dirty (see :func:`measure`).
+
 Sizes: ``BENCH_E2E_SCALE`` (default 1) multiplies every corpus size, e.g.
 0.05 for a quick run; ``BENCH_E2E_ROUNDS`` (default 3) rounds per peer.
 Corpora are built under a temporary folder per session, never committed.
@@ -143,12 +146,21 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, ok=(0,)) -> Run:
 
 
 def measure(benchmark, scenario: str, peer: str, once, files: int) -> None:
-    """``once()`` returns a Run; ROUNDS of them after one warm-up round."""
+    """``once()`` returns a Run; ROUNDS of them after one warm-up round.
+
+    Every round starts on a clean page cache (``sync`` before it, outside
+    the clock): the files the receiver wrote in the round before are not
+    left dirty for the next command to flush. A command that makes its own
+    files durable (``syncfs``, as pdimport's spool does, or ``cp`` +
+    ``sync``) would otherwise also pay for writing out what the peer before
+    it left in memory, which a peer that syncs nothing never does."""
     row = RESULTS.setdefault((scenario, peer), Row(scenario, peer))
 
     def go() -> None:
+        os.sync()
         row.runs.append(once())
 
+    os.sync()
     once()  # warm-up: page cache, numba cache, receiver's first association
     benchmark.group = f"e2e {scenario}"
     benchmark.pedantic(go, rounds=ROUNDS, iterations=1)

@@ -174,3 +174,33 @@ def test_a_zip_package_keeps_the_single_read(tmp_path) -> None:
         assert overlap.start(imp, job, medium, medium.entries(), [dest]) is None
     finally:
         medium.close()
+
+
+def test_one_association_carries_the_chunks_of_a_read(tmp_path, storescp) -> None:
+    """While the sender keeps up with the read, the chunks go on the
+    association opened for the first one, not on one each."""
+    folder = tmp_path / "disc"
+    make_ct_series(folder / "DICOM", FILES, patient_id="OVL2")
+    log = tmp_path / "storescp.log"
+    scp = storescp(nodelay=True, log=log)
+    dest = parse_dest(scp.url)
+    imp = importer(tmp_path)
+    medium = open_medium(str(folder), imp.settings)
+    order = [e.path for e in medium.entries()]
+    medium.close()
+    waited: list[bool] = []
+
+    def one_at_a_time(job_id: str, entry: Any) -> None:
+        # After the first chunk, the "drive" hands over a file only once every
+        # file before it is acknowledged: each later chunk is one file.
+        n = order.index(entry.path)
+        if n >= overlap.FIRST_CHUNK:
+            waited.append(wait_for(lambda: sent_rows(imp, job_id) >= n))
+
+    job_id = read_hooked(imp, folder, dest, one_at_a_time)
+    assert waited and all(waited), "the early delivery did not keep up with the read"
+    report = imp.process(job_id, [dest]).report
+    assert report["status"] == "imported", report["problems"]
+    assert len(scp.files()) == FILES
+    associations = log.read_text(errors="replace").count("Association Acknowledged")
+    assert associations == 1, f"{associations} associations for {FILES} files"

@@ -562,3 +562,29 @@ def test_importing_the_send_layer_sets_no_pynetdicom_global() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False", "True"]
+
+
+def test_a_session_keeps_its_association_and_grows_its_contexts(tmp_path, storescp) -> None:
+    """StoreSession (early delivery): chunks of one SOP class share one
+    association; a chunk of another class opens one that proposes both, on
+    which the first class still goes."""
+    from pdimport.send.scu import StoreSession
+
+    log = tmp_path / "storescp.log"
+    scp = storescp(nodelay=True, log=log)
+    cfg = settings_mod.defaults()
+    session = StoreSession(parse_dest(scp.url), cfg, tmp_path / "work")
+    outcomes: list[SendOutcome] = []
+    ct = "CT_small.dcm"
+    chunks = [
+        [make_item(tmp_path, ct)],
+        [make_item(tmp_path, ct), make_item(tmp_path, ct)],
+        [make_item(tmp_path, "MR_small.dcm")],
+        [make_item(tmp_path, ct)],
+    ]
+    for chunk in chunks:
+        assert session.send(chunk, outcomes.append) is None
+    session.close()
+    assert [o.state for o in outcomes] == ["sent"] * 5
+    assert len(scp.files()) == 5
+    assert log.read_text(errors="replace").count("Association Acknowledged") == 2

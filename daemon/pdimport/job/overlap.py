@@ -47,6 +47,7 @@ from pdimport.model import Header, Identity, SendOutcome
 from pdimport.policy import rules as policy
 from pdimport.policy.group import Instance, group_patients
 from pdimport.problems import Problem
+from pdimport.send import DicomDest
 from pdimport.send import deliver as send_to
 from pdimport.send.link import remove_converted
 from pdimport.store.groupcommit import DeliveryRecorder
@@ -244,6 +245,8 @@ class EarlyDelivery(threading.Thread):
         #: UIDs each destination already has a delivery row for (a resend or
         #: a conflict is phase 2's to judge)
         self._known = {d.key: {uid for uid, _ in self._journal.sent_set(d.key)} for d, _ in routes}
+        #: DICOM destination key -> the association kept open between chunks
+        self._sessions: dict[str, Any] = {}
 
     # -- the scan worker's side
     def offer(self, path: str, sha: str, result: Any) -> None:
@@ -304,9 +307,15 @@ class EarlyDelivery(threading.Thread):
                 instances = self._prepare(chunk)
                 for dest, select in self._routes:
                     if dest.key not in self._stopped:
-                        self._send(dest, [i for i in instances if select(i)])
+                        self._send(dest, [i for i in instances if select(i)], len(chunk))
         except Exception:  # phase 2 delivers whatever did not go here
             log.exception("job %s: early delivery failed", self._job.id)
+        finally:
+            for session in self._sessions.values():
+                try:
+                    session.close()
+                except Exception:  # noqa: BLE001 - everything sent was journaled
+                    log.warning("job %s: releasing an association failed", self._job.id)
 
     def _prepare(self, chunk: list[tuple[str, str, Header]]) -> list[Instance]:
         """The chunk as phase 2 would send it (the same derived copies),
@@ -338,7 +347,7 @@ class EarlyDelivery(threading.Thread):
                 return []
         return inv.instances
 
-    def _send(self, dest: Any, instances: list[Instance]) -> None:
+    def _send(self, dest: Any, instances: list[Instance], queued: int) -> None:
         deliverer = self._importer._deliverer
         known = self._known[dest.key]
         todo = {i.sha256 + i.uid: i for i in instances if i.uid not in known}
@@ -362,13 +371,31 @@ class EarlyDelivery(threading.Thread):
         workdir.mkdir(exist_ok=True)
         items = [deliverer.item(key, inst) for key, inst in todo.items()]
         try:
-            send_to(dest, items, self._importer.settings, on_outcome, workdir)
+            if isinstance(dest, DicomDest) and queued < MAX_CHUNK:
+                self._session(dest, workdir).send(items, on_outcome)
+            else:  # a backlog (the receiver is slower than the read): every association
+                self._end_session(dest)
+                send_to(dest, items, self._importer.settings, on_outcome, workdir)
         finally:
             recorder.flush()
             remove_converted(workdir, todo)  # as phase 2 does after its delivery
         if failed:  # a refusal, a conversion, a link down: phase 2 and its retries
             log.info("job %s: %s: early delivery stopped", self._job.id, dest.key)
             self._stopped.add(dest.key)
+
+    def _session(self, dest: Any, workdir: Path) -> Any:
+        """The association kept open to ``dest`` while the sender keeps up
+        with the read (chunks smaller than :data:`MAX_CHUNK`)."""
+        from pdimport.send.scu import StoreSession
+
+        if dest.key not in self._sessions:
+            self._sessions[dest.key] = StoreSession(dest, self._importer.settings, workdir)
+        return self._sessions[dest.key]
+
+    def _end_session(self, dest: Any) -> None:
+        session = self._sessions.pop(dest.key, None)
+        if session is not None:
+            session.close()
 
 
 def hold_changed(inv: Inventory, pending: list[Instance], decided: bool) -> bool:

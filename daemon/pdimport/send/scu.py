@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Protocol
 
 from pdimport.model import SendItem, SendOutcome
 from pdimport.send.dest import DicomDest
-from pdimport.send.dicom import Batch, NetSettings, give_back, plan_batches
+from pdimport.send.dicom import MAX_CONTEXTS, Batch, NetSettings, give_back, plan_batches
 from pdimport.send.link import LinkDown, converted_path, decode_failed, new_link
 from pdimport.send.pool import send_parallel
 
@@ -119,7 +120,6 @@ def send_batch(
         Why the link stopped before any item was answered, else None.
     """
     link = new_link(dest, batch.contexts, settings, workdir)
-    stream: Generator[tuple[SendItem, SendOutcome | None]] | None = None
     try:
         try:
             # Connect first: which items need converting depends on what
@@ -128,8 +128,23 @@ def send_batch(
         except LinkDown as down:
             give_back(batch.items, down.code, down.detail, on_outcome, down.state)
             return down
-        budget = int(settings.get("decode.memory_budget_mb"))
-        stream = converted_ahead(link, batch.items, workdir, budget)
+        stopped = _send_on(link, batch.items, settings, on_outcome, workdir)
+    except BaseException:
+        link.abort()
+        raise
+    if stopped is None:
+        link.close()
+    return stopped if stopped is not None and link.answered == 0 else None
+
+
+def _send_on(
+    link: Any, items: list[SendItem], settings: Any, on_outcome: OutcomeCallback, workdir: Path
+) -> LinkDown | None:
+    """Send `items` on the connected `link`, one outcome each; the LinkDown
+    that stopped it (the rest given back), else None."""
+    budget = int(settings.get("decode.memory_budget_mb"))
+    stream = converted_ahead(link, items, workdir, budget)
+    try:
         for n, (item, failed) in enumerate(stream):
             if failed is not None:
                 on_outcome(failed)
@@ -137,17 +152,83 @@ def send_batch(
             try:
                 outcome = link.send(item)
             except LinkDown as down:
-                give_back(batch.items[n:], down.code, down.detail, on_outcome, down.state)
-                return down if link.answered == 0 else None
+                give_back(items[n:], down.code, down.detail, on_outcome, down.state)
+                return down
             on_outcome(outcome)
-    except BaseException:
-        link.abort()
-        raise
     finally:
-        if stream is not None:
-            stream.close()  # stops the decode pool, if any
-    link.close()
+        stream.close()  # stops the decode pool, if any
     return None
+
+
+class StoreSession:
+    """One association to a DICOM destination kept open across deliveries.
+
+    For a medium still being read (:class:`~pdimport.job.overlap.EarlyDelivery`):
+    its instances come in small chunks as they are spooled, and a fresh
+    association per chunk (or four send workers started for it) costs more
+    than the chunk. The association proposes the contexts of every chunk so
+    far; a chunk that needs another one is sent on a new association that
+    proposes them all. One that was idle for :data:`IDLE_REOPEN` seconds is
+    released first (a PACS may drop idle associations). Every item gets one
+    outcome through ``on_outcome``, in this thread, before the next C-STORE.
+    """
+
+    #: Seconds an association may stay unused before the next chunk opens a fresh one.
+    IDLE_REOPEN = 10.0
+
+    def __init__(self, dest: DicomDest, settings: Any, workdir: Path) -> None:
+        self._dest = dest
+        self._settings = settings
+        self._net = NetSettings.of(settings)
+        self._workdir = workdir
+        self._contexts: list[Any] = []
+        self._link: Any = None
+        self._used = 0.0
+
+    def send(self, items: list[SendItem], on_outcome: OutcomeCallback) -> LinkDown | None:
+        """Deliver `items`; the LinkDown that stopped them (the rest given back)."""
+        if not items:
+            return None
+        batches = plan_batches(items)
+        if len(batches) > 1:  # more SOP classes than one association carries
+            self.close()
+            send_dicom(self._dest, items, self._settings, on_outcome, self._workdir)
+            return None
+        known = {(c.abstract_syntax, c.transfer_syntax) for c in self._contexts}
+        wanted = [
+            c for c in batches[0].contexts if (c.abstract_syntax, c.transfer_syntax) not in known
+        ]
+        if wanted or time.monotonic() - self._used > self.IDLE_REOPEN:
+            self.close()
+            if len(self._contexts) + len(wanted) > MAX_CONTEXTS:
+                self._contexts = []
+                wanted = batches[0].contexts
+            self._contexts += wanted
+        if self._link is None:
+            link = new_link(self._dest, list(self._contexts), self._net, self._workdir)
+            try:
+                link.connect()
+            except LinkDown as down:
+                give_back(items, down.code, down.detail, on_outcome, down.state)
+                return down
+            self._link = link
+        try:
+            stopped = _send_on(self._link, items, self._net, on_outcome, self._workdir)
+        except BaseException:
+            self._link.abort()
+            self._link = None
+            raise
+        self._used = time.monotonic()
+        if stopped is not None:
+            self._link.abort()
+            self._link = None
+        return stopped
+
+    def close(self) -> None:
+        """Release the association, if one is open."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
 
 class Converts(Protocol):

@@ -133,8 +133,16 @@ class ExtentReader(LargeReads):
             return 0
         offset, length = runs[self._run]
         want = min(len(buf), CHUNK, length - self._in_run)
-        data = self._read_checked(offset + self._in_run, want)
-        buf[:want] = data
+        pos = offset + self._in_run
+        view = memoryview(buf)[:want]
+        got = -1
+        if self._pread is os.pread:  # straight into the caller's buffer, no copy
+            try:
+                got = os.preadv(self._fd, [view], pos)
+            except OSError:
+                pass  # _read_checked reports it, or reads it sector by sector
+        if got != want:
+            view[:] = self._read_checked(pos, want)
         self._in_run += want
         self._done += want
         return want

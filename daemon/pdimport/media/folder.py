@@ -68,19 +68,20 @@ class _FolderReader(io.RawIOBase):
             self._check_end()
             return 0
         try:
-            data = os.read(self._fd, want)
+            # straight into the caller's buffer: os.read would allocate a
+            # fresh 1 MiB object per chunk and then be copied once more
+            got = os.readv(self._fd, [memoryview(buf)[:want]])
         except OSError as exc:
             raise MediumReadError(
                 "unreadable_sector", f"{self._label}: {exc.strerror} at offset {self._pos}"
             ) from exc
-        if not data:
+        if not got:
             raise MediumReadError(
                 "truncated",
                 f"{self._label}: ended at {self._pos} of {self._size} bytes while reading",
             )
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        self._pos += got
+        return got
 
     def _check_end(self) -> None:
         # A file that grew since listing was rewritten under us: its bytes are

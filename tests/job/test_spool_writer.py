@@ -184,3 +184,31 @@ def test_a_failed_commit_stops_the_reader_and_keeps_nothing_half_done(
     writer.close(finish=False)
     assert journal.files("job") == []
     assert not list((tmp_path / "spool" / "tmp").iterdir())
+
+
+def test_groups_grow_while_the_reader_stays_ahead(tmp_path: Path, monkeypatch) -> None:
+    """The first group is small (its files are handed on soon), each full
+    one after is twice the one before, up to the largest."""
+    from pdimport.job import spoolwriter
+
+    monkeypatch.setattr(spoolwriter, "_WRITE_QUEUE", 10_000)  # the whole medium queued ahead
+    monkeypatch.setattr(spoolwriter, "_GROUP_FILES", 64)
+    sp = Spool(tmp_path / "spool")
+    commits: list[int] = []
+    real_commit = sp.commit
+
+    def counting_commit(staged):
+        commits.append(len(staged))
+        return real_commit(staged)
+
+    sp.commit = counting_commit  # type: ignore[method-assign]
+    journal = Journal(tmp_path / "journal.sqlite")
+    writer = SpoolWriter(sp, journal, "job", lambda path, sha: None)
+    first = spoolwriter._FIRST_GROUP_FILES
+    total = first + 2 * first + 64 + 64 + 5
+    for n in range(total):
+        _send(writer, n, f"F{n}", n.to_bytes(4, "big") * 8)
+    writer.start()
+    writer.close()
+    assert commits == [first, 2 * first, 64, 64, 5]
+    assert [r.seq for r in journal.files("job")] == list(range(total))

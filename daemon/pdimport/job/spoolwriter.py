@@ -16,8 +16,15 @@ log = logging.getLogger(__name__)
 
 #: 1 MiB chunks read from the medium but not yet in the spool (memory bound).
 _WRITE_QUEUE = 32
-#: Largest group of files the spool writer commits at once (SpoolWriter).
-_GROUP_FILES = 64
+#: Largest group of files the spool writer commits at once (SpoolWriter),
+#: reached by doubling from the first group's size: the first files of a
+#: medium are handed on (and sent) soon, then each ``syncfs`` covers more
+#: files. Every sync is a journal commit of the file system, during which
+#: creating the next files and folders waits (py-spy, 1,000 CT from a
+#: folder: 1.8 s of CPU in creating files and bucket folders with groups of
+#: 64; 0.5 s less CPU with 256).
+_FIRST_GROUP_FILES = 32
+_GROUP_FILES = 256
 _GROUP_BYTES = 256 << 20
 #: How often the writer looks again whether the committer is free for a
 #: waiting group while the reader sends nothing (a drive retrying a sector).
@@ -65,9 +72,10 @@ class SpoolWriter(threading.Thread):
     Group commit: a file is journaled (and handed on) only once it is
     durable in the spool, but when the reader is ahead (a fast source: an
     ISO image, a USB stick, a folder) the files written meanwhile are made
-    durable and journaled together, at most ``_GROUP_FILES`` files or
-    ``_GROUP_BYTES`` bytes at a time (one ``syncfs`` and one journal commit
-    instead of two fsyncs and a commit per file). A slow drive leaves the
+    durable and journaled together, at most ``_GROUP_FILES`` files (the
+    first group ``_FIRST_GROUP_FILES``, each full one after twice the one
+    before) or ``_GROUP_BYTES`` bytes at a time (one ``syncfs`` and one
+    journal commit instead of two fsyncs and a commit per file). A slow drive leaves the
     queue empty after every file, which then commits alone at once.
 
     The commits run in a second thread (:class:`_Committer`): while one
@@ -97,6 +105,7 @@ class SpoolWriter(threading.Thread):
         self._error: BaseException | None = None
         self._group: list[tuple[Any, ...]] = []  # records for _Committer, in read order
         self._group_files = 0
+        self._group_limit = _FIRST_GROUP_FILES
         self._group_bytes = 0
 
     @property
@@ -159,9 +168,10 @@ class SpoolWriter(threading.Thread):
         ``_RECHECK`` seconds while the reader is silent)."""
         while True:
             if self._group and (
-                self._group_files >= _GROUP_FILES or self._group_bytes >= _GROUP_BYTES
+                self._group_files >= self._group_limit or self._group_bytes >= _GROUP_BYTES
             ):
                 self._hand_over(wait=True)
+                self._group_limit = min(2 * self._group_limit, _GROUP_FILES)
             elif self._group and self._queue.empty():
                 self._hand_over(wait=False)
             if not self._group:

@@ -78,7 +78,11 @@ def test_associate_rq_is_byte_for_byte_pynetdicoms(max_pdu: int) -> None:
             max_pdu=max_pdu,
         )
         thread.join(10)
-    assert assoc.is_rejected
+    # The requestor read the rejection (pynetdicom logs it), but under load its
+    # reactor may then report the association aborted, not rejected (CI, twice,
+    # with the stand-in peer waiting for the close): what is compared here is
+    # the A-ASSOCIATE-RQ it sent, so only "not established" is asked of it.
+    assert not assoc.is_established
     ours = acse.encode_associate_rq(
         "PDIMPORT", "PACS", [(2 * n + 1, c, [ts]) for n, (c, ts) in enumerate(contexts)], max_pdu
     )

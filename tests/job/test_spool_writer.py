@@ -25,6 +25,15 @@ def parts(tmp_path: Path):
     sp = Spool(tmp_path / "spool")
     journal = Journal(tmp_path / "journal.sqlite")
     handed: list[tuple[str, str]] = []
+    commits = counted_commits(sp)
+    writer = SpoolWriter(sp, journal, "job", lambda path, sha: handed.append((path, sha)))
+    return SimpleNamespace(
+        spool=sp, journal=journal, handed=handed, commits=commits, writer=writer, tmp=tmp_path
+    )
+
+
+def counted_commits(sp: Spool) -> list[int]:
+    """The sizes of the groups ``sp`` commits, in order, as they happen."""
     commits: list[int] = []
     real_commit = sp.commit
 
@@ -33,10 +42,7 @@ def parts(tmp_path: Path):
         return real_commit(staged)
 
     sp.commit = counting_commit  # type: ignore[method-assign]
-    writer = SpoolWriter(sp, journal, "job", lambda path, sha: handed.append((path, sha)))
-    return SimpleNamespace(
-        spool=sp, journal=journal, handed=handed, commits=commits, writer=writer, tmp=tmp_path
-    )
+    return commits
 
 
 def _entry(name: str, data: bytes) -> SimpleNamespace:
@@ -194,14 +200,7 @@ def test_groups_grow_while_the_reader_stays_ahead(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(spoolwriter, "_WRITE_QUEUE", 10_000)  # the whole medium queued ahead
     monkeypatch.setattr(spoolwriter, "_GROUP_FILES", 64)
     sp = Spool(tmp_path / "spool")
-    commits: list[int] = []
-    real_commit = sp.commit
-
-    def counting_commit(staged):
-        commits.append(len(staged))
-        return real_commit(staged)
-
-    sp.commit = counting_commit  # type: ignore[method-assign]
+    commits = counted_commits(sp)
     journal = Journal(tmp_path / "journal.sqlite")
     writer = SpoolWriter(sp, journal, "job", lambda path, sha: None)
     first = spoolwriter._FIRST_GROUP_FILES

@@ -50,6 +50,7 @@ from pdimport.problems import Problem
 from pdimport.send import DicomDest
 from pdimport.send import deliver as send_to
 from pdimport.send.link import remove_converted
+from pdimport.send.scu import StoreSession
 from pdimport.store.groupcommit import DeliveryRecorder
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class EarlyDelivery(threading.Thread):
         #: a conflict is phase 2's to judge)
         self._known = {d.key: {uid for uid, _ in self._journal.sent_set(d.key)} for d, _ in routes}
         #: DICOM destination key -> the association kept open between chunks
-        self._sessions: dict[str, Any] = {}
+        self._sessions: dict[str, StoreSession] = {}
 
     # -- the scan worker's side
     def offer(self, path: str, sha: str, result: Any) -> None:
@@ -383,11 +384,9 @@ class EarlyDelivery(threading.Thread):
             log.info("job %s: %s: early delivery stopped", self._job.id, dest.key)
             self._stopped.add(dest.key)
 
-    def _session(self, dest: Any, workdir: Path) -> Any:
+    def _session(self, dest: Any, workdir: Path) -> StoreSession:
         """The association kept open to ``dest`` while the sender keeps up
         with the read (chunks smaller than :data:`MAX_CHUNK`)."""
-        from pdimport.send.scu import StoreSession
-
         if dest.key not in self._sessions:
             self._sessions[dest.key] = StoreSession(dest, self._importer.settings, workdir)
         return self._sessions[dest.key]

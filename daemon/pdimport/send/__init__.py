@@ -41,8 +41,8 @@ def deliver(
         Scratch folder for converted copies.
     """
     if isinstance(dest, DicomDest):
-        # pydicom and pynetdicom take ~0.3 s to import: only when a DICOM
-        # destination is used, not for every CLI command that imports us.
+        # the C-STORE path (our association, the send workers) only when a
+        # DICOM destination is used, not for every CLI command that imports us
         from pdimport.send.scu import send_dicom
 
         send_dicom(dest, items, settings, on_outcome, workdir)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Protocol
@@ -168,13 +167,11 @@ class StoreSession:
     association per chunk (or four send workers started for it) costs more
     than the chunk. The association proposes the contexts of every chunk so
     far; a chunk that needs another one is sent on a new association that
-    proposes them all. One that was idle for :data:`IDLE_REOPEN` seconds is
-    released first (a PACS may drop idle associations). Every item gets one
-    outcome through ``on_outcome``, in this thread, before the next C-STORE.
+    proposes them all. An association the peer ended while idle is replaced
+    by the link itself (:meth:`~pdimport.send.link.Link.send`). Every item
+    gets one outcome through ``on_outcome``, in this thread, before the next
+    C-STORE.
     """
-
-    #: Seconds an association may stay unused before the next chunk opens a fresh one.
-    IDLE_REOPEN = 10.0
 
     def __init__(self, dest: DicomDest, settings: Any, workdir: Path) -> None:
         self._dest = dest
@@ -183,7 +180,6 @@ class StoreSession:
         self._workdir = workdir
         self._contexts: list[Any] = []
         self._link: Any = None
-        self._used = 0.0
 
     def send(self, items: list[SendItem], on_outcome: OutcomeCallback) -> LinkDown | None:
         """Deliver `items`; the LinkDown that stopped them (the rest given back)."""
@@ -198,7 +194,7 @@ class StoreSession:
         wanted = [
             c for c in batches[0].contexts if (c.abstract_syntax, c.transfer_syntax) not in known
         ]
-        if wanted or time.monotonic() - self._used > self.IDLE_REOPEN:
+        if wanted:
             self.close()
             if len(self._contexts) + len(wanted) > MAX_CONTEXTS:
                 self._contexts = []
@@ -218,7 +214,6 @@ class StoreSession:
             self._link.abort()
             self._link = None
             raise
-        self._used = time.monotonic()
         if stopped is not None:
             self._link.abort()
             self._link = None

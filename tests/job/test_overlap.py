@@ -176,9 +176,13 @@ def test_a_zip_package_keeps_the_single_read(tmp_path) -> None:
         medium.close()
 
 
-def test_one_association_carries_the_chunks_of_a_read(tmp_path, storescp) -> None:
-    """While the sender keeps up with the read, the chunks go on the
-    association opened for the first one, not on one each."""
+@pytest.mark.parametrize("pace", ["keeping_up", "backlog"])
+def test_one_association_carries_the_chunks_of_a_read(tmp_path, storescp, monkeypatch, pace):
+    """The chunks go on the association opened for the first one, not on
+    one each: while the sender keeps up with the read (each later chunk one
+    file), and when the read is ahead (every chunk as big as a chunk may
+    be): handing a backlog to fresh associations and send workers was
+    slower on every receiver measured (EarlyDelivery._session)."""
     folder = tmp_path / "disc"
     make_ct_series(folder / "DICOM", FILES, patient_id="OVL2")
     log = tmp_path / "storescp.log"
@@ -197,8 +201,13 @@ def test_one_association_carries_the_chunks_of_a_read(tmp_path, storescp) -> Non
         if n >= overlap.FIRST_CHUNK:
             waited.append(wait_for(lambda: sent_rows(imp, job_id) >= n))
 
-    job_id = read_hooked(imp, folder, dest, one_at_a_time)
-    assert waited and all(waited), "the early delivery did not keep up with the read"
+    if pace == "backlog":  # FIRST_CHUNK files queued at the first take: 8 full chunks
+        monkeypatch.setattr(overlap, "MAX_CHUNK", 4)
+    hook = one_at_a_time if pace == "keeping_up" else lambda job_id, entry: None
+    job_id = read_hooked(imp, folder, dest, hook)
+    if pace == "keeping_up":
+        assert waited and all(waited), "the early delivery did not keep up with the read"
+    assert sent_rows(imp, job_id) == FILES  # all of it by the early delivery
     report = imp.process(job_id, [dest]).report
     assert report["status"] == "imported", report["problems"]
     assert len(scp.files()) == FILES

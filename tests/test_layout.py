@@ -8,6 +8,7 @@ under ``if TYPE_CHECKING:`` are for the type checker only and never run.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,15 @@ def test_a_plain_import_loads_no_network_client_or_database_driver() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_numba_and_numpy_start_no_blas_threads() -> None:
+    """The scanner's numpy starts no OpenBLAS threads in a pdimport process
+    (pdimport/__init__.py): each would take CPU from the reader, the sender
+    and the PACS on a two-core appliance, and nothing here uses BLAS."""
+    code = "import os, pdimport.scan.numba_scanner; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert out.strip() == "1", f"{out.strip()} threads after importing the scanner"

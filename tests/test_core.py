@@ -86,6 +86,37 @@ def test_spool_rejects_non_hash_names(tmp_path):
         Spool(tmp_path).path("../../etc/passwd")
 
 
+def test_a_new_spool_keeps_one_folder_per_two_hex_digits(tmp_path):
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    shas = [spool.put_bytes(bytes([n]) * 100)[0] for n in range(40)]
+    for sha in shas:
+        assert spool.path(sha) == root / sha[:2] / sha and spool.path(sha).is_file()
+    buckets = {p.name for p in root.iterdir() if p.is_dir() and p.name != "tmp"}
+    assert buckets == {sha[:2] for sha in shas}
+    assert not any(p.is_dir() for b in buckets for p in (root / b).iterdir())
+    assert Spool(root)._two_level is False  # marked: reopened, still one level
+
+
+def test_a_spool_of_the_two_level_layout_keeps_its_files_readable(tmp_path):
+    """A spool an earlier version wrote (``ab/cd/abcd…``, no layout mark):
+    its files are found, kept once, and removed where they are; new files go
+    to the one-level place."""
+    root = tmp_path / "spool"
+    old = b"read before the upgrade"
+    old_sha = hashlib.sha256(old).hexdigest()
+    earlier = root / old_sha[:2] / old_sha[2:4] / old_sha
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(old)
+    spool = Spool(root)
+    assert spool.path(old_sha) == earlier and spool.has(old_sha, len(old))
+    assert spool.put_bytes(old) == (old_sha, len(old))
+    assert not (root / old_sha[:2] / old_sha).exists()  # not stored a second time
+    new_sha, _ = spool.put_bytes(b"read after the upgrade")
+    assert spool.path(new_sha) == root / new_sha[:2] / new_sha and spool.path(new_sha).is_file()
+    assert spool.remove(old_sha) and not earlier.exists() and not spool.has(old_sha)
+
+
 # ------------------------------------------------------------------- journal
 def test_journal_never_downgrades_an_acknowledged_delivery(tmp_path):
     j = Journal(tmp_path / "j.sqlite")

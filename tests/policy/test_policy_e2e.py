@@ -19,6 +19,7 @@ from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate
 from test_import import problems, run_cli
 
 from pdimport.cli import main
+from pdimport.store.spool import Spool
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -391,13 +392,7 @@ def test_ai_skip_sends_the_rest(tmp_path, state, storescp, capsys):
         assert insts[uid]["kind"] == "ai"
         assert insts[uid]["state"] == "skipped"
         assert "destinations" not in insts[uid]
-        spooled = (
-            state
-            / "spool"
-            / insts[uid]["sha256"][:2]
-            / insts[uid]["sha256"][2:4]
-            / insts[uid]["sha256"]
-        )
+        spooled = Spool(state / "spool", clean=False).path(insts[uid]["sha256"])
         assert spooled.is_file()  # kept in the spool
         assert dcmread(spooled).SOPInstanceUID == uid
     assert rep["counts"]["skipped"] == len(ai_uids)

@@ -48,14 +48,15 @@ esac
 # ISO images (genisoimage, xorriso), attach loop devices (losetup) and
 # validate what we create (dicom3tools dciodvfy); the console's browser test
 # drives Debian's headless chromium through chromedriver; emulated drives
-# (hardware/fusedrive.py) serve disc images through FUSE (fuse3).
+# (hardware/fusedrive.py) serve disc images through FUSE (fuse3); the
+# whole-process benchmarks take each command's own peak RSS from GNU time.
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc
     dcmtk orthanc orthanc-dicomweb dicom3tools postgresql nginx-light
     genisoimage xorriso libudfread0 udftools
     udev util-linux
     cups cups-client cups-filters cups-bsd poppler-utils fonts-ipaexfont-gothic zbar-tools
-    curl procps fuse3
+    curl procps fuse3 time
     chromium chromium-driver
 )
 

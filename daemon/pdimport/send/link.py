@@ -292,7 +292,7 @@ class Link:
             # never from the File Meta, which a vendor may have left out.
             cx_id = self._cx_ids[(item.sop_class_uid, ts)]
             command = encode_store_rq(item.sop_class_uid, item.sop_instance_uid, msg_id)
-            with open(path, "rb") as fp:
+            with open(path, "rb", buffering=0) as fp:  # large reads: no buffer, no isatty
                 fp.seek(dataset_offset(fp, path))
                 rsp = assoc.store(cx_id, command, fp, msg_id, item.sop_instance_uid)
         except Lost as lost:

@@ -103,7 +103,7 @@ def plan(path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
         False when nothing needs repairing.
     """
     repair = Repair()
-    with open(path, "rb") as fp:
+    with open(path, "rb", buffering=0) as fp:  # only mapped: no buffer, no isatty
         size = fp.seek(0, 2)
         if size < 140:
             return repair

@@ -376,11 +376,15 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
     _require_sources([args.source])
     from pdimport.job.survey import Survey
 
-    report = Survey(cfg).run(args.source)  # a folder: its headers read in place
+    survey = Survey(cfg)
+    report = survey.run(args.source)  # a folder: its headers read in place
     if report is not None:
         from pdimport.job.report import exit_code
 
-        _print([report], args.json)
+        if args.json and survey.report_text is not None:
+            print(survey.report_text)  # what _print would encode again
+        else:
+            _print([report], args.json)
         return exit_code(report["status"])
     importer = _importer(cfg)
     try:

@@ -70,6 +70,9 @@ class Survey:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = settings.state_path
+        #: The last report as written to ``reports/<job>.json`` (``--json``
+        #: prints the same text instead of encoding 10,000 lines again).
+        self.report_text: str | None = None
 
     def run(self, source: str) -> dict[str, Any] | None:
         """The scan report of ``source``, or None when the source is not a
@@ -135,7 +138,8 @@ class Survey:
         journal.transition(job.id, JobEvent.SCANNED)
         reports = self.state / "reports"
         reports.mkdir(exist_ok=True)
-        (reports / f"{job.id}.json").write_text(report_mod.dumps(report), encoding="utf-8")
+        self.report_text = report_mod.dumps(report)
+        (reports / f"{job.id}.json").write_text(self.report_text, encoding="utf-8")
         audit.on_event(
             "job_finished", {"job": job.id, "status": report["status"], "report": report}
         )

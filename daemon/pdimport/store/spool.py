@@ -40,7 +40,7 @@ _MODE = 0o640
 #: per file on a new spool (1,000 CT images: 1,399 mkdir calls, 0.39 s of
 #: system time on the committing thread, measured with strace -T).
 LAYOUT_MARK = "layout-1"
-#: ``<kind>-<pid>.<start time>-<random>`` (see the module docstring).
+#: ``<kind>-<pid>.<start time>-<number or random letters>`` (see the module docstring).
 _OWNED = re.compile(r"^(?:in|work|nest)-(\d+)\.(\d+)-")
 _TMP_KINDS = ("in-", "work-", "nest-")
 _start_times: dict[int, str] = {}

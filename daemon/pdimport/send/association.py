@@ -104,6 +104,9 @@ class StoreAssociation:
     quickack: bool = True
     established: bool = True
     _buffer: bytearray = field(default_factory=bytearray, repr=False)
+    #: Seconds the last C-STORE waited for its response after its last byte
+    #: was written: the receiver's own time and the network's round trip.
+    last_wait: float = 0.0
 
     # -------------------------------------------------------------- reading
     def _fill(self, deadline: float) -> None:
@@ -178,6 +181,7 @@ class StoreAssociation:
             beyond what the peer will see as an incomplete message: the
             association is aborted).
         """
+        self.last_wait = 0.0
         fragment = wire.fragment_size(self.peer_max_pdu)
         block_size = fragment * max(1, READ_BLOCK // fragment)
         block = memoryview(fp.read(block_size))  # nothing sent yet if this fails
@@ -191,7 +195,11 @@ class StoreAssociation:
         except Lost as lost:
             # The write broke: the peer's A-ABORT, if any, says why.
             raise self._why_broken(lost) from None
-        return self._response(msg_id, sop_instance_uid)
+        written = time.monotonic()
+        try:
+            return self._response(msg_id, sop_instance_uid)
+        finally:
+            self.last_wait = time.monotonic() - written
 
     def _write_request(
         self,

@@ -102,6 +102,10 @@ class Link:
     max_pdu: int = 0
     answered: int = 0
     sent: int = 0
+    #: Seconds the C-STORE requests written on this link waited for their
+    #: responses, and how many did (:attr:`StoreAssociation.last_wait`).
+    waited: float = 0.0
+    waits: int = 0
     _assoc: StoreAssociation | None = field(default=None, repr=False)
     #: ``answered`` at the last abort by the peer (see :meth:`_aborted`)
     _answered_at_abort: int | None = None
@@ -294,7 +298,11 @@ class Link:
             command = encode_store_rq(item.sop_class_uid, item.sop_instance_uid, msg_id)
             with open(path, "rb", buffering=0) as fp:  # large reads: no buffer, no isatty
                 fp.seek(dataset_offset(fp, path))
-                rsp = assoc.store(cx_id, command, fp, msg_id, item.sop_instance_uid)
+                try:
+                    rsp = assoc.store(cx_id, command, fp, msg_id, item.sop_instance_uid)
+                finally:
+                    self.waited += assoc.last_wait
+                    self.waits += 1
         except Lost as lost:
             self._assoc = None  # closed or aborted by now
             if lost.by_peer:

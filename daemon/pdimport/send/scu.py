@@ -180,6 +180,9 @@ class StoreSession:
         self._workdir = workdir
         self._contexts: list[Any] = []
         self._link: Any = None
+        #: Mean seconds a C-STORE of the last :meth:`send` waited for its
+        #: response (None before one was answered on the open association).
+        self.response_wait: float | None = None
 
     def send(self, items: list[SendItem], on_outcome: OutcomeCallback) -> LinkDown | None:
         """Deliver `items`; the LinkDown that stopped them (the rest given back)."""
@@ -208,12 +211,16 @@ class StoreSession:
                 give_back(items, down.code, down.detail, on_outcome, down.state)
                 return down
             self._link = link
+        link = self._link
+        waited, waits = link.waited, link.waits
         try:
-            stopped = _send_on(self._link, items, self._net, on_outcome, self._workdir)
+            stopped = _send_on(link, items, self._net, on_outcome, self._workdir)
         except BaseException:
-            self._link.abort()
+            link.abort()
             self._link = None
             raise
+        if link.waits > waits:
+            self.response_wait = (link.waited - waited) / (link.waits - waits)
         if stopped is not None:
             self._link.abort()
             self._link = None

@@ -410,7 +410,7 @@ class EarlyDelivery(threading.Thread):
 
     def _end_session(self, dest: Any) -> None:
         """Release the association first: a receiver that serves one
-        association at a time would keep the workers' waiting."""
+        association at a time would keep the workers waiting."""
         session = self._sessions.pop(dest.key, None)
         if session is not None:
             session.close()

@@ -16,6 +16,8 @@ import pytest
 from fixtures_daemon import DaemonProc, status, wait_until
 from fixtures_dicom import make_ct_series
 
+from pdimport.store.spool import LAYOUT_MARK
+
 
 @pytest.fixture
 def group(tmp_path, pg_url, storescp):
@@ -65,6 +67,11 @@ def group(tmp_path, pg_url, storescp):
     yield Group()
     for d in made:
         d.close()
+
+
+def _spooled(state: Path) -> list[Path]:
+    """The files a station spooled (its layout mark is not one)."""
+    return [p for p in (state / "spool").rglob("*") if p.is_file() and p.name != LAYOUT_MARK]
 
 
 def _drop(stage: Path, watch: Path, name: str, n: int, patient: str) -> None:
@@ -144,7 +151,7 @@ def test_a_disc_held_at_a_is_released_from_b_and_delivered_by_a(group, tmp_path)
     wait_until(lambda: group.received() == 2, 60, "F123 delivered by A")
     [(state, result, origin)] = _rows(group.url, "SELECT state, result, origin FROM decision_queue")
     assert state == "done" and origin == "B" and json.loads(result)["job"] == job
-    assert not [p for p in (state_b / "spool").rglob("*") if p.is_file()]  # nothing read at B
+    assert not _spooled(state_b)  # nothing read at B
     assert a.proc.poll() is None and status(state_a)["jobs"]
 
 
@@ -204,4 +211,4 @@ def test_b_s_console_shows_the_group_and_its_release_is_done_by_a(group, tmp_pat
         app.close()
         for imp in importers:
             imp.close()
-    assert not [p for p in (state_b / "spool").rglob("*") if p.is_file()]  # nothing read at B
+    assert not _spooled(state_b)  # nothing read at B

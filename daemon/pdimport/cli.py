@@ -381,10 +381,10 @@ def cmd_scan(args: argparse.Namespace, cfg: Any) -> int:
     if report is not None:
         from pdimport.job.report import exit_code
 
-        if args.json and survey.report_text is not None:
-            print(survey.report_text)  # what _print would encode again
+        if args.json:
+            print(survey.report_text)  # the text of reports/<job>.json, not encoded again
         else:
-            _print([report], args.json)
+            _print([report], as_json=False)
         return exit_code(report["status"])
     importer = _importer(cfg)
     try:

@@ -259,8 +259,6 @@ class EarlyDelivery(threading.Thread):
         self._known = {d.key: {uid for uid, _ in self._journal.sent_set(d.key)} for d, _ in routes}
         #: DICOM destination key -> the association kept open between chunks
         self._sessions: dict[str, StoreSession] = {}
-        #: DICOM destination key -> its last StoreSession.response_wait
-        self._response_wait: dict[str, float] = {}
 
     # -- the scan worker's side
     def offer(self, path: str, sha: str, result: Any) -> None:
@@ -384,15 +382,14 @@ class EarlyDelivery(threading.Thread):
         workdir = self._importer.settings.state_path / "work"
         workdir.mkdir(exist_ok=True)
         items = [deliverer.item(key, inst) for key, inst in todo.items()]
-        slow = self._response_wait.get(dest.key, 0.0) > SLOW_RESPONSE
+        session = self._sessions.get(dest.key)
+        slow = session is not None and (session.response_wait or 0.0) > SLOW_RESPONSE
         try:
             if isinstance(dest, DicomDest) and not (slow and taken >= MAX_CHUNK):
-                session = self._session(dest, workdir)
-                session.send(items, on_outcome)
-                if session.response_wait is not None:
-                    self._response_wait[dest.key] = session.response_wait
+                self._session(dest, workdir).send(items, on_outcome)
             else:  # a slow receiver behind the read, or not DICOM: every association
-                self._end_session(dest)
+                if session is not None:  # released first: a receiver that serves one
+                    session.close()  # association at a time would keep the workers waiting
                 send_to(dest, items, self._importer.settings, on_outcome, workdir)
         finally:
             recorder.flush()
@@ -403,17 +400,12 @@ class EarlyDelivery(threading.Thread):
 
     def _session(self, dest: Any, workdir: Path) -> StoreSession:
         """The association kept open to ``dest`` for the whole read, a
-        backlog included unless the receiver is slow (:data:`SLOW_RESPONSE`)."""
+        backlog included unless the receiver is slow (:data:`SLOW_RESPONSE`);
+        closed meanwhile, its next send opens another with the same contexts
+        and it keeps its last :attr:`StoreSession.response_wait`."""
         if dest.key not in self._sessions:
             self._sessions[dest.key] = StoreSession(dest, self._importer.settings, workdir)
         return self._sessions[dest.key]
-
-    def _end_session(self, dest: Any) -> None:
-        """Release the association first: a receiver that serves one
-        association at a time would keep the workers waiting."""
-        session = self._sessions.pop(dest.key, None)
-        if session is not None:
-            session.close()
 
 
 def hold_changed(inv: Inventory, pending: list[Instance], decided: bool) -> bool:

@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ _MODE = 0o640
 #: per file on a new spool (1,000 CT images: 1,399 mkdir calls, 0.39 s of
 #: system time on the committing thread, measured with strace -T).
 LAYOUT_MARK = "layout-1"
-#: ``<kind>-<pid>.<start time>-<number or random letters>`` (see the module docstring).
+#: ``<kind>-<pid>.<start time>-<number, or random letters from mkstemp>`` (module docstring).
 _OWNED = re.compile(r"^(?:in|work|nest)-(\d+)\.(\d+)-")
 _TMP_KINDS = ("in-", "work-", "nest-")
 _start_times: dict[int, str] = {}
@@ -187,14 +186,14 @@ class Spool:
             raise
         return Staged(tmp_name, digest.hexdigest(), size)
 
-    def _create_tmp(self, kind: str) -> tuple[int, str]:
+    def _create_tmp(self, kind: str, suffix: str = "") -> tuple[int, str]:
         """A new temporary file of this process (``O_EXCL``), named by a
         counter rather than :func:`tempfile.mkstemp`'s random letters, and
         written through its descriptor: a Python file object per spooled file
         cost an fstat, an isatty ioctl and an lseek more."""
         prefix = os.path.join(self._tmp, tmp_prefix(kind))
         while True:
-            name = f"{prefix}{next(_tmp_numbers)}"
+            name = f"{prefix}{next(_tmp_numbers)}{suffix}"
             try:
                 return os.open(name, _TMP_FLAGS, 0o600), name
             except FileExistsError:  # left by an earlier process of the same pid and start
@@ -252,7 +251,7 @@ class Spool:
 
     def workfile(self, suffix: str = "") -> Path:
         """A fresh temporary path inside the spool (same filesystem for rename)."""
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix=tmp_prefix("work"), suffix=suffix)
+        fd, name = self._create_tmp("work", suffix)
         os.close(fd)
         return Path(name)
 
